@@ -1,0 +1,313 @@
+"""Typed mirrors of the Avro event contracts in schemas/avro (one dataclass per record).
+
+Modules pass these, never loose dicts. ``tests/unit/test_models.py`` proves every mirror
+matches its schema field by field (names, order, optionality and defaults).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, ClassVar, Optional, TypeVar
+
+T = TypeVar("T", bound="Event")
+
+OK = "ok"
+ERROR = "error"
+PRIORITIES = ("interactive", "standard", "batch")
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class Event:
+    """Base of the mirrors: conversion to and from the Avro/JSON dict shape."""
+
+    AVRO_NAME: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        return _from_plain(cls, data)
+
+    def replace(self: T, **changes: Any) -> T:
+        return dataclasses.replace(self, **changes)
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    return value
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _from_plain(tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _from_plain(inner, value)
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        return [_from_plain(inner, v) for v in value]
+    if origin is dict:
+        _, inner = typing.get_args(tp)
+        return {k: _from_plain(inner, v) for k, v in value.items()}
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        hints = _HINTS.get(tp)
+        if hints is None:
+            hints = _HINTS[tp] = typing.get_type_hints(tp)
+        kwargs = {f.name: _from_plain(hints[f.name], value[f.name])
+                  for f in dataclasses.fields(tp) if f.name in value}
+        return tp(**kwargs)
+    if tp is str and isinstance(value, uuid.UUID):
+        return str(value)
+    if tp is Decimal and not isinstance(value, Decimal):
+        return Decimal(str(value))
+    if tp is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+# --- Request -------------------------------------------------------------------------
+
+@dataclass
+class ChatMessage(Event):
+    role: str
+    content: str
+    name: Optional[str] = None
+
+
+@dataclass
+class GenerationParams(Event):
+    max_tokens: Optional[int] = None
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    stop: list[str] = field(default_factory=list)
+    seed: Optional[int] = None
+
+
+@dataclass
+class RoutingHints(Event):
+    required_quality: Optional[float] = None
+    max_latency_ms: Optional[int] = None
+    budget_per_mtok: Optional[Decimal] = None
+    priority: str = "standard"
+
+
+@dataclass
+class Request(Event):
+    AVRO_NAME: ClassVar[str] = "Request"
+    request_id: str
+    tenant: str
+    messages: list[ChatMessage]
+    team: Optional[str] = None
+    end_user: Optional[str] = None
+    created_at_ms: Optional[int] = None
+    model: Optional[str] = None
+    params: GenerationParams = field(default_factory=GenerationParams)
+    hints: RoutingHints = field(default_factory=RoutingHints)
+    reply_topic: Optional[str] = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+# --- RoutedRequest -------------------------------------------------------------------
+
+@dataclass
+class RouteDecision(Event):
+    deployment: str
+    model: str
+    provider: str
+    rule: str
+    region: str = ""
+    task_class: str = ""
+    complexity: Optional[float] = None
+    candidates: list[str] = field(default_factory=list)
+    reason: str = ""
+
+
+@dataclass
+class AttemptRecord(Event):
+    deployment: str
+    error_code: str
+    attempts: int = 1
+
+
+@dataclass
+class RoutedRequest(Event):
+    AVRO_NAME: ClassVar[str] = "RoutedRequest"
+    request: Request
+    route: RouteDecision
+    max_tokens: int
+    reply_topic: str
+    received_at_ms: int
+    routed_at_ms: int
+    fallbacks: list[str] = field(default_factory=list)
+    tried: list[AttemptRecord] = field(default_factory=list)
+    estimated_prompt_tokens: int = 0
+    reply_format: str = "avro"
+
+
+@dataclass
+class Batch(Event):
+    AVRO_NAME: ClassVar[str] = "Batch"
+    batch_id: str
+    deployment: str
+    opened_at_ms: int
+    flushed_at_ms: int
+    items: list[RoutedRequest]
+    priority: str = "standard"
+    fill_reason: str = "size"
+
+
+# --- Response and Usage --------------------------------------------------------------
+
+@dataclass
+class ErrorInfo(Event):
+    code: str
+    message: str
+    retryable: bool = False
+
+
+@dataclass
+class Response(Event):
+    AVRO_NAME: ClassVar[str] = "Response"
+    request_id: str
+    tenant: str
+    status: str
+    completed_at_ms: int
+    content: Optional[str] = None
+    finish_reason: Optional[str] = None
+    error: Optional[ErrorInfo] = None
+    model: Optional[str] = None
+    deployment: Optional[str] = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_nanos: int = 0
+    attempts: int = 0
+    tried: list[str] = field(default_factory=list)
+    latency_ms: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Usage(Event):
+    AVRO_NAME: ClassVar[str] = "Usage"
+    request_id: str
+    tenant: str
+    created_at_ms: int
+    completed_at_ms: int
+    status: str
+    team: str = ""
+    end_user: str = ""
+    routed_at_ms: int = 0
+    first_token_at_ms: int = 0
+    error_code: str = ""
+    requested_model: str = ""
+    routed_model: str = ""
+    served_model: str = ""
+    provider: str = ""
+    deployment: str = ""
+    region: str = ""
+    route_rule: str = ""
+    task_class: str = ""
+    attempts: int = 0
+    fallbacks: int = 0
+    batch_id: str = ""
+    batch_size: int = 0
+    cache: str = "miss"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_nanos: int = 0
+    baseline_cost_nanos: int = 0
+    price_version: str = ""
+    queue_ms: int = 0
+    pipeline_ms: int = 0
+    provider_ms: int = 0
+
+
+# --- Alerts, dead letters, tenant policy -----------------------------------------------
+
+@dataclass
+class Alert(Event):
+    AVRO_NAME: ClassVar[str] = "Alert"
+    alert_id: str
+    rule: str
+    state: str
+    value: str
+    threshold: str
+    at_ms: int
+    severity: str = "warning"
+    tenant: str = "*"
+    subject: str = ""
+    window: str = ""
+    message: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DeadLetter(Event):
+    AVRO_NAME: ClassVar[str] = "DeadLetter"
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    reason_code: str
+    reason: str
+    agent: str
+    at_ms: int
+    key: Optional[bytes] = None
+    value: Optional[bytes] = None
+    request_id: Optional[str] = None
+    tenant: Optional[str] = None
+
+
+@dataclass
+class Budget(Event):
+    period: str
+    team: Optional[str] = None
+    soft_usd: Optional[Decimal] = None
+    hard_usd: Optional[Decimal] = None
+
+
+@dataclass
+class CanaryRule(Event):
+    name: str
+    percent: int
+    model: str
+    min_success_rate: float = 0.995
+    max_p95_ms: int = 500
+
+
+@dataclass
+class TenantPolicy(Event):
+    AVRO_NAME: ClassVar[str] = "TenantPolicy"
+    tenant: str
+    allowed_models: list[str] = field(default_factory=list)
+    denied_models: list[str] = field(default_factory=list)
+    default_quality: Optional[float] = None
+    baseline_model: Optional[str] = None
+    budgets: list[Budget] = field(default_factory=list)
+    canary: Optional[CanaryRule] = None
+    truncation_allowed: bool = False
+    cache_enabled: bool = True
+    cache_ttl_s: int = 3600
+    updated_at_ms: int = 0
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.AVRO_NAME: cls
+    for cls in (Request, RoutedRequest, Batch, Response, Usage, Alert, DeadLetter, TenantPolicy)
+}
