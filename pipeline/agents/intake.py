@@ -1,0 +1,22 @@
+"""Faust wiring of the intake step (llm.requests -> llm.routed | responses | dead letters)."""
+
+from __future__ import annotations
+
+import faust
+
+from pipeline.agents.flow import Emitter, process
+from pipeline.intake import Intake, Origin
+from pipeline.runtime import Runtime
+
+
+def register_intake(app: faust.App, runtime: Runtime, source: faust.TopicT, emitter: Emitter) -> None:
+    s = runtime.settings
+    intake = Intake(runtime.codec, runtime.catalog, runtime.router(), runtime.policy, s.topics)
+
+    async def step(value: bytes | None, origin: Origin):
+        return intake.handle(value, origin)
+
+    @app.agent(source, name="intake")
+    async def intake_agent(stream):
+        await process(stream, step, emitter, agent="intake",
+                      dead_letter_topic=s.topics.dead_letter, concurrency=s.intake_concurrency)

@@ -1,0 +1,65 @@
+"""The Faust application: one worker process running the agents named in settings
+(intake, dispatch, ledger). Agents are thin: decode, call the plain steps, publish."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+
+from pipeline.agents.dispatch import register_dispatch
+from pipeline.agents.flow import Emitter
+from pipeline.agents.intake import register_intake
+from pipeline.agents.ledger import register_ledger
+from pipeline.kafka.topics import faust_partitions, load_topic_specs, prefixed
+from pipeline.runtime import Runtime
+
+log = logging.getLogger("llmpipe.app")
+
+
+def create_app(runtime: Runtime) -> faust.App:
+    s = runtime.settings
+    session = s.session_timeout_s
+    app = faust.App(
+        s.app_id,
+        broker=f"kafka://{s.kafka_bootstrap}",
+        store="memory://",
+        autodiscover=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_replication_factor=s.replication_factor,
+        broker_session_timeout=session,
+        broker_rebalance_timeout=session,
+        broker_heartbeat_interval=max(1.0, session / 6),
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        stream_wait_empty=True,
+        web_enabled=s.web_port > 0,
+        web_port=max(s.web_port, 1),
+        web_bind=s.web_host,
+        web_host=s.web_host,
+    )
+    partitions = faust_partitions(prefixed(load_topic_specs(), s.topics.prefix))
+
+    def topic(name: str) -> faust.TopicT:
+        return app.topic(name, partitions=partitions.get(name), key_serializer="raw",
+                         value_serializer="raw", internal=False)
+
+    async def send(topic_name: str, key: bytes | None, value: bytes):
+        return await app.producer.send(topic_name, key, value, None, None, None)
+
+    emitter = Emitter(send, runtime.codec)
+    if "intake" in s.agents:
+        register_intake(app, runtime, topic(s.topics.requests), emitter)
+    if "dispatch" in s.agents:
+        register_dispatch(app, runtime, topic(s.topics.routed), emitter)
+    if "ledger" in s.agents:
+        register_ledger(app, runtime, topic(s.topics.usage), emitter)
+    @app.page("/llmpipe/health/")
+    async def health(web, request):
+        return web.json({"ok": True, "app_id": s.app_id, "agents": list(s.agents)})
+
+    log.info("app_created app_id=%s agents=%s bootstrap=%s", s.app_id, ",".join(s.agents),
+             s.kafka_bootstrap)
+    return app

@@ -1,0 +1,166 @@
+"""llmpipe: the command line of the gateway.
+
+  llmpipe dev                 embedded stack + demo traffic + report (Ctrl-C stops it)
+  llmpipe worker              run a pipeline worker (settings from LLMPIPE_* variables)
+  llmpipe topics apply        create missing topics, report drift
+  llmpipe migrate             apply ClickHouse migrations
+  llmpipe simulate-provider   the OpenAI-compatible provider simulator
+  llmpipe send                send one request and print its response
+  llmpipe bench               drive N requests through the embedded stack, print latencies
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+from pipeline.settings import Settings
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import faust  # noqa: F401  (import early: faust patches logging)
+
+    from pipeline.app import create_app
+    from pipeline.kafka.topics import apply_topics, load_topic_specs, prefixed
+    from pipeline.runtime import build_runtime
+
+    settings = Settings.from_env()
+    _logging(settings.log_level)
+    report = asyncio.run(apply_topics(settings.kafka_bootstrap,
+                                      prefixed(load_topic_specs(), settings.topics.prefix)))
+    logging.getLogger("llmpipe.worker").info("topics %s", report.format().replace("\n", "; "))
+    runtime = build_runtime(settings)
+    app = create_app(runtime)
+    from faust.worker import Worker
+    worker = Worker(app, loglevel=settings.log_level, quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from pipeline.kafka.topics import apply_topics, load_topic_specs, prefixed
+
+    settings = Settings.from_env()
+    bootstrap = args.bootstrap or settings.kafka_bootstrap
+    prefix = settings.topics.prefix if args.prefix is None else args.prefix
+    report = asyncio.run(apply_topics(bootstrap, prefixed(load_topic_specs(overlay=args.overlay), prefix)))
+    print(report.format())
+    return 0 if report.ok else 3
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from pipeline.analytics.clickhouse import connect, redact_dsn
+    from pipeline.analytics.migrate import apply_migrations
+
+    dsn = args.dsn or Settings.from_env().clickhouse_dsn
+    client = connect(dsn)
+    try:
+        applied = apply_migrations(client)
+    finally:
+        client.close()
+    print(f"{redact_dsn(dsn)}: applied {len(applied)} migration(s)"
+          + (": " + ", ".join(applied) if applied else " (up to date)"))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace, rest: list[str]) -> int:
+    from pipeline.simulator.__main__ import main as simulator_main
+    return simulator_main(rest) or 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from pipeline.client import GatewayClient, make_request
+
+    settings = Settings.from_env()
+
+    async def run() -> int:
+        async with GatewayClient(args.bootstrap or settings.kafka_bootstrap, settings.topics,
+                                 fmt=args.format) as gw:
+            req = make_request(args.tenant, args.prompt, model=args.model, max_tokens=args.max_tokens)
+            resp = await gw.request(req, timeout=args.timeout)
+            print(json.dumps(resp.to_dict(), ensure_ascii=False, indent=2, default=str))
+            return 0 if resp.status == "ok" else 1
+
+    return asyncio.run(run())
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from pipeline.devrun import run_dev
+    return run_dev(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pipeline.bench import run_bench
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmpipe", description="Kafka-native LLM gateway")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="run the pipeline on the embedded stack with demo traffic")
+    dev.add_argument("--kafka-port", type=int, default=0, help="broker port (default: a free port)")
+    dev.add_argument("--data-dir", default=".data/dev", help="where chDB and logs live")
+    dev.add_argument("--demo-requests", type=int, default=60, help="demo requests to send")
+    dev.add_argument("--exit", action="store_true",
+                     help="exit after the report: 0 only if every request got a response and a usage row")
+    dev.add_argument("--seed", type=int, default=7)
+    dev.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the demo")
+    dev.add_argument("--latency-scale", type=float, default=1.0,
+                     help="simulator latency multiplier (0.1 = ten times faster)")
+    dev.set_defaults(func=cmd_dev)
+
+    sub.add_parser("worker", help="run a pipeline worker").set_defaults(func=cmd_worker)
+
+    topics = sub.add_parser("topics", help="manage topics")
+    tsub = topics.add_subparsers(dest="action", required=True)
+    apply = tsub.add_parser("apply", help="create missing topics and report drift")
+    apply.add_argument("--bootstrap")
+    apply.add_argument("--prefix", default=None)
+    apply.add_argument("--overlay", help="YAML overlay for production (partitions, replication)")
+    apply.set_defaults(func=cmd_topics)
+
+    mig = sub.add_parser("migrate", help="apply ClickHouse migrations")
+    mig.add_argument("--dsn", help="default: $LLMPIPE_CLICKHOUSE_DSN")
+    mig.set_defaults(func=cmd_migrate)
+
+    sub.add_parser("simulate-provider", add_help=False,
+                   help="run the provider simulator (see --help)").set_defaults(func=cmd_simulate)
+
+    send = sub.add_parser("send", help="send one request and print the response")
+    send.add_argument("prompt")
+    send.add_argument("--tenant", default="cli")
+    send.add_argument("--model")
+    send.add_argument("--max-tokens", type=int)
+    send.add_argument("--format", choices=("avro", "json"), default="avro")
+    send.add_argument("--timeout", type=float, default=60.0)
+    send.add_argument("--bootstrap")
+    send.set_defaults(func=cmd_send)
+
+    bench = sub.add_parser("bench", help="drive N requests through the embedded stack")
+    bench.add_argument("--requests", type=int, default=2000)
+    bench.add_argument("--concurrency", type=int, default=200)
+    bench.add_argument("--provider-latency-ms", type=int, default=50)
+    bench.add_argument("--data-dir", default=".data/bench")
+    bench.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate-provider"]:
+        return cmd_simulate(argparse.Namespace(), argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

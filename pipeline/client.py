@@ -1,0 +1,148 @@
+"""Python client SDK: publish a request to llm.requests and await its terminal Response.
+
+    async with GatewayClient("127.0.0.1:9092") as gw:
+        response = await gw.request(make_request("acme", "Summarise this ..."), timeout=30)
+
+Responses are correlated by request id. Delivery is at-least-once, so a response may be
+delivered twice after a worker crash; the client hands each request id's first response
+to its caller and drops repeats. Only this client's own pending requests are surfaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from pipeline.events.codec import Codec, DecodeError
+from pipeline.events.models import ChatMessage, GenerationParams, Request, Response, RoutingHints
+from pipeline.settings import Topics
+
+log = logging.getLogger("llmpipe.client")
+
+
+class ResponseTimeout(TimeoutError):
+    def __init__(self, request_id: str, timeout: float):
+        super().__init__(f"no response for request {request_id} within {timeout:.1f}s "
+                         "(is a worker running and consuming llm.requests?)")
+        self.request_id = request_id
+
+
+def make_request(tenant: str, prompt: str | list[ChatMessage], *, model: str | None = None,
+                 team: str | None = None, end_user: str | None = None,
+                 max_tokens: int | None = None, temperature: float | None = None,
+                 hints: RoutingHints | None = None, reply_topic: str | None = None,
+                 metadata: dict[str, str] | None = None, request_id: str | None = None) -> Request:
+    messages = [ChatMessage("user", prompt)] if isinstance(prompt, str) else list(prompt)
+    return Request(
+        request_id=request_id or str(uuid.uuid4()), tenant=tenant, messages=messages, team=team,
+        end_user=end_user, created_at_ms=int(time.time() * 1000), model=model,
+        params=GenerationParams(max_tokens=max_tokens, temperature=temperature),
+        hints=hints or RoutingHints(), reply_topic=reply_topic, metadata=metadata or {})
+
+
+class GatewayClient:
+    def __init__(self, bootstrap: str, topics: Topics | None = None, *, codec: Codec | None = None,
+                 fmt: str = "avro", reply_topic: str | None = None):
+        if fmt not in ("avro", "json"):
+            raise ValueError("fmt must be 'avro' or 'json'")
+        self.bootstrap, self.topics = bootstrap, topics or Topics()
+        self.codec, self.fmt = codec or Codec(), fmt
+        self.reply_topic = reply_topic or self.topics.responses
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._pending: dict[str, asyncio.Future[Response]] = {}
+        self._done: set[str] = set()
+        self._reader: asyncio.Task | None = None
+        self.duplicates_dropped = 0
+
+    async def __aenter__(self) -> "GatewayClient":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=1)
+        await self._producer.start()
+        partitions = await self._producer.partitions_for(self.reply_topic)
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                          auto_offset_reset="latest")
+        await self._consumer.start()
+        tps = [TopicPartition(self.reply_topic, p) for p in sorted(partitions)]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_end(*tps)
+        for tp in tps:                       # resolve positions now, before anything is sent
+            await self._consumer.position(tp)
+        self._reader = asyncio.create_task(self._read_responses())
+
+    async def close(self) -> None:
+        if self._reader:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        for fut in self._pending.values():
+            fut.cancel()
+        if self._consumer:
+            await self._consumer.stop()
+        if self._producer:
+            await self._producer.stop()
+
+    def encode(self, request: Request) -> bytes:
+        if self.fmt == "json":
+            return self.codec.encode_json(request)
+        return self.codec.encode(request, self.topics.requests)
+
+    async def send(self, request: Request) -> None:
+        """Fire and forget: returns once the broker has the request."""
+        assert self._producer, "call start() first"
+        await self._producer.send_and_wait(self.topics.requests, self.encode(request),
+                                           key=request.tenant.encode())
+
+    async def request(self, request: Request, timeout: float = 30.0) -> Response:
+        """Publish and wait for the terminal Response; ResponseTimeout after ``timeout``."""
+        fut = self.expect(request.request_id)
+        await self.send(request)
+        return await self.wait(request.request_id, fut, timeout)
+
+    def expect(self, request_id: str) -> asyncio.Future[Response]:
+        fut = self._pending.get(request_id)
+        if fut is None:
+            fut = self._pending[request_id] = asyncio.get_running_loop().create_future()
+        return fut
+
+    async def wait(self, request_id: str, fut: asyncio.Future[Response], timeout: float) -> Response:
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except asyncio.TimeoutError:
+            raise ResponseTimeout(request_id, timeout) from None
+        finally:
+            if fut.done():
+                self._pending.pop(request_id, None)
+
+    async def _read_responses(self) -> None:
+        assert self._consumer
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                for record in records:
+                    self._on_record(record.value)
+
+    def _on_record(self, value: bytes | None) -> None:
+        try:
+            response = self.codec.decode(value, Response)
+        except DecodeError as exc:
+            log.warning("undecodable_response reason=%s", exc.reason)
+            return
+        rid = response.request_id
+        if rid in self._done:
+            self.duplicates_dropped += 1
+            return
+        fut = self._pending.get(rid)
+        if fut is not None and not fut.done():
+            self._done.add(rid)
+            fut.set_result(response)

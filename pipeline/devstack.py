@@ -1,0 +1,205 @@
+"""The embedded stack on loopback: Tansu broker, provider simulator, topics, ClickHouse
+(chDB, owned by the worker process that runs the ledger) and pipeline workers as child
+processes. Used by `llmpipe dev`, `llmpipe bench` and the integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets as _secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from pipeline.embedded.broker import EmbeddedBroker
+from pipeline.embedded.ports import free_port
+from pipeline.kafka.topics import apply_topics, load_topic_specs, prefixed
+from pipeline.settings import Settings, Topics
+
+PROVIDER_URL_VARS = ("LLMPIPE_OPENAI_BASE_URL", "LLMPIPE_ANTHROPIC_BASE_URL",
+                     "LLMPIPE_GEMINI_BASE_URL", "LLMPIPE_DEEPSEEK_BASE_URL")
+PROVIDER_KEY_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "DEEPSEEK_API_KEY")
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass
+class Worker:
+    name: str
+    process: subprocess.Popen
+    web_port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class DevStack:
+    data_dir: Path
+    kafka_port: int = 0
+    topic_prefix: str = ""
+    app_id: str = "llmpipe"
+    simulator_args: list[str] = field(default_factory=list)
+    session_timeout_s: float = 6.0
+    fresh: bool = True
+    broker: EmbeddedBroker | None = None
+    simulator: subprocess.Popen | None = None
+    simulator_url: str = ""
+    workers: list[Worker] = field(default_factory=list)
+    provider_keys: dict[str, str] = field(default_factory=dict)
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start(self, broker: EmbeddedBroker | None = None) -> "DevStack":
+        if self.fresh and self.data_dir.exists():
+            shutil.rmtree(self.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.broker = broker or EmbeddedBroker(self.kafka_port, self.data_dir / "broker.log").start()
+        self.start_simulator()
+        asyncio.run(self.apply_topics())
+        # Fresh fake keys per stack: nothing secret-shaped lives in the code.
+        self.provider_keys = {var: f"sk-dev-{_secrets.token_hex(16)}" for var in PROVIDER_KEY_VARS}
+        return self
+
+    def start_simulator(self) -> None:
+        log = open(self.data_dir / "simulator.log", "ab")
+        self.simulator = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.simulator", "--port", "0", *self.simulator_args],
+            stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+        assert self.simulator.stdout is not None
+        line = self.simulator.stdout.readline().decode().strip()
+        if "listening on " not in line:
+            self.stop()
+            raise StackError(f"provider simulator did not start (said {line!r}); see "
+                             f"{self.data_dir / 'simulator.log'}")
+        self.simulator_url = line.rsplit(" ", 1)[-1]
+
+    async def apply_topics(self):
+        report = await apply_topics(self.bootstrap, prefixed(load_topic_specs(), self.topic_prefix))
+        if not report.ok:
+            raise StackError(report.format())
+        return report
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            _terminate(worker.process)
+        self.workers.clear()
+        if self.simulator:
+            _terminate(self.simulator)
+            self.simulator = None
+        if self.broker:
+            self.broker.stop()
+
+    def __enter__(self) -> "DevStack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- properties -------------------------------------------------------------------
+
+    @property
+    def bootstrap(self) -> str:
+        assert self.broker is not None
+        return self.broker.bootstrap
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    def settings(self, **overrides) -> Settings:
+        base = Settings(kafka_bootstrap=self.bootstrap, app_id=self.app_id, topics=self.topics,
+                        clickhouse_dsn=self.clickhouse_dsn,
+                        session_timeout_s=self.session_timeout_s)
+        return base.with_(**overrides)
+
+    def worker_env(self, settings: Settings) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(settings.to_env())
+        env.update({var: f"{self.simulator_url}/v1" for var in PROVIDER_URL_VARS})
+        env.update(self.provider_keys)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    # --- workers ----------------------------------------------------------------------
+
+    def start_worker(self, name: str = "worker-1", agents: tuple[str, ...] = ("intake", "dispatch", "ledger"),
+                     **overrides) -> Worker:
+        settings = self.settings(agents=agents, web_port=free_port(), **overrides)
+        log_path = self.data_dir / f"{name}.log"
+        log = open(log_path, "ab")
+        process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"],
+                                   env=self.worker_env(settings), stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        worker = Worker(name, process, settings.web_port, log_path)
+        self.workers.append(worker)
+        self.wait_web(worker)
+        return worker
+
+    def wait_web(self, worker: Worker, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not worker.alive():
+                raise StackError(f"{worker.name} exited with {worker.process.returncode}:\n"
+                                 f"{worker.log_tail()}")
+            try:
+                if httpx.get(f"{worker.url}/llmpipe/health/", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise StackError(f"{worker.name} did not answer on {worker.url} within {timeout}s:\n"
+                         f"{worker.log_tail()}")
+
+    def kill_worker(self, worker: Worker) -> None:
+        """SIGKILL: no shutdown hooks, no final commit — a crash."""
+        os.killpg(worker.process.pid, signal.SIGKILL)
+        worker.process.wait(10)
+        self.workers.remove(worker)
+
+    def stop_worker(self, worker: Worker) -> None:
+        _terminate(worker.process)
+        self.workers.remove(worker)
+
+    def ledger_worker(self) -> Worker:
+        for w in self.workers:
+            if w.alive():
+                return w
+        raise StackError("no worker is running")
+
+
+def _terminate(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(5)

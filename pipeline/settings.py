@@ -1,0 +1,110 @@
+"""Runtime settings from the environment (LLMPIPE_*), with defaults for the embedded stack."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str = ""
+
+    def name(self, base: str) -> str:
+        return f"{self.prefix}{base}"
+
+    @property
+    def requests(self) -> str: return self.name("llm.requests")
+    @property
+    def routed(self) -> str: return self.name("llm.routed")
+    @property
+    def batches(self) -> str: return self.name("llm.batches")
+    @property
+    def responses(self) -> str: return self.name("llm.responses")
+    @property
+    def usage(self) -> str: return self.name("llm.usage")
+    @property
+    def alerts(self) -> str: return self.name("llm.alerts")
+    @property
+    def dead_letter(self) -> str: return self.name("llm.dead-letter")
+    @property
+    def tenants(self) -> str: return self.name("llm.tenants")
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    app_id: str = "llmpipe"
+    topics: Topics = field(default_factory=Topics)
+    clickhouse_dsn: str = "chdb://.data/clickhouse"
+    schema_registry_url: str | None = None
+    agents: tuple[str, ...] = ("intake", "dispatch", "ledger")
+    web_port: int = 6066
+    web_host: str = "127.0.0.1"
+    session_timeout_s: float = 30.0
+    dispatch_concurrency: int = 256
+    intake_concurrency: int = 64
+    ledger_flush_rows: int = 500
+    ledger_flush_s: float = 0.5
+    replication_factor: int = 1
+    log_level: str = "info"
+    seed: int | None = None
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        registry = os.environ.get("LLMPIPE_SCHEMA_REGISTRY_URL") or None
+        return cls(
+            kafka_bootstrap=_env("LLMPIPE_KAFKA_BOOTSTRAP", cls.kafka_bootstrap),
+            app_id=_env("LLMPIPE_APP_ID", cls.app_id),
+            topics=Topics(os.environ.get("LLMPIPE_TOPIC_PREFIX", "")),
+            clickhouse_dsn=_env("LLMPIPE_CLICKHOUSE_DSN", cls.clickhouse_dsn),
+            schema_registry_url=registry,
+            agents=tuple(a.strip() for a in _env("LLMPIPE_AGENTS", ",".join(cls.agents)).split(",")
+                         if a.strip()),
+            web_port=int(_env("LLMPIPE_WEB_PORT", str(cls.web_port))),
+            web_host=_env("LLMPIPE_WEB_HOST", cls.web_host),
+            session_timeout_s=float(_env("LLMPIPE_SESSION_TIMEOUT_S", str(cls.session_timeout_s))),
+            dispatch_concurrency=int(_env("LLMPIPE_DISPATCH_CONCURRENCY", str(cls.dispatch_concurrency))),
+            intake_concurrency=int(_env("LLMPIPE_INTAKE_CONCURRENCY", str(cls.intake_concurrency))),
+            ledger_flush_rows=int(_env("LLMPIPE_LEDGER_FLUSH_ROWS", str(cls.ledger_flush_rows))),
+            ledger_flush_s=float(_env("LLMPIPE_LEDGER_FLUSH_S", str(cls.ledger_flush_s))),
+            replication_factor=int(_env("LLMPIPE_REPLICATION_FACTOR", str(cls.replication_factor))),
+            log_level=_env("LLMPIPE_LOG_LEVEL", cls.log_level),
+            seed=int(os.environ["LLMPIPE_SEED"]) if os.environ.get("LLMPIPE_SEED") else None,
+        )
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        env = {
+            "LLMPIPE_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "LLMPIPE_APP_ID": self.app_id,
+            "LLMPIPE_TOPIC_PREFIX": self.topics.prefix,
+            "LLMPIPE_CLICKHOUSE_DSN": self.clickhouse_dsn,
+            "LLMPIPE_AGENTS": ",".join(self.agents),
+            "LLMPIPE_WEB_PORT": str(self.web_port),
+            "LLMPIPE_WEB_HOST": self.web_host,
+            "LLMPIPE_SESSION_TIMEOUT_S": str(self.session_timeout_s),
+            "LLMPIPE_DISPATCH_CONCURRENCY": str(self.dispatch_concurrency),
+            "LLMPIPE_INTAKE_CONCURRENCY": str(self.intake_concurrency),
+            "LLMPIPE_LEDGER_FLUSH_ROWS": str(self.ledger_flush_rows),
+            "LLMPIPE_LEDGER_FLUSH_S": str(self.ledger_flush_s),
+            "LLMPIPE_REPLICATION_FACTOR": str(self.replication_factor),
+            "LLMPIPE_LOG_LEVEL": self.log_level,
+        }
+        if self.schema_registry_url:
+            env["LLMPIPE_SCHEMA_REGISTRY_URL"] = self.schema_registry_url
+        if self.seed is not None:
+            env["LLMPIPE_SEED"] = str(self.seed)
+        return env
+
+
+def chdb_path(dsn: str) -> Path | None:
+    return Path(dsn[len("chdb://"):]) if dsn.startswith("chdb://") else None
