@@ -66,6 +66,7 @@ class DevStack:
     simulator_url: str = ""
     workers: list[Worker] = field(default_factory=list)
     provider_keys: dict[str, str] = field(default_factory=dict)
+    owns_broker: bool = True
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -73,9 +74,10 @@ class DevStack:
         if self.fresh and self.data_dir.exists():
             shutil.rmtree(self.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.owns_broker = broker is None
         self.broker = broker or EmbeddedBroker(self.kafka_port, self.data_dir / "broker.log").start()
         self.start_simulator()
-        asyncio.run(self.apply_topics())
+        _run_sync(self.apply_topics())
         # Fresh fake keys per stack: nothing secret-shaped lives in the code.
         self.provider_keys = {var: f"sk-dev-{_secrets.token_hex(16)}" for var in PROVIDER_KEY_VARS}
         return self
@@ -106,7 +108,7 @@ class DevStack:
         if self.simulator:
             _terminate(self.simulator)
             self.simulator = None
-        if self.broker:
+        if self.broker and self.owns_broker:
             self.broker.stop()
 
     def __enter__(self) -> "DevStack":
@@ -189,6 +191,17 @@ class DevStack:
             if w.alive():
                 return w
         raise StackError("no worker is running")
+
+
+def _run_sync(coro):
+    """Run a coroutine to completion from sync code, even inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def _terminate(process: subprocess.Popen, timeout: float = 15.0) -> None:

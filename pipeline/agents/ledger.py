@@ -105,8 +105,32 @@ def register_ledger(app: faust.App, runtime: Runtime, source: faust.TopicT, emit
             counts = await asyncio.to_thread(reports.count_usage, client, ids)
             return self.json({"counts": counts, "pending": writer.pending})
 
+    @app.page("/llmpipe/ledger/usage/")
+    class UsageRows(faust.web.View):
+        """POST {"request_ids": [...]} -> the deduplicated usage rows of those requests."""
+
+        async def post(self, request):
+            body = await request.json()
+            ids = tuple(str(i) for i in body.get("request_ids", []))
+            rows = await asyncio.to_thread(usage_rows, client, ids)
+            return self.json({"rows": rows})
+
     @app.page("/llmpipe/ledger/report/")
     async def dev_report(web, request):
         since = datetime.fromtimestamp(int(request.query.get("since_ms", "0")) / 1000, timezone.utc)
         report = await asyncio.to_thread(lambda: reports.dev_report(client, since=since))
         return web.json({"text": report.format_text(), "report": json.loads(report.to_json())})
+
+
+USAGE_VIEW_COLUMNS = ("request_id", "tenant", "status", "error_code", "served_model", "deployment",
+                      "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd",
+                      "baseline_cost_usd", "price_version", "attempts")
+
+
+def usage_rows(client, ids: tuple[str, ...]) -> list[dict]:
+    if not ids:
+        return []
+    result = client.query(f"SELECT {', '.join(USAGE_VIEW_COLUMNS)} FROM usage FINAL "
+                          "WHERE request_id IN %(ids)s", {"ids": ids})
+    return [{k: (str(v) if not isinstance(v, int) else v) for k, v in zip(USAGE_VIEW_COLUMNS, row)}
+            for row in result.result_rows]

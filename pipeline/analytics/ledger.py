@@ -1,0 +1,345 @@
+"""Usage, alerts and dead letters into ClickHouse: exact row conversion and idempotent batches.
+
+The ledger agent feeds :class:`LedgerWriter` one Usage per Kafka message and commits a
+partition's offset only after :meth:`LedgerWriter.flush` reports the insert done. Billing
+stays once-per-request however often Kafka re-delivers: a retried batch carries the same
+``insert_deduplication_token`` (dropped by ClickHouse), and whatever slips past that (a
+re-delivery after a crash, cut into different batches) collapses under ``usage FINAL``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Callable, Sequence
+
+from pipeline.analytics.clickhouse import ClickHouse, ClickHouseError
+from pipeline.events.models import Alert, DeadLetter, Usage
+
+logger = logging.getLogger(__name__)
+
+USAGE_TABLE = "usage"
+DEAD_LETTERS_TABLE = "dead_letters"
+ALERTS_TABLE = "alerts"
+
+USAGE_COLUMNS: tuple[str, ...] = (
+    "request_id", "tenant", "team", "end_user",
+    "created_at", "routed_at", "first_token_at", "completed_at",
+    "status", "error_code",
+    "requested_model", "routed_model", "served_model",
+    "provider", "deployment", "region", "route_rule", "task_class",
+    "attempts", "fallbacks", "batch_id", "batch_size", "cache",
+    "prompt_tokens", "completion_tokens", "cached_tokens",
+    "cost_usd", "baseline_cost_usd", "price_version",
+    "queue_ms", "pipeline_ms", "provider_ms",
+)
+
+DEAD_LETTER_COLUMNS: tuple[str, ...] = (
+    "source_topic", "source_partition", "source_offset", "key", "value",
+    "reason_code", "reason", "agent", "request_id", "tenant", "at",
+)
+
+ALERT_COLUMNS: tuple[str, ...] = (
+    "alert_id", "rule", "state", "severity", "tenant", "subject",
+    "value", "threshold", "window", "message", "at", "labels",
+)
+
+_UINT16_MAX = 2**16 - 1
+_UINT32_MAX = 2**32 - 1
+_INT32 = (-(2**31), 2**31 - 1)
+_INT64 = (-(2**63), 2**63 - 1)
+# Decimal(18, 9): 18 significant digits, so |nanos| < 10**18 (under a billion USD per row).
+_DECIMAL_18_9_NANOS = 10**18 - 1
+# DateTime64(3) spans 1900-01-01 .. 2299-12-31; epoch ms outside that would wrap silently.
+_MS_RANGE = (-2_208_988_800_000, 10_413_791_999_999)
+
+
+def nanos_to_usd(nanos: int) -> Decimal:
+    """Integer nano-dollars as an exact USD Decimal with 9 places (never via float)."""
+    return Decimal(nanos).scaleb(-9)
+
+
+def _check(name: str, value: int, low: int, high: int, owner: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{owner}: {name} must be an int, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{owner}: {name}={value} is outside [{low}, {high}]")
+    return value
+
+
+def _ms(name: str, value: int, owner: str) -> int:
+    # DateTime64(3) columns take raw ticks, and at precision 3 a tick is one ms: exact.
+    return _check(name, value, *_MS_RANGE, owner)
+
+
+def _duration_ms(value: int) -> int:
+    # Latency splits come from different hosts' clocks; skew can make one negative.
+    return min(max(int(value), 0), _UINT32_MAX)
+
+
+def usage_row(u: Usage) -> list[Any]:
+    """The ``usage`` row for ``u``, in :data:`USAGE_COLUMNS` order, converted exactly.
+
+    Raises ValueError (naming the request id) for values the columns cannot hold, so a bad
+    event is rejected when added, not when its batch is inserted.
+    """
+    owner = f"usage {u.request_id!r}"
+    return [
+        u.request_id, u.tenant, u.team, u.end_user,
+        _ms("created_at_ms", u.created_at_ms, owner),
+        _ms("routed_at_ms", u.routed_at_ms, owner),
+        _ms("first_token_at_ms", u.first_token_at_ms, owner),
+        _ms("completed_at_ms", u.completed_at_ms, owner),
+        u.status, u.error_code,
+        u.requested_model, u.routed_model, u.served_model,
+        u.provider, u.deployment, u.region, u.route_rule, u.task_class,
+        _check("attempts", u.attempts, 0, _UINT16_MAX, owner),
+        _check("fallbacks", u.fallbacks, 0, _UINT16_MAX, owner),
+        u.batch_id,
+        _check("batch_size", u.batch_size, 0, _UINT32_MAX, owner),
+        u.cache,
+        _check("prompt_tokens", u.prompt_tokens, 0, _UINT32_MAX, owner),
+        _check("completion_tokens", u.completion_tokens, 0, _UINT32_MAX, owner),
+        _check("cached_tokens", u.cached_tokens, 0, _UINT32_MAX, owner),
+        nanos_to_usd(_check("cost_nanos", u.cost_nanos,
+                            -_DECIMAL_18_9_NANOS, _DECIMAL_18_9_NANOS, owner)),
+        nanos_to_usd(_check("baseline_cost_nanos", u.baseline_cost_nanos,
+                            -_DECIMAL_18_9_NANOS, _DECIMAL_18_9_NANOS, owner)),
+        u.price_version,
+        _duration_ms(u.queue_ms), _duration_ms(u.pipeline_ms), _duration_ms(u.provider_ms),
+    ]
+
+
+def dead_letter_row(d: DeadLetter) -> list[Any]:
+    """The ``dead_letters`` row for ``d`` (raw key/value bytes kept as they are)."""
+    owner = f"dead letter {d.source_topic}[{d.source_partition}]@{d.source_offset}"
+    return [
+        d.source_topic,
+        _check("source_partition", d.source_partition, *_INT32, owner),
+        _check("source_offset", d.source_offset, *_INT64, owner),
+        None if d.key is None else bytes(d.key),
+        None if d.value is None else bytes(d.value),
+        d.reason_code, d.reason, d.agent, d.request_id, d.tenant,
+        _ms("at_ms", d.at_ms, owner),
+    ]
+
+
+def alert_row(a: Alert) -> list[Any]:
+    """The ``alerts`` row for ``a``."""
+    owner = f"alert {a.alert_id!r}"
+    return [
+        a.alert_id, a.rule, a.state, a.severity, a.tenant, a.subject,
+        a.value, a.threshold, a.window, a.message,
+        _ms("at_ms", a.at_ms, owner), dict(a.labels),
+    ]
+
+
+def insert_settings(dedup_token: str | None) -> dict[str, Any]:
+    """Insert settings for one idempotent batch.
+
+    The token is honoured by a non-replicated table only with a deduplication window
+    (the migrations set one). ``async_insert=0`` because ClickHouse 26 defaults
+    ``async_insert`` to 1, and async inserts ignore the token unless
+    ``async_insert_deduplicate`` is on; our batches are already big, so insert synchronously.
+    """
+    if dedup_token is None:
+        return {}
+    return {"insert_deduplication_token": dedup_token, "async_insert": 0}
+
+
+def _insert(client: ClickHouse, table: str, columns: Sequence[str], rows: list[list[Any]],
+            dedup_token: str | None) -> int:
+    if not rows:
+        return 0
+    client.insert(table, rows, column_names=columns, settings=insert_settings(dedup_token))
+    return len(rows)
+
+
+def insert_usage(client: ClickHouse, usages: Sequence[Usage], dedup_token: str | None) -> int:
+    """Insert ``usages`` in one INSERT (one token for the whole batch); returns rows sent."""
+    return _insert(client, USAGE_TABLE, USAGE_COLUMNS, [usage_row(u) for u in usages], dedup_token)
+
+
+def insert_dead_letters(client: ClickHouse, letters: Sequence[DeadLetter],
+                        dedup_token: str | None) -> int:
+    """Insert dead letters in one INSERT; returns rows sent."""
+    return _insert(client, DEAD_LETTERS_TABLE, DEAD_LETTER_COLUMNS,
+                   [dead_letter_row(d) for d in letters], dedup_token)
+
+
+def insert_alerts(client: ClickHouse, alerts: Sequence[Alert], dedup_token: str | None) -> int:
+    """Insert alerts in one INSERT; returns rows sent."""
+    return _insert(client, ALERTS_TABLE, ALERT_COLUMNS, [alert_row(a) for a in alerts], dedup_token)
+
+
+# --- Batched writer -------------------------------------------------------------------------
+
+class LedgerBufferFull(Exception):
+    """``add`` refused: ``max_buffer`` rows are pending. Flush (with backoff) and add again."""
+
+
+class LedgerFlushError(Exception):
+    """Some partitions' batches failed to insert; their rows are kept for the next flush.
+
+    ``committed`` lists the (partition, last offset) pairs that did succeed in this flush
+    (commit those), ``failed`` the partitions to retry, ``cause`` the first error.
+    """
+
+    def __init__(self, committed: list[tuple[int, int]], failed: list[int], cause: Exception):
+        super().__init__(f"ledger insert failed for partitions {failed}: {cause}")
+        self.committed = committed
+        self.failed = failed
+        self.cause = cause
+
+
+@dataclass
+class _Batch:
+    """Rows of one partition sealed for insert; immutable once sealed so a retry resends it."""
+
+    partition: int
+    rows: list[list[Any]] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    request_ids: list[str] = field(default_factory=list)
+    added_at: list[float] = field(default_factory=list)
+
+    def token(self, prefix: str) -> str:
+        # Offsets make the boundaries; the digest of request ids makes the token unique
+        # even when offsets restart (a recreated topic, a fresh dev broker) against a
+        # ClickHouse that still remembers the old tokens -- otherwise new rows would be
+        # dropped as "duplicates". A retry has the same ids, so the same token.
+        digest = hashlib.sha256("\n".join(self.request_ids).encode()).hexdigest()[:16]
+        return f"{prefix}:{self.partition}:{min(self.offsets)}-{max(self.offsets)}:{digest}"
+
+
+class LedgerWriter:
+    """Buffers usage rows per source partition and inserts them in idempotent batches.
+
+    Typical agent loop::
+
+        while writer.full:                      # bounded memory: wait for room
+            await flush_with_backoff()
+        writer.add(usage, partition, offset)    # ValueError: dead-letter the event
+        if writer.due():
+            for partition, offset in await writer.flush():
+                commit(partition, offset + 1)   # Kafka commits the *next* offset
+
+    ``flush`` returns, per partition written, the LAST offset included. On failure it raises
+    :class:`LedgerFlushError` and keeps the failed batches exactly as they were: the next
+    flush resends the same rows with the same token (rows added meanwhile go in a later
+    batch), so ClickHouse drops the retry if the first attempt had in fact landed.
+    """
+
+    def __init__(self, client: ClickHouse, *, max_rows: int = 1000, max_age_s: float = 1.0,
+                 max_buffer: int = 10_000, clock: Callable[[], float] = time.monotonic,
+                 token_prefix: str = "usage:llm.usage", table: str = USAGE_TABLE):
+        if max_rows < 1 or max_buffer < max_rows:
+            raise ValueError("need 1 <= max_rows <= max_buffer")
+        self._client = client
+        self.max_rows = max_rows
+        self.max_age_s = max_age_s
+        self.max_buffer = max_buffer
+        self._clock = clock
+        self._token_prefix = token_prefix
+        self._table = table
+        self._open: dict[int, _Batch] = {}
+        self._sealed: dict[int, deque[_Batch]] = {}
+        self._pending = 0
+        self._flush_lock = asyncio.Lock()
+
+    @property
+    def pending(self) -> int:
+        """Rows waiting to be inserted (open and sealed)."""
+        return self._pending
+
+    @property
+    def full(self) -> bool:
+        return self._pending >= self.max_buffer
+
+    def add(self, usage: Usage, partition: int, offset: int) -> None:
+        """Buffer ``usage`` read from (partition, offset).
+
+        Raises :class:`LedgerBufferFull` when ``max_buffer`` rows are pending, and
+        ValueError when the event cannot be stored (the caller dead-letters it).
+        """
+        if self.full:
+            raise LedgerBufferFull(f"{self._pending} usage rows pending (max_buffer="
+                                   f"{self.max_buffer}); flush before adding more")
+        row = usage_row(usage)
+        batch = self._open.get(partition)
+        if batch is None:
+            batch = self._open[partition] = _Batch(partition)
+        batch.rows.append(row)
+        batch.offsets.append(offset)
+        batch.request_ids.append(usage.request_id)
+        batch.added_at.append(self._clock())
+        self._pending += 1
+
+    def oldest_added_at(self) -> float | None:
+        """Clock time at which the oldest pending row was added, None if empty."""
+        times = [b.added_at[0] for b in self._open.values() if b.added_at]
+        times += [q[0].added_at[0] for q in self._sealed.values() if q]
+        return min(times) if times else None
+
+    def due(self, now: float | None = None) -> bool:
+        """True when ``max_rows`` rows are pending or the oldest is ``max_age_s`` old."""
+        if self._pending == 0:
+            return False
+        if self._pending >= self.max_rows:
+            return True
+        oldest = self.oldest_added_at()
+        now = self._clock() if now is None else now
+        return oldest is not None and now - oldest >= self.max_age_s
+
+    def _seal(self) -> None:
+        for partition, batch in self._open.items():
+            if not batch.rows:
+                continue
+            queue = self._sealed.setdefault(partition, deque())
+            for start in range(0, len(batch.rows), self.max_rows):
+                end = start + self.max_rows
+                queue.append(_Batch(partition, batch.rows[start:end], batch.offsets[start:end],
+                                    batch.request_ids[start:end], batch.added_at[start:end]))
+        self._open.clear()
+
+    async def flush(self) -> list[tuple[int, int]]:
+        """Insert every pending batch (in a worker thread); returns (partition, last offset).
+
+        Partitions are independent: one failing does not hold back the others. If any
+        failed, raises :class:`LedgerFlushError` after trying all of them.
+        """
+        async with self._flush_lock:
+            self._seal()
+            committed: list[tuple[int, int]] = []
+            failed: list[int] = []
+            first_error: Exception | None = None
+            for partition in sorted(self._sealed):
+                queue = self._sealed[partition]
+                last: int | None = None
+                while queue:
+                    batch = queue[0]
+                    token = batch.token(self._token_prefix)
+                    try:
+                        await asyncio.to_thread(_insert, self._client, self._table,
+                                                USAGE_COLUMNS, batch.rows, token)
+                    except (ClickHouseError, OSError) as exc:
+                        logger.warning("ledger.insert_failed partition=%d rows=%d token=%s "
+                                       "error=%s", partition, len(batch.rows), token, exc)
+                        failed.append(partition)
+                        first_error = first_error or exc
+                        break
+                    queue.popleft()
+                    self._pending -= len(batch.rows)
+                    last = max(batch.offsets) if last is None else max(last, *batch.offsets)
+                    logger.debug("ledger.inserted partition=%d rows=%d token=%s",
+                                 partition, len(batch.rows), token)
+                if last is not None:
+                    committed.append((partition, last))
+            self._sealed = {p: q for p, q in self._sealed.items() if q}
+            if first_error is not None:
+                raise LedgerFlushError(committed, failed, first_error)
+            return committed

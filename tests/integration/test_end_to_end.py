@@ -1,0 +1,137 @@
+"""One request flowing end to end on the embedded stack: Kafka -> intake -> dispatch ->
+provider simulator over HTTP -> one Response and one usage row in ClickHouse."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import uuid
+from decimal import Decimal
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from pipeline.catalog import load_catalog, nanos_to_usd
+from pipeline.client import GatewayClient, make_request
+from pipeline.events.codec import Codec
+from pipeline.events.models import DeadLetter, Response
+from tests.integration.conftest import usage_rows, wait_for_usage
+
+catalog = load_catalog()
+codec = Codec()
+TIMEOUT = 60
+
+
+async def test_three_tenants_each_request_one_response_one_exact_usage_row(pipeline_stack):
+    stack = pipeline_stack
+    prompts = ["Translate 'good morning' into Spanish.", "总结一下这段话：物流延迟三天。",
+               "Analyse the architecture trade-offs of sharding a ledger by tenant."]
+    requests = [make_request(tenant, prompts[i % 3], team="t", max_tokens=128,
+                             model=["gpt-4", None, "deepseek-chat"][i % 3])
+                for i, tenant in enumerate(["acme", "globex", "initech"] * 10)]
+    async with GatewayClient(stack.bootstrap, stack.topics) as gw:
+        responses = await asyncio.gather(*(gw.request(r, timeout=TIMEOUT) for r in requests))
+    by_id = {r.request_id: r for r in responses}
+    assert set(by_id) == {r.request_id for r in requests}
+    assert all(r.status == "ok" and r.content for r in responses), [r.error for r in responses]
+    for req in requests:
+        assert by_id[req.request_id].tenant == req.tenant      # never another tenant's answer
+
+    worker = stack.workers[0]
+    ids = [r.request_id for r in requests]
+    counts = wait_for_usage(worker, ids)
+    assert counts == {rid: 1 for rid in ids}
+    rows = usage_rows(worker, ids)
+    assert len(rows) == len(ids)
+    for row in rows:
+        expected = catalog.cost_nanos(row["served_model"], row["prompt_tokens"],
+                                      row["completion_tokens"], row["cached_tokens"])
+        assert Decimal(row["cost_usd"]) == nanos_to_usd(expected), row
+        assert by_id[row["request_id"]].cost_nanos == expected
+        assert row["price_version"] == catalog.price_version and row["status"] == "ok"
+
+
+async def test_bad_inputs_end_in_dead_letters_or_error_responses_and_good_ones_complete(pipeline_stack):
+    stack = pipeline_stack
+    topics = stack.topics
+    good = [make_request("acme", f"valid request {i}", max_tokens=32) for i in range(4)]
+    unknown_model = make_request("acme", "hi", model="gpt-17")
+    negative = make_request("acme", "hi", max_tokens=-5)
+    missing_field_id = str(uuid.uuid4())
+    garbage = b"\x13\x37this is not an event"
+    missing_field = json.dumps({"request_id": missing_field_id, "tenant": "acme"}).encode()
+    async with GatewayClient(stack.bootstrap, topics) as gw:
+        futures = {r.request_id: gw.expect(r.request_id) for r in good + [unknown_model, negative]}
+        producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap)
+        await producer.start()
+        try:
+            sequence = [gw.encode(good[0]), garbage, gw.encode(good[1]), missing_field,
+                        gw.encode(good[2]), codec.encode_json(unknown_model), gw.encode(good[3]),
+                        gw.encode(negative)]
+            for value in sequence:
+                await producer.send_and_wait(topics.requests, value, key=b"acme")
+        finally:
+            await producer.stop()
+        results = {rid: await gw.wait(rid, fut, TIMEOUT) for rid, fut in futures.items()}
+
+    assert all(results[r.request_id].status == "ok" for r in good)
+    bad_model = results[unknown_model.request_id]
+    assert bad_model.status == "error" and bad_model.error.code == "unknown_model"
+    assert "gpt-17" in bad_model.error.message
+    bad_tokens = results[negative.request_id]
+    assert bad_tokens.error.code == "invalid_request" and "max_tokens" in bad_tokens.error.message
+
+    letters = await read_all(stack.bootstrap, topics.dead_letter, DeadLetter, expect=2)
+    by_value = {dl.value: dl for dl in letters}
+    assert by_value[garbage].reason_code == "undecodable" and "magic byte" in by_value[garbage].reason
+    assert by_value[garbage].source_topic == topics.requests
+    missing = by_value[missing_field]
+    assert missing.reason_code == "schema_violation" and "messages" in missing.reason
+    assert missing.request_id == missing_field_id
+
+
+async def read_all(bootstrap: str, topic: str, cls, expect: int, timeout: float = 30.0):
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    out = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(out) < expect:
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    out += [codec.decode(r.value, cls) for r in records]
+    except TimeoutError:
+        pass
+    finally:
+        await consumer.stop()
+    return out
+
+
+@pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat (Debian package) is not installed")
+def test_plain_json_from_kcat_gets_a_json_response(pipeline_stack):
+    stack = pipeline_stack
+    rid = str(uuid.uuid4())
+    body = json.dumps({"request_id": rid, "tenant": "kcat-tenant",
+                       "messages": [{"role": "user", "content": "Say hello in Chinese."}],
+                       "params": {"max_tokens": 64}})
+    # The commands the README documents (murmur2 partitioner: same partition as the SDK).
+    subprocess.run(["kcat", "-P", "-b", stack.bootstrap, "-t", stack.topics.requests,
+                    "-X", "topic.partitioner=murmur2_random", "-K", "\t"],
+                   input=f"kcat-tenant\t{body}\n", text=True, check=True, timeout=30)
+    seen = None
+    for _ in range(60):
+        out = subprocess.run(["kcat", "-C", "-b", stack.bootstrap, "-t", stack.topics.responses,
+                              "-o", "beginning", "-e", "-q", "-f", "%s\\n"],
+                             capture_output=True, text=True, timeout=30).stdout
+        seen = next((line for line in out.splitlines() if rid in line), None)
+        if seen:
+            break
+        import time
+        time.sleep(0.5)
+    assert seen is not None, "no response for the kcat request"
+    response = json.loads(seen)                       # the reply is JSON, like the request
+    assert response["request_id"] == rid and response["status"] == "ok"
+    assert Response.from_dict(response).tenant == "kcat-tenant"

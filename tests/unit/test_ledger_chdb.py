@@ -1,0 +1,650 @@
+"""The usage ledger against the real ClickHouse engine (chDB): schema, exact money,
+idempotent inserts, the batched writer and the dev report.
+
+All tests share one chDB path (``tests/chdb_fixture.py``) and get a fresh database each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import fields
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytest
+
+from pipeline.analytics.clickhouse import ClickHouse, ClickHouseError, connect, redact_dsn
+from pipeline.analytics.ledger import (
+    ALERT_COLUMNS,
+    DEAD_LETTER_COLUMNS,
+    USAGE_COLUMNS,
+    LedgerBufferFull,
+    LedgerFlushError,
+    LedgerWriter,
+    insert_alerts,
+    insert_dead_letters,
+    insert_usage,
+    nanos_to_usd,
+    usage_row,
+)
+from pipeline.analytics.migrate import (
+    ENV_DIRECTORY,
+    MigrationError,
+    apply_migrations,
+    default_directory,
+    split_statements,
+)
+from pipeline.analytics.report import count_usage, dev_report, format_usd
+from pipeline.events.models import Alert, DeadLetter, Usage
+from tests.chdb_fixture import chdb_client, chdb_database, chdb_dsn  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[2]
+MIGRATIONS = REPO / "schemas" / "clickhouse"
+T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z, epoch ms
+RECENT_MS = 4_102_444_800_000 - 1  # 2099-12-31T23:59:59.999Z: never past the 90-day TTL
+
+
+@pytest.fixture
+def ledger(chdb_client: ClickHouse) -> ClickHouse:
+    apply_migrations(chdb_client, MIGRATIONS)
+    return chdb_client
+
+
+def make_usage(request_id: str, **overrides: Any) -> Usage:
+    values: dict[str, Any] = dict(
+        request_id=request_id, tenant="acme", created_at_ms=T0, completed_at_ms=T0 + 300,
+        status="ok", served_model="gpt-4.1", provider="openai", deployment="openai-eu",
+        prompt_tokens=100, completion_tokens=50, cost_nanos=600_000, provider_ms=250,
+        pipeline_ms=40)
+    values.update(overrides)
+    return Usage(**values)
+
+
+def raw_count(client: ClickHouse, table: str = "usage") -> int:
+    return client.query(f"SELECT count() FROM {table}").result_rows[0][0]
+
+
+def percentile_linear(values: Sequence[float], p: float) -> float:
+    """Linear interpolation between closest ranks, h = (n - 1) * p (numpy 'linear')."""
+    ordered = sorted(values)
+    h = (len(ordered) - 1) * p
+    lo = math.floor(h)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (h - lo) * (ordered[hi] - ordered[lo])
+
+
+# --- chDB engine rules (documented in pipeline/analytics/clickhouse.py) ----------------------
+
+PATH_RULES_SCRIPT = textwrap.dedent("""
+    import json, subprocess, sys
+    import clickhouse_connect
+    from pipeline.analytics.clickhouse import ClickHouseError, connect
+    base = sys.argv[1]
+    out = {}
+    a = connect(f"chdb://{base}/a")
+    a.command("CREATE TABLE t (x UInt8) ENGINE = MergeTree ORDER BY x")
+    a.insert("t", [[7]], ["x"])
+    a2 = connect(f"chdb://{base}/a")
+    out["same_path_twice"] = a2.query("SELECT x FROM t").result_rows[0][0]
+    try:
+        connect(f"chdb://{base}/b")
+        out["two_paths_at_once"] = "opened"
+    except ClickHouseError as exc:
+        out["two_paths_at_once"] = str(exc)
+    try:
+        clickhouse_connect.get_client(dsn=f"chdb://{base}/b")
+        out["engine_two_paths_at_once"] = "opened"
+    except Exception as exc:
+        out["engine_two_paths_at_once"] = str(exc)
+    probe = ("from pipeline.analytics.clickhouse import connect\\n"
+             f"connect('chdb://{base}/a').query('SELECT 1')")
+    other = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    out["other_process_same_path"] = [other.returncode, other.stderr[-400:]]
+    a.close()
+    a2.close()
+    b = connect(f"chdb://{base}/b")
+    out["sequential"] = b.query("SELECT count() FROM system.tables WHERE "
+                                "database = currentDatabase() AND name = 't'").result_rows[0][0]
+    b.close()
+    a = connect(f"chdb://{base}/a")
+    out["reopened_keeps_data"] = a.query("SELECT x FROM t").result_rows[0][0]
+    a.close()
+    print(json.dumps(out))
+""")
+
+
+def test_chdb_path_rules(tmp_path: Path) -> None:
+    """One path per process at a time; paths in sequence work; same path shared; one owner."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", PATH_RULES_SCRIPT, str(tmp_path)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["same_path_twice"] == 7
+    assert os.path.realpath(tmp_path / "a") in found["two_paths_at_once"]
+    assert "one engine path per process" in found["two_paths_at_once"]
+    assert "already initialized" in found["engine_two_paths_at_once"]
+    returncode, stderr = found["other_process_same_path"]
+    assert returncode != 0 and "ClickHouseError" in stderr
+    assert found["sequential"] == 0          # a fresh engine on b, without a's table
+    assert found["reopened_keeps_data"] == 7
+
+
+def test_connect_rejects_other_schemes_and_bad_chdb_dsns() -> None:
+    with pytest.raises(ClickHouseError, match="unsupported ClickHouse DSN scheme 'postgres'"):
+        connect("postgres://u:hunter2@db/x")
+    with pytest.raises(ClickHouseError, match="three slashes"):
+        connect("chdb://relative/dir")
+    try:
+        connect("postgres://u:hunter2@db/x")
+    except ClickHouseError as exc:
+        assert "hunter2" not in str(exc)
+
+
+def test_redact_dsn_masks_passwords_only() -> None:
+    assert redact_dsn("http://ledger:s3cr%40t@ch:8123/llm") == "http://ledger:***@ch:8123/llm"
+    assert redact_dsn("https://ch:8443/llm?user=x&password=s3cret") == \
+        "https://ch:8443/llm?user=x&password=***"
+    assert redact_dsn("chdb:///var/lib/llmpipe/ch?database=dev") == \
+        "chdb:///var/lib/llmpipe/ch?database=dev"
+    assert redact_dsn("http://ch:8123/llm") == "http://ch:8123/llm"
+
+
+def test_failed_http_connect_never_shows_the_password() -> None:
+    with pytest.raises(ClickHouseError) as caught:
+        connect("http://ledger:s3cr3t-pw@127.0.0.1:1/llm")   # nothing listens on port 1
+    assert "s3cr3t-pw" not in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    assert "ledger:***@127.0.0.1:1" in str(caught.value)
+
+
+def test_connect_creates_the_chdb_directory(chdb_dsn: str) -> None:
+    path = Path(chdb_dsn.removeprefix("chdb://"))
+    assert path.is_dir() and any(path.iterdir())
+
+
+# --- migrations -----------------------------------------------------------------------------
+
+def test_migrations_apply_in_order_and_reapply_is_a_no_op(chdb_client: ClickHouse) -> None:
+    assert apply_migrations(chdb_client, MIGRATIONS) == ["001_usage", "002_dead_letters_alerts"]
+    assert apply_migrations(chdb_client, MIGRATIONS) == []
+    tables = {r[0] for r in chdb_client.query("SHOW TABLES").result_rows}
+    assert {"usage", "dead_letters", "alerts", "schema_migrations"} <= tables
+    recorded = chdb_client.query(
+        "SELECT version, name, checksum FROM schema_migrations FINAL ORDER BY version").result_rows
+    assert recorded == [
+        (1, "001_usage", hashlib.sha256((MIGRATIONS / "001_usage.sql").read_bytes()).hexdigest()),
+        (2, "002_dead_letters_alerts",
+         hashlib.sha256((MIGRATIONS / "002_dead_letters_alerts.sql").read_bytes()).hexdigest()),
+    ]
+
+
+def test_default_directory_is_the_repo_schemas_unless_overridden(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(ENV_DIRECTORY, raising=False)
+    assert default_directory() == MIGRATIONS
+    monkeypatch.setenv(ENV_DIRECTORY, str(tmp_path))
+    assert default_directory() == tmp_path
+
+
+def test_changed_checksum_of_an_applied_migration_is_refused(
+        chdb_client: ClickHouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, directory)
+    monkeypatch.setenv(ENV_DIRECTORY, str(directory))
+    assert apply_migrations(chdb_client) == ["001_usage", "002_dead_letters_alerts"]
+
+    (directory / "003_extra.sql").write_text(
+        "-- a later migration\nCREATE TABLE IF NOT EXISTS extra (x UInt8)\n"
+        "ENGINE = MergeTree ORDER BY x;\n")
+    assert apply_migrations(chdb_client) == ["003_extra"]
+
+    with (directory / "001_usage.sql").open("a") as f:
+        f.write("-- edited after release\n")
+    with pytest.raises(MigrationError, match="001_usage.sql: changed after it was applied"):
+        apply_migrations(chdb_client)
+
+
+def test_a_failing_migration_names_its_file_and_is_not_recorded(
+        chdb_client: ClickHouse, tmp_path: Path) -> None:
+    (tmp_path / "001_ok.sql").write_text(
+        "CREATE TABLE IF NOT EXISTS a (x UInt8) ENGINE = MergeTree ORDER BY x;\n")
+    broken = tmp_path / "002_broken.sql"
+    broken.write_text("CREATE TABLE IF NOT EXISTS b (x UInt8) ENGINE = MergeTree ORDER BY x;\n"
+                      "CREATE TABLE c (x NoSuchType) ENGINE = MergeTree ORDER BY x;\n")
+    with pytest.raises(MigrationError, match=r"002_broken.sql: statement 2 of 2 failed"):
+        apply_migrations(chdb_client, tmp_path)
+    # Not recorded, so fixing the file is allowed and the re-run redoes it from the top.
+    broken.write_text(broken.read_text().replace("NoSuchType", "UInt8"))
+    assert apply_migrations(chdb_client, tmp_path) == ["002_broken"]
+
+
+def test_split_statements_ends_statements_only_at_line_end_semicolons() -> None:
+    sql = ("-- header; with a semicolon in a comment;\n"
+           "CREATE TABLE t (s String DEFAULT 'a;b') ENGINE = Memory;\n"
+           "\n"
+           "-- second\n"
+           "INSERT INTO t VALUES ('x;'), ('y');  \n"
+           "SELECT 1\n")
+    statements = split_statements(sql)
+    assert len(statements) == 3
+    assert statements[0].endswith("CREATE TABLE t (s String DEFAULT 'a;b') ENGINE = Memory")
+    assert statements[1].endswith("INSERT INTO t VALUES ('x;'), ('y')")
+    assert statements[2] == "SELECT 1"
+
+
+def test_migration_file_names_are_checked(chdb_client: ClickHouse, tmp_path: Path) -> None:
+    (tmp_path / "usage.sql").write_text("SELECT 1;\n")
+    with pytest.raises(MigrationError, match="usage.sql: migration files must be named"):
+        apply_migrations(chdb_client, tmp_path)
+
+
+# --- schema ---------------------------------------------------------------------------------
+
+def test_usage_table_has_a_column_for_every_usage_field(ledger: ClickHouse) -> None:
+    columns = dict(ledger.query(
+        "SELECT name, type FROM system.columns WHERE database = currentDatabase() "
+        "AND table = 'usage' ORDER BY position").result_rows)
+
+    def column_for(name: str) -> str:
+        if name.endswith("_at_ms"):
+            return name.removesuffix("_ms")
+        renames = {"cost_nanos": "cost_usd", "baseline_cost_nanos": "baseline_cost_usd"}
+        return renames.get(name, name)
+
+    assert sorted(column_for(f.name) for f in fields(Usage)) == sorted(USAGE_COLUMNS)
+    assert len(USAGE_COLUMNS) == len(fields(Usage))
+    assert list(columns) == [*USAGE_COLUMNS, "inserted_at"]
+    assert columns["cost_usd"] == columns["baseline_cost_usd"] == "Decimal(18, 9)"
+    for name in ("created_at", "routed_at", "first_token_at", "completed_at"):
+        assert columns[name] == "DateTime64(3, 'UTC')"
+    for name in ("prompt_tokens", "completion_tokens", "cached_tokens",
+                 "queue_ms", "pipeline_ms", "provider_ms"):
+        assert columns[name] == "UInt32"
+    for name in ("tenant", "team", "served_model", "provider", "deployment", "region", "status",
+                 "error_code", "route_rule", "task_class", "cache", "price_version"):
+        assert columns[name] == "LowCardinality(String)", name
+    engine = ledger.query("SELECT engine_full FROM system.tables WHERE database = currentDatabase()"
+                          " AND name = 'usage'").result_rows[0][0]
+    assert engine.startswith("ReplacingMergeTree(inserted_at) PARTITION BY toYYYYMM(created_at) "
+                             "ORDER BY (tenant, request_id)")
+    assert "non_replicated_deduplication_window = 1000" in engine
+
+
+def test_dead_letter_and_alert_tables_mirror_their_events(ledger: ClickHouse) -> None:
+    def columns(table: str) -> list[str]:
+        return [r[0] for r in ledger.query(
+            "SELECT name FROM system.columns WHERE database = currentDatabase() "
+            f"AND table = '{table}' ORDER BY position").result_rows]
+
+    def renamed(name: str) -> str:
+        return name.removesuffix("_ms") if name == "at_ms" else name
+
+    assert set(DEAD_LETTER_COLUMNS) == {renamed(f.name) for f in fields(DeadLetter)}
+    assert set(ALERT_COLUMNS) == {renamed(f.name) for f in fields(Alert)}
+    assert columns("dead_letters") == [*DEAD_LETTER_COLUMNS, "inserted_at"]
+    assert columns("alerts") == [*ALERT_COLUMNS, "inserted_at"]
+    engine = ledger.query("SELECT engine_full FROM system.tables WHERE database = currentDatabase()"
+                          " AND name = 'dead_letters'").result_rows[0][0]
+    assert "TTL toDateTime(at) + toIntervalDay(90)" in engine
+
+
+# --- exact round trip -----------------------------------------------------------------------
+
+def test_usage_round_trip_is_exact(ledger: ClickHouse) -> None:
+    # GPT-4.1 output: $8 per million tokens = 8000 nano-dollars a token (DOMAIN.md section 8).
+    big = make_usage("req-big", team="search", end_user="u-1", created_at_ms=T0 + 123,
+                     routed_at_ms=T0 + 130, first_token_at_ms=T0 + 480, completed_at_ms=T0 + 999,
+                     requested_model="gpt-4.1", routed_model="gpt-4.1", region="eu-west",
+                     route_rule="pinned", task_class="chat", attempts=2, fallbacks=1,
+                     batch_id="b-1", batch_size=8, cache="miss", prompt_tokens=0,
+                     completion_tokens=1_500_000_000, cached_tokens=0,
+                     cost_nanos=1_500_000_000 * 8000, baseline_cost_nanos=1,
+                     price_version="2025-01", queue_ms=5, pipeline_ms=45, provider_ms=820)
+    insert_usage(ledger, [big], dedup_token=None)
+
+    row = ledger.query(
+        "SELECT request_id, tenant, team, end_user, toUnixTimestamp64Milli(created_at), "
+        "toUnixTimestamp64Milli(routed_at), toUnixTimestamp64Milli(first_token_at), "
+        "toUnixTimestamp64Milli(completed_at), status, error_code, requested_model, routed_model,"
+        " served_model, provider, deployment, region, route_rule, task_class, attempts, fallbacks,"
+        " batch_id, batch_size, cache, prompt_tokens, completion_tokens, cached_tokens, cost_usd,"
+        " baseline_cost_usd, price_version, queue_ms, pipeline_ms, provider_ms "
+        "FROM usage FINAL").result_rows
+    assert row == [tuple(usage_row(big))]
+    cost, baseline = row[0][26], row[0][27]
+    assert cost == Decimal("12000.000000000") and str(cost) == "12000.000000000"
+    assert baseline == Decimal("0.000000001")
+    assert format_usd(cost) == "$12,000.000000"
+
+
+def test_money_sums_stay_exact_where_floats_would_drift(ledger: ClickHouse) -> None:
+    nanos = [1, 100_000_000, 200_000_000, 999_999_999_999_999, 3, 333_333_333]
+    insert_usage(ledger, [make_usage(f"r{i}", cost_nanos=n) for i, n in enumerate(nanos)], None)
+    total = ledger.query("SELECT sum(cost_usd) FROM usage FINAL").result_rows[0][0]
+    assert total == Decimal(sum(nanos)).scaleb(-9) == Decimal("1000000.633333336")
+    assert nanos_to_usd(sum(nanos)) == total
+
+
+def test_usage_row_rejects_what_the_columns_cannot_hold() -> None:
+    with pytest.raises(ValueError, match="'r1'.*prompt_tokens=-1"):
+        usage_row(make_usage("r1", prompt_tokens=-1))
+    with pytest.raises(ValueError, match="completion_tokens"):
+        usage_row(make_usage("r1", completion_tokens=2**32))
+    with pytest.raises(ValueError, match="cost_nanos"):
+        usage_row(make_usage("r1", cost_nanos=10**18))
+    # Latency splits come from skewed clocks: clamped, not refused.
+    row = usage_row(make_usage("r1", queue_ms=-7))
+    assert row[USAGE_COLUMNS.index("queue_ms")] == 0
+
+
+# --- idempotency ----------------------------------------------------------------------------
+
+def test_same_batch_with_same_token_is_stored_once(ledger: ClickHouse) -> None:
+    batch = [make_usage(f"r{i}", cost_nanos=1_000_000_001 * (i + 1)) for i in range(3)]
+    insert_usage(ledger, batch, dedup_token="usage:llm.usage:0:10-12")
+    before = dev_report(ledger)
+    insert_usage(ledger, batch, dedup_token="usage:llm.usage:0:10-12")   # the retry
+    assert raw_count(ledger) == 3          # dropped at insert time, not merely hidden by FINAL
+    after = dev_report(ledger)
+    assert after == before
+    assert after.requests == 3 and after.raw_rows == 3
+    assert after.cost_usd == Decimal("6.000000006")
+
+
+def test_without_a_dedup_window_the_token_is_ignored(ledger: ClickHouse) -> None:
+    """The DESIGN.md sharp edge this schema avoids: window 0 keeps the retried batch."""
+    ledger.command("CREATE TABLE usage_no_window AS usage ENGINE = ReplacingMergeTree(inserted_at)"
+                   " ORDER BY (tenant, request_id)")
+    rows = [usage_row(make_usage("r1"))]
+    for _ in range(2):
+        ledger.insert("usage_no_window", rows, USAGE_COLUMNS,
+                      settings={"insert_deduplication_token": "t1", "async_insert": 0})
+    assert raw_count(ledger, "usage_no_window") == 2
+
+
+def test_a_request_billed_twice_counts_once_under_final(ledger: ClickHouse) -> None:
+    insert_usage(ledger, [make_usage("dup"), make_usage("other")], dedup_token="usage:x:0:0-1")
+    # Re-delivered after a crash and cut into a different batch: another token, same request.
+    insert_usage(ledger, [make_usage("dup")], dedup_token="usage:x:0:0-0")
+    assert raw_count(ledger) == 3
+    assert count_usage(ledger, ["dup", "other", "missing"]) == {"dup": 1, "other": 1, "missing": 0}
+    report = dev_report(ledger)
+    assert (report.requests, report.distinct_request_ids, report.raw_rows) == (2, 2, 3)
+    assert report.cost_usd == nanos_to_usd(2 * 600_000)
+
+
+def test_dead_letters_keep_raw_bytes_and_dedupe(ledger: ClickHouse) -> None:
+    raw = b"\x00\xff\xfe not avro \x80"
+    letter = DeadLetter(source_topic="llm.requests", source_partition=3, source_offset=41,
+                        reason_code="undecodable", reason="unknown magic byte 0x00",
+                        agent="intake", at_ms=RECENT_MS, key=b"acme", value=raw)
+    no_bytes = DeadLetter(source_topic="llm.requests", source_partition=3, source_offset=42,
+                          reason_code="schema_violation", reason="missing tenant",
+                          agent="intake", at_ms=RECENT_MS, request_id="r9", tenant="acme")
+    for _ in range(2):
+        insert_dead_letters(ledger, [letter, no_bytes], dedup_token="dead:llm.requests:3:41-42")
+    assert raw_count(ledger, "dead_letters") == 2
+    rows = ledger.query("SELECT source_offset, hex(key), hex(value), value IS NULL, request_id, "
+                        "tenant, toUnixTimestamp64Milli(at) FROM dead_letters FINAL "
+                        "ORDER BY source_offset").result_rows
+    assert rows == [(41, b"acme".hex().upper(), raw.hex().upper(), 0, None, None, RECENT_MS),
+                    (42, None, None, 1, "r9", "acme", RECENT_MS)]
+
+
+def test_alerts_round_trip_and_dedupe(ledger: ClickHouse) -> None:
+    alert = Alert(alert_id="a-1", rule="monthly_cost", state="firing", value="10000.000000001",
+                  threshold="10000", at_ms=T0, severity="warning", tenant="acme",
+                  window="30d", message="monthly cost over $10,000", labels={"team": "search"})
+    for _ in range(2):
+        insert_alerts(ledger, [alert], dedup_token="alerts:0:5-5")
+    assert ledger.query("SELECT alert_id, rule, state, value, threshold, `window`, labels, "
+                        "toUnixTimestamp64Milli(at) FROM alerts").result_rows == [
+        ("a-1", "monthly_cost", "firing", "10000.000000001", "10000", "30d",
+         {"team": "search"}, T0)]
+
+
+# --- LedgerWriter ---------------------------------------------------------------------------
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class RecordingClient:
+    """Wraps the real client; records insert tokens and fails on demand.
+
+    ``fail_after_insert`` simulates the worst case: the rows landed but the caller saw an
+    error (a timeout on the acknowledgement), so the retry must be dropped as a duplicate.
+    """
+
+    def __init__(self, inner: ClickHouse):
+        self.inner = inner
+        self.tokens: list[str] = []
+        self.fail_before_insert: set[int] = set()   # partitions whose inserts fail outright
+        self.fail_after_insert = 0                  # how many successful inserts report failure
+
+    def insert(self, table: str, rows: Sequence[Sequence[Any]], column_names: Sequence[str],
+               settings: dict[str, Any] | None = None) -> int:
+        token = (settings or {}).get("insert_deduplication_token", "")
+        self.tokens.append(token)
+        partition = int(token.split(":")[2])
+        if partition in self.fail_before_insert:
+            raise ClickHouseError("insert into usage failed: Code: 210. connection refused", 210)
+        written = self.inner.insert(table, rows, column_names, settings)
+        if self.fail_after_insert:
+            self.fail_after_insert -= 1
+            raise ClickHouseError("insert into usage failed: timed out waiting for the reply")
+        return written
+
+
+@pytest.mark.asyncio
+async def test_writer_is_due_on_size(ledger: ClickHouse) -> None:
+    clock = FakeClock()
+    writer = LedgerWriter(ledger, max_rows=3, max_age_s=60, clock=clock)
+    assert not writer.due()
+    writer.add(make_usage("a"), partition=0, offset=10)
+    writer.add(make_usage("b"), partition=0, offset=11)
+    assert not writer.due()
+    writer.add(make_usage("c"), partition=0, offset=12)
+    assert writer.due()
+    assert await writer.flush() == [(0, 12)]
+    assert writer.pending == 0 and not writer.due()
+    assert count_usage(ledger, ["a", "b", "c"]) == {"a": 1, "b": 1, "c": 1}
+
+
+@pytest.mark.asyncio
+async def test_writer_is_due_on_age_of_the_oldest_row(ledger: ClickHouse) -> None:
+    clock = FakeClock(1000.0)
+    writer = LedgerWriter(ledger, max_rows=100, max_age_s=2.0, clock=clock)
+    writer.add(make_usage("a"), 0, 1)
+    clock.now = 1001.5
+    writer.add(make_usage("b"), 0, 2)
+    assert not writer.due()
+    assert not writer.due(1001.999)
+    assert writer.due(1002.0)
+    clock.now = 1002.0
+    assert writer.due()
+    assert await writer.flush() == [(0, 2)]
+    assert not writer.due(9999.0)
+
+
+@pytest.mark.asyncio
+async def test_writer_batches_per_partition_with_offset_tokens(ledger: ClickHouse) -> None:
+    client = RecordingClient(ledger)
+    writer = LedgerWriter(client, max_rows=10, clock=FakeClock())  # type: ignore[arg-type]
+    for offset, (partition, rid) in enumerate([(1, "p1-a"), (0, "p0-a"), (1, "p1-b"), (0, "p0-b")]):
+        writer.add(make_usage(rid), partition, 100 + offset)
+    assert await writer.flush() == [(0, 103), (1, 102)]
+    assert [t.rsplit(":", 1)[0] for t in client.tokens] == ["usage:llm.usage:0:101-103",
+                                                             "usage:llm.usage:1:100-102"]
+    assert raw_count(ledger) == 4
+
+
+@pytest.mark.asyncio
+async def test_writer_keeps_rows_after_a_failed_insert_and_resends_the_same_batch(
+        ledger: ClickHouse) -> None:
+    client = RecordingClient(ledger)
+    client.fail_after_insert = 1           # landed, but we were told it failed
+    writer = LedgerWriter(client, max_rows=10, clock=FakeClock())  # type: ignore[arg-type]
+    writer.add(make_usage("a"), 0, 1)
+    writer.add(make_usage("b"), 0, 2)
+    with pytest.raises(LedgerFlushError) as caught:
+        await writer.flush()
+    assert caught.value.committed == [] and caught.value.failed == [0]
+    assert writer.pending == 2             # nothing lost, nothing committed
+
+    writer.add(make_usage("c"), 0, 3)      # arrives while we back off: goes in a later batch
+    assert await writer.flush() == [(0, 3)]
+    assert client.tokens[0] == client.tokens[1]     # the retry resent the very same batch
+    assert client.tokens[2] != client.tokens[0]
+    assert raw_count(ledger) == 3          # the retry was dropped by ClickHouse
+    assert writer.pending == 0
+
+
+@pytest.mark.asyncio
+async def test_a_failing_partition_does_not_hold_back_the_others(ledger: ClickHouse) -> None:
+    client = RecordingClient(ledger)
+    client.fail_before_insert = {0}
+    writer = LedgerWriter(client, max_rows=10, clock=FakeClock())  # type: ignore[arg-type]
+    writer.add(make_usage("p0"), 0, 7)
+    writer.add(make_usage("p1"), 1, 9)
+    with pytest.raises(LedgerFlushError) as caught:
+        await writer.flush()
+    assert caught.value.committed == [(1, 9)] and caught.value.failed == [0]
+    assert writer.pending == 1 and count_usage(ledger, ["p0", "p1"]) == {"p0": 0, "p1": 1}
+    client.fail_before_insert = set()
+    assert await writer.flush() == [(0, 7)]
+    assert count_usage(ledger, ["p0", "p1"]) == {"p0": 1, "p1": 1}
+
+
+@pytest.mark.asyncio
+async def test_writer_memory_is_bounded(ledger: ClickHouse) -> None:
+    writer = LedgerWriter(ledger, max_rows=2, max_buffer=3, clock=FakeClock())
+    for i in range(3):
+        writer.add(make_usage(f"r{i}"), 0, i)
+    assert writer.full
+    with pytest.raises(LedgerBufferFull):
+        writer.add(make_usage("r3"), 0, 3)
+    assert await writer.flush() == [(0, 2)]            # sealed as two batches of <= max_rows
+    writer.add(make_usage("r3"), 0, 3)
+    assert writer.pending == 1
+
+
+def test_writer_refuses_an_unstorable_event_at_add(ledger: ClickHouse) -> None:
+    writer = LedgerWriter(ledger, clock=FakeClock())
+    with pytest.raises(ValueError, match="'bad'"):
+        writer.add(make_usage("bad", cached_tokens=-5), 0, 1)
+    assert writer.pending == 0
+
+
+# --- dev report -----------------------------------------------------------------------------
+
+# (request_id, status, error_code, served_model, prompt, completion, cost_nanos, e2e_ms,
+#  provider_ms, pipeline_ms)
+DATASET = [
+    ("q01", "ok", "", "gpt-4.1", 1200, 300, 4_800_000, 910, 820, 60),
+    ("q02", "ok", "", "gpt-4.1", 800, 200, 3_200_000, 640, 590, 35),
+    ("q03", "ok", "", "gpt-4.1", 450, 120, 1_860_001, 1310, 1200, 90),
+    ("q04", "ok", "", "deepseek-v3.2", 1500, 600, 672_333, 2250, 2100, 110),
+    ("q05", "ok", "", "deepseek-v3.2", 300, 90, 121_999, 480, 430, 30),
+    ("q06", "ok", "", "gemini-2.5-flash", 2000, 700, 2_350_000, 350, 300, 25),
+    ("q07", "ok", "", "gemini-2.5-flash", 100, 20, 80_000, 150, 0, 150),   # cache hit
+    ("q08", "error", "rate_limited", "gpt-4.1", 0, 0, 0, 40, 30, 10),
+    ("q09", "error", "rate_limited", "gpt-4.1", 0, 0, 0, 45, 33, 12),
+    ("q10", "error", "budget_exceeded", "", 0, 0, 0, 3, 0, 3),
+]
+
+
+def load_dataset(client: ClickHouse) -> list[Usage]:
+    usages = [
+        make_usage(rid, status=status, error_code=code, served_model=model, prompt_tokens=p,
+                   completion_tokens=c, cost_nanos=cost, created_at_ms=T0 + 1000 * i,
+                   completed_at_ms=T0 + 1000 * i + e2e, provider_ms=prov, pipeline_ms=pipe,
+                   baseline_cost_nanos=2 * cost)
+        for i, (rid, status, code, model, p, c, cost, e2e, prov, pipe) in enumerate(DATASET)]
+    insert_usage(client, usages, dedup_token="report:0:0-9")
+    insert_usage(client, usages[:2], dedup_token="report:0:0-1")  # re-delivered duplicates
+    outside = make_usage("late", created_at_ms=T0 + 3_600_000, completed_at_ms=T0 + 3_601_000,
+                         cost_nanos=10**12)
+    insert_usage(client, [outside], dedup_token="report:0:10-10")
+    return usages
+
+
+def test_dev_report_on_a_known_data_set(ledger: ClickHouse) -> None:
+    load_dataset(ledger)
+    since = datetime.fromtimestamp(T0 // 1000, tz=timezone.utc)
+    until = datetime.fromtimestamp(T0 // 1000 + 60, tz=timezone.utc)
+    report = dev_report(ledger, since=since, until=until)
+
+    assert (report.requests, report.distinct_request_ids, report.raw_rows) == (10, 10, 12)
+    assert (report.ok, report.errors) == (7, 3)
+    assert [(e.code, e.requests) for e in report.errors_by_code] == [
+        ("rate_limited", 2), ("budget_exceeded", 1)]
+
+    costs = [row[6] for row in DATASET]
+    assert report.cost_usd == Decimal(sum(costs)).scaleb(-9) == Decimal("0.013084333")
+    assert report.baseline_cost_usd == 2 * report.cost_usd
+    assert report.prompt_tokens == sum(row[4] for row in DATASET)
+    assert report.completion_tokens == sum(row[5] for row in DATASET)
+
+    by_model = {m.served_model: m for m in report.models}
+    assert [m.served_model for m in report.models] == [
+        "gpt-4.1", "deepseek-v3.2", "gemini-2.5-flash", ""]
+    assert by_model["gpt-4.1"].requests == 5 and by_model["gpt-4.1"].share == 0.5
+    assert by_model["gpt-4.1"].cost_usd == Decimal("0.009860001")
+    assert by_model["deepseek-v3.2"].cost_usd == Decimal("0.000794332")
+    assert by_model[""].cost_usd == Decimal("0E-9") and by_model[""].requests == 1
+    assert sum(m.cost_usd for m in report.models) == report.cost_usd
+
+    ok_rows = [row for row in DATASET if row[1] == "ok"]
+    for latency, column in ((report.end_to_end, 7), (report.provider, 8), (report.pipeline, 9)):
+        values = [row[column] for row in ok_rows]
+        assert latency.samples == 7
+        assert latency.p50_ms == pytest.approx(percentile_linear(values, 0.5))
+        assert latency.p95_ms == pytest.approx(percentile_linear(values, 0.95))
+        assert latency.p99_ms == pytest.approx(percentile_linear(values, 0.99))
+    assert report.end_to_end.p95_ms == pytest.approx(1968.0)   # 1310 + 0.7 * (2250 - 1310)
+
+    text = report.format_text()
+    for heading in ("Totals", "Errors by code", "Model mix", "Tokens", "Cost (USD)", "Latency"):
+        assert f"\n{heading}" in text
+    assert "$0.013084" in text and "$0.009860" in text and "50.0%" in text
+    data = json.loads(report.to_json())
+    assert data["cost_usd"] == "0.013084333" and data["requests"] == 10
+    assert data["since"] == since.isoformat()
+
+
+def test_dev_report_by_request_ids_and_everything(ledger: ClickHouse) -> None:
+    load_dataset(ledger)
+    picked = dev_report(ledger, request_ids=["q01", "q04", "q10", "unknown"])
+    assert (picked.requests, picked.ok, picked.errors, picked.raw_rows) == (3, 2, 1, 4)
+    assert picked.cost_usd == Decimal("0.005472333")
+    assert picked.request_ids == 4
+    everything = dev_report(ledger)
+    assert everything.requests == 11
+    assert everything.cost_usd == Decimal("1000.013084333")
+
+
+def test_empty_report_formats(ledger: ClickHouse) -> None:
+    report = dev_report(ledger, request_ids=[])
+    assert report.requests == 0 and report.end_to_end.p50_ms is None
+    assert "requests" in report.format_text()
+    assert json.loads(report.to_json())["cost_usd"] == "0.000000000"
+
+
+def test_report_refuses_naive_datetimes(ledger: ClickHouse) -> None:
+    with pytest.raises(ValueError, match="naive"):
+        dev_report(ledger, since=datetime(2025, 1, 1))
