@@ -11,6 +11,7 @@ from pipeline.agents.dispatch import register_dispatch
 from pipeline.agents.flow import Emitter
 from pipeline.agents.intake import register_intake
 from pipeline.agents.ledger import register_ledger
+from pipeline.kafka.faust_tuning import set_fetch_max_wait_ms
 from pipeline.kafka.topics import faust_partitions, load_topic_specs, prefixed
 from pipeline.runtime import Runtime
 
@@ -19,6 +20,7 @@ log = logging.getLogger("llmpipe.app")
 
 def create_app(runtime: Runtime) -> faust.App:
     s = runtime.settings
+    set_fetch_max_wait_ms(s.fetch_max_wait_ms)
     session = s.session_timeout_s
     app = faust.App(
         s.app_id,

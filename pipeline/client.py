@@ -72,7 +72,7 @@ class GatewayClient:
         await self._producer.start()
         partitions = await self._producer.partitions_for(self.reply_topic)
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                          auto_offset_reset="latest")
+                                          auto_offset_reset="latest", fetch_max_wait_ms=20)
         await self._consumer.start()
         tps = [TopicPartition(self.reply_topic, p) for p in sorted(partitions)]
         self._consumer.assign(tps)

@@ -53,6 +53,7 @@ class Settings:
     ledger_flush_s: float = 0.5
     replication_factor: int = 1
     log_level: str = "info"
+    fetch_max_wait_ms: int = 20
     seed: int | None = None
 
     @classmethod
@@ -75,6 +76,7 @@ class Settings:
             ledger_flush_s=float(_env("LLMPIPE_LEDGER_FLUSH_S", str(cls.ledger_flush_s))),
             replication_factor=int(_env("LLMPIPE_REPLICATION_FACTOR", str(cls.replication_factor))),
             log_level=_env("LLMPIPE_LOG_LEVEL", cls.log_level),
+            fetch_max_wait_ms=int(_env("LLMPIPE_FETCH_MAX_WAIT_MS", str(cls.fetch_max_wait_ms))),
             seed=int(os.environ["LLMPIPE_SEED"]) if os.environ.get("LLMPIPE_SEED") else None,
         )
 
@@ -98,6 +100,7 @@ class Settings:
             "LLMPIPE_LEDGER_FLUSH_S": str(self.ledger_flush_s),
             "LLMPIPE_REPLICATION_FACTOR": str(self.replication_factor),
             "LLMPIPE_LOG_LEVEL": self.log_level,
+            "LLMPIPE_FETCH_MAX_WAIT_MS": str(self.fetch_max_wait_ms),
         }
         if self.schema_registry_url:
             env["LLMPIPE_SCHEMA_REGISTRY_URL"] = self.schema_registry_url

@@ -110,9 +110,54 @@ async def read_all(bootstrap: str, topic: str, cls, expect: int, timeout: float 
     return out
 
 
-@pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat (Debian package) is not installed")
+def kcat_speaks_to(bootstrap: str) -> str | None:
+    """None if kcat can talk to this broker, else why not. Debian 12's kcat links
+    librdkafka 2.0.2, which misparses the embedded Tansu broker's ApiVersions v3 reply
+    ("Protocol read buffer underflow for ApiVersion v3 at 274/279")."""
+    if shutil.which("kcat") is None:
+        return "kcat (Debian package) is not installed"
+    probe = subprocess.run(["kcat", "-L", "-b", bootstrap, "-m", "5"], capture_output=True,
+                           text=True, timeout=30)
+    if probe.returncode != 0:
+        return f"this kcat cannot talk to the embedded broker: {probe.stderr.strip()[-200:]}"
+    return None
+
+
+async def test_plain_json_bytes_get_a_json_response(pipeline_stack):
+    """Exactly what the README's kcat command puts on the topic: a JSON line, keyed by tenant."""
+    stack = pipeline_stack
+    rid = str(uuid.uuid4())
+    line = json.dumps({"request_id": rid, "tenant": "json-tenant",
+                       "messages": [{"role": "user", "content": "Say hello in Chinese."}],
+                       "params": {"max_tokens": 64}}).encode()
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(stack.topics.requests, line, key=b"json-tenant")
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(stack.topics.responses, bootstrap_servers=stack.bootstrap,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    found = None
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while found is None:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    found = next((r for r in records if r.key == rid.encode()), found)
+    finally:
+        await consumer.stop()
+    assert found.value[:1] == b"{"                       # JSON in, JSON out
+    response = json.loads(found.value)
+    assert response["request_id"] == rid and response["status"] == "ok"
+    assert response["tenant"] == "json-tenant"
+
+
 def test_plain_json_from_kcat_gets_a_json_response(pipeline_stack):
     stack = pipeline_stack
+    reason = kcat_speaks_to(stack.bootstrap)
+    if reason:
+        pytest.skip(reason)
     rid = str(uuid.uuid4())
     body = json.dumps({"request_id": rid, "tenant": "kcat-tenant",
                        "messages": [{"role": "user", "content": "Say hello in Chinese."}],

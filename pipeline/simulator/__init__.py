@@ -1,0 +1,13 @@
+"""An OpenAI-compatible LLM provider simulator on loopback, with per-model latency and
+error profiles, deterministic answers and fault injection (``python -m pipeline.simulator``)."""
+
+from pipeline.simulator.profiles import (FaultKind, FaultSpec, ModelProfile, SimulatorConfig,
+                                         load_config, parse_fault_flag)
+from pipeline.simulator.server import (LATENCY_HEADER, RunningSimulator, Simulator, build_app,
+                                       key_fingerprint, start_simulator)
+
+__all__ = [
+    "LATENCY_HEADER", "FaultKind", "FaultSpec", "ModelProfile", "RunningSimulator", "Simulator",
+    "SimulatorConfig", "build_app", "key_fingerprint", "load_config", "parse_fault_flag",
+    "start_simulator",
+]
