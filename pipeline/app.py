@@ -60,7 +60,9 @@ def create_app(runtime: Runtime) -> faust.App:
         register_ledger(app, runtime, topic(s.topics.usage), emitter)
     @app.page("/llmpipe/health/")
     async def health(web, request):
-        return web.json({"ok": True, "app_id": s.app_id, "agents": list(s.agents)})
+        assigned = len(app.consumer.assignment()) if app.consumer else 0
+        return web.json({"ok": True, "app_id": s.app_id, "agents": list(s.agents),
+                         "assigned_partitions": assigned})
 
     log.info("app_created app_id=%s agents=%s bootstrap=%s", s.app_id, ",".join(s.agents),
              s.kafka_bootstrap)

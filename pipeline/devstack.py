@@ -161,14 +161,18 @@ class DevStack:
         self.wait_web(worker)
         return worker
 
-    def wait_web(self, worker: Worker, timeout: float = 60.0) -> None:
+    def wait_web(self, worker: Worker, timeout: float = 60.0, wait_assigned: bool = True) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not worker.alive():
                 raise StackError(f"{worker.name} exited with {worker.process.returncode}:\n"
                                  f"{worker.log_tail()}")
             try:
-                if httpx.get(f"{worker.url}/llmpipe/health/", timeout=1.0).status_code == 200:
+                resp = httpx.get(f"{worker.url}/llmpipe/health/", timeout=1.0)
+                # ready once the consumer group has given it partitions (or never will:
+                # a worker with nothing assigned is still a healthy standby after the timeout)
+                if resp.status_code == 200 and (not wait_assigned
+                                                or resp.json().get("assigned_partitions", 0) > 0):
                     return
             except httpx.HTTPError:
                 pass
