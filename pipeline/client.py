@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -56,9 +57,10 @@ class GatewayClient:
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._pending: dict[str, asyncio.Future[Response]] = {}
-        self._done: set[str] = set()
+        self._done: OrderedDict[str, None] = OrderedDict()   # recent ids, to drop repeats
         self._reader: asyncio.Task | None = None
         self.duplicates_dropped = 0
+        self.remember = 100_000
 
     async def __aenter__(self) -> "GatewayClient":
         await self.start()
@@ -144,5 +146,7 @@ class GatewayClient:
             return
         fut = self._pending.get(rid)
         if fut is not None and not fut.done():
-            self._done.add(rid)
+            self._done[rid] = None
+            while len(self._done) > self.remember:
+                self._done.popitem(last=False)
             fut.set_result(response)

@@ -10,30 +10,20 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Callable
 
 from pipeline import errors
 from pipeline.catalog import Catalog
 from pipeline.errors import Rejected
 from pipeline.events.codec import Codec, DecodeError, is_json
-from pipeline.events.models import (ERROR, PRIORITIES, ROLES, DeadLetter, ErrorInfo, Request,
+from pipeline.events.models import (ERROR, PRIORITIES, ROLES, ErrorInfo, Request,
                                     Response, RoutedRequest, Usage)
-from pipeline.outputs import AVRO, JSON, Out
+from pipeline.outputs import AVRO, JSON, Origin, Out, dead_letter
 from pipeline.routing.policy import Router, RoutingPolicy
 from pipeline.routing.tokens import estimate_prompt_tokens
 from pipeline.settings import Topics
 
 MAX_TENANT_LENGTH = 128
-
-
-@dataclass(frozen=True)
-class Origin:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    timestamp_ms: int | None
 
 
 def now_ms() -> int:
@@ -127,10 +117,8 @@ class Intake:
     def _rejected_bytes(self, value: bytes | None, origin: Origin, code: str, reason: str,
                         at: int) -> list[Out]:
         request_id, tenant = _peek_ids(value)
-        return [Out(self.topics.dead_letter, origin.key, DeadLetter(
-            source_topic=origin.topic, source_partition=origin.partition,
-            source_offset=origin.offset, reason_code=code, reason=reason, agent=self.agent,
-            at_ms=at, key=origin.key, value=value, request_id=request_id, tenant=tenant))]
+        return [dead_letter(self.topics.dead_letter, origin, value, self.agent, code, reason,
+                            request_id, tenant)]
 
 
 def _peek_ids(value: bytes | None) -> tuple[str | None, str | None]:

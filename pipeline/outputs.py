@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.events.models import Event
+import time
+
+from pipeline.events.models import DeadLetter, Event
 
 AVRO, JSON = "avro", "json"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an input came from."""
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    timestamp_ms: int | None
 
 
 @dataclass(frozen=True)
@@ -15,3 +27,12 @@ class Out:
     key: str | bytes | None
     event: Event
     fmt: str = AVRO
+
+
+def dead_letter(topic: str, origin: Origin, value: bytes | None, agent: str, code: str, reason: str,
+                request_id: str | None = None, tenant: str | None = None) -> Out:
+    """A DeadLetter for an input, keeping its raw key and value and where it came from."""
+    return Out(topic, origin.key, DeadLetter(
+        source_topic=origin.topic, source_partition=origin.partition, source_offset=origin.offset,
+        reason_code=code, reason=reason[:2000], agent=agent, at_ms=int(time.time() * 1000),
+        key=origin.key, value=value, request_id=request_id, tenant=tenant))

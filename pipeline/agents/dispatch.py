@@ -7,9 +7,8 @@ import faust
 from pipeline.agents.flow import Emitter, process
 from pipeline.dispatch import Dispatcher
 from pipeline.events.codec import DecodeError
-from pipeline.events.models import DeadLetter, RoutedRequest
-from pipeline.intake import Origin, now_ms
-from pipeline.outputs import Out
+from pipeline.events.models import RoutedRequest
+from pipeline.outputs import Origin, Out, dead_letter
 from pipeline.providers.openai import OpenAIAdapter
 from pipeline.resilience.backoff import Backoff
 from pipeline.runtime import Runtime
@@ -29,10 +28,7 @@ def register_dispatch(app: faust.App, runtime: Runtime, source: faust.TopicT, em
         try:
             routed = runtime.codec.decode(value, RoutedRequest)
         except DecodeError as exc:
-            return [Out(s.topics.dead_letter, origin.key, DeadLetter(
-                source_topic=origin.topic, source_partition=origin.partition,
-                source_offset=origin.offset, reason_code=exc.code, reason=exc.reason,
-                agent="dispatch", at_ms=now_ms(), key=origin.key, value=value))]
+            return [dead_letter(s.topics.dead_letter, origin, value, "dispatch", exc.code, exc.reason)]
         return await dispatcher.handle(routed)
 
     @app.agent(source, name="dispatch")

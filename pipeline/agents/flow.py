@@ -10,9 +10,7 @@ from typing import Any, Awaitable, Callable
 
 from pipeline.agents.acks import InOrderAcker
 from pipeline.events.codec import Codec
-from pipeline.events.models import DeadLetter
-from pipeline.intake import Origin, now_ms
-from pipeline.outputs import JSON, Out
+from pipeline.outputs import JSON, Origin, Out, dead_letter
 
 log = logging.getLogger("llmpipe.flow")
 
@@ -75,11 +73,8 @@ async def process(stream: Any, step: Callable[[bytes | None, Origin], Awaitable[
             except Exception as exc:   # a bug must not stop the partition: dead-letter it
                 log.exception("step_failed agent=%s topic=%s partition=%s offset=%s",
                               agent, origin.topic, origin.partition, origin.offset)
-                outs = [Out(dead_letter_topic, origin.key, DeadLetter(
-                    source_topic=origin.topic, source_partition=origin.partition,
-                    source_offset=origin.offset, reason_code="internal_error",
-                    reason=f"{agent} failed: {type(exc).__name__}: {exc}"[:1000], agent=agent,
-                    at_ms=now_ms(), key=origin.key, value=event.value))]
+                outs = [dead_letter(dead_letter_topic, origin, event.value, agent, "internal_error",
+                                    f"{agent} failed: {type(exc).__name__}: {exc}")]
             await emitter.emit(outs)
             acker.done(ticket)
         finally:

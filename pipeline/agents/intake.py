@@ -5,7 +5,8 @@ from __future__ import annotations
 import faust
 
 from pipeline.agents.flow import Emitter, process
-from pipeline.intake import Intake, Origin
+from pipeline.intake import Intake
+from pipeline.outputs import Origin
 from pipeline.runtime import Runtime
 
 

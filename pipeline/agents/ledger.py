@@ -22,9 +22,8 @@ from pipeline.analytics.ledger import LedgerFlushError, LedgerWriter
 from pipeline.analytics.migrate import apply_migrations
 from pipeline.analytics import report as reports
 from pipeline.events.codec import DecodeError
-from pipeline.events.models import DeadLetter, Usage
-from pipeline.intake import now_ms
-from pipeline.outputs import Out
+from pipeline.events.models import Usage
+from pipeline.outputs import dead_letter
 from pipeline.runtime import Runtime
 
 log = logging.getLogger("llmpipe.ledger")
@@ -61,11 +60,8 @@ def register_ledger(app: faust.App, runtime: Runtime, source: faust.TopicT, emit
                 acker.done(queue.popleft()[1])
 
     async def dead_letter(event, ticket: Ticket, code: str, reason: str) -> None:
-        origin = origin_of(event)
-        await emitter.emit([Out(s.topics.dead_letter, origin.key, DeadLetter(
-            source_topic=origin.topic, source_partition=origin.partition, source_offset=origin.offset,
-            reason_code=code, reason=reason, agent="ledger", at_ms=now_ms(), key=origin.key,
-            value=event.value))])
+        await emitter.emit([dead_letter(s.topics.dead_letter, origin_of(event), event.value,
+                                        "ledger", code, reason)])
         acker.done(ticket)
 
     @app.agent(source, name="ledger")

@@ -14,7 +14,8 @@ from pipeline.deployments import load_deployments
 from pipeline.dispatch import Dispatcher
 from pipeline.events.codec import Codec
 from pipeline.events.models import DeadLetter, Request, Response, RoutedRequest, Usage
-from pipeline.intake import Intake, Origin
+from pipeline.intake import Intake
+from pipeline.outputs import Origin
 from pipeline.providers.openai import OpenAIAdapter
 from pipeline.resilience.backoff import Backoff
 from pipeline.routing.policy import Router, load_routing

@@ -290,3 +290,11 @@ async def test_apply_degrades_to_configs_not_checked_when_describe_configs_fails
     assert report.configs_not_checked == ["a.requests", "a.usage", "a.responses"]
     assert "configs not checked" in report.format()
     assert "UnsupportedVersionError" in report.format()
+
+
+def test_production_overlay_keeps_co_partitioned_groups_equal():
+    from pipeline.paths import REPO_DIR
+    specs = {s.name: s for s in load_topic_specs(overlay=REPO_DIR / "deploy" / "topics.prod.yaml")}
+    assert specs["llm.requests"].partitions == specs["llm.usage"].partitions == specs["llm.tenants"].partitions
+    assert specs["llm.routed"].partitions == specs["llm.batches"].partitions
+    assert all(s.replication_factor == 3 for s in specs.values())
