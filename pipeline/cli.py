@@ -6,6 +6,7 @@
   llmpipe migrate             apply ClickHouse migrations
   llmpipe simulate-provider   the OpenAI-compatible provider simulator
   llmpipe send                send one request and print its response
+  llmpipe kcat ARGS           Debian's kcat with a current librdkafka (see pipeline/embedded/kcat.py)
   llmpipe bench               drive N requests through the embedded stack, print latencies
 """
 
@@ -132,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("--dsn", help="default: $LLMPIPE_CLICKHOUSE_DSN")
     mig.set_defaults(func=cmd_migrate)
 
+    sub.add_parser("kcat", add_help=False,
+                   help="kcat with a librdkafka that speaks to the embedded broker")
     sub.add_parser("simulate-provider", add_help=False,
                    help="run the provider simulator (see --help)").set_defaults(func=cmd_simulate)
 
@@ -158,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["simulate-provider"]:
         return cmd_simulate(argparse.Namespace(), argv[1:])
+    if argv[:1] == ["kcat"]:
+        from pipeline.embedded.kcat import main as kcat_main
+        return kcat_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 
