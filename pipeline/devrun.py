@@ -69,11 +69,12 @@ def run_dev(args: argparse.Namespace) -> int:
     stack = DevStack(Path(args.data_dir), kafka_port=args.kafka_port,
                      simulator_args=["--seed", str(args.seed), "--latency-scale", str(args.latency_scale)])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # even if started with SIGINT ignored
     try:
         say("starting the embedded stack ...")
         stack.start()
-        say(f"  kafka (tansu)      {stack.bootstrap}")
-        say(f"  provider simulator {stack.simulator_url}")
+        say(f"  kafka (tansu)      {stack.bootstrap} (pid {stack.broker.pid})")
+        say(f"  provider simulator {stack.simulator_url} (pid {stack.simulator.pid})")
         say(f"  clickhouse (chdb)  {stack.clickhouse_dsn}")
         worker = stack.start_worker()
         say(f"  worker             pid {worker.process.pid}, agents intake+dispatch+ledger, "

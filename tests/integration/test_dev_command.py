@@ -1,0 +1,48 @@
+"""`llmpipe dev` as a newcomer runs it: demo traffic, a report, and Ctrl-C stops every child."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+
+def test_dev_runs_demo_prints_report_and_ctrl_c_stops_every_child(tmp_path):
+    log = tmp_path / "dev.log"
+    with open(log, "wb") as out:
+        dev = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "dev", "--demo-requests", "12",
+                                "--latency-scale", "0.05", "--data-dir", str(tmp_path / "data")],
+                               stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while "Ctrl-C stops everything" not in log.read_text() and time.monotonic() < deadline:
+            assert dev.poll() is None, log.read_text()
+            time.sleep(0.5)
+        text = log.read_text()
+        assert "accounted for: 12/12 responses, 12/12 with exactly one usage row" in text, text
+        assert "Model mix" in text and "Cost (USD)" in text and "p99" in text
+        children = [int(p) for p in re.findall(r"pid (\d+)", text)]
+        assert len(children) == 3, text              # broker, simulator, worker
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(30) == 0
+        time.sleep(0.5)
+        alive = [pid for pid in children if _alive(pid)]
+        assert alive == [], f"children still running: {alive}"
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:   # a zombie is already dead
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
