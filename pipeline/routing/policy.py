@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Protocol
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from pipeline.deployments import Deployment, Deployments
 from pipeline.errors import Rejected
 from pipeline.events.models import Request, RouteDecision
 
+TASK_CLASSES = ("simple", "medium", "complex")
 CONDITIONS = ("required_quality_at_least", "budget_per_mtok_below", "max_latency_ms_below")
 
 
@@ -45,6 +47,7 @@ class RoutingPolicy:
     default_max_tokens: int
     max_prompt_tokens: int
     fallback_chains: dict[str, tuple[str, ...]]
+    class_models: dict[str, str]          # rule 5: task class -> model
 
 
 @dataclass(frozen=True)
@@ -84,19 +87,37 @@ def load_routing(catalog: Catalog, path: Path | None = None) -> RoutingPolicy:
     for model, chain in (root.raw("fallback_chains", {}) or {}).items():
         model_at(model, f"fallback_chains.{model}")
         chains[model] = tuple(model_at(m, f"fallback_chains.{model}") for m in chain)
+    class_models = {}
+    for task_class, model in (root.raw("class_models", {}) or {}).items():
+        if task_class not in TASK_CLASSES:
+            raise ConfigError(path, f"class_models.{task_class}", f"one of {TASK_CLASSES}")
+        class_models[task_class] = model_at(model, f"class_models.{task_class}")
     return RoutingPolicy(tuple(rules), model_at(root.str("default_model"), "default_model"),
                          root.int("default_max_tokens", minimum=1),
-                         root.int("max_prompt_tokens", minimum=1), chains)
+                         root.int("max_prompt_tokens", minimum=1), chains, class_models)
+
+
+class Classification(Protocol):
+    task_class: str
+    score: float
+    reason: str
+
+
+class Classifier(Protocol):
+    def classify(self, messages: list[tuple[str, str]]) -> Classification: ...
 
 
 class Router:
     def __init__(self, catalog: Catalog, deployments: Deployments, policy: RoutingPolicy,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, classifier: Classifier | None = None):
         self.catalog, self.deployments, self.policy = catalog, deployments, policy
         self.rng = rng or random.Random()
+        self.classifier = classifier
 
     def route(self, request: Request, prompt_tokens: int) -> Route:
-        model, rule, reason, candidates = self._choose_model(request)
+        classification = (self.classifier.classify([(m.role, m.content) for m in request.messages])
+                           if self.classifier else None)
+        model, rule, reason, candidates = self._choose_model(request, classification)
         wanted = request.params.max_tokens or self.policy.default_max_tokens
         fitted = self._fit_context(model, prompt_tokens, wanted)
         if fitted != model:
@@ -107,10 +128,13 @@ class Router:
         deployment = self._pick_deployment(model)
         decision = RouteDecision(deployment=deployment.id, model=model, provider=deployment.provider,
                                  rule=rule, region=deployment.region, candidates=candidates,
-                                 reason=reason)
+                                 reason=reason,
+                                 task_class=classification.task_class if classification else "",
+                                 complexity=classification.score if classification else None)
         return Route(decision, self._fallbacks(model, deployment.id, prompt_tokens), max_tokens)
 
-    def _choose_model(self, request: Request) -> tuple[str, str, str, list[str]]:
+    def _choose_model(self, request: Request, classification: Classification | None = None
+                      ) -> tuple[str, str, str, list[str]]:
         if request.model:
             pinned = self.catalog.resolve(request.model)
             if pinned is None:
@@ -121,6 +145,10 @@ class Router:
             if rule.matches(request):
                 candidates = [rule.model] + ([rule.alternative] if rule.alternative else [])
                 return rule.model, rule.name, f"rule {rule.name} matched", candidates
+        if classification and classification.task_class in self.policy.class_models:
+            model = self.policy.class_models[classification.task_class]
+            return (model, "class", f"task class {classification.task_class} "
+                    f"(score {classification.score:.2f}: {classification.reason})", [model])
         return (self.policy.default_model, "default", "no rule matched; default model",
                 [self.policy.default_model])
 

@@ -182,3 +182,27 @@ def test_backoff_doubles_caps_and_honours_retry_after():
         raw = min(2 ** attempt, 60)
         assert raw * 0.75 <= d <= raw * 1.25
     assert b.delay(0, rng, retry_after_s=7) == 7
+
+
+class FixedClassifier:
+    def __init__(self, task_class: str, score: float):
+        self.result = type("C", (), {"task_class": task_class, "score": score, "reason": "fixed"})()
+
+    def classify(self, messages):
+        return self.result
+
+
+@pytest.mark.parametrize("task_class, hints, model, rule", [
+    ("simple", {}, "deepseek-v3.2", "class"),
+    ("medium", {}, "gemini-2.5-flash", "class"),
+    ("complex", {}, "gpt-4.1", "class"),
+    ("simple", {"required_quality": 0.97}, "gpt-4.1", "quality"),     # earlier rules win
+    ("complex", {"budget_per_mtok": "1"}, "deepseek-v3.2", "budget"),
+])
+def test_task_class_rule_comes_after_the_hint_rules(task_class, hints, model, rule):
+    router = Router(catalog, deployments, policy, random.Random(1), FixedClassifier(task_class, 0.5))
+    step = Intake(codec, catalog, router, policy, topics, clock=lambda: 2_000)
+    (out,) = step.handle(body(hints=hints), ORIGIN)
+    decision = out.event.route
+    assert (decision.model, decision.rule) == (model, rule)
+    assert decision.task_class == task_class and decision.complexity == 0.5
