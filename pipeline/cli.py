@@ -2,6 +2,7 @@
 
   llmpipe dev                 embedded stack + demo traffic + report (Ctrl-C stops it)
   llmpipe worker              run a pipeline worker (settings from LLMPIPE_* variables)
+  llmpipe route --explain P   how prompt P would be routed, and why
   llmpipe topics apply        create missing topics, report drift
   llmpipe migrate             apply ClickHouse migrations
   llmpipe simulate-provider   the OpenAI-compatible provider simulator
@@ -93,6 +94,38 @@ def cmd_send(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def cmd_route(args: argparse.Namespace) -> int:
+    """Explain the routing decision for a prompt, offline (no broker, no provider call)."""
+    import random
+    from decimal import Decimal
+
+    from pipeline.catalog import load_catalog
+    from pipeline.client import make_request
+    from pipeline.deployments import load_deployments
+    from pipeline.events.models import RoutingHints
+    from pipeline.routing.classifier import RuleClassifier
+    from pipeline.routing.policy import Router, load_routing
+    from pipeline.routing.tokens import estimate_prompt_tokens
+
+    catalog = load_catalog()
+    policy = load_routing(catalog)
+    router = Router(catalog, load_deployments(catalog), policy, random.Random(0), RuleClassifier())
+    hints = RoutingHints(required_quality=args.quality, max_latency_ms=args.max_latency_ms,
+                         budget_per_mtok=Decimal(args.budget) if args.budget else None)
+    req = make_request("cli", args.prompt, model=args.model, hints=hints, max_tokens=args.max_tokens)
+    tokens = estimate_prompt_tokens(m.content for m in req.messages)
+    route = router.route(req, tokens)
+    d = route.decision
+    score = f"{d.complexity:.2f}" if d.complexity is not None else "-"
+    print(f"class:      {d.task_class or '-'} (complexity {score})")
+    print(f"model:      {d.model} via {d.deployment} ({d.provider}, {d.region})")
+    print(f"rule:       {d.rule}")
+    print(f"why:        {d.reason}")
+    print(f"tokens:     ~{tokens} prompt, max_tokens {route.max_tokens}")
+    print(f"fallbacks:  {', '.join(route.fallbacks) or '-'}")
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from pipeline.devrun import run_dev
     return run_dev(args)
@@ -120,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     dev.set_defaults(func=cmd_dev)
 
     sub.add_parser("worker", help="run a pipeline worker").set_defaults(func=cmd_worker)
+
+    route = sub.add_parser("route", help="explain how a prompt would be routed (offline)")
+    route.add_argument("--explain", dest="prompt", required=True, metavar="PROMPT")
+    route.add_argument("--model", help="pinned model or alias")
+    route.add_argument("--quality", type=float, help="required_quality 0..1")
+    route.add_argument("--max-latency-ms", type=int)
+    route.add_argument("--budget", help="budget_per_mtok in USD")
+    route.add_argument("--max-tokens", type=int)
+    route.set_defaults(func=cmd_route)
 
     topics = sub.add_parser("topics", help="manage topics")
     tsub = topics.add_subparsers(dest="action", required=True)

@@ -10,6 +10,7 @@ from pipeline.catalog import Catalog, load_catalog
 from pipeline.deployments import Deployments, load_deployments
 from pipeline.events.codec import Codec
 from pipeline.events.registry import LocalRegistry, SchemaRegistryClient
+from pipeline.routing.classifier import RuleClassifier
 from pipeline.routing.policy import Router, RoutingPolicy, load_routing
 from pipeline.secrets import Secret, SecretError, load_secret
 from pipeline.settings import Settings
@@ -25,7 +26,7 @@ class Runtime:
     rng: random.Random
 
     def router(self) -> Router:
-        return Router(self.catalog, self.deployments, self.policy, self.rng)
+        return Router(self.catalog, self.deployments, self.policy, self.rng, RuleClassifier())
 
     def load_keys(self) -> dict[str, Secret]:
         """Every deployment's API key, or one error listing every missing/implausible key."""

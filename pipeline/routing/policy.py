@@ -148,7 +148,7 @@ class Router:
         if classification and classification.task_class in self.policy.class_models:
             model = self.policy.class_models[classification.task_class]
             return (model, "class", f"task class {classification.task_class} "
-                    f"(score {classification.score:.2f}: {classification.reason})", [model])
+                    f"({classification.reason})", [model])
         return (self.policy.default_model, "default", "no rule matched; default model",
                 [self.policy.default_model])
 
