@@ -59,7 +59,7 @@ def register_ledger(app: faust.App, runtime: Runtime, source: faust.TopicT, emit
             while queue and queue[0][0] <= last:
                 acker.done(queue.popleft()[1])
 
-    async def dead_letter(event, ticket: Ticket, code: str, reason: str) -> None:
+    async def reject(event, ticket: Ticket, code: str, reason: str) -> None:
         await emitter.emit([dead_letter(s.topics.dead_letter, origin_of(event), event.value,
                                         "ledger", code, reason)])
         acker.done(ticket)
@@ -72,7 +72,7 @@ def register_ledger(app: faust.App, runtime: Runtime, source: faust.TopicT, emit
             try:
                 usage = runtime.codec.decode(event.value, Usage)
             except DecodeError as exc:
-                await dead_letter(event, ticket, exc.code, exc.reason)
+                await reject(event, ticket, exc.code, exc.reason)
                 continue
             while writer.full:
                 await flush()
@@ -80,7 +80,7 @@ def register_ledger(app: faust.App, runtime: Runtime, source: faust.TopicT, emit
             try:
                 writer.add(usage, m.partition, m.offset)
             except ValueError as exc:
-                await dead_letter(event, ticket, "schema_violation", f"usage not storable: {exc}")
+                await reject(event, ticket, "schema_violation", f"usage not storable: {exc}")
                 continue
             waiting[m.partition].append((m.offset, ticket))
             if writer.due():

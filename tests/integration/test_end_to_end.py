@@ -19,7 +19,6 @@ from pipeline.catalog import load_catalog, nanos_to_usd
 from pipeline.client import GatewayClient, make_request
 from pipeline.events.codec import Codec
 from pipeline.events.models import DeadLetter, Response
-from tests.integration.conftest import usage_rows, wait_for_usage
 
 catalog = load_catalog()
 codec = Codec()
@@ -43,9 +42,9 @@ async def test_three_tenants_each_request_one_response_one_exact_usage_row(pipel
 
     worker = stack.workers[0]
     ids = [r.request_id for r in requests]
-    counts = wait_for_usage(worker, ids)
+    counts = worker.wait_for_usage(ids)
     assert counts == {rid: 1 for rid in ids}
-    rows = usage_rows(worker, ids)
+    rows = worker.usage_rows(ids)
     assert len(rows) == len(ids)
     for row in rows:
         expected = catalog.cost_nanos(row["served_model"], row["prompt_tokens"],
@@ -92,6 +91,27 @@ async def test_bad_inputs_end_in_dead_letters_or_error_responses_and_good_ones_c
     missing = by_value[missing_field]
     assert missing.reason_code == "schema_violation" and "messages" in missing.reason
     assert missing.request_id == missing_field_id
+
+
+async def test_poison_usage_event_is_dead_lettered_and_the_ledger_keeps_going(pipeline_stack):
+    stack = pipeline_stack
+    poison = b"\x00\x00\x00\x00\x01 not a usage event"
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(stack.topics.usage, poison, key=b"acme")
+    finally:
+        await producer.stop()
+    after = make_request("acme", "still billed after the poison?", max_tokens=16)
+    async with GatewayClient(stack.bootstrap, stack.topics) as gw:
+        assert (await gw.request(after, timeout=TIMEOUT)).status == "ok"
+    worker = stack.workers[0]
+    assert worker.wait_for_usage([after.request_id]) == {after.request_id: 1}
+    assert worker.alive()
+    letters = await read_all(stack.bootstrap, stack.topics.dead_letter, DeadLetter, expect=3)
+    (dl,) = [d for d in letters if d.value == poison]
+    assert dl.agent == "ledger" and dl.source_topic == stack.topics.usage
+    assert dl.reason_code == "unknown_schema" and "schema id 1" in dl.reason
 
 
 async def read_all(bootstrap: str, topic: str, cls, expect: int, timeout: float = 30.0):
