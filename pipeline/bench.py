@@ -6,24 +6,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import time
 from pathlib import Path
 
-import httpx
-
 from pipeline.client import GatewayClient, make_request
 from pipeline.devstack import DevStack
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    k = (len(s) - 1) * p
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+from pipeline.resilience.health import percentile
 
 
 async def drive(stack: DevStack, n: int, concurrency: int, warmup: int):
@@ -55,26 +43,25 @@ def run_bench(args: argparse.Namespace) -> int:
         worker = stack.start_worker()
         e2e, wall = asyncio.run(drive(stack, args.requests, args.concurrency, warmup=20))
         ids = list(e2e)
-        provider: dict[str, float] = {}
-        deadline = time.monotonic() + 60
-        while len(provider) < len(ids) and time.monotonic() < deadline:
-            rows = httpx.post(f"{worker.url}/llmpipe/ledger/usage/", json={"request_ids": ids},
-                              timeout=60).json()["rows"]
-            provider = {r["request_id"]: float(r["provider_ms"]) for r in rows}
-            time.sleep(0.5)
-        added = [e2e[rid] - provider[rid] for rid in ids if rid in provider]
+        worker.wait_for_usage(ids, timeout=60)
+        provider = {r["request_id"]: float(r["provider_ms"]) for r in worker.usage_rows(ids)}
+        added = sorted(e2e[rid] - provider[rid] for rid in ids if rid in provider)
+        provider_ms = sorted(provider.values())
         lat = sorted(e2e.values())
         print(f"requests: {args.requests} ok: {len(e2e)} concurrency: {args.concurrency} "
               f"simulated provider latency: {args.provider_latency_ms} ms")
         print(f"throughput: {len(e2e) / wall:.1f} req/s over {wall:.1f}s")
         print("                    p50      p95      p99   (ms)")
-        for name, values in (("end to end", lat), ("provider (http)", list(provider.values())),
+        for name, values in (("end to end", lat), ("provider (http)", provider_ms),
                              ("pipeline added", added)):
+            if not values:
+                print(f"{name:<16} no samples")
+                continue
             print(f"{name:<16} {percentile(values, .5):8.1f} {percentile(values, .95):8.1f} "
                   f"{percentile(values, .99):8.1f}")
         if added:
             print(f"pipeline added / provider (p50): "
-                  f"{percentile(added, .5) / max(statistics.median(provider.values()), 1e-9):.2f}x")
+                  f"{percentile(added, .5) / max(percentile(provider_ms, .5), 1e-9):.2f}x")
         return 0 if len(e2e) == args.requests else 1
     finally:
         stack.stop()

@@ -10,11 +10,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
-
 from pipeline.client import GatewayClient, ResponseTimeout
 from pipeline.demo import demo_requests
-from pipeline.devstack import DevStack, StackError, Worker
+from pipeline.devstack import DevStack, StackError
 
 
 def say(text: str = "") -> None:
@@ -44,27 +42,6 @@ async def drive(stack: DevStack, n: int, seed: int, timeout: float) -> tuple[dic
     return responses, [r.request_id for r in requests]
 
 
-def ledger_rows(worker: Worker, request_ids: list[str], timeout: float) -> dict[str, int]:
-    """Wait until the ledger holds a row for every request id (or the timeout)."""
-    deadline = time.monotonic() + timeout
-    counts: dict[str, int] = {}
-    while time.monotonic() < deadline:
-        resp = httpx.post(f"{worker.url}/llmpipe/ledger/counts/", json={"request_ids": request_ids},
-                          timeout=30)
-        resp.raise_for_status()
-        counts = resp.json()["counts"]
-        if all(counts.get(rid, 0) >= 1 for rid in request_ids):
-            break
-        time.sleep(0.5)
-    return counts
-
-
-def report_text(worker: Worker, since_ms: int) -> str:
-    resp = httpx.get(f"{worker.url}/llmpipe/ledger/report/", params={"since_ms": since_ms}, timeout=60)
-    resp.raise_for_status()
-    return resp.json()["text"]
-
-
 def run_dev(args: argparse.Namespace) -> int:
     stack = DevStack(Path(args.data_dir), kafka_port=args.kafka_port,
                      simulator_args=["--seed", str(args.seed), "--latency-scale", str(args.latency_scale)])
@@ -81,9 +58,9 @@ def run_dev(args: argparse.Namespace) -> int:
             f"web {worker.url}, log {worker.log_path}")
         since_ms = int(time.time() * 1000) - 60_000
         responses, ids = asyncio.run(drive(stack, args.demo_requests, args.seed, args.timeout))
-        counts = ledger_rows(worker, ids, timeout=60)
+        counts = worker.wait_for_usage(ids, timeout=60)
         say()
-        say(report_text(worker, since_ms))
+        say(worker.report(since_ms))
         missing_resp = [rid for rid in ids if rid not in responses]
         bad_rows = {rid: counts.get(rid, 0) for rid in ids if counts.get(rid, 0) != 1}
         say(f"accounted for: {len(ids) - len(missing_resp)}/{len(ids)} responses, "

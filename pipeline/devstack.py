@@ -45,6 +45,35 @@ class Worker:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    # --- the ledger's read views (the worker owns the chDB path) -------------------------
+
+    def _ledger(self, view: str, request_ids: list[str]) -> dict:
+        resp = httpx.post(f"{self.url}/llmpipe/ledger/{view}/", json={"request_ids": request_ids},
+                          timeout=60)
+        resp.raise_for_status()
+        return resp.json()
+
+    def usage_counts(self, request_ids: list[str]) -> dict[str, int]:
+        """Usage rows per request id, after deduplication."""
+        return self._ledger("counts", request_ids)["counts"]
+
+    def usage_rows(self, request_ids: list[str]) -> list[dict]:
+        return self._ledger("usage", request_ids)["rows"]
+
+    def wait_for_usage(self, request_ids: list[str], timeout: float = 60.0) -> dict[str, int]:
+        """Poll until every request id has a usage row (or the timeout); the last counts."""
+        deadline = time.monotonic() + timeout
+        counts = self.usage_counts(request_ids)
+        while not all(counts.get(r, 0) >= 1 for r in request_ids) and time.monotonic() < deadline:
+            time.sleep(0.3)
+            counts = self.usage_counts(request_ids)
+        return counts
+
+    def report(self, since_ms: int) -> str:
+        resp = httpx.get(f"{self.url}/llmpipe/ledger/report/", params={"since_ms": since_ms}, timeout=60)
+        resp.raise_for_status()
+        return resp.json()["text"]
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

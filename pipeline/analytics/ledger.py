@@ -15,10 +15,10 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Callable, Sequence
 
 from pipeline.analytics.clickhouse import ClickHouse, ClickHouseError
+from pipeline.catalog import nanos_to_usd
 from pipeline.events.models import Alert, DeadLetter, Usage
 
 logger = logging.getLogger(__name__)
@@ -57,11 +57,6 @@ _INT64 = (-(2**63), 2**63 - 1)
 _DECIMAL_18_9_NANOS = 10**18 - 1
 # DateTime64(3) spans 1900-01-01 .. 2299-12-31; epoch ms outside that would wrap silently.
 _MS_RANGE = (-2_208_988_800_000, 10_413_791_999_999)
-
-
-def nanos_to_usd(nanos: int) -> Decimal:
-    """Integer nano-dollars as an exact USD Decimal with 9 places (never via float)."""
-    return Decimal(nanos).scaleb(-9)
 
 
 def _check(name: str, value: int, low: int, high: int, owner: str) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from pipeline.config import ConfigError, Section, config_path, load_yaml
-from pipeline.routing.tokens import _is_cjk, estimate_text_tokens
+from pipeline.routing.tokens import estimate_text_tokens, is_cjk
 
 SIMPLE, MEDIUM, COMPLEX = "simple", "medium", "complex"
 TASK_CLASSES = (SIMPLE, MEDIUM, COMPLEX)
@@ -217,7 +217,7 @@ class RuleClassifier:
         return list(dict.fromkeys(found))
 
     def _word_count(self, text: str) -> float:
-        cjk = sum(1 for ch in text if _is_cjk(ch) and ch.isalpha())
+        cjk = sum(1 for ch in text if is_cjk(ch) and ch.isalpha())
         return len(_EN_WORD.findall(text)) + cjk / self.config.cjk_chars_per_word
 
     def _saturate(self, name: str, hits: int) -> float:

@@ -13,14 +13,14 @@ PER_MESSAGE_OVERHEAD = 4
 REPLY_PRIMING = 3
 
 
-def _is_cjk(ch: str) -> bool:
+def is_cjk(ch: str) -> bool:
     cp = ord(ch)
     return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x3000 <= cp <= 0x303F
             or 0xFF00 <= cp <= 0xFFEF or 0x20000 <= cp <= 0x2A6DF)
 
 
 def estimate_text_tokens(text: str) -> int:
-    cjk = sum(1 for ch in text if _is_cjk(ch))
+    cjk = sum(1 for ch in text if is_cjk(ch))
     other = len(text) - cjk
     return cjk + (other + 3) // 4
 

@@ -25,8 +25,6 @@ def topic_prefix() -> str:
 
 # --- the pipeline on the embedded stack --------------------------------------------------
 
-import httpx  # noqa: E402
-
 from pipeline.devstack import DevStack  # noqa: E402
 
 
@@ -34,30 +32,6 @@ def make_stack(broker, tmp_path_factory, name: str, simulator_args: list[str]) -
     uid = uuid.uuid4().hex[:8]
     return DevStack(tmp_path_factory.mktemp(name), topic_prefix=f"{name}{uid}.",
                     app_id=f"llmpipe-{name}-{uid}", simulator_args=simulator_args).start(broker=broker)
-
-
-def usage_rows(worker, request_ids: list[str]) -> list[dict]:
-    resp = httpx.post(f"{worker.url}/llmpipe/ledger/usage/", json={"request_ids": request_ids}, timeout=30)
-    resp.raise_for_status()
-    return resp.json()["rows"]
-
-
-def usage_counts(worker, request_ids: list[str]) -> dict[str, int]:
-    resp = httpx.post(f"{worker.url}/llmpipe/ledger/counts/", json={"request_ids": request_ids}, timeout=30)
-    resp.raise_for_status()
-    return resp.json()["counts"]
-
-
-def wait_for_usage(worker, request_ids: list[str], timeout: float = 60.0) -> dict[str, int]:
-    import time
-    deadline = time.monotonic() + timeout
-    counts: dict[str, int] = {}
-    while time.monotonic() < deadline:
-        counts = usage_counts(worker, request_ids)
-        if all(counts.get(r, 0) >= 1 for r in request_ids):
-            return counts
-        time.sleep(0.3)
-    return counts
 
 
 @pytest.fixture(scope="module")

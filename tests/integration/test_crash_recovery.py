@@ -9,7 +9,7 @@ import time
 
 from pipeline.client import GatewayClient
 from pipeline.demo import demo_requests
-from tests.integration.conftest import make_stack, usage_counts, wait_for_usage
+from tests.integration.conftest import make_stack
 
 N = 150
 
@@ -39,9 +39,9 @@ async def test_sigkill_mid_demo_loses_nothing_and_bills_once(broker, tmp_path_fa
         assert len(results) == N
         assert all(r.status in ("ok", "error") for r in results.values())
         ids = list(results)
-        counts = wait_for_usage(second, ids, timeout=90)
+        counts = second.wait_for_usage(ids, timeout=90)
         assert counts == {rid: 1 for rid in ids}, {k: v for k, v in counts.items() if v != 1}
-        assert usage_counts(second, ids) == counts
+        assert second.usage_counts(ids) == counts
         print(f"answered before kill: {answered_before}/{N}; repeated responses dropped "
               f"by the SDK: {duplicates}")
     finally:

@@ -13,7 +13,7 @@ from pipeline.catalog import load_catalog
 from pipeline.deployments import load_deployments
 from pipeline.dispatch import Dispatcher
 from pipeline.events.codec import Codec
-from pipeline.events.models import DeadLetter, Request, Response, RoutedRequest, Usage
+from pipeline.events.models import DeadLetter, Response, RoutedRequest, Usage
 from pipeline.intake import Intake
 from pipeline.outputs import Origin
 from pipeline.providers.openai import OpenAIAdapter
