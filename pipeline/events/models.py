@@ -153,6 +153,9 @@ class RoutedRequest(Event):
     reply_topic: str
     received_at_ms: int
     routed_at_ms: int
+    tenant_partition: int = -1
+    canary: str = ""
+    baseline_model: str = ""
     fallbacks: list[str] = field(default_factory=list)
     tried: list[AttemptRecord] = field(default_factory=list)
     estimated_prompt_tokens: int = 0
@@ -237,6 +240,7 @@ class Usage(Event):
     queue_ms: int = 0
     pipeline_ms: int = 0
     provider_ms: int = 0
+    canary: str = ""
 
 
 # --- Alerts, dead letters, tenant policy -----------------------------------------------
@@ -289,6 +293,8 @@ class CanaryRule(Event):
     model: str
     min_success_rate: float = 0.995
     max_p95_ms: int = 500
+    min_samples: int = 50
+    window: int = 200
 
 
 @dataclass
