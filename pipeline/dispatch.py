@@ -74,7 +74,8 @@ class Dispatcher:
         r, route = routed.request, routed.route
         at = self.clock()
         cost = self.catalog.cost_nanos(route.model, c.prompt_tokens, c.completion_tokens, c.cached_tokens)
-        baseline = self.catalog.cost_nanos(self.catalog.baseline_model, c.prompt_tokens,
+        baseline = self.catalog.cost_nanos(routed.baseline_model or self.catalog.baseline_model,
+                                           c.prompt_tokens,
                                            c.completion_tokens, c.cached_tokens)
         total_attempts = attempts + sum(t.attempts for t in routed.tried)
         created = r.created_at_ms or routed.received_at_ms
@@ -92,7 +93,7 @@ class Dispatcher:
                               served_model=route.model, provider=route.provider,
                               deployment=route.deployment, region=route.region)
         return [Out(routed.reply_topic, r.request_id, response, routed.reply_format),
-                Out(self.topics.usage, r.tenant, usage)]
+                self._usage_out(routed, usage)]
 
     def _failed(self, routed: RoutedRequest, failure: GatewayError, attempts: int) -> list[Out]:
         route = routed.route
@@ -124,7 +125,12 @@ class Dispatcher:
         usage = self._usage(routed, at, ERROR, failure.code, total_attempts, failure.elapsed_ms).replace(
             deployment=route.deployment, provider=route.provider, region=route.region)
         return [Out(routed.reply_topic, r.request_id, response, routed.reply_format),
-                Out(self.topics.usage, r.tenant, usage)]
+                self._usage_out(routed, usage)]
+
+    def _usage_out(self, routed: RoutedRequest, usage: Usage) -> Out:
+        # Settle the budget reservation on the partition that made it (see RoutedRequest).
+        partition = routed.tenant_partition if routed.tenant_partition >= 0 else None
+        return Out(self.topics.usage, usage.tenant, usage, partition=partition)
 
     def _first_model(self, routed: RoutedRequest) -> str:
         if not routed.tried:
@@ -145,5 +151,5 @@ class Dispatcher:
             routed_model=self._first_model(routed), route_rule=first_rule,
             task_class=route.task_class, attempts=attempts, fallbacks=len(routed.tried),
             queue_ms=queue_ms, provider_ms=provider_ms,
-            pipeline_ms=max(0, at - created - queue_ms - provider_ms))
+            pipeline_ms=max(0, at - created - queue_ms - provider_ms), canary=routed.canary)
 

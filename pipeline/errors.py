@@ -13,6 +13,7 @@ AUTH_ERROR = "auth_error"
 OVERLOADED = "overloaded"
 UNKNOWN_MODEL = "unknown_model"
 MODEL_NOT_ALLOWED = "model_not_allowed"
+DUPLICATE = "duplicate"
 
 RETRYABLE = frozenset({RATE_LIMITED, TIMEOUT, PROVIDER_ERROR, OVERLOADED})
 

@@ -27,6 +27,7 @@ class Out:
     key: str | bytes | None
     event: Event
     fmt: str = AVRO
+    partition: int | None = None     # None: the producer's partitioner picks by key
 
 
 def dead_letter(topic: str, origin: Origin, value: bytes | None, agent: str, code: str, reason: str,

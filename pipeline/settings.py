@@ -54,6 +54,7 @@ class Settings:
     replication_factor: int = 1
     log_level: str = "info"
     fetch_max_wait_ms: int = 20
+    tenants_ready_timeout_s: float = 10.0
     seed: int | None = None
 
     @classmethod
@@ -77,6 +78,8 @@ class Settings:
             replication_factor=int(_env("LLMPIPE_REPLICATION_FACTOR", str(cls.replication_factor))),
             log_level=_env("LLMPIPE_LOG_LEVEL", cls.log_level),
             fetch_max_wait_ms=int(_env("LLMPIPE_FETCH_MAX_WAIT_MS", str(cls.fetch_max_wait_ms))),
+            tenants_ready_timeout_s=float(_env("LLMPIPE_TENANTS_READY_TIMEOUT_S",
+                                               str(cls.tenants_ready_timeout_s))),
             seed=int(os.environ["LLMPIPE_SEED"]) if os.environ.get("LLMPIPE_SEED") else None,
         )
 
@@ -101,6 +104,7 @@ class Settings:
             "LLMPIPE_REPLICATION_FACTOR": str(self.replication_factor),
             "LLMPIPE_LOG_LEVEL": self.log_level,
             "LLMPIPE_FETCH_MAX_WAIT_MS": str(self.fetch_max_wait_ms),
+            "LLMPIPE_TENANTS_READY_TIMEOUT_S": str(self.tenants_ready_timeout_s),
         }
         if self.schema_registry_url:
             env["LLMPIPE_SCHEMA_REGISTRY_URL"] = self.schema_registry_url

@@ -14,7 +14,7 @@ from pipeline.outputs import JSON, Origin, Out, dead_letter
 
 log = logging.getLogger("llmpipe.flow")
 
-Send = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[Any]]]
+Send = Callable[[str, bytes | None, bytes, int | None], Awaitable[Awaitable[Any]]]
 
 
 def _key_bytes(key: str | bytes | None) -> bytes | None:
@@ -35,18 +35,18 @@ class Emitter:
         return self.codec.encode(out.event, out.topic)
 
     async def emit(self, outs: list[Out]) -> None:
-        encoded = [(o.topic, _key_bytes(o.key), self.encode(o)) for o in outs]
+        encoded = [(o.topic, _key_bytes(o.key), self.encode(o), o.partition) for o in outs]
         delay = 0.1
         while True:
             try:
-                futures = [await self.send(topic, key, value) for topic, key, value in encoded]
+                futures = [await self.send(*out) for out in encoded]
                 await asyncio.gather(*futures)
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.error("publish_failed topics=%s error=%r retry_in=%.1fs",
-                          ",".join(t for t, _, _ in encoded), exc, delay)
+                          ",".join(out[0] for out in encoded), exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
 

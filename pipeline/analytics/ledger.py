@@ -36,7 +36,7 @@ USAGE_COLUMNS: tuple[str, ...] = (
     "attempts", "fallbacks", "batch_id", "batch_size", "cache",
     "prompt_tokens", "completion_tokens", "cached_tokens",
     "cost_usd", "baseline_cost_usd", "price_version",
-    "queue_ms", "pipeline_ms", "provider_ms",
+    "queue_ms", "pipeline_ms", "provider_ms", "canary",
 )
 
 DEAD_LETTER_COLUMNS: tuple[str, ...] = (
@@ -107,6 +107,7 @@ def usage_row(u: Usage) -> list[Any]:
                             -_DECIMAL_18_9_NANOS, _DECIMAL_18_9_NANOS, owner)),
         u.price_version,
         _duration_ms(u.queue_ms), _duration_ms(u.pipeline_ms), _duration_ms(u.provider_ms),
+        u.canary,
     ]
 
 

@@ -4,7 +4,7 @@ matching rule wins, and attach the fallback chain. Plain Python, no Kafka."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 from decimal import Decimal
 from pathlib import Path
@@ -14,7 +14,8 @@ from pipeline.catalog import Catalog
 from pipeline.config import ConfigError, Section, config_path, load_yaml
 from pipeline.deployments import Deployment, Deployments
 from pipeline.errors import Rejected
-from pipeline.events.models import Request, RouteDecision
+from pipeline.events.models import ChatMessage, Request, RouteDecision
+from pipeline.routing.tokens import estimate_prompt_tokens
 
 TASK_CLASSES = ("simple", "medium", "complex")
 CONDITIONS = ("required_quality_at_least", "budget_per_mtok_below", "max_latency_ms_below")
@@ -29,10 +30,10 @@ class Rule:
     budget_per_mtok_below: Decimal | None = None
     max_latency_ms_below: int | None = None
 
-    def matches(self, request: Request) -> bool:
+    def matches(self, request: Request, required_quality: float | None = None) -> bool:
         h = request.hints
         if self.required_quality_at_least is not None:
-            return h.required_quality is not None and h.required_quality >= self.required_quality_at_least
+            return required_quality is not None and required_quality >= self.required_quality_at_least
         if self.budget_per_mtok_below is not None:
             return h.budget_per_mtok is not None and h.budget_per_mtok < self.budget_per_mtok_below
         if self.max_latency_ms_below is not None:
@@ -48,6 +49,7 @@ class RoutingPolicy:
     max_prompt_tokens: int
     fallback_chains: dict[str, tuple[str, ...]]
     class_models: dict[str, str]          # rule 5: task class -> model
+    quality_floors: dict[str, float] = field(default_factory=dict)   # task class -> lowest quality
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class Route:
     decision: RouteDecision
     fallbacks: list[str]       # deployment ids, in order
     max_tokens: int
+    messages: list[ChatMessage] = field(default_factory=list)   # as sent (truncated if so)
+    prompt_tokens: int = 0
+    quality_floor: float = 0.0
 
 
 def load_routing(catalog: Catalog, path: Path | None = None) -> RoutingPolicy:
@@ -92,9 +97,16 @@ def load_routing(catalog: Catalog, path: Path | None = None) -> RoutingPolicy:
         if task_class not in TASK_CLASSES:
             raise ConfigError(path, f"class_models.{task_class}", f"one of {TASK_CLASSES}")
         class_models[task_class] = model_at(model, f"class_models.{task_class}")
+    floors = {}
+    for task_class, floor in (root.raw("quality_floors", {}) or {}).items():
+        if task_class not in TASK_CLASSES:
+            raise ConfigError(path, f"quality_floors.{task_class}", f"one of {TASK_CLASSES}")
+        if not isinstance(floor, (int, float)) or not 0 <= floor <= 1:
+            raise ConfigError(path, f"quality_floors.{task_class}", "a number in 0..1", floor)
+        floors[task_class] = float(floor)
     return RoutingPolicy(tuple(rules), model_at(root.str("default_model"), "default_model"),
                          root.int("default_max_tokens", minimum=1),
-                         root.int("max_prompt_tokens", minimum=1), chains, class_models)
+                         root.int("max_prompt_tokens", minimum=1), chains, class_models, floors)
 
 
 class Classification(Protocol):
@@ -107,6 +119,23 @@ class Classifier(Protocol):
     def classify(self, messages: list[tuple[str, str]]) -> Classification: ...
 
 
+@dataclass(frozen=True)
+class TenantRules:
+    """What the tenant's policy and budget state ask of this routing decision."""
+    allowed: frozenset[str] = frozenset()      # empty: every model
+    denied: frozenset[str] = frozenset()
+    default_quality: float | None = None       # stands in for an absent required_quality
+    canary_model: str | None = None            # the request is in a canary arm
+    economise: bool = False                    # a soft budget is crossed: cheapest model meeting the floor
+    truncation_allowed: bool = False
+
+    def permits(self, model: str) -> bool:
+        return model not in self.denied and (not self.allowed or model in self.allowed)
+
+
+OPEN = TenantRules()
+
+
 class Router:
     def __init__(self, catalog: Catalog, deployments: Deployments, policy: RoutingPolicy,
                  rng: random.Random | None = None, classifier: Classifier | None = None):
@@ -114,60 +143,154 @@ class Router:
         self.rng = rng or random.Random()
         self.classifier = classifier
 
-    def route(self, request: Request, prompt_tokens: int) -> Route:
+    def route(self, request: Request, prompt_tokens: int, tenant: TenantRules = OPEN) -> Route:
         classification = (self.classifier.classify([(m.role, m.content) for m in request.messages])
                            if self.classifier else None)
-        model, rule, reason, candidates = self._choose_model(request, classification)
         wanted = request.params.max_tokens or self.policy.default_max_tokens
-        fitted = self._fit_context(model, prompt_tokens, wanted)
-        if fitted != model:
-            reason += f"; moved to {fitted}: {prompt_tokens} prompt tokens do not fit {model}"
-            rule, model = f"{rule}+context", fitted
-        m = self.catalog.models[model]
-        max_tokens = min(wanted, m.max_output_tokens)
-        deployment = self._pick_deployment(model)
-        decision = RouteDecision(deployment=deployment.id, model=model, provider=deployment.provider,
-                                 rule=rule, region=deployment.region, candidates=candidates,
-                                 reason=reason,
+        choice = self._choose_model(request, classification, tenant)
+        floor = self._floor(request, classification, tenant)
+        pinned = choice.rule == "pinned"
+        if tenant.canary_model and not pinned and tenant.permits(tenant.canary_model):
+            choice.switch(tenant.canary_model, "canary", f"canary arm -> {tenant.canary_model}")
+        if tenant.economise and not pinned:
+            cheaper = self._cheapest(floor, prompt_tokens, wanted, tenant)
+            if cheaper and self._estimate(cheaper, prompt_tokens, wanted) < \
+                    self._estimate(choice.model, prompt_tokens, wanted):
+                choice.switch(cheaper, f"{choice.rule}+budget",
+                              f"soft budget crossed: downgraded to {cheaper}, the cheapest model "
+                              f"with quality >= {floor:g}")
+        if not tenant.permits(choice.model):
+            choice.switch(self._permitted_instead(choice, floor, prompt_tokens, wanted, tenant),
+                          f"{choice.rule}+policy", f"{choice.model} is not allowed for this tenant")
+        messages = list(request.messages)
+        if not self._fits(choice.model, prompt_tokens, wanted):
+            if pinned and tenant.truncation_allowed:
+                messages, prompt_tokens = self._truncate(choice, messages, wanted)
+            else:
+                fitted = self._fitting(choice.model, prompt_tokens, wanted, tenant)
+                if fitted:
+                    choice.switch(fitted, f"{choice.rule}+context",
+                                  f"{prompt_tokens} prompt tokens do not fit {choice.model}")
+                elif tenant.truncation_allowed:
+                    messages, prompt_tokens = self._truncate(choice, messages, wanted)
+                else:
+                    raise Rejected(f"prompt of ~{prompt_tokens} tokens does not fit the context window "
+                                   f"of any model this tenant may use, and the tenant's policy does "
+                                   f"not allow truncation", errors.CONTEXT_LENGTH_EXCEEDED)
+        model = self.catalog.models[choice.model]
+        deployment = self._pick_deployment(choice.model)
+        decision = RouteDecision(deployment=deployment.id, model=choice.model,
+                                 provider=deployment.provider, rule=choice.rule,
+                                 region=deployment.region, candidates=choice.candidates,
+                                 reason="; ".join(choice.reasons),
                                  task_class=classification.task_class if classification else "",
                                  complexity=classification.score if classification else None)
-        return Route(decision, self._fallbacks(model, deployment.id, prompt_tokens), max_tokens)
+        fallbacks = self._fallbacks(choice.model, deployment.id, prompt_tokens, tenant)
+        return Route(decision, fallbacks, min(wanted, model.max_output_tokens), messages,
+                     prompt_tokens, floor)
 
-    def _choose_model(self, request: Request, classification: Classification | None = None
-                      ) -> tuple[str, str, str, list[str]]:
+    def estimate_nanos(self, route: Route) -> int:
+        """Worst-case cost of a routed request: estimated prompt plus the full max_tokens."""
+        return self._estimate(route.decision.model, route.prompt_tokens, route.max_tokens)
+
+    # --- model choice ----------------------------------------------------------------
+
+    def _choose_model(self, request: Request, classification: Classification | None,
+                      tenant: TenantRules = OPEN) -> "_Choice":
+        denied_pin = ""
         if request.model:
             pinned = self.catalog.resolve(request.model)
             if pinned is None:
                 raise Rejected(f"unknown model {request.model!r}; known models: "
                                f"{', '.join(sorted(self.catalog.models))}", errors.UNKNOWN_MODEL)
-            return pinned, "pinned", f"pinned model {request.model} -> {pinned}", [pinned]
+            if tenant.permits(pinned):
+                return _Choice(pinned, "pinned", [f"pinned model {request.model} -> {pinned}"], [pinned])
+            denied_pin = f"pinned model {pinned} is not allowed for this tenant; "
+        quality = self._required_quality(request, tenant)
         for rule in self.policy.rules:
-            if rule.matches(request):
+            if rule.matches(request, quality):
                 candidates = [rule.model] + ([rule.alternative] if rule.alternative else [])
-                return rule.model, rule.name, f"rule {rule.name} matched", candidates
+                return _Choice(rule.model, rule.name, [f"{denied_pin}rule {rule.name} matched"],
+                               candidates, rule.alternative)
         if classification and classification.task_class in self.policy.class_models:
             model = self.policy.class_models[classification.task_class]
-            return (model, "class", f"task class {classification.task_class} "
-                    f"({classification.reason})", [model])
-        return (self.policy.default_model, "default", "no rule matched; default model",
-                [self.policy.default_model])
+            return _Choice(model, "class", [f"{denied_pin}task class {classification.task_class} "
+                                            f"({classification.reason})"], [model])
+        return _Choice(self.policy.default_model, "default",
+                       [f"{denied_pin}no rule matched; default model"], [self.policy.default_model])
 
-    def _fit_context(self, model: str, prompt_tokens: int, max_tokens: int) -> str:
-        def fits(name: str) -> bool:
-            m = self.catalog.models[name]
-            return prompt_tokens + min(max_tokens, m.max_output_tokens) <= m.context_window
+    @staticmethod
+    def _required_quality(request: Request, tenant: TenantRules) -> float | None:
+        q = request.hints.required_quality
+        return q if q is not None else tenant.default_quality
 
-        if fits(model):
-            return model
-        for other in self.policy.fallback_chains.get(model, ()):
-            if fits(other):
+    def _floor(self, request: Request, classification: Classification | None,
+               tenant: TenantRules) -> float:
+        """The lowest quality this request may be served at when the router economises."""
+        floor = self._required_quality(request, tenant) or 0.0
+        if classification:
+            floor = max(floor, self.policy.quality_floors.get(classification.task_class, 0.0))
+        return floor
+
+    def _estimate(self, model: str, prompt_tokens: int, max_tokens: int) -> int:
+        m = self.catalog.models[model]
+        return self.catalog.cost_nanos(model, prompt_tokens, min(max_tokens, m.max_output_tokens))
+
+    def _cheapest(self, floor: float, prompt_tokens: int, max_tokens: int,
+                  tenant: TenantRules) -> str | None:
+        options = [m.name for m in self.catalog.models.values()
+                   if m.quality >= floor and tenant.permits(m.name)
+                   and self._fits(m.name, prompt_tokens, max_tokens)
+                   and self.deployments.for_model(m.name)]
+        return min(options, key=lambda n: (self._estimate(n, prompt_tokens, max_tokens), n),
+                   default=None)
+
+    def _permitted_instead(self, choice: "_Choice", floor: float, prompt_tokens: int,
+                           max_tokens: int, tenant: TenantRules) -> str:
+        for other in [choice.alternative] + list(self.policy.fallback_chains.get(choice.model, ())):
+            if other and tenant.permits(other):
                 return other
-        larger = sorted((m for m in self.catalog.models.values() if fits(m.name)),
+        best = self._cheapest(floor, prompt_tokens, max_tokens, tenant)
+        if best:
+            return best
+        anything = sorted((m for m in self.catalog.models.values() if tenant.permits(m.name)),
+                          key=lambda m: -m.quality)
+        if not anything:
+            raise Rejected("the tenant's policy allows no model in the catalog",
+                           errors.MODEL_NOT_ALLOWED)
+        return anything[0].name
+
+    # --- context window ----------------------------------------------------------------
+
+    def _fits(self, name: str, prompt_tokens: int, max_tokens: int) -> bool:
+        m = self.catalog.models[name]
+        return prompt_tokens + min(max_tokens, m.max_output_tokens) <= m.context_window
+
+    def _fitting(self, model: str, prompt_tokens: int, max_tokens: int,
+                 tenant: TenantRules) -> str | None:
+        for other in self.policy.fallback_chains.get(model, ()):
+            if tenant.permits(other) and self._fits(other, prompt_tokens, max_tokens):
+                return other
+        larger = sorted((m for m in self.catalog.models.values()
+                         if tenant.permits(m.name) and self._fits(m.name, prompt_tokens, max_tokens)),
                         key=lambda m: (-m.quality, m.output_per_mtok))
-        if larger:
-            return larger[0].name
-        raise Rejected(f"prompt of ~{prompt_tokens} tokens does not fit any model's context window",
-                       errors.CONTEXT_LENGTH_EXCEEDED)
+        return larger[0].name if larger else None
+
+    def _truncate(self, choice: "_Choice", messages: list[ChatMessage], max_tokens: int
+                  ) -> tuple[list[ChatMessage], int]:
+        m = self.catalog.models[choice.model]
+        room = m.context_window - min(max_tokens, m.max_output_tokens)
+        kept, dropped = truncate_to_fit(messages, room, choice.model)
+        if kept is None:
+            raise Rejected(f"the latest message alone does not fit {choice.model}'s context window "
+                           f"of {m.context_window} tokens", errors.CONTEXT_LENGTH_EXCEEDED)
+        tokens = estimate_prompt_tokens(x.content for x in kept)
+        choice.note(f"truncated: dropped the {dropped} oldest message(s) to fit {choice.model} "
+                    f"({tokens} prompt tokens kept)")
+        choice.rule += "+truncated"
+        return kept, tokens
+
+    # --- deployments -------------------------------------------------------------------
 
     def _pick_deployment(self, model: str) -> Deployment:
         options = self.deployments.for_model(model)
@@ -180,10 +303,47 @@ class Router:
             return tier[0]
         return self.rng.choices(tier, weights=weights, k=1)[0]
 
-    def _fallbacks(self, model: str, chosen: str, prompt_tokens: int) -> list[str]:
+    def _fallbacks(self, model: str, chosen: str, prompt_tokens: int,
+                   tenant: TenantRules = OPEN) -> list[str]:
         ids = [d.id for d in self.deployments.for_model(model) if d.id != chosen]
         for other in self.policy.fallback_chains.get(model, ()):
             m = self.catalog.models[other]
-            if prompt_tokens < m.context_window:
+            if prompt_tokens < m.context_window and tenant.permits(other):
                 ids += [d.id for d in self.deployments.for_model(other) if d.id not in ids]
         return ids
+
+
+@dataclass
+class _Choice:
+    model: str
+    rule: str
+    reasons: list[str]
+    candidates: list[str]
+    alternative: str | None = None
+
+    def switch(self, model: str, rule: str, reason: str) -> None:
+        self.model, self.rule = model, rule
+        self.reasons.append(reason)
+        if model not in self.candidates:
+            self.candidates.append(model)
+
+    def note(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+
+TRUNCATION_NOTE = ("[llmpipe] {dropped} earlier message(s) of this conversation were removed "
+                   "to fit the {model} context window.")
+
+
+def truncate_to_fit(messages: list[ChatMessage], room_tokens: int, model: str
+                    ) -> tuple[list[ChatMessage] | None, int]:
+    """Keep the system messages and the latest other messages that fit ``room_tokens``,
+    with a system note saying how many were dropped. None if the last message cannot fit."""
+    system = [m for m in messages if m.role == "system"]
+    others = [m for m in messages if m.role != "system"]
+    for dropped in range(0, len(others)):
+        note = [ChatMessage("system", TRUNCATION_NOTE.format(dropped=dropped, model=model))] if dropped else []
+        kept = system + note + others[dropped:]
+        if estimate_prompt_tokens(m.content for m in kept) <= room_tokens:
+            return kept, dropped
+    return None, len(others)

@@ -175,7 +175,8 @@ def test_connect_creates_the_chdb_directory(chdb_dsn: str) -> None:
 # --- migrations -----------------------------------------------------------------------------
 
 def test_migrations_apply_in_order_and_reapply_is_a_no_op(chdb_client: ClickHouse) -> None:
-    assert apply_migrations(chdb_client, MIGRATIONS) == ["001_usage", "002_dead_letters_alerts"]
+    assert apply_migrations(chdb_client, MIGRATIONS) == ["001_usage", "002_dead_letters_alerts",
+                                                        "003_usage_canary"]
     assert apply_migrations(chdb_client, MIGRATIONS) == []
     tables = {r[0] for r in chdb_client.query("SHOW TABLES").result_rows}
     assert {"usage", "dead_letters", "alerts", "schema_migrations"} <= tables
@@ -185,6 +186,8 @@ def test_migrations_apply_in_order_and_reapply_is_a_no_op(chdb_client: ClickHous
         (1, "001_usage", hashlib.sha256((MIGRATIONS / "001_usage.sql").read_bytes()).hexdigest()),
         (2, "002_dead_letters_alerts",
          hashlib.sha256((MIGRATIONS / "002_dead_letters_alerts.sql").read_bytes()).hexdigest()),
+        (3, "003_usage_canary",
+         hashlib.sha256((MIGRATIONS / "003_usage_canary.sql").read_bytes()).hexdigest()),
     ]
 
 
@@ -201,12 +204,12 @@ def test_changed_checksum_of_an_applied_migration_is_refused(
     directory = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS, directory)
     monkeypatch.setenv(ENV_DIRECTORY, str(directory))
-    assert apply_migrations(chdb_client) == ["001_usage", "002_dead_letters_alerts"]
+    assert apply_migrations(chdb_client) == sorted(p.stem for p in MIGRATIONS.glob("*.sql"))
 
-    (directory / "003_extra.sql").write_text(
+    (directory / "900_extra.sql").write_text(
         "-- a later migration\nCREATE TABLE IF NOT EXISTS extra (x UInt8)\n"
         "ENGINE = MergeTree ORDER BY x;\n")
-    assert apply_migrations(chdb_client) == ["003_extra"]
+    assert apply_migrations(chdb_client) == ["900_extra"]
 
     with (directory / "001_usage.sql").open("a") as f:
         f.write("-- edited after release\n")
@@ -318,7 +321,7 @@ def test_usage_round_trip_is_exact(ledger: ClickHouse) -> None:
         "toUnixTimestamp64Milli(completed_at), status, error_code, requested_model, routed_model,"
         " served_model, provider, deployment, region, route_rule, task_class, attempts, fallbacks,"
         " batch_id, batch_size, cache, prompt_tokens, completion_tokens, cached_tokens, cost_usd,"
-        " baseline_cost_usd, price_version, queue_ms, pipeline_ms, provider_ms "
+        " baseline_cost_usd, price_version, queue_ms, pipeline_ms, provider_ms, canary "
         "FROM usage FINAL").result_rows
     assert row == [tuple(usage_row(big))]
     cost, baseline = row[0][26], row[0][27]

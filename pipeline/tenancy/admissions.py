@@ -1,0 +1,73 @@
+"""Admissions: what intake decided for each (tenant, request id), kept for the idempotency
+window. It tells a re-delivered message (same partition and offset: process it again, it
+was never acknowledged) from a duplicate (the same id published again: refuse it, never
+bill it twice), and it holds the budget reservation until the request's Usage settles it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import MutableMapping
+
+from pipeline.tenancy.budgets import SEP
+
+NEW, REDELIVERY, DUPLICATE = "new", "redelivery", "duplicate"
+ADMITTED, REFUSED, SETTLED, EXPIRED = "admitted", "refused", "settled", "expired"
+
+
+@dataclass
+class Admission:
+    partition: int
+    offset: int
+    first_seen_ms: int
+    state: str = ADMITTED
+    reserved_nanos: int = 0
+    spend_keys: list[str] = field(default_factory=list)
+    settled_at_ms: int = 0
+    status: str = ""              # the terminal Usage status once settled
+
+    @property
+    def in_flight(self) -> bool:
+        return self.state == ADMITTED
+
+
+def admission_key(tenant: str, request_id: str) -> str:
+    return f"{tenant}{SEP}{request_id}"
+
+
+class AdmissionLog:
+    def __init__(self, rows: MutableMapping[str, dict]):
+        self.rows = rows
+
+    def get(self, tenant: str, request_id: str) -> Admission | None:
+        raw = self.rows.get(admission_key(tenant, request_id))
+        return Admission(**raw) if raw else None
+
+    def put(self, tenant: str, request_id: str, admission: Admission) -> None:
+        self.rows[admission_key(tenant, request_id)] = asdict(admission)
+
+    def classify(self, tenant: str, request_id: str, partition: int, offset: int
+                 ) -> tuple[str, Admission | None]:
+        seen = self.get(tenant, request_id)
+        if seen is None:
+            return NEW, None
+        if (seen.partition, seen.offset) == (partition, offset):
+            return REDELIVERY, seen
+        return DUPLICATE, seen
+
+    def expired(self, partition: int, now_ms: int, window_ms: int, reservation_timeout_ms: int
+                ) -> tuple[list[str], list[tuple[str, Admission]]]:
+        """Keys of ``partition`` past the idempotency window (finished requests), and
+        admissions whose reservation outlived the timeout without a Usage (to release)."""
+        forget, stale = [], []
+        for key, raw in list(self.rows.items()):
+            if raw.get("partition") != partition:
+                continue
+            a = Admission(**raw)
+            age = now_ms - a.first_seen_ms
+            if a.in_flight:
+                if age > reservation_timeout_ms:
+                    stale.append((key, a))
+            elif age > window_ms:
+                forget.append(key)
+        return forget, stale

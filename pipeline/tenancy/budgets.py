@@ -1,0 +1,158 @@
+"""Budgets: spend per tenant (and team) per day / week / month, in integer nano-dollars.
+
+Each period keeps what was settled (billed by Usage events) and what is reserved (the
+estimated cost of requests still in flight). A request is checked against every budget
+that applies to it: projected = settled + reserved + its estimate. Over a hard limit it is
+refused; over a soft limit it is downgraded and an alert raised — once per period.
+Spend is tracked whether or not a budget exists, so a budget added mid-month starts from
+the month's real spend. State lives in a mapping (a Faust table on the tenant's partition;
+a dict in tests); every change is written back as a new value so a table logs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import MutableMapping
+
+from pipeline.catalog import NANOS_PER_USD
+from pipeline.events.models import Budget
+
+PERIODS = ("day", "week", "month")
+ALL_TEAMS = "*"
+SEP = "\x1f"
+
+
+def period_start(period: str, at_ms: int) -> str:
+    """UTC start date of the period holding ``at_ms``: days, ISO weeks (Monday), months."""
+    day = datetime.fromtimestamp(at_ms / 1000, tz=timezone.utc).date()
+    if period == "day":
+        return day.isoformat()
+    if period == "week":
+        return (day - timedelta(days=day.weekday())).isoformat()
+    if period == "month":
+        return day.replace(day=1).isoformat()
+    raise ValueError(f"unknown budget period {period!r}; expected one of {PERIODS}")
+
+
+def spend_key(tenant: str, team: str, period: str, at_ms: int) -> str:
+    return SEP.join((tenant, team, period, period_start(period, at_ms)))
+
+
+def spend_keys(tenant: str, team: str | None, at_ms: int) -> list[str]:
+    """Every spend row a request of ``tenant``/``team`` at ``at_ms`` counts towards."""
+    teams = [ALL_TEAMS] + ([team] if team else [])
+    return [spend_key(tenant, t, p, at_ms) for t in teams for p in PERIODS]
+
+
+def usd_to_nanos(usd: Decimal) -> int:
+    return int(usd * NANOS_PER_USD)
+
+
+@dataclass
+class Spend:
+    settled_nanos: int = 0
+    reserved_nanos: int = 0
+    partition: int = -1
+    soft_alerted: bool = False
+    hard_alerted: bool = False
+
+    @property
+    def projected_nanos(self) -> int:
+        return self.settled_nanos + self.reserved_nanos
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """A budget the request would cross."""
+    level: str                 # soft | hard
+    budget: Budget
+    key: str
+    spend: Spend
+    limit_nanos: int
+    estimate_nanos: int
+    first_in_period: bool      # no alert raised for this level in this period yet
+
+    @property
+    def scope(self) -> str:
+        return f"team {self.budget.team}" if self.budget.team else "tenant"
+
+    def describe(self) -> str:
+        return (f"{self.budget.period} {self.level} budget for {self.scope}: spent "
+                f"${usd_text(self.spend.settled_nanos)} + in flight ${usd_text(self.spend.reserved_nanos)} "
+                f"+ this request ~${usd_text(self.estimate_nanos)} > limit ${usd_text(self.limit_nanos)}")
+
+
+def usd_text(nanos: int) -> str:
+    return str((Decimal(nanos) / NANOS_PER_USD).quantize(Decimal("0.000001")))
+
+
+class SpendBook:
+    def __init__(self, rows: MutableMapping[str, dict]):
+        self.rows = rows
+
+    def get(self, key: str) -> Spend:
+        raw = self.rows.get(key)
+        return Spend(**raw) if raw else Spend()
+
+    def put(self, key: str, spend: Spend) -> None:
+        self.rows[key] = asdict(spend)
+
+    def crossings(self, tenant: str, team: str | None, budgets: list[Budget], at_ms: int,
+                  estimate_nanos: int) -> list[Crossing]:
+        """Budgets this request would cross, hard ones first."""
+        found = []
+        for b in budgets:
+            if b.team is not None and b.team != team:
+                continue
+            key = spend_key(tenant, b.team or ALL_TEAMS, b.period, at_ms)
+            spend = self.get(key)
+            projected = spend.projected_nanos + estimate_nanos
+            for level, limit, alerted in (("hard", b.hard_usd, spend.hard_alerted),
+                                          ("soft", b.soft_usd, spend.soft_alerted)):
+                if limit is not None and projected > usd_to_nanos(limit):
+                    found.append(Crossing(level, b, key, spend, usd_to_nanos(limit),
+                                          estimate_nanos, not alerted))
+                    break
+        return sorted(found, key=lambda c: c.level != "hard")
+
+    def mark_alerted(self, crossing: Crossing, partition: int) -> None:
+        spend = self.get(crossing.key)
+        if crossing.level == "hard":
+            spend.hard_alerted = True
+        else:
+            spend.soft_alerted = True
+        spend.partition = partition
+        self.put(crossing.key, spend)
+
+    def reserve(self, keys: list[str], nanos: int, partition: int) -> None:
+        for key in keys:
+            spend = self.get(key)
+            spend.reserved_nanos += nanos
+            spend.partition = partition
+            self.put(key, spend)
+
+    def settle(self, keys: list[str], reserved_nanos: int, cost_nanos: int, partition: int) -> None:
+        """Replace a reservation by the billed cost (reserved 0 for an unreserved request)."""
+        for key in keys:
+            spend = self.get(key)
+            spend.reserved_nanos = max(0, spend.reserved_nanos - reserved_nanos)
+            spend.settled_nanos += cost_nanos
+            spend.partition = partition
+            self.put(key, spend)
+
+    def release(self, keys: list[str], reserved_nanos: int, partition: int) -> None:
+        self.settle(keys, reserved_nanos, 0, partition)
+
+    def expired(self, partition: int, now_ms: int, keep_days: int) -> list[str]:
+        """Rows of ``partition`` whose period started more than ``keep_days`` ago."""
+        horizon = datetime.fromtimestamp(now_ms / 1000, tz=timezone.utc).date() - timedelta(days=keep_days)
+        old = []
+        for key, raw in list(self.rows.items()):
+            if raw.get("partition") != partition:
+                continue
+            start = key.rsplit(SEP, 1)[-1]
+            if datetime.fromisoformat(start).date() < horizon:
+                old.append(key)
+        return old
