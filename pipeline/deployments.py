@@ -9,7 +9,7 @@ from pathlib import Path
 from pipeline.catalog import Catalog
 from pipeline.config import ConfigError, Section, config_path, expand_env, load_yaml
 
-ADAPTERS = ("openai",)
+ADAPTERS = ("openai", "anthropic", "gemini")
 
 
 @dataclass(frozen=True)

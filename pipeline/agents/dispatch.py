@@ -9,7 +9,7 @@ from pipeline.dispatch import Dispatcher
 from pipeline.events.codec import DecodeError
 from pipeline.events.models import RoutedRequest
 from pipeline.outputs import Origin, Out, dead_letter
-from pipeline.providers.openai import OpenAIAdapter
+from pipeline.providers import make_adapter
 from pipeline.resilience.backoff import Backoff
 from pipeline.runtime import Runtime
 
@@ -18,7 +18,7 @@ def register_dispatch(app: faust.App, runtime: Runtime, source: faust.TopicT, em
     s = runtime.settings
     keys = runtime.load_keys()          # fail fast at start-up on a missing or bad key
     calls = runtime.deployments.calls
-    adapters = {dep_id: OpenAIAdapter(dep, keys[dep_id], calls)
+    adapters = {dep_id: make_adapter(dep, keys[dep_id], calls)
                 for dep_id, dep in runtime.deployments.by_id.items()}
     dispatcher = Dispatcher(runtime.catalog, runtime.deployments, adapters, s.topics,
                             Backoff(calls.backoff_base_s, calls.backoff_cap_s, calls.jitter),

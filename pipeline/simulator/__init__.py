@@ -1,5 +1,6 @@
-"""An OpenAI-compatible LLM provider simulator on loopback, with per-model latency and
-error profiles, deterministic answers and fault injection (``python -m pipeline.simulator``)."""
+"""An LLM provider simulator on loopback speaking OpenAI chat completions, Anthropic
+Messages and Gemini generateContent, with per-model latency and error profiles,
+deterministic answers and fault injection (``python -m pipeline.simulator``)."""
 
 from pipeline.simulator.profiles import (FaultKind, FaultSpec, ModelProfile, SimulatorConfig,
                                          load_config, parse_fault_flag)

@@ -22,7 +22,8 @@ from pipeline.simulator.server import start_simulator
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.simulator",
-        description="OpenAI-compatible LLM provider simulator with fault injection.")
+        description="LLM provider simulator (OpenAI, Anthropic and Gemini shapes) with fault "
+                    "injection.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 = a free port (default)")
     parser.add_argument("--config", type=Path, default=None,

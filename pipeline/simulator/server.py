@@ -3,9 +3,10 @@ dev stack, integration tests and benchmarks run without keys or network.
 
 A shape-neutral core (``Simulator``) decides what each call does — latency, usage, text,
 injected faults — from a seeded RNG; wire shapes render that plan. OpenAI chat
-completions is the only shape today; Anthropic Messages or Gemini generateContent would
-be further ``*_routes(sim)`` functions in their own modules, rendering the same
-``CallPlan``. ``/_sim/*`` is the control plane tests use (faults, stats, reset).
+completions lives here; Anthropic Messages (``anthropic.py``) and Gemini generateContent
+(``gemini.py``) build on ``NativeShape`` and render the same ``CallPlan`` in their
+providers' bodies and error shapes. ``/_sim/*`` is the control plane tests use (faults,
+stats, reset).
 """
 
 from __future__ import annotations
@@ -689,6 +690,106 @@ def _seconds(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
+# ------------------------------------------------------- shared by the native shapes
+
+class NativeShape:
+    """The call flow of a provider's native API over the shared core: stats, the plan,
+    hangs and latency are the same for every shape. A subclass reads the key, the model and
+    the request in its provider's terms and renders plans and refusals in its error shape;
+    each of its methods answers one question (see anthropic.py, gemini.py)."""
+
+    def __init__(self, sim: Simulator):
+        self.sim = sim
+
+    # -- the provider's terms
+
+    def api_key(self, request: web.Request) -> str | None:
+        raise NotImplementedError
+
+    def model_of(self, request: web.Request, body: Any) -> str | None:
+        raise NotImplementedError
+
+    def parse(self, request: web.Request, body: dict[str, Any], model: str | None) -> ChatRequest:
+        """The body as a ChatRequest; InvalidRequest for anything the provider would refuse."""
+        raise NotImplementedError
+
+    def missing_key(self) -> web.Response:
+        raise NotImplementedError
+
+    def invalid(self, message: str) -> web.Response:
+        raise NotImplementedError
+
+    def unknown_model(self, model: str) -> web.Response:
+        raise NotImplementedError
+
+    def shutting_down(self) -> web.Response:
+        raise NotImplementedError
+
+    def render(self, plan: CallPlan, headers: dict[str, str]) -> web.Response:
+        """Every outcome but a hang (handled before): completion, malformed body, refusals."""
+        raise NotImplementedError
+
+    # -- the flow
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        api_key = self.api_key(request)
+        fingerprint = key_fingerprint(api_key)
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        model = self.model_of(request, body)
+        with self.sim.stats.track(model if isinstance(model, str) and model else NO_MODEL,
+                                  fingerprint) as call:
+            try:
+                response = await self._answer(request, api_key, fingerprint, body, model)
+            except ClientGone as gone:
+                return gone.response        # status left unset: recorded as client closed
+            call.status = response.status
+            return response
+
+    async def _answer(self, request: web.Request, api_key: str | None, fingerprint: str,
+                      body: Any, model: str | None) -> web.StreamResponse:
+        if api_key is None:
+            return self.missing_key()
+        if not isinstance(body, dict):
+            return self.invalid("The request body is not valid JSON.")
+        try:
+            chat = self.parse(request, body, model)
+        except InvalidRequest as exc:
+            return self.invalid(exc.message)
+        if self.sim.config.profile(chat.model) is None:
+            return self.unknown_model(chat.model)
+
+        plan = self.sim.plan(chat, fingerprint)
+        log.debug("sim.call shape=%s model=%s key=%s call=%d outcome=%s status=%d "
+                  "latency_ms=%d", type(self).__name__, plan.model, fingerprint,
+                  plan.call_index, plan.outcome.value, plan.status, plan.reported_latency_ms)
+        if plan.hang_s is not None and not await self.sim.hold(request, plan.hang_s):
+            if not self.sim.closing:
+                raise ClientGone(web.Response(status=CLIENT_CLOSED))
+            return self.shutting_down()
+        headers = {LATENCY_HEADER: str(plan.reported_latency_ms),
+                   DRAWN_LATENCY_HEADER: str(round(plan.drawn_latency_ms))}
+        await asyncio.sleep(plan.latency_ms / 1000)
+        return self.render(plan, headers)
+
+
+def truncated_json(body: dict[str, Any], headers: dict[str, str]) -> web.Response:
+    """A 200 whose JSON body stops half-way, as a connection cut mid-answer leaves it."""
+    text = json.dumps(body)
+    return web.Response(body=text[:len(text) // 2].encode(), content_type="application/json",
+                        headers=headers)
+
+
+def claimed_completion_tokens(plan: CallPlan) -> int:
+    """The completion a context-length refusal names: as asked, or, when an injected
+    fault hits a request that fits, the least that would not."""
+    return max(plan.requested_completion_tokens,
+               plan.profile.context_window - plan.prompt_tokens + 1)
+
+
 # ----------------------------------------------------------------- control plane
 
 def control_routes(sim: Simulator) -> list[web.RouteDef]:
@@ -754,7 +855,13 @@ def build_app(config: SimulatorConfig) -> web.Application:
     sim = Simulator(config)
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_latency_header])
     app[SIMULATOR] = sim
+    # Imported here: the shape modules build on this one.
+    from pipeline.simulator.anthropic import anthropic_routes
+    from pipeline.simulator.gemini import gemini_routes
+
     app.add_routes(openai_routes(sim))
+    app.add_routes(anthropic_routes(sim))
+    app.add_routes(gemini_routes(sim))
     app.add_routes(control_routes(sim))
 
     async def close(_: web.Application) -> None:
@@ -778,8 +885,13 @@ class RunningSimulator:
 
     @property
     def base_url(self) -> str:
-        """What an OpenAI client takes as its base URL."""
+        """What an OpenAI or Anthropic client takes as its base URL."""
         return f"{self.url}/v1"
+
+    @property
+    def gemini_base_url(self) -> str:
+        """What a Gemini client takes as its base URL (``/v1`` answers too)."""
+        return f"{self.url}/v1beta"
 
     @property
     def simulator(self) -> Simulator:

@@ -1,0 +1,157 @@
+"""The simulator's Anthropic Messages shape: ``POST /v1/messages`` with ``x-api-key`` and
+``anthropic-version``, answering with Anthropic's message body, usage and error bodies.
+
+Cached prompt tokens follow the simulator's automatic prompt cache (real Anthropic caches
+only prefixes marked with cache_control) and are reported as ``cache_read_input_tokens``,
+with ``input_tokens`` the rest of the prompt, as Anthropic counts them. An overloaded
+server error (status 503 in the fault) answers 529 ``overloaded_error``, Anthropic's
+status for it. Streaming is not simulated for this shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from pipeline.simulator.server import (CallPlan, ChatRequest, InvalidRequest, Message,
+                                       NativeShape, Outcome, Simulator, _seconds,
+                                       claimed_completion_tokens, truncated_json)
+
+API_VERSION_HEADER = "anthropic-version"
+_ROLES = frozenset({"user", "assistant"})
+_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
+
+
+def anthropic_routes(sim: Simulator) -> list[web.RouteDef]:
+    return [web.post("/v1/messages", AnthropicShape(sim).handle)]
+
+
+def anthropic_error(status: int, kind: str, message: str,
+                    headers: dict[str, str] | None = None) -> web.Response:
+    body = {"type": "error", "error": {"type": kind, "message": message}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+class AnthropicShape(NativeShape):
+    def api_key(self, request: web.Request) -> str | None:
+        return request.headers.get("x-api-key", "").strip() or None
+
+    def model_of(self, request: web.Request, body: Any) -> str | None:
+        return body.get("model") if isinstance(body, dict) else None
+
+    def parse(self, request: web.Request, body: dict[str, Any], model: str | None) -> ChatRequest:
+        if not request.headers.get(API_VERSION_HEADER):
+            raise InvalidRequest(f"{API_VERSION_HEADER}: header is required")
+        return parse_messages_request(body)
+
+    def missing_key(self) -> web.Response:
+        return anthropic_error(401, "authentication_error", "x-api-key header is required")
+
+    def invalid(self, message: str) -> web.Response:
+        return anthropic_error(400, "invalid_request_error", message)
+
+    def unknown_model(self, model: str) -> web.Response:
+        return anthropic_error(404, "not_found_error", f"model: {model}")
+
+    def shutting_down(self) -> web.Response:
+        return anthropic_error(529, "overloaded_error", "Overloaded")
+
+    def render(self, plan: CallPlan, headers: dict[str, str]) -> web.Response:
+        if plan.outcome is Outcome.COMPLETION:
+            return web.json_response(message_body(plan), headers=headers)
+        if plan.outcome is Outcome.MALFORMED:
+            return truncated_json(message_body(plan), headers)
+        if plan.outcome is Outcome.UNAUTHORIZED:
+            return anthropic_error(401, "authentication_error", "invalid x-api-key",
+                                   headers=headers)
+        if plan.outcome is Outcome.RATE_LIMITED:
+            retry = plan.retry_after_s or 0.0
+            return anthropic_error(
+                429, "rate_limit_error",
+                f"This request would exceed the rate limit for your organization of requests "
+                f"per minute for {plan.model}. Please retry after {_seconds(retry)} seconds.",
+                headers={**headers, "retry-after": _seconds(retry)})
+        if plan.outcome is Outcome.OUTPUT_TOO_LARGE:
+            return anthropic_error(
+                400, "invalid_request_error",
+                f"max_tokens: {plan.requested_completion_tokens} > "
+                f"{plan.profile.max_output_tokens}, which is the maximum allowed number of "
+                f"output tokens for {plan.model}", headers=headers)
+        if plan.outcome is Outcome.CONTEXT_LENGTH:
+            return anthropic_error(400, "invalid_request_error", context_length_message(plan),
+                                   headers=headers)
+        if plan.status == 503:
+            return anthropic_error(529, "overloaded_error", "Overloaded", headers=headers)
+        return anthropic_error(plan.status, "api_error", "Internal server error", headers=headers)
+
+
+def parse_messages_request(body: dict[str, Any]) -> ChatRequest:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("model: Field required")
+    max_tokens = body.get("max_tokens")
+    if max_tokens is None:
+        raise InvalidRequest("max_tokens: Field required")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise InvalidRequest("max_tokens: Input should be a valid integer greater than or "
+                             "equal to 1")
+    temperature = body.get("temperature")
+    if temperature is not None and (isinstance(temperature, bool)
+                                    or not isinstance(temperature, (int, float))
+                                    or not 0 <= temperature <= 1):
+        raise InvalidRequest("temperature: range: 0..1")
+    if body.get("stream"):
+        raise InvalidRequest("stream: streaming is not simulated for the Messages API")
+    raw_messages = body.get("messages")
+    if not isinstance(raw_messages, list) or not raw_messages:
+        raise InvalidRequest("messages: at least one message is required")
+    messages = []
+    system = body.get("system")
+    if system:
+        messages.append(Message("system", _text(system, "system")))
+    for i, raw in enumerate(raw_messages):
+        if not isinstance(raw, dict) or raw.get("role") not in _ROLES:
+            raise InvalidRequest(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+        text = _text(raw.get("content"), f"messages.{i}.content")
+        if not text and i < len(raw_messages) - 1:
+            raise InvalidRequest(f"messages.{i}: all messages must have non-empty content "
+                                 f"except for the optional final assistant message")
+        messages.append(Message(raw["role"], text))
+    return ChatRequest(model, tuple(messages), max_tokens)
+
+
+def _text(content: Any, where: str) -> str:
+    """A string, or the text of a list of content blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(block.get("text", "") for block in content
+                       if isinstance(block, dict) and block.get("type") == "text")
+    raise InvalidRequest(f"{where}: Input should be a valid string or a list of content blocks")
+
+
+def message_body(plan: CallPlan) -> dict[str, Any]:
+    return {
+        "id": "msg_" + plan.call_id.partition("-")[2],
+        "type": "message",
+        "role": "assistant",
+        "model": plan.model,
+        "content": [{"type": "text", "text": plan.content}],
+        "stop_reason": _STOP_REASONS[plan.finish_reason],
+        "stop_sequence": None,
+        "usage": {"input_tokens": plan.prompt_tokens - plan.cached_tokens,
+                  "cache_creation_input_tokens": 0,
+                  "cache_read_input_tokens": plan.cached_tokens,
+                  "output_tokens": plan.completion_tokens,
+                  "service_tier": "standard"},
+    }
+
+
+def context_length_message(plan: CallPlan) -> str:
+    window = plan.profile.context_window
+    if plan.prompt_tokens > window:
+        return f"prompt is too long: {plan.prompt_tokens} tokens > {window} maximum"
+    return (f"input length and `max_tokens` exceed context limit: {plan.prompt_tokens} + "
+            f"{claimed_completion_tokens(plan)} > {window}, decrease input length or "
+            f"`max_tokens` and try again")

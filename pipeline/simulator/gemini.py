@@ -1,0 +1,172 @@
+"""The simulator's Gemini shape: ``POST /v1beta/models/{model}:generateContent`` (and the
+same under ``/v1``), key in ``x-goog-api-key`` or ``?key=``, answering with Google's
+candidates, usage metadata and error bodies.
+
+As Google does, an invalid key is a 400 ``INVALID_ARGUMENT`` whose details carry the
+reason ``API_KEY_INVALID`` (a missing one a 403), and a rate limit says when to retry in a
+``RetryInfo`` detail rather than a Retry-After header. Streaming
+(``streamGenerateContent``) is not simulated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from pipeline.simulator.server import (CallPlan, ChatRequest, InvalidRequest, Message,
+                                       NativeShape, Outcome, Simulator, _seconds,
+                                       claimed_completion_tokens, truncated_json)
+
+KEY_HEADER = "x-goog-api-key"
+API_VERSIONS = ("v1beta", "v1")
+_ROLES = {"user": "user", "model": "assistant"}
+_FINISH_REASONS = {"stop": "STOP", "length": "MAX_TOKENS"}
+_STATUS_NAMES = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 502: "INTERNAL",
+                 503: "UNAVAILABLE"}
+ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+
+
+def gemini_routes(sim: Simulator) -> list[web.RouteDef]:
+    shape = GeminiShape(sim)
+    return [web.post(f"/{version}/models/{{model}}:generateContent", shape.handle)
+            for version in API_VERSIONS]
+
+
+def google_error(status: int, message: str, details: list[dict[str, Any]] | None = None,
+                 headers: dict[str, str] | None = None) -> web.Response:
+    error: dict[str, Any] = {"code": status, "message": message,
+                             "status": _STATUS_NAMES.get(status, "UNKNOWN")}
+    if details:
+        error["details"] = details
+    return web.json_response({"error": error}, status=status, headers=headers)
+
+
+class GeminiShape(NativeShape):
+    def api_key(self, request: web.Request) -> str | None:
+        key = request.headers.get(KEY_HEADER) or request.query.get("key") or ""
+        return key.strip() or None
+
+    def model_of(self, request: web.Request, body: Any) -> str | None:
+        return request.match_info["model"]
+
+    def parse(self, request: web.Request, body: dict[str, Any], model: str | None) -> ChatRequest:
+        return parse_generate_request(body, model or "")
+
+    def missing_key(self) -> web.Response:
+        return google_error(403, "Method doesn't allow unregistered callers (callers without "
+                            "established identity). Please use API Key or other form of API "
+                            "consumer identity to call this API.")
+
+    def invalid(self, message: str) -> web.Response:
+        return google_error(400, message)
+
+    def unknown_model(self, model: str) -> web.Response:
+        return google_error(404, f"models/{model} is not found for API version v1beta, or is "
+                            f"not supported for generateContent. Call ListModels to see the "
+                            f"list of available models and their supported methods.")
+
+    def shutting_down(self) -> web.Response:
+        return google_error(503, "The service is currently unavailable.")
+
+    def render(self, plan: CallPlan, headers: dict[str, str]) -> web.Response:
+        if plan.outcome is Outcome.COMPLETION:
+            return web.json_response(generate_body(plan), headers=headers)
+        if plan.outcome is Outcome.MALFORMED:
+            return truncated_json(generate_body(plan), headers)
+        if plan.outcome is Outcome.UNAUTHORIZED:
+            return google_error(400, "API key not valid. Please pass a valid API key.", [
+                {"@type": ERROR_INFO, "reason": "API_KEY_INVALID", "domain": "googleapis.com",
+                 "metadata": {"service": "generativelanguage.googleapis.com"}}],
+                headers=headers)
+        if plan.outcome is Outcome.RATE_LIMITED:
+            retry = _seconds(plan.retry_after_s or 0.0)
+            return google_error(
+                429, f"You exceeded your current quota, please check your plan and billing "
+                f"details. Please retry in {retry}s.",
+                [{"@type": RETRY_INFO, "retryDelay": f"{retry}s"}], headers=headers)
+        if plan.outcome is Outcome.OUTPUT_TOO_LARGE:
+            return google_error(
+                400, f"Unable to submit request because it has a maxOutputTokens value of "
+                f"{plan.requested_completion_tokens} but the supported range is from 1 "
+                f"(inclusive) to {plan.profile.max_output_tokens + 1} (exclusive). Update the "
+                f"value and try again.", headers=headers)
+        if plan.outcome is Outcome.CONTEXT_LENGTH:
+            return google_error(400, context_length_message(plan), headers=headers)
+        if plan.status == 503:
+            return google_error(503, "The model is overloaded. Please try again later.",
+                                headers=headers)
+        return google_error(plan.status, "An internal error has occurred. Please retry or "
+                            "report in https://developers.generativeai.google/guide/"
+                            "troubleshooting", headers=headers)
+
+
+def parse_generate_request(body: dict[str, Any], model: str) -> ChatRequest:
+    raw_contents = body.get("contents")
+    if not isinstance(raw_contents, list) or not raw_contents:
+        raise InvalidRequest("* GenerateContentRequest.contents: contents is not specified")
+    messages = []
+    system = body.get("systemInstruction", body.get("system_instruction"))
+    if system is not None:
+        messages.append(Message("system", _parts_text(system, "system_instruction")))
+    for i, raw in enumerate(raw_contents):
+        role = raw.get("role", "user") if isinstance(raw, dict) else None
+        if role not in _ROLES:
+            raise InvalidRequest(f"* GenerateContentRequest.contents[{i}].role: Please use a "
+                                 f"valid role: user, model.")
+        messages.append(Message(_ROLES[role], _parts_text(raw, f"contents[{i}]")))
+    config = body.get("generationConfig", body.get("generation_config")) or {}
+    if not isinstance(config, dict):
+        raise InvalidRequest("Invalid value at 'generation_config': expected an object")
+    max_tokens = config.get("maxOutputTokens", config.get("max_output_tokens"))
+    if max_tokens is not None and (isinstance(max_tokens, bool)
+                                   or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise InvalidRequest(f"* GenerateContentRequest.generation_config.max_output_tokens: "
+                             f"must be a positive integer, got {max_tokens!r}")
+    temperature = config.get("temperature")
+    if temperature is not None and (isinstance(temperature, bool)
+                                    or not isinstance(temperature, (int, float))
+                                    or not 0 <= temperature <= 2):
+        raise InvalidRequest("* GenerateContentRequest.generation_config.temperature: "
+                             "temperature must be between 0 and 2")
+    return ChatRequest(model, tuple(messages), max_tokens)
+
+
+def _parts_text(content: Any, where: str) -> str:
+    parts = content.get("parts") if isinstance(content, dict) else None
+    if not isinstance(parts, list) or not parts:
+        raise InvalidRequest(f"* GenerateContentRequest.{where}.parts: contents.parts must "
+                             f"not be empty.")
+    return "".join(part.get("text", "") for part in parts if isinstance(part, dict))
+
+
+def generate_body(plan: CallPlan) -> dict[str, Any]:
+    usage: dict[str, Any] = {
+        "promptTokenCount": plan.prompt_tokens,
+        "candidatesTokenCount": plan.completion_tokens,
+        "totalTokenCount": plan.prompt_tokens + plan.completion_tokens,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": plan.prompt_tokens}],
+    }
+    if plan.cached_tokens:
+        usage["cachedContentTokenCount"] = plan.cached_tokens
+    return {
+        "candidates": [{"content": {"parts": [{"text": plan.content}], "role": "model"},
+                        "finishReason": _FINISH_REASONS[plan.finish_reason],
+                        "index": 0}],
+        "usageMetadata": usage,
+        "modelVersion": plan.model,
+        "responseId": plan.call_id.partition("-")[2],
+    }
+
+
+def context_length_message(plan: CallPlan) -> str:
+    window = plan.profile.context_window
+    # Gemini limits the input alone; when only prompt + max_tokens overflows (or a fault
+    # fired on a request that fits), the refusal claims the total as the input.
+    tokens = plan.prompt_tokens
+    if tokens <= window:
+        tokens += claimed_completion_tokens(plan)
+    return (f"The input token count ({tokens}) exceeds the maximum number of tokens allowed "
+            f"({window}).")
