@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from pipeline.config import ConfigError
-from pipeline.routing.tokens import estimate_prompt_tokens
+from pipeline.routing.tokens import estimate_prompt_tokens, estimate_text_tokens
 from pipeline.simulator import (LATENCY_HEADER, FaultKind, FaultSpec, RunningSimulator,
                                 SimulatorConfig, key_fingerprint, load_config,
                                 parse_fault_flag, start_simulator)
@@ -133,13 +133,14 @@ async def test_completion_has_openai_shape_and_usage():
 
 
 @pytest.mark.asyncio
-async def test_chinese_prompts_count_a_token_per_character_and_get_chinese_answers():
+async def test_chinese_prompts_are_counted_by_the_calibrated_estimate_and_get_chinese_answers():
     question = "请详细解释一下如何降低大模型调用的成本" * 5      # 95 CJK characters
     english = "x" * len(question)
     async with serving(fast()) as (_, client):
         zh = (await complete(client, chat(content=question))).json()
         en = (await complete(client, chat(content=english))).json()
-    assert zh["usage"]["prompt_tokens"] - en["usage"]["prompt_tokens"] == 95 - math.ceil(95 / 4)
+    assert zh["usage"]["prompt_tokens"] - en["usage"]["prompt_tokens"] == \
+        estimate_text_tokens(question) - estimate_text_tokens(english)
     text = zh["choices"][0]["message"]["content"]
     assert sum("\u4e00" <= ch <= "\u9fff" for ch in text) > len(text) / 2
 
@@ -179,7 +180,7 @@ async def test_max_tokens_caps_completion_with_finish_reason_length():
 
 @pytest.mark.asyncio
 async def test_requests_refused_like_openai():
-    long_prompt = "word " * 100_000                              # 125,000 tokens
+    long_prompt = "word " * 130_000                              # 125,000 tokens
     async with serving(fast()) as (_, client):
         no_key = await client.post("/v1/chat/completions", json=chat(),
                                    headers={"Authorization": ""})
