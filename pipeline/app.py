@@ -10,6 +10,7 @@ import faust
 from pipeline.agents.dispatch import register_dispatch
 from pipeline.agents.flow import Emitter
 from pipeline.agents.intake import register_intake
+from pipeline.agents.tenancy import Tenancy, register_settle, register_views
 from pipeline.agents.ledger import register_ledger
 from pipeline.kafka.faust_tuning import set_fetch_max_wait_ms
 from pipeline.kafka.topics import faust_partitions, load_topic_specs, prefixed
@@ -48,12 +49,16 @@ def create_app(runtime: Runtime) -> faust.App:
         return app.topic(name, partitions=partitions.get(name), key_serializer="raw",
                          value_serializer="raw", internal=False)
 
-    async def send(topic_name: str, key: bytes | None, value: bytes):
-        return await app.producer.send(topic_name, key, value, None, None, None)
+    async def send(topic_name: str, key: bytes | None, value: bytes, partition: int | None):
+        return await app.producer.send(topic_name, key, value, partition, None, None)
 
     emitter = Emitter(send, runtime.codec)
     if "intake" in s.agents:
-        register_intake(app, runtime, topic(s.topics.requests), emitter)
+        # Reserve (intake) and settle (usage) meet on the tenant's partition: same worker.
+        tenancy = Tenancy(app, runtime, partitions[s.topics.requests])
+        register_intake(app, runtime, tenancy, topic(s.topics.requests), emitter)
+        register_settle(app, runtime, tenancy, topic(s.topics.usage), emitter)
+        register_views(app, tenancy)
     if "dispatch" in s.agents:
         register_dispatch(app, runtime, topic(s.topics.routed), emitter)
     if "ledger" in s.agents:

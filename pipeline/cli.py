@@ -5,10 +5,12 @@
   llmpipe route --explain P   how prompt P would be routed, and why
   llmpipe topics apply        create missing topics, report drift
   llmpipe migrate             apply ClickHouse migrations
-  llmpipe simulate-provider   the OpenAI-compatible provider simulator
+  llmpipe simulate-provider   the provider simulator (OpenAI, Anthropic and Gemini shapes)
+  llmpipe tenants ...         set | get | list | delete tenant policies on llm.tenants
   llmpipe send                send one request and print its response
   llmpipe kcat ARGS           Debian's kcat with a current librdkafka (see pipeline/embedded/kcat.py)
   llmpipe bench               drive N requests through the embedded stack, print latencies
+  llmpipe savings             replay the documented traffic mix: routed cost vs all-gpt-4.1
 """
 
 from __future__ import annotations
@@ -126,9 +128,98 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tenants(args: argparse.Namespace) -> int:
+    """Tenant policies on the compacted tenants topic: set (validated), get, list, delete."""
+    import yaml
+    from aiokafka.errors import KafkaError
+
+    from pipeline.events.codec import Codec
+    from pipeline.tenancy.directory import (TenantTopicMissing, delete_policy, put_policy,
+                                            read_policies)
+    from pipeline.tenancy.policy_file import (PolicyError, load_policy_file, parse_policy_text,
+                                              policy_to_mapping, usd_str)
+
+    settings = Settings.from_env()
+    bootstrap = args.bootstrap or settings.kafka_bootstrap
+    topic, codec = settings.topics.tenants, Codec()
+
+    def show(policy, fmt: str = "yaml") -> None:
+        data = policy_to_mapping(policy)
+        if fmt == "json":
+            print(json.dumps(data, ensure_ascii=False, indent=2))
+        else:
+            print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), end="")
+
+    def budgets_text(policy) -> str:
+        def limit(b) -> str:
+            parts = [f"{kind} ${usd_str(v)}" for kind, v in (("soft", b.soft_usd), ("hard", b.hard_usd))
+                     if v is not None]
+            return f"{b.period}{f'[{b.team}]' if b.team else ''} {' '.join(parts)}"
+        return "; ".join(limit(b) for b in policy.budgets) or "-"
+
+    def canary_text(policy) -> str:
+        c = policy.canary
+        return f"{c.name} {c.percent}% -> {c.model}" if c else "-"
+
+    async def run() -> int:
+        if args.action == "set":
+            from pipeline.catalog import load_catalog
+            try:
+                if args.file:
+                    policy = load_policy_file(args.file, load_catalog(), tenant=args.tenant)
+                else:
+                    policy = parse_policy_text(args.json, load_catalog(), tenant=args.tenant,
+                                               fmt="json", source="--json")
+            except PolicyError as exc:
+                print(f"invalid policy for tenant {args.tenant}: {exc}", file=sys.stderr)
+                return 2
+            show(await put_policy(bootstrap, topic, codec, policy, timeout_s=args.timeout))
+            return 0
+        policies = await read_policies(bootstrap, topic, codec, timeout_s=args.timeout)
+        if args.action == "list":
+            if args.format == "json":
+                print(json.dumps([policy_to_mapping(p) for _, p in sorted(policies.items())],
+                                 ensure_ascii=False, indent=2))
+                return 0
+            rows = [("TENANT", "BUDGETS", "ALLOWED", "DENIED", "CANARY")] + [
+                (t, budgets_text(p), ", ".join(p.allowed_models) or "all",
+                 ", ".join(p.denied_models) or "-", canary_text(p))
+                for t, p in sorted(policies.items())]
+            widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+            for r in rows:
+                print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+            print(f"{len(policies)} tenant(s) with a policy on {topic}")
+            return 0
+        policy = policies.get(args.tenant)
+        if policy is None:
+            print(f"tenant {args.tenant} has no policy on {topic}", file=sys.stderr)
+            return 1
+        if args.action == "get":
+            show(policy, args.format)
+            return 0
+        await delete_policy(bootstrap, topic, args.tenant, timeout_s=args.timeout)
+        print(f"deleted the policy of tenant {args.tenant} (tombstone on {topic})")
+        return 0
+
+    try:
+        return asyncio.run(run())
+    except (TenantTopicMissing, TimeoutError) as exc:
+        print(f"llmpipe tenants {args.action}: {exc}", file=sys.stderr)
+        return 3
+    except KafkaError as exc:
+        print(f"llmpipe tenants {args.action}: cannot reach Kafka at {bootstrap}: {exc}",
+              file=sys.stderr)
+        return 3
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from pipeline.devrun import run_dev
     return run_dev(args)
+
+
+def cmd_savings(args: argparse.Namespace) -> int:
+    from pipeline.savings import run_savings
+    return run_savings(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -171,6 +262,25 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--overlay", help="YAML overlay for production (partitions, replication)")
     apply.set_defaults(func=cmd_topics)
 
+    tenants = sub.add_parser("tenants", help="tenant policies on the compacted tenants topic")
+    tensub = tenants.add_subparsers(dest="action", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--bootstrap", help="default: $LLMPIPE_KAFKA_BOOTSTRAP")
+    common.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for Kafka")
+    tset = tensub.add_parser("set", parents=[common], help="validate and publish a tenant's policy")
+    tset.add_argument("tenant")
+    source = tset.add_mutually_exclusive_group(required=True)
+    source.add_argument("--file", help="policy file: YAML, or JSON if it ends in .json")
+    source.add_argument("--json", help="the policy as a JSON object")
+    tget = tensub.add_parser("get", parents=[common], help="print a tenant's policy")
+    tget.add_argument("tenant")
+    tget.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    tlist = tensub.add_parser("list", parents=[common], help="every tenant with a policy")
+    tlist.add_argument("--format", choices=("table", "json"), default="table")
+    tdel = tensub.add_parser("delete", parents=[common], help="delete a tenant's policy (tombstone)")
+    tdel.add_argument("tenant")
+    tenants.set_defaults(func=cmd_tenants)
+
     mig = sub.add_parser("migrate", help="apply ClickHouse migrations")
     mig.add_argument("--dsn", help="default: $LLMPIPE_CLICKHOUSE_DSN")
     mig.set_defaults(func=cmd_migrate)
@@ -196,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--provider-latency-ms", type=int, default=50)
     bench.add_argument("--data-dir", default=".data/bench")
     bench.set_defaults(func=cmd_bench)
+    savings = sub.add_parser("savings", help="replay the documented traffic mix and compare its "
+                                             "cost with sending everything to the baseline model")
+    savings.add_argument("--requests", type=int, default=400)
+    savings.add_argument("--concurrency", type=int, default=32)
+    savings.add_argument("--data-dir", default=".data/savings")
+    savings.set_defaults(func=cmd_savings)
     return p
 
 

@@ -6,6 +6,9 @@
 Responses are correlated by request id. Delivery is at-least-once, so a response may be
 delivered twice after a worker crash; the client hands each request id's first response
 to its caller and drops repeats. Only this client's own pending requests are surfaced.
+Re-sending a request id the gateway has seen is answered with a duplicate notice: while the
+original is in flight the caller keeps waiting for its response; once it has completed the
+caller gets DuplicateRequest. Either way the copy is not processed or billed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from pipeline import errors
 from pipeline.events.codec import Codec, DecodeError
 from pipeline.events.models import ChatMessage, GenerationParams, Request, Response, RoutingHints
 from pipeline.settings import Topics
@@ -31,6 +35,15 @@ class ResponseTimeout(TimeoutError):
         super().__init__(f"no response for request {request_id} within {timeout:.1f}s "
                          "(is a worker running and consuming llm.requests?)")
         self.request_id = request_id
+
+
+class DuplicateRequest(RuntimeError):
+    """The request id was already used and its original request has completed: the gateway
+    did not process (or bill) this copy. ``response`` is the gateway's notice."""
+
+    def __init__(self, response: Response):
+        super().__init__(response.error.message if response.error else "duplicate request id")
+        self.response = response
 
 
 def make_request(tenant: str, prompt: str | list[ChatMessage], *, model: str | None = None,
@@ -60,6 +73,7 @@ class GatewayClient:
         self._done: OrderedDict[str, None] = OrderedDict()   # recent ids, to drop repeats
         self._reader: asyncio.Task | None = None
         self.duplicates_dropped = 0
+        self.duplicate_notices = 0
         self.remember = 100_000
 
     async def __aenter__(self) -> "GatewayClient":
@@ -141,6 +155,9 @@ class GatewayClient:
             log.warning("undecodable_response reason=%s", exc.reason)
             return
         rid = response.request_id
+        if response.error and response.error.code == errors.DUPLICATE:
+            self._on_duplicate_notice(response)
+            return
         if rid in self._done:
             self.duplicates_dropped += 1
             return
@@ -150,3 +167,15 @@ class GatewayClient:
             while len(self._done) > self.remember:
                 self._done.popitem(last=False)
             fut.set_result(response)
+
+    def _on_duplicate_notice(self, notice: Response) -> None:
+        """A copy of a request id was refused. While the original is in flight its response
+        is still to come, so a waiting caller keeps waiting; once it completed, a caller
+        waiting on the copy gets DuplicateRequest rather than a timeout."""
+        self.duplicate_notices += 1
+        rid = notice.request_id
+        fut = self._pending.get(rid)
+        answered = rid in self._done or notice.metadata.get(errors.DUPLICATE_STATE) == "completed"
+        if fut is not None and not fut.done() and answered:
+            self._pending.pop(rid, None)
+            fut.set_exception(DuplicateRequest(notice))

@@ -27,7 +27,6 @@ from pipeline.routing.tokens import estimate_prompt_tokens
 from pipeline.settings import Topics
 
 MAX_TENANT_LENGTH = 128
-DUPLICATE_STATE = "llmpipe.duplicate_of"     # Response metadata: in_flight | completed
 
 
 def now_ms() -> int:
@@ -127,13 +126,14 @@ class Intake:
         state = "in_flight" if seen.in_flight else "completed"
         message = (f"request id {r.request_id} was already accepted ({where}); this copy was not "
                    f"processed and will not be billed. "
-                   + ("The original is still in flight: its response will carry this id."
+                   + ("The original is in flight (or has just finished): its response carries "
+                      "this id."
                       if seen.in_flight else
                       f"The original already completed with status {seen.status or 'error'}."))
         return Out(r.reply_topic or self.topics.responses, r.request_id, Response(
             request_id=r.request_id, tenant=r.tenant, status=ERROR, completed_at_ms=received,
             error=ErrorInfo(errors.DUPLICATE, message, retryable=False),
-            metadata={**r.metadata, DUPLICATE_STATE: state}), fmt)
+            metadata={**r.metadata, errors.DUPLICATE_STATE: state}), fmt)
 
     # --- validation ----------------------------------------------------------------
 

@@ -1,23 +1,28 @@
-"""Faust wiring of the intake step (llm.requests -> llm.routed | responses | dead letters)."""
+"""Faust wiring of the intake step (llm.requests -> llm.routed | responses | dead letters),
+with the tenant's policy and its state (admissions, budgets, canary) on the same partition."""
 
 from __future__ import annotations
 
 import faust
 
 from pipeline.agents.flow import Emitter, process
+from pipeline.agents.tenancy import Tenancy
 from pipeline.intake import Intake
 from pipeline.outputs import Origin
 from pipeline.runtime import Runtime
 
 
-def register_intake(app: faust.App, runtime: Runtime, source: faust.TopicT, emitter: Emitter) -> None:
+def register_intake(app: faust.App, runtime: Runtime, tenancy: Tenancy, source: faust.TopicT,
+                    emitter: Emitter) -> None:
     s = runtime.settings
-    intake = Intake(runtime.codec, runtime.catalog, runtime.router(), runtime.policy, s.topics)
+    intake = Intake(runtime.codec, runtime.catalog, runtime.router(), runtime.policy, s.topics,
+                    policies=tenancy.directory.get, state=tenancy.state)
 
     async def step(value: bytes | None, origin: Origin):
         return intake.handle(value, origin)
 
     @app.agent(source, name="intake")
     async def intake_agent(stream):
+        await tenancy.ready()
         await process(stream, step, emitter, agent="intake",
                       dead_letter_topic=s.topics.dead_letter, concurrency=s.intake_concurrency)

@@ -120,7 +120,8 @@ def register_ledger(app: faust.App, runtime: Runtime, source: faust.TopicT, emit
 
 USAGE_VIEW_COLUMNS = ("request_id", "tenant", "status", "error_code", "served_model", "deployment",
                       "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd",
-                      "baseline_cost_usd", "price_version", "attempts", "provider_ms")
+                      "baseline_cost_usd", "price_version", "attempts", "provider_ms",
+                      "routed_model", "route_rule", "task_class", "canary")
 
 
 def usage_rows(client, ids: tuple[str, ...]) -> list[dict]:

@@ -18,7 +18,8 @@ from pipeline.deployments import load_deployments
 from pipeline.events.codec import Codec
 from pipeline.events.models import (Alert, Budget, CanaryRule, ChatMessage, Request, Response,
                                     RoutedRequest, TenantPolicy, Usage)
-from pipeline.intake import DUPLICATE_STATE, Intake
+from pipeline.errors import DUPLICATE_STATE
+from pipeline.intake import Intake
 from pipeline.outputs import Origin
 from pipeline.routing.classifier import RuleClassifier
 from pipeline.routing.policy import Router, TenantRules, load_routing
@@ -276,7 +277,7 @@ def test_baseline_model_of_the_tenant_travels_with_the_request():
 
 def test_a_prompt_too_large_moves_to_a_larger_window_or_is_truncated_when_allowed():
     history = [{"role": "system", "content": "be brief"}] + [
-        {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "word " * 3000}
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "word " * 4000}
         for i in range(40)]                           # ~150k tokens: more than gpt-4o-mini's window
     pinned_small = {"model": "gpt-4o-mini", "messages": history}
     refused = World(TenantPolicy("acme")).send(**pinned_small)

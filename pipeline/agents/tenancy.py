@@ -1,0 +1,97 @@
+"""Faust wiring of the per-tenant state: three tables on the tenant's partitions (admissions,
+spend, canaries), the live tenant-policy directory, and the settle agent that reads the
+tenant's Usage events (same partition as its requests) to settle budget reservations and
+judge canaries. Runs in every worker that runs intake: reserve and settle must meet."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import faust
+
+from pipeline.agents.flow import Emitter, process
+from pipeline.events.codec import DecodeError
+from pipeline.events.models import Usage
+from pipeline.intake import now_ms
+from pipeline.outputs import Origin, Out
+from pipeline.runtime import Runtime
+from pipeline.tenancy.budgets import SEP
+from pipeline.tenancy.directory import TenantDirectory
+from pipeline.tenancy.state import TenantState, load_tenancy
+
+log = logging.getLogger("llmpipe.tenancy")
+
+
+class Tenancy:
+    """The worker's tenant state and policy directory, started once by whichever agent
+    needs them first."""
+
+    def __init__(self, app: faust.App, runtime: Runtime, partitions: int):
+        s = runtime.settings
+
+        def table(name: str) -> faust.Table:
+            return app.Table(name, partitions=partitions, help=f"tenant {name}",
+                             schema=faust.Schema(key_serializer="json", value_serializer="json"))
+
+        self.state = TenantState(table("admissions"), table("spend"), table("canaries"),
+                                 load_tenancy())
+        self.directory = TenantDirectory(s.kafka_bootstrap, s.topics.tenants, runtime.codec)
+        self.ready_timeout_s = s.tenants_ready_timeout_s
+        self._started = False
+        self._lock = asyncio.Lock()
+
+    async def ready(self) -> None:
+        async with self._lock:
+            if self._started:
+                return
+            await self.directory.start()
+            if not await self.directory.wait_ready(self.ready_timeout_s):
+                log.warning("tenant_directory_not_ready timeout_s=%s: starting with the policies "
+                            "read so far; the rest apply as they arrive", self.ready_timeout_s)
+            self._started = True
+
+    async def stop(self) -> None:
+        if self._started:
+            await self.directory.stop()
+            self._started = False
+
+
+def register_views(app: faust.App, tenancy: Tenancy) -> None:
+    @app.page("/llmpipe/tenancy/spend/")
+    async def spend(web, request):
+        """GET ?tenant=T -> the tenant's spend rows held by this worker (its partitions):
+        settled and reserved nano-dollars per team and period."""
+        tenant = request.query.get("tenant", "")
+        rows = []
+        for key, raw in list(tenancy.state.spend.rows.items()):
+            parts = key.split(SEP)
+            if parts[0] == tenant:
+                rows.append({"team": parts[1], "period": parts[2], "start": parts[3], **raw})
+        return web.json({"tenant": tenant, "rows": rows,
+                         "policy": bool(tenancy.directory.get(tenant))})
+
+
+def register_settle(app: faust.App, runtime: Runtime, tenancy: Tenancy, source: faust.TopicT,
+                    emitter: Emitter) -> None:
+    s = runtime.settings
+
+    async def step(value: bytes | None, origin: Origin) -> list[Out]:
+        try:
+            usage = runtime.codec.decode(value, Usage)
+        except DecodeError as exc:      # the ledger agent dead-letters the same bytes
+            log.warning("settle_skipped_undecodable partition=%s offset=%s reason=%s",
+                        origin.partition, origin.offset, exc.code)
+            return []
+        alerts = tenancy.state.settle(usage, origin.partition, now_ms(),
+                                      tenancy.directory.get(usage.tenant))
+        return [Out(s.topics.alerts, a.tenant, a) for a in alerts]
+
+    @app.agent(source, name="settle")
+    async def settle_agent(stream):
+        await tenancy.ready()
+        try:
+            await process(stream, step, emitter, agent="settle",
+                          dead_letter_topic=s.topics.dead_letter, concurrency=s.intake_concurrency)
+        finally:
+            await tenancy.stop()

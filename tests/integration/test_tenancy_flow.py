@@ -1,0 +1,139 @@
+"""Tenant policy, budgets, idempotency and routing savings on the embedded stack: policies
+published to llm.tenants apply without a restart, budgets hold across a kill -9, duplicates
+are answered but never billed, and a documented traffic mix costs less than gpt-4.1."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from pipeline import errors
+from pipeline.client import DuplicateRequest, GatewayClient, make_request
+from pipeline.events.codec import Codec
+from pipeline.events.models import Alert, Budget, TenantPolicy
+from pipeline.savings import replay
+from pipeline.tenancy.directory import put_policy
+from tests.integration.conftest import make_stack
+
+codec = Codec()
+
+
+@pytest.fixture(scope="module")
+def stack(broker, tmp_path_factory):
+    s = make_stack(broker, tmp_path_factory, "tenancy",
+                   ["--latency-scale", "0.05", "--no-base-errors", "--seed", "5"])
+    try:
+        s.start_worker()
+        yield s
+    finally:
+        s.stop()
+
+
+def publish(stack, policy: TenantPolicy) -> None:
+    asyncio.run(put_policy(stack.bootstrap, stack.topics.tenants, codec, policy))
+
+
+def spend_rows(worker, tenant: str) -> list[dict]:
+    resp = httpx.get(f"{worker.url}/llmpipe/tenancy/spend/", params={"tenant": tenant}, timeout=10)
+    resp.raise_for_status()
+    return resp.json()["rows"]
+
+
+def month_spend(worker, tenant: str) -> dict:
+    rows = [r for r in spend_rows(worker, tenant) if r["team"] == "*" and r["period"] == "month"]
+    return rows[0] if rows else {"settled_nanos": 0, "reserved_nanos": 0}
+
+
+async def wait_for_policy(worker, tenant: str, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with httpx.AsyncClient() as http:
+        while asyncio.get_running_loop().time() < deadline:
+            resp = await http.get(f"{worker.url}/llmpipe/tenancy/spend/", params={"tenant": tenant})
+            if resp.json()["policy"]:
+                return
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"policy of {tenant} never reached the worker")
+
+
+async def alerts_for(stack, tenant: str, timeout: float = 10.0) -> list[Alert]:
+    consumer = AIOKafkaConsumer(stack.topics.alerts, bootstrap_servers=stack.bootstrap,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    found: list[Alert] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=300)
+            for records in batch.values():
+                for rec in records:
+                    alert = codec.decode(rec.value, Alert)
+                    if alert.tenant == tenant:
+                        found.append(alert)
+            if found and not batch:
+                break
+    finally:
+        await consumer.stop()
+    return found
+
+
+def test_hard_budget_applies_live_and_spend_is_exact(stack):
+    worker = stack.ledger_worker()
+    tenant = f"budget-{uuid.uuid4().hex[:6]}"
+    publish(stack, TenantPolicy(tenant, budgets=[Budget("month", hard_usd=Decimal("0.002"))]))
+
+    async def go():
+        await wait_for_policy(worker, tenant)
+        async with GatewayClient(stack.bootstrap, stack.topics) as gw:
+            return [await gw.request(make_request(tenant, f"list three colours #{i}", max_tokens=64,
+                                                  model="gpt-4"), timeout=60)
+                    for i in range(40)]
+
+    responses = asyncio.run(go())
+    ok = [r for r in responses if r.status == "ok"]
+    refused = [r for r in responses if r.error and r.error.code == errors.BUDGET_EXCEEDED]
+    assert ok and refused and len(ok) + len(refused) == 40
+    assert responses.index(refused[0]) == len(ok)        # refusals start once the limit is near
+    ids = [r.request_id for r in responses]
+    worker.wait_for_usage(ids)
+    rows = worker.usage_rows(ids)
+    billed = sum(Decimal(r["cost_usd"]) for r in rows)
+    assert billed <= Decimal("0.002")
+    spend = month_spend(worker, tenant)
+    assert spend["reserved_nanos"] == 0
+    assert Decimal(spend["settled_nanos"]) / 10**9 == billed
+    (alert,) = [a for a in asyncio.run(alerts_for(stack, tenant)) if a.rule == "budget_hard"]
+    assert alert.threshold == "0.002000" and alert.state == "firing"
+
+
+def test_a_duplicate_request_id_is_answered_but_billed_once(stack):
+    worker = stack.ledger_worker()
+    tenant = f"dup-{uuid.uuid4().hex[:6]}"
+    req = make_request(tenant, "what is the capital of France?", max_tokens=32)
+
+    async def go():
+        async with GatewayClient(stack.bootstrap, stack.topics) as gw:
+            first = await gw.request(req, timeout=60)
+            with pytest.raises(DuplicateRequest) as refused:
+                await gw.request(req, timeout=30)        # the same id again, after it completed
+            return first, refused.value.response
+
+    first, duplicate = asyncio.run(go())
+    assert first.status == "ok"
+    assert duplicate.error.code == errors.DUPLICATE and "will not be billed" in duplicate.error.message
+    assert worker.wait_for_usage([req.request_id]) == {req.request_id: 1}
+    (row,) = worker.usage_rows([req.request_id])
+    assert Decimal(row["cost_usd"]) == Decimal(first.cost_nanos) / 10**9
+
+
+def test_traffic_mix_costs_less_than_gpt_4_1_without_breaking_the_complex_floor(stack):
+    report = asyncio.run(replay(stack, stack.ledger_worker(), n=120, concurrency=24))
+    print("\n" + report.text())
+    assert report.ok == report.requests == 120
+    assert report.below_floor == []
+    assert report.models["gpt-4.1"] >= 1 and report.models["deepseek-v3.2"] >= 1
+    assert report.cost < report.baseline
