@@ -69,6 +69,12 @@ class Worker:
             counts = self.usage_counts(request_ids)
         return counts
 
+    def spend(self, tenant: str) -> dict:
+        """The tenant's budget state on this worker: {"rows": [...], "policy": bool}."""
+        resp = httpx.get(f"{self.url}/llmpipe/tenancy/spend/", params={"tenant": tenant}, timeout=30)
+        resp.raise_for_status()
+        return resp.json()
+
     def report(self, since_ms: int) -> str:
         resp = httpx.get(f"{self.url}/llmpipe/ledger/report/", params={"since_ms": since_ms}, timeout=60)
         resp.raise_for_status()

@@ -42,7 +42,7 @@ class Intake:
                  state: TenantState | None = None):
         self.codec, self.catalog, self.router, self.policy = codec, catalog, router, policy
         self.topics, self.clock, self.policies = topics, clock, policies
-        self.state = state if state is not None else TenantState({}, {}, {})
+        self.state = state if state is not None else TenantState({})
 
     def handle(self, value: bytes | None, origin: Origin) -> list[Out]:
         received = self.clock()
@@ -56,6 +56,7 @@ class Intake:
         except Rejected as exc:
             return self._refused(request, fmt, exc, received, origin)
         request = self._normalise(request)
+        self.state.prepare(origin.partition)
         kind, seen = self.state.admissions.classify(request.tenant, request.request_id,
                                                     origin.partition, origin.offset)
         if kind == DUPLICATE:

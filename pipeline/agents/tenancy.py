@@ -1,4 +1,4 @@
-"""Faust wiring of the per-tenant state: three tables on the tenant's partitions (admissions,
+"""Faust wiring of the per-tenant state: one table on the tenant's partitions (admissions,
 spend, canaries), the live tenant-policy directory, and the settle agent that reads the
 tenant's Usage events (same partition as its requests) to settle budget reservations and
 judge canaries. Runs in every worker that runs intake: reserve and settle must meet."""
@@ -30,12 +30,16 @@ class Tenancy:
     def __init__(self, app: faust.App, runtime: Runtime, partitions: int):
         s = runtime.settings
 
-        def table(name: str) -> faust.Table:
-            return app.Table(name, partitions=partitions, help=f"tenant {name}",
-                             schema=faust.Schema(key_serializer="json", value_serializer="json"))
+        # One table: its changelog keeps admissions and spend rows of a partition in the
+        # order they were written, which TenantState relies on after a crash.
+        self.table = app.Table("tenancy", partitions=partitions, help="tenant state",
+                               schema=faust.Schema(key_serializer="json", value_serializer="json"))
+        self.state = TenantState(self.table, load_tenancy())
 
-        self.state = TenantState(table("admissions"), table("spend"), table("canaries"),
-                                 load_tenancy())
+        @app.on_partitions_assigned.connect
+        async def on_assigned(sender, assigned, **kwargs) -> None:
+            self.state.forget_partitions()
+
         self.directory = TenantDirectory(s.kafka_bootstrap, s.topics.tenants, runtime.codec)
         self.ready_timeout_s = s.tenants_ready_timeout_s
         self._started = False

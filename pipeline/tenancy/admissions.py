@@ -25,6 +25,8 @@ class Admission:
     spend_keys: list[str] = field(default_factory=list)
     settled_at_ms: int = 0
     status: str = ""              # the terminal Usage status once settled
+    cost_nanos: int = 0           # what that Usage billed
+    change: list[int] = field(default_factory=list)   # last spend change: [seq, reserved, settled]
 
     @property
     def in_flight(self) -> bool:

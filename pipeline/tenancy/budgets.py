@@ -55,6 +55,7 @@ class Spend:
     settled_nanos: int = 0
     reserved_nanos: int = 0
     partition: int = -1
+    seq: int = 0                # the last change applied (per-partition sequence)
     soft_alerted: bool = False
     hard_alerted: bool = False
 
@@ -126,24 +127,19 @@ class SpendBook:
         spend.partition = partition
         self.put(crossing.key, spend)
 
-    def reserve(self, keys: list[str], nanos: int, partition: int) -> None:
+    def apply(self, keys: list[str], reserved_delta: int, settled_delta: int, seq: int,
+              partition: int) -> None:
+        """Apply one change (a reservation, a settlement, a release) to every row in
+        ``keys``, once: a row that already carries ``seq`` or later is left alone, so a
+        change replayed after a crash is not counted twice (see TenantState)."""
         for key in keys:
             spend = self.get(key)
-            spend.reserved_nanos += nanos
-            spend.partition = partition
+            if spend.seq >= seq:
+                continue
+            spend.reserved_nanos += reserved_delta
+            spend.settled_nanos += settled_delta
+            spend.seq, spend.partition = seq, partition
             self.put(key, spend)
-
-    def settle(self, keys: list[str], reserved_nanos: int, cost_nanos: int, partition: int) -> None:
-        """Replace a reservation by the billed cost (reserved 0 for an unreserved request)."""
-        for key in keys:
-            spend = self.get(key)
-            spend.reserved_nanos = max(0, spend.reserved_nanos - reserved_nanos)
-            spend.settled_nanos += cost_nanos
-            spend.partition = partition
-            self.put(key, spend)
-
-    def release(self, keys: list[str], reserved_nanos: int, partition: int) -> None:
-        self.settle(keys, reserved_nanos, 0, partition)
 
     def expired(self, partition: int, now_ms: int, keep_days: int) -> list[str]:
         """Rows of ``partition`` whose period started more than ``keep_days`` ago."""

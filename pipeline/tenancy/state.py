@@ -8,15 +8,15 @@ tables in the worker, dicts in tests).
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import MutableMapping
+from collections.abc import Iterator, MutableMapping
 
 from pipeline.config import Section, config_path, load_yaml
 from pipeline.events.models import Alert, TenantPolicy, Usage, OK
 from pipeline.tenancy.admissions import (ADMITTED, EXPIRED, REFUSED, SETTLED, Admission,
                                          AdmissionLog)
-from pipeline.tenancy.budgets import Crossing, SpendBook, spend_keys, usd_text
+from pipeline.tenancy.budgets import SEP, Crossing, SpendBook, spend_keys, usd_text
 from pipeline.tenancy.canary import CANARY, CanaryBook, arm_label
 
 ALERT_NAMESPACE = uuid.UUID("6f1d3c52-8e0a-4d7a-9a55-2f3f4b1c0a11")
@@ -58,23 +58,92 @@ def budget_alert(tenant: str, c: Crossing, at_ms: int) -> Alert:
         at_ms=at_ms, labels={"period": c.budget.period, "team": c.budget.team or ""})
 
 
+class Prefixed(MutableMapping):
+    """One kind of row inside the shared state mapping, told apart by a key prefix."""
+
+    def __init__(self, rows: MutableMapping[str, dict], prefix: str):
+        self.rows, self.prefix = rows, prefix + SEP
+
+    def __getitem__(self, key: str) -> dict:
+        return self.rows[self.prefix + key]
+
+    def __setitem__(self, key: str, value: dict) -> None:
+        self.rows[self.prefix + key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.rows[self.prefix + key]
+
+    def __iter__(self) -> Iterator[str]:
+        n = len(self.prefix)
+        return (k[n:] for k in list(self.rows.keys()) if k.startswith(self.prefix))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 class TenantState:
-    def __init__(self, admissions: MutableMapping[str, dict], spend: MutableMapping[str, dict],
-                 canaries: MutableMapping[str, dict], config: TenancyConfig = TenancyConfig()):
-        self.admissions = AdmissionLog(admissions)
-        self.spend = SpendBook(spend)
-        self.canaries = CanaryBook(canaries)
+    """All rows live in ONE mapping (one Faust table, so one changelog partition per tenant
+    partition, written in order). Every spend change gets a per-partition sequence number
+    and is written first into the request's admission, then into the spend rows, each of
+    which remembers the last sequence it applied. A crash keeps a prefix of those writes;
+    on first use of a partition, changes present in an admission but missing from a spend
+    row are re-applied — so a reservation or settlement is counted exactly once."""
+
+    def __init__(self, rows: MutableMapping[str, dict], config: TenancyConfig = TenancyConfig()):
+        self.rows = rows
+        self.admissions = AdmissionLog(Prefixed(rows, "a"))
+        self.spend = SpendBook(Prefixed(rows, "s"))
+        self.canaries = CanaryBook(Prefixed(rows, "c"))
         self.config = config
+        self._seq: dict[int, int] = {}
         self._last_sweep: dict[int, int] = {}
+
+    # --- ordered spend changes -------------------------------------------------------
+
+    def forget_partitions(self) -> None:
+        """After a rebalance: another worker may have changed a partition meanwhile."""
+        self._seq.clear()
+
+    def prepare(self, partition: int) -> None:
+        """Call before reading or changing ``partition``'s rows: reconciles it once."""
+        if partition not in self._seq:
+            self._seq[partition] = self.reconcile(partition)
+
+    def _next_seq(self, partition: int) -> int:
+        self.prepare(partition)
+        self._seq[partition] += 1
+        return self._seq[partition]
+
+    def reconcile(self, partition: int) -> int:
+        """Re-apply changes of ``partition`` that reached an admission but not every spend
+        row; returns the highest sequence number in use."""
+        pending, top = [], 0
+        for key in list(self.admissions.rows):
+            a = Admission(**self.admissions.rows[key])
+            if a.partition == partition and a.change:
+                pending.append(a)
+                top = max(top, a.change[0])
+        for raw in self.spend.rows.values():
+            if raw.get("partition") == partition:
+                top = max(top, raw.get("seq", 0))
+        for a in sorted(pending, key=lambda a: a.change[0]):
+            seq, reserved, settled = a.change
+            self.spend.apply(a.spend_keys, reserved, settled, seq, partition)
+        return top
+
+    def _change(self, tenant: str, request_id: str, a: Admission, reserved: int, settled: int,
+                partition: int) -> None:
+        a.change = [self._next_seq(partition), reserved, settled]
+        self.admissions.put(tenant, request_id, a)               # first: the intent
+        self.spend.apply(a.spend_keys, reserved, settled, a.change[0], partition)
 
     # --- intake side -----------------------------------------------------------------
 
     def admit(self, tenant: str, team: str | None, request_id: str, partition: int, offset: int,
               at_ms: int, reserved_nanos: int) -> None:
-        keys = spend_keys(tenant, team, at_ms)
-        self.spend.reserve(keys, reserved_nanos, partition)
-        self.admissions.put(tenant, request_id, Admission(
-            partition, offset, at_ms, ADMITTED, reserved_nanos, keys))
+        a = Admission(partition, offset, at_ms, ADMITTED, reserved_nanos,
+                      spend_keys(tenant, team, at_ms))
+        self._change(tenant, request_id, a, reserved_nanos, 0, partition)
 
     def refuse(self, tenant: str, request_id: str, partition: int, offset: int, at_ms: int) -> None:
         self.admissions.put(tenant, request_id, Admission(partition, offset, at_ms, REFUSED))
@@ -92,9 +161,10 @@ class TenantState:
         for key in forget:
             del self.admissions.rows[key]
         for key, a in stale:
-            self.spend.release(a.spend_keys, a.reserved_nanos, partition)
+            tenant, request_id = key.split(SEP, 1)
+            released = a.reserved_nanos
             a.state, a.reserved_nanos = EXPIRED, 0
-            self.admissions.rows[key] = asdict(a)
+            self._change(tenant, request_id, a, -released, 0, partition)
         old = self.spend.expired(partition, now_ms, c.keep_spend_days)
         for key in old:
             del self.spend.rows[key]
@@ -105,18 +175,23 @@ class TenantState:
     def settle(self, usage: Usage, partition: int, now_ms: int,
                policy: TenantPolicy | None) -> list[Alert]:
         """Settle the request's reservation with its billed cost, once; judge its canary."""
+        self.prepare(partition)
         a = self.admissions.get(usage.tenant, usage.request_id)
         if a is not None and a.state == SETTLED:
-            return []                                   # a re-delivered Usage: already counted
+            # A repeated Usage. After a crash the provider call may have been made again and
+            # billed differently; the ledger keeps the latest row, so spend follows it.
+            if usage.cost_nanos != a.cost_nanos:
+                delta = usage.cost_nanos - a.cost_nanos
+                a.cost_nanos, a.status = usage.cost_nanos, usage.status
+                self._change(usage.tenant, usage.request_id, a, 0, delta, partition)
+            return []
         if a is None:                                   # never reserved here (or forgotten)
-            keys = spend_keys(usage.tenant, usage.team or None, usage.created_at_ms)
-            a = Admission(partition, -1, now_ms, SETTLED, 0, keys)
-            self.spend.settle(keys, 0, usage.cost_nanos, partition)
-        else:
-            reserved = a.reserved_nanos if a.state == ADMITTED else 0
-            self.spend.settle(a.spend_keys, reserved, usage.cost_nanos, partition)
-        a.state, a.reserved_nanos, a.settled_at_ms, a.status = SETTLED, 0, now_ms, usage.status
-        self.admissions.put(usage.tenant, usage.request_id, a)
+            a = Admission(partition, -1, now_ms, SETTLED, 0,
+                          spend_keys(usage.tenant, usage.team or None, usage.created_at_ms))
+        released = a.reserved_nanos if a.state == ADMITTED else 0
+        a.state, a.reserved_nanos, a.settled_at_ms = SETTLED, 0, now_ms
+        a.status, a.cost_nanos = usage.status, usage.cost_nanos
+        self._change(usage.tenant, usage.request_id, a, -released, usage.cost_nanos, partition)
         return self._judge_canary(usage, partition, now_ms, policy)
 
     def _judge_canary(self, usage: Usage, partition: int, now_ms: int,

@@ -1,17 +1,30 @@
 """A worker killed with SIGKILL mid-traffic and started again: every request still ends
-with a terminal response and exactly one usage row. There are no Kafka transactions on
+with a terminal response and exactly one usage row, and each tenant's budget spend (Faust
+tables restored from their changelogs) equals what the ledger billed. There are no Kafka transactions on
 the embedded broker; this rests on acking only finished work and idempotent consumers."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from decimal import Decimal
 
 from pipeline.client import GatewayClient
 from pipeline.demo import demo_requests
 from tests.integration.conftest import make_stack
 
 N = 150
+
+
+def settled_month(worker, tenant: str, timeout: float = 30.0) -> dict:
+    """The tenant's month spend once nothing is reserved (settlement trails the ledger)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = [r for r in worker.spend(tenant)["rows"] if r["team"] == "*" and r["period"] == "month"]
+        month = rows[0] if rows else {"settled_nanos": 0, "reserved_nanos": -1}
+        if month["reserved_nanos"] == 0 or time.monotonic() > deadline:
+            return month
+        time.sleep(0.3)
 
 
 async def test_sigkill_mid_demo_loses_nothing_and_bills_once(broker, tmp_path_factory):
@@ -42,6 +55,13 @@ async def test_sigkill_mid_demo_loses_nothing_and_bills_once(broker, tmp_path_fa
         counts = second.wait_for_usage(ids, timeout=90)
         assert counts == {rid: 1 for rid in ids}, {k: v for k, v in counts.items() if v != 1}
         assert second.usage_counts(ids) == counts
+        # Budgets: every re-delivered request and Usage counted once, nothing left reserved.
+        rows = second.usage_rows(ids)
+        for tenant in {r.tenant for r in requests}:
+            billed = sum(Decimal(row["cost_usd"]) for row in rows if row["tenant"] == tenant)
+            month = settled_month(second, tenant)
+            assert month["reserved_nanos"] == 0, (tenant, month)
+            assert Decimal(month["settled_nanos"]) / 10**9 == billed, (tenant, month, billed)
         print(f"answered before kill: {answered_before}/{N}; repeated responses dropped "
               f"by the SDK: {duplicates}")
     finally:

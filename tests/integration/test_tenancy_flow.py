@@ -8,7 +8,6 @@ import asyncio
 import uuid
 from decimal import Decimal
 
-import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 
@@ -38,25 +37,17 @@ def publish(stack, policy: TenantPolicy) -> None:
     asyncio.run(put_policy(stack.bootstrap, stack.topics.tenants, codec, policy))
 
 
-def spend_rows(worker, tenant: str) -> list[dict]:
-    resp = httpx.get(f"{worker.url}/llmpipe/tenancy/spend/", params={"tenant": tenant}, timeout=10)
-    resp.raise_for_status()
-    return resp.json()["rows"]
-
-
 def month_spend(worker, tenant: str) -> dict:
-    rows = [r for r in spend_rows(worker, tenant) if r["team"] == "*" and r["period"] == "month"]
+    rows = [r for r in worker.spend(tenant)["rows"] if r["team"] == "*" and r["period"] == "month"]
     return rows[0] if rows else {"settled_nanos": 0, "reserved_nanos": 0}
 
 
 async def wait_for_policy(worker, tenant: str, timeout: float = 20.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
-    async with httpx.AsyncClient() as http:
-        while asyncio.get_running_loop().time() < deadline:
-            resp = await http.get(f"{worker.url}/llmpipe/tenancy/spend/", params={"tenant": tenant})
-            if resp.json()["policy"]:
-                return
-            await asyncio.sleep(0.2)
+    while asyncio.get_running_loop().time() < deadline:
+        if (await asyncio.to_thread(worker.spend, tenant))["policy"]:
+            return
+        await asyncio.sleep(0.2)
     raise AssertionError(f"policy of {tenant} never reached the worker")
 
 

@@ -44,7 +44,7 @@ class World:
     def __init__(self, *policies: TenantPolicy, config: TenancyConfig = TenancyConfig()):
         self.policies = {p.tenant: p for p in policies}
         self.now = NOW
-        self.state = TenantState({}, {}, {}, config)
+        self.state = TenantState({}, config)
         self.offset = 0
         self.intake = Intake(codec, catalog, Router(catalog, deployments, routing, random.Random(7),
                                                     RuleClassifier()),
@@ -365,3 +365,61 @@ def test_a_changed_canary_rule_starts_afresh_after_a_rollback():
     w.policies["acme"] = TenantPolicy("acme", canary=CanaryRule(**{**RULE.to_dict(), "percent": 100}))
     assert routed_of(w.send(end_user=user)).route.rule == "canary"
     assert arm_for("acme", w.policies["acme"].canary, "anyone") == CANARY
+
+
+def test_a_provider_call_redone_after_a_crash_is_settled_at_its_latest_cost_like_the_ledger():
+    w = World(TenantPolicy("acme"))
+    routed = routed_of(w.send())
+    w.settle(routed, 1_000)
+    w.settle(routed, 1_300)           # the call was made again before the first Usage was acked
+    w.settle(routed, 1_300)           # and that Usage re-delivered
+    assert (w.spend().settled_nanos, w.spend().reserved_nanos) == (1_300, 0)
+
+
+class WriteLog(dict):
+    """A dict that records every write, in order, like a table's changelog."""
+
+    def __init__(self):
+        super().__init__()
+        self.log: list[tuple[str, dict | None]] = []
+
+    def __setitem__(self, key, value):
+        self.log.append((key, value))
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self.log.append((key, None))
+        super().__delitem__(key)
+
+
+def restored(log: list[tuple[str, dict | None]]) -> dict:
+    rows: dict = {}
+    for key, value in log:
+        if value is None:
+            rows.pop(key, None)
+        else:
+            rows[key] = value
+    return rows
+
+
+@pytest.mark.parametrize("costs", [[700, 1_100, 2_500], [5, 5, 5, 5]])
+def test_a_crash_at_any_point_of_the_changelog_then_replay_keeps_spend_exact(costs):
+    """The changelog of a crashed worker holds a prefix of its writes. Whatever the prefix,
+    re-delivering every request and every Usage converges on exact spend."""
+    log = WriteLog()
+    w = World(TenantPolicy("acme"))
+    w.state = w.intake.state = TenantState(log)
+    rids = [str(uuid.uuid4()) for _ in costs]
+    routed = [routed_of(w.send(request_id=rid, offset=i)) for i, rid in enumerate(rids)]
+    for r, cost in zip(routed, costs):
+        w.settle(r, cost)
+    assert w.spend().settled_nanos == sum(costs)
+    for cut in range(len(log.log) + 1):
+        again = World(TenantPolicy("acme"))
+        again.state = again.intake.state = TenantState(restored(log.log[:cut]))
+        for i, rid in enumerate(rids):                   # everything re-delivered
+            again.send(request_id=rid, offset=i)
+        for r, cost in zip(routed, costs):
+            again.settle(r, cost)
+        spend = again.spend()
+        assert (spend.settled_nanos, spend.reserved_nanos) == (sum(costs), 0), cut
