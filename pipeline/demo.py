@@ -7,7 +7,7 @@ import random
 from decimal import Decimal
 
 from pipeline.client import make_request
-from pipeline.events.models import Request, RoutingHints
+from pipeline.events.models import Budget, CanaryRule, Request, RoutingHints, TenantPolicy
 
 TENANTS = {
     "acme-retail": ["support", "search", "marketing"],
@@ -76,3 +76,17 @@ def demo_requests(n: int, seed: int = 7, reply_topic: str | None = None) -> list
             temperature=rng.choice([0.0, 0.2, 0.7]), hints=hints, reply_topic=reply_topic,
             metadata={"demo": "1", "seq": str(i)}))
     return out
+
+
+def demo_policies() -> list[TenantPolicy]:
+    """Policies the demo tenants run under, so `llmpipe dev` shows them at work: a canary
+    and a soft budget that the demo crosses (downgrades + one alert), a quality-first tenant
+    that may not use Claude, and a tenant limited to three models."""
+    return [
+        TenantPolicy("acme-retail",
+                     budgets=[Budget("month", soft_usd=Decimal("0.02"), hard_usd=Decimal("5"))],
+                     canary=CanaryRule("flash-trial", 20, "gemini-2.5-flash")),
+        TenantPolicy("globex-finance", default_quality=0.95, denied_models=["claude-sonnet-4.5"]),
+        TenantPolicy("initech-cn", allowed_models=["deepseek-v3.2", "gemini-2.5-flash", "gpt-4.1"],
+                     truncation_allowed=True),
+    ]

@@ -10,13 +10,54 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from aiokafka import AIOKafkaConsumer
+
 from pipeline.client import GatewayClient, ResponseTimeout
-from pipeline.demo import demo_requests
+from pipeline.demo import demo_policies, demo_requests
 from pipeline.devstack import DevStack, StackError
+from pipeline.events.models import Alert, TenantPolicy
+from pipeline.events.codec import Codec
+from pipeline.tenancy.directory import put_policy
+
+CODEC = Codec()
 
 
 def say(text: str = "") -> None:
     print(text, flush=True)
+
+
+async def publish_policies(stack: DevStack) -> None:
+    for policy in demo_policies():
+        await put_policy(stack.bootstrap, stack.topics.tenants, CODEC, policy)
+        say(f"  tenant policy      {policy.tenant}: {describe(policy)}")
+
+
+def describe(p: TenantPolicy) -> str:
+    parts = [f"{b.period} soft ${b.soft_usd} hard ${b.hard_usd}" for b in p.budgets]
+    if p.canary:
+        parts.append(f"canary {p.canary.percent}% -> {p.canary.model}")
+    if p.default_quality is not None:
+        parts.append(f"default quality {p.default_quality}")
+    if p.allowed_models:
+        parts.append("allowed " + ", ".join(p.allowed_models))
+    if p.denied_models:
+        parts.append("denied " + ", ".join(p.denied_models))
+    return "; ".join(parts)
+
+
+async def read_alerts(stack: DevStack) -> Counter:
+    consumer = AIOKafkaConsumer(stack.topics.alerts, bootstrap_servers=stack.bootstrap,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    seen: Counter = Counter()
+    try:
+        for records in (await consumer.getmany(timeout_ms=1500)).values():
+            for rec in records:
+                alert = CODEC.decode(rec.value, Alert)
+                seen[f"{alert.rule} ({alert.tenant})"] += 1
+    finally:
+        await consumer.stop()
+    return seen
 
 
 async def drive(stack: DevStack, n: int, seed: int, timeout: float) -> tuple[dict, list[str]]:
@@ -56,11 +97,15 @@ def run_dev(args: argparse.Namespace) -> int:
         worker = stack.start_worker()
         say(f"  worker             pid {worker.process.pid}, agents intake+dispatch+ledger, "
             f"web {worker.url}, log {worker.log_path}")
+        asyncio.run(publish_policies(stack))
         since_ms = int(time.time() * 1000) - 60_000
         responses, ids = asyncio.run(drive(stack, args.demo_requests, args.seed, args.timeout))
         counts = worker.wait_for_usage(ids, timeout=60)
         say()
         say(worker.report(since_ms))
+        alerts = asyncio.run(read_alerts(stack))
+        say("alerts on llm.alerts: " + (", ".join(f"{k} x{v}" for k, v in sorted(alerts.items()))
+                                       or "none"))
         missing_resp = [rid for rid in ids if rid not in responses]
         bad_rows = {rid: counts.get(rid, 0) for rid in ids if counts.get(rid, 0) != 1}
         say(f"accounted for: {len(ids) - len(missing_resp)}/{len(ids)} responses, "
