@@ -269,6 +269,12 @@ class PromptCache:
         self._seen.clear()
 
 
+def _masked(key: str | None) -> str:
+    if not key or len(key) < 12:
+        return "***"
+    return key[:3] + "*" * (len(key) - 7) + key[-4:]
+
+
 def key_fingerprint(api_key: str | None) -> str:
     """A short, stable stand-in for an API key: the only form a key is ever shown in, the
     same one the pipeline logs for its keys (a sha256 prefix)."""
@@ -508,9 +514,10 @@ class OpenAIShape:
         if plan.outcome is Outcome.COMPLETION and chat.stream:
             return await self._stream(request, plan, headers, include_usage)
         await asyncio.sleep(plan.latency_ms / 1000)
-        return self._render(plan, headers, chat.stream)
+        return self._render(plan, headers, chat.stream, api_key)
 
-    def _render(self, plan: CallPlan, headers: dict[str, str], stream: bool) -> web.Response:
+    def _render(self, plan: CallPlan, headers: dict[str, str], stream: bool,
+                api_key: str | None = None) -> web.Response:
         if plan.outcome is Outcome.COMPLETION:
             return web.json_response(completion_body(plan), headers=headers)
         if plan.outcome is Outcome.MALFORMED:
@@ -521,8 +528,9 @@ class OpenAIShape:
             return web.Response(body=text[:len(text) // 2].encode(),
                                 content_type="application/json", headers=headers)
         if plan.outcome is Outcome.UNAUTHORIZED:
-            return openai_error(401, "Incorrect API key provided. You can find your API key "
-                                "at https://platform.openai.com/account/api-keys.",
+            # Like OpenAI: the key masked but for its head and last four characters.
+            return openai_error(401, f"Incorrect API key provided: {_masked(api_key)}. You can "
+                                "find your API key at https://platform.openai.com/account/api-keys.",
                                 "invalid_request_error", code="invalid_api_key", headers=headers)
         if plan.outcome is Outcome.RATE_LIMITED:
             retry = plan.retry_after_s or 0.0
