@@ -1,13 +1,19 @@
 """Deployments: where each logical model is served (provider, base URL, provider-side
-model name, key, region, weight), and the per-call limits of the dispatcher."""
+model name, key, region, weight), each one's breaker, rate limits and health thresholds,
+and the per-call limits of the dispatcher."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline.catalog import Catalog
 from pipeline.config import ConfigError, Section, config_path, expand_env, load_yaml
+from pipeline.resilience.clock import ManualClock
+from pipeline.resilience.guard import (BreakerSettings, DeploymentGuard, GuardSettings,
+                                       HealthSettings, LimitSettings)
 
 ADAPTERS = ("openai", "anthropic", "gemini")
 
@@ -25,16 +31,26 @@ class Deployment:
     region: str
     priority: int
     weight: int
+    guard: GuardSettings    # breaker, rate limits and health thresholds (``resilience:``)
 
 
 @dataclass(frozen=True)
 class CallLimits:
+    """Timeouts and retries of provider calls.
+
+    ``connect_timeout_s`` bounds the TCP/TLS connect; ``total_timeout_s`` bounds one whole
+    attempt (httpx applies it per read as well, and the dispatcher cuts the attempt at that
+    total). Calls are not streamed, so the first byte of the answer arrives with the whole
+    completion: time to first token is bounded by the same total. ``deadline_s`` bounds a
+    request from intake (``received_at_ms``) across every attempt, wait and failover."""
+
     connect_timeout_s: float
     total_timeout_s: float
     max_attempts: int
     backoff_base_s: float
     backoff_cap_s: float
     jitter: float
+    deadline_s: float
 
 
 @dataclass(frozen=True)
@@ -55,6 +71,7 @@ def load_deployments(catalog: Catalog, path: Path | None = None,
     items = root.raw("deployments")
     if not isinstance(items, list) or not items:
         raise ConfigError(path, "deployments", "a non-empty list")
+    defaults = _guard_settings(root.section("resilience"), None)
     by_id: dict[str, Deployment] = {}
     for i, item in enumerate(items):
         s = Section(path, f"deployments[{i}]", item)
@@ -82,10 +99,64 @@ def load_deployments(catalog: Catalog, path: Path | None = None,
             id=dep_id, model=model, provider=s.str("provider"), adapter=adapter,
             base_url=base_url.rstrip("/"), provider_model=s.str("provider_model", model),
             api_key_env=key_env, api_key_file=key_file, region=s.str("region", "default"),
-            priority=s.int("priority", 1, minimum=0), weight=s.int("weight", 1, minimum=0))
+            priority=s.int("priority", 1, minimum=0), weight=s.int("weight", 1, minimum=0),
+            guard=(_guard_settings(s.section("resilience"), defaults) if s.has("resilience")
+                   else defaults))
     c = root.section("calls")
     calls = CallLimits(
-        connect_timeout_s=c.number("connect_timeout_s"), total_timeout_s=c.number("total_timeout_s"),
+        connect_timeout_s=_positive(c, "connect_timeout_s"),
+        total_timeout_s=_positive(c, "total_timeout_s"),
         max_attempts=c.int("max_attempts", minimum=1), backoff_base_s=c.number("backoff_base_s"),
-        backoff_cap_s=c.number("backoff_cap_s"), jitter=c.number("jitter"))
+        backoff_cap_s=c.number("backoff_cap_s"), jitter=c.number("jitter"),
+        deadline_s=_positive(c, "deadline_s"))
     return Deployments(by_id, calls)
+
+
+_GUARD_PARTS = {"breaker": BreakerSettings, "limits": LimitSettings, "health": HealthSettings}
+
+
+def _guard_settings(section: Section, base: GuardSettings | None) -> GuardSettings:
+    """``resilience:`` settings: every key required at the top level (``base`` None); in a
+    deployment, any key overrides the top-level value."""
+    unknown = set(section.data) - set(_GUARD_PARTS)
+    if unknown:
+        raise ConfigError(section.path, section._where(sorted(unknown)[0]),
+                          f"one of {sorted(_GUARD_PARTS)}")
+    parts: dict[str, Any] = {}
+    for name, cls in _GUARD_PARTS.items():
+        inherited = getattr(base, name) if base is not None else None
+        if not section.has(name):
+            if inherited is None:
+                raise ConfigError(section.path, section._where(name), "a mapping (missing)")
+            parts[name] = inherited
+            continue
+        part = section.section(name)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(part.data) - set(fields)
+        if unknown:
+            raise ConfigError(part.path, part._where(sorted(unknown)[0]), f"one of {sorted(fields)}")
+        values = {}
+        for key, f in fields.items():
+            default = getattr(inherited, key) if inherited is not None else (
+                None if f.default is None else ...)
+            if key == "request_burst":
+                raw = part.raw(key, default)
+                values[key] = None if raw is None else part.int(key, default, minimum=1)
+            elif f.type in ("int", int):
+                values[key] = part.int(key, default, minimum=1)
+            else:
+                values[key] = _positive(part, key, default)
+        parts[name] = cls(**values)
+    settings = GuardSettings(**parts)
+    try:        # the breaker, limiter and window check their own consistency
+        DeploymentGuard("config-check", settings, ManualClock())
+    except ValueError as exc:
+        raise ConfigError(section.path, section.key, f"consistent settings: {exc}") from None
+    return settings
+
+
+def _positive(s: Section, name: str, default: Any = ...) -> float:
+    value = s.number(name, default)
+    if value <= 0:
+        raise ConfigError(s.path, s._where(name), "a number > 0", value)
+    return value

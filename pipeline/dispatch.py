@@ -1,8 +1,14 @@
-"""Dispatch: call the routed deployment, retry what is retryable, fail over along the
-fallback chain, and end every request in exactly one terminal Response plus its Usage.
+"""Dispatch: call the routed deployment behind its guard (circuit breaker, RPM/TPM and
+concurrency limits, health window), retry what is retryable within the request's deadline,
+fail over along the fallback chain, and end every request in exactly one terminal Response
+plus its Usage. Breaker transitions come out as Alert events with the request's outputs.
 
-Waiting for a retry is an ``await`` inside this request's own task, so it never blocks
-other requests or other deployments.
+Waiting — for a rate-limit token, a concurrency slot or a retry's backoff — is an ``await``
+inside this request's own task, so it never blocks other requests or other deployments.
+Guards live in this worker's memory (see pipeline/resilience/guard.py): llm.routed is keyed
+by deployment id, so the worker owning a deployment's partition sees all of its traffic.
+A failover or a demotion is a new RoutedRequest keyed by the next deployment, so that
+deployment's own worker, with its own guard, makes the call.
 """
 
 from __future__ import annotations
@@ -10,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import Awaitable, Callable, Mapping
+import uuid
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Mapping
 
 from pipeline import errors
 from pipeline.catalog import Catalog
@@ -22,51 +30,181 @@ from pipeline.intake import now_ms
 from pipeline.outputs import Out
 from pipeline.providers.base import Adapter, Completion
 from pipeline.resilience.backoff import Backoff
+from pipeline.resilience.clock import Clock, MonotonicClock
+from pipeline.resilience.guard import DeploymentGuard, Guards, Refusal, breaker_alert
 from pipeline.settings import Topics
 
 log = logging.getLogger("llmpipe.dispatch")
 
 # Errors another deployment cannot fix: the request itself is wrong.
 NO_FAILOVER = frozenset({errors.INVALID_REQUEST})
+# AttemptRecord code of a deployment passed over, without a call, because it is degraded.
+DEGRADED = "degraded"
+FAILOVER_RULE, DEMOTED_RULE = "failover", "demoted"
+ALERT_KEY = "*"          # llm.alerts is keyed by tenant; breaker alerts are global
+
+
+@dataclass
+class _Hop:
+    """What happened on one deployment: an answer, or the failure that ended its attempts."""
+    completion: Completion | None
+    failure: GatewayError | None
+    attempts: int
+    provider_ms: int
+    deadline_cut: bool = False     # retries stopped because the next one would miss the deadline
 
 
 class Dispatcher:
     def __init__(self, catalog: Catalog, deployments: Deployments, adapters: Mapping[str, Adapter],
                  topics: Topics, backoff: Backoff, rng: random.Random | None = None,
                  sleep: Callable[[float], Awaitable[None]] | None = None,
-                 clock: Callable[[], int] = now_ms):
+                 clock: Callable[[], int] = now_ms, monotonic: Clock | None = None):
+        """``clock`` is wall time in epoch ms (event timestamps, the request deadline, which
+        counts from ``received_at_ms``); ``monotonic`` drives breakers, buckets and health
+        windows; ``sleep`` is every wait. Tests pass a manual clock and a sleep that moves it."""
         self.catalog, self.deployments, self.adapters = catalog, deployments, adapters
         self.topics, self.backoff, self.clock = topics, backoff, clock
         self.rng = rng or random.Random()
         self.sleep = sleep or asyncio.sleep
+        self.calls = deployments.calls
         self.max_attempts = deployments.calls.max_attempts
+        self.guards = Guards(lambda dep: deployments.by_id[dep].guard,
+                             monotonic or MonotonicClock())
 
     async def handle(self, routed: RoutedRequest) -> list[Out]:
-        deployment_id = routed.route.deployment
-        adapter = self.adapters.get(deployment_id)
-        provider_ms = 0
-        attempts = 0
-        if adapter is None:
-            failure = GatewayError(f"deployment {deployment_id} is not configured on this worker",
+        """The request's outputs (terminal Response + Usage, or a re-route), followed by an
+        Alert for every breaker transition not yet reported."""
+        outs = await self._dispatch(routed)
+        return outs + self.alerts()
+
+    def alerts(self) -> list[Out]:
+        """Alerts for breaker transitions not yet reported, each exactly once (the agent also
+        calls this on a timer so that a breaker half-opening without traffic is reported)."""
+        outs = []
+        mono_now, wall_now = self.guards.clock.now(), self.clock()
+        for guard, t in self.guards.drain_transitions():
+            dep = self.deployments.by_id.get(t.deployment)
+            labels = {"model": dep.model, "provider": dep.provider, "region": dep.region} if dep else {}
+            at_ms = wall_now - int(round((mono_now - t.at) * 1000))
+            alert = breaker_alert(guard, t, at_ms, uuid.UUID(int=self.rng.getrandbits(128), version=4),
+                                  labels)
+            log.warning("breaker_transition deployment=%s from=%s to=%s reason=%s",
+                        t.deployment, t.from_state.value, t.to_state.value, t.reason)
+            outs.append(Out(self.topics.alerts, ALERT_KEY, alert))
+        return outs
+
+    def health(self) -> dict[str, Any]:
+        """Per-deployment guard state for the worker's health view."""
+        return {"deployments": self.guards.snapshot()}
+
+    def retain(self, deployments: set[str]) -> list[str]:
+        """Keep only the guards of ``deployments`` (those whose partitions this worker still
+        owns); the rest start fresh should their partition come back."""
+        return self.guards.retain(deployments)
+
+    # --- one deployment -----------------------------------------------------------------
+
+    async def _dispatch(self, routed: RoutedRequest) -> list[Out]:
+        dep_id = routed.route.deployment
+        adapter = self.adapters.get(dep_id)
+        if adapter is None or dep_id not in self.deployments.by_id:
+            failure = GatewayError(f"deployment {dep_id} is not configured on this worker",
                                    errors.PROVIDER_ERROR)
-        else:
-            failure = None
-            while attempts < self.max_attempts:
-                attempts += 1
-                try:
-                    completion = await adapter.complete(routed)
-                except GatewayError as exc:
-                    failure = exc
-                    provider_ms += exc.elapsed_ms
-                    log.info("provider_call_failed request_id=%s deployment=%s attempt=%d code=%s",
-                             routed.request.request_id, deployment_id, attempts, exc.code)
-                    if not exc.retryable or attempts >= self.max_attempts:
-                        break
-                    await self.sleep(self.backoff.delay(attempts - 1, self.rng, exc.retry_after_s))
-                    continue
-                return self._succeeded(routed, completion, attempts, provider_ms + completion.provider_ms)
-        assert failure is not None
-        return self._failed(routed, failure, attempts)
+            return self._failed(routed, _Hop(None, failure, 0, 0))
+        if self._remaining_s(routed) <= 0:
+            failure = GatewayError(f"{dep_id}: not called, the request's deadline had passed",
+                                   errors.TIMEOUT)
+            return self._failed(routed, _Hop(None, failure, 0, 0, deadline_cut=True))
+        guard = self.guards.get(dep_id)
+        demoted = self._demote(routed, guard)
+        if demoted is not None:
+            return [demoted]
+        hop = await self._attempts(routed, guard, adapter)
+        if hop.completion is not None:
+            return self._succeeded(routed, hop.completion, hop.attempts, hop.provider_ms)
+        return self._failed(routed, hop)
+
+    async def _attempts(self, routed: RoutedRequest, guard: DeploymentGuard, adapter: Adapter) -> _Hop:
+        """Call ``adapter`` until it answers, a non-retryable error, ``max_attempts`` for this
+        deployment (counting earlier visits of the request), or the deadline."""
+        r, dep_id = routed.request, routed.route.deployment
+        earlier = [t for t in routed.tried if t.deployment == dep_id]
+        budget = self.max_attempts - sum(t.attempts for t in earlier)
+        tokens = routed.estimated_prompt_tokens + routed.max_tokens
+        max_wait_s = guard.settings.limits.max_wait_s
+        attempts = provider_ms = 0
+        failure: GatewayError | None = None
+        if budget <= 0:
+            code = earlier[-1].error_code if earlier else errors.PROVIDER_ERROR
+            return _Hop(None, GatewayError(f"{dep_id}: all {self.max_attempts} attempts already "
+                                           f"used on this request", code), 0, 0)
+        while attempts < budget:
+            remaining = self._remaining_s(routed)
+            if remaining <= 0:
+                return _Hop(None, failure or self._deadline_error(None), attempts, provider_ms, True)
+            permit = await guard.acquire(tokens, min(max_wait_s, remaining), self.sleep)
+            if isinstance(permit, Refusal):
+                log.info("call_refused request_id=%s tenant=%s deployment=%s code=%s",
+                         r.request_id, r.tenant, dep_id, permit.code)
+                # after provider failures, the last one explains more than the refusal
+                return _Hop(None, failure or GatewayError(permit.message, permit.code),
+                            attempts, provider_ms)
+            attempts += 1
+            timeout_s = max(0.001, min(self.calls.total_timeout_s, self._remaining_s(routed)))
+            try:
+                completion = await asyncio.wait_for(adapter.complete(routed), timeout_s)
+            except GatewayError as exc:
+                failure = exc
+            except asyncio.TimeoutError:
+                failure = GatewayError(f"{dep_id}: no complete answer within {timeout_s:.1f}s",
+                                       errors.TIMEOUT)
+                failure.elapsed_ms = int(timeout_s * 1000)
+            except BaseException:
+                permit.abandoned()
+                raise
+            else:
+                permit.succeeded(completion.prompt_tokens + completion.completion_tokens)
+                return _Hop(completion, None, attempts, provider_ms + completion.provider_ms)
+            permit.failed(failure.code)
+            provider_ms += failure.elapsed_ms
+            log.info("provider_call_failed request_id=%s tenant=%s deployment=%s attempt=%d code=%s",
+                     r.request_id, r.tenant, dep_id, attempts, failure.code)
+            if not failure.retryable or attempts >= budget:
+                break
+            delay = self.backoff.delay(attempts - 1, self.rng, failure.retry_after_s)
+            if delay >= self._remaining_s(routed):
+                log.info("retry_skipped_deadline request_id=%s deployment=%s delay_s=%.1f",
+                         r.request_id, dep_id, delay)
+                return _Hop(None, failure, attempts, provider_ms, deadline_cut=True)
+            await self.sleep(delay)
+        return _Hop(None, failure, attempts, provider_ms)
+
+    def _demote(self, routed: RoutedRequest, guard: DeploymentGuard) -> Out | None:
+        """A re-route to a healthy deployment of the same model when this one is degraded
+        (slow or failing but not open: an open breaker fails over on the normal path).
+        At most once per request, so two degraded regions never bounce a request."""
+        route, by_id = routed.route, self.deployments.by_id
+        if any(t.error_code == DEGRADED for t in routed.tried):
+            return None
+        same = [d for d in routed.fallbacks if d in by_id and by_id[d].model == route.model]
+        if not same or not guard.admits_calls() or not guard.degraded():
+            return None
+        healthy = [d for d in same if self._looks_healthy(d)]
+        if not healthy:
+            return None
+        nxt = self._best_region(healthy, routed.fallbacks)
+        rest = [d for d in routed.fallbacks if d != nxt]
+        # still worth trying, after the other deployments of its model
+        after = max((i for i, d in enumerate(rest) if d in same), default=-1)
+        rest.insert(after + 1, route.deployment)
+        snap = guard.health
+        p95 = snap.p95() or 0.0
+        reason = (f"{route.deployment} degraded (p95 {p95:.0f} ms, error rate "
+                  f"{snap.error_rate():.1%}): moved to {nxt}")
+        log.info("deployment_demoted request_id=%s deployment=%s to=%s", routed.request.request_id,
+                 route.deployment, nxt)
+        tried = routed.tried + [AttemptRecord(route.deployment, DEGRADED, 0)]
+        return self._reroute(routed, nxt, rest, tried, DEMOTED_RULE, reason)
 
     # --- outcomes --------------------------------------------------------------------
 
@@ -95,25 +233,41 @@ class Dispatcher:
         return [Out(routed.reply_topic, r.request_id, response, routed.reply_format),
                 self._usage_out(routed, usage)]
 
-    def _failed(self, routed: RoutedRequest, failure: GatewayError, attempts: int) -> list[Out]:
-        route = routed.route
-        tried = routed.tried + [AttemptRecord(route.deployment, failure.code, attempts)]
-        remaining = [d for d in routed.fallbacks if d in self.deployments.by_id]
-        if remaining and failure.code not in NO_FAILOVER:
-            nxt = self.deployments.by_id[remaining[0]]
-            decision = RouteDecision(
-                deployment=nxt.id, model=nxt.model, provider=nxt.provider, rule="failover",
-                region=nxt.region, task_class=route.task_class, complexity=route.complexity,
-                candidates=route.candidates,
-                reason=f"failover from {route.deployment} after {failure.code}")
-            max_tokens = min(routed.max_tokens, self.catalog.models[nxt.model].max_output_tokens)
-            rerouted = routed.replace(route=decision, fallbacks=remaining[1:], tried=tried,
-                                      max_tokens=max_tokens, routed_at_ms=self.clock())
-            return [Out(self.topics.routed, nxt.id, rerouted)]
-        r = routed.request
+    def _failed(self, routed: RoutedRequest, hop: _Hop) -> list[Out]:
+        """Fail over to the next deployment of the chain, or end the request with one
+        terminal error naming every deployment tried and why."""
+        route, by_id = routed.route, self.deployments.by_id
+        failure = hop.failure
+        assert failure is not None
+        tried = routed.tried + [AttemptRecord(route.deployment, failure.code, hop.attempts)]
+        if failure.code in NO_FAILOVER:
+            return self._terminal(routed, failure, tried, hop.provider_ms)
+        if self._remaining_s(routed) <= 0:
+            return self._terminal(routed, self._deadline_error(failure), tried, hop.provider_ms)
+        candidates = [d for d in routed.fallbacks if d in by_id]
+        note = ""
+        if failure.code == errors.CONTEXT_LENGTH_EXCEEDED:
+            window = self.catalog.models[route.model].context_window
+            larger = [d for d in candidates if self.catalog.models[by_id[d].model].context_window > window]
+            skipped = [d for d in candidates if d not in larger]
+            if skipped:
+                note = f"; skipped {', '.join(skipped)} (context window not above {window:,})"
+            candidates = larger
+        if not candidates:
+            if hop.deadline_cut:
+                failure = self._deadline_error(failure)
+            return self._terminal(routed, failure, tried, hop.provider_ms, note)
+        nxt = self._next(candidates, route.model)
+        rest = [d for d in candidates if d != nxt]
+        reason = f"failover from {route.deployment} after {failure.code}{note}"
+        return [self._reroute(routed, nxt, rest, tried, FAILOVER_RULE, reason)]
+
+    def _terminal(self, routed: RoutedRequest, failure: GatewayError, tried: list[AttemptRecord],
+                  provider_ms: int, note: str = "") -> list[Out]:
+        r, route = routed.request, routed.route
         at = self.clock()
         names = ", ".join(f"{t.deployment} ({t.error_code})" for t in tried)
-        message = f"{failure.message}; tried {names}"
+        message = f"{failure.message}; tried {names}{note}"
         total_attempts = sum(t.attempts for t in tried)
         created = r.created_at_ms or routed.received_at_ms
         response = Response(
@@ -122,10 +276,54 @@ class Dispatcher:
             deployment=route.deployment, attempts=total_attempts,
             tried=[t.deployment for t in tried], latency_ms=max(0, at - created),
             metadata=r.metadata)
-        usage = self._usage(routed, at, ERROR, failure.code, total_attempts, failure.elapsed_ms).replace(
+        usage = self._usage(routed, at, ERROR, failure.code, total_attempts, provider_ms).replace(
             deployment=route.deployment, provider=route.provider, region=route.region)
         return [Out(routed.reply_topic, r.request_id, response, routed.reply_format),
                 self._usage_out(routed, usage)]
+
+    def _reroute(self, routed: RoutedRequest, dep_id: str, fallbacks: list[str],
+                 tried: list[AttemptRecord], rule: str, reason: str) -> Out:
+        route = routed.route
+        nxt = self.deployments.by_id[dep_id]
+        decision = RouteDecision(
+            deployment=nxt.id, model=nxt.model, provider=nxt.provider, rule=rule,
+            region=nxt.region, task_class=route.task_class, complexity=route.complexity,
+            candidates=route.candidates, reason=reason)
+        max_tokens = min(routed.max_tokens, self.catalog.models[nxt.model].max_output_tokens)
+        rerouted = routed.replace(route=decision, fallbacks=fallbacks, tried=tried,
+                                  max_tokens=max_tokens, routed_at_ms=self.clock())
+        return Out(self.topics.routed, nxt.id, rerouted)
+
+    # --- choosing and timing -----------------------------------------------------------
+
+    def _next(self, candidates: list[str], model: str) -> str:
+        """The next deployment: a healthy one serving ``model`` if there is one (best region
+        priority first), otherwise the chain's next entry."""
+        by_id = self.deployments.by_id
+        same = [d for d in candidates if by_id[d].model == model and self._looks_healthy(d)]
+        return self._best_region(same, candidates) if same else candidates[0]
+
+    def _best_region(self, ids: list[str], order: list[str]) -> str:
+        by_id = self.deployments.by_id
+        return min(ids, key=lambda d: (by_id[d].priority, order.index(d)))
+
+    def _looks_healthy(self, dep_id: str) -> bool:
+        """Healthy as far as this worker knows: a deployment it has never called is."""
+        guard = self.guards.peek(dep_id)
+        return guard is None or guard.healthy()
+
+    def _remaining_s(self, routed: RoutedRequest) -> float:
+        deadline_ms = routed.received_at_ms + self.calls.deadline_s * 1000
+        return (deadline_ms - self.clock()) / 1000
+
+    def _deadline_error(self, last: GatewayError | None) -> GatewayError:
+        detail = f" (last error {last.code}: {last.message})" if last is not None else ""
+        error = GatewayError(f"request deadline of {self.calls.deadline_s:g}s exceeded{detail}",
+                             errors.TIMEOUT)
+        error.elapsed_ms = last.elapsed_ms if last is not None else 0
+        return error
+
+    # --- usage -------------------------------------------------------------------------
 
     def _usage_out(self, routed: RoutedRequest, usage: Usage) -> Out:
         # Settle the budget reservation on the partition that made it (see RoutedRequest).
@@ -152,4 +350,3 @@ class Dispatcher:
             task_class=route.task_class, attempts=attempts, fallbacks=len(routed.tried),
             queue_ms=queue_ms, provider_ms=provider_ms,
             pipeline_ms=max(0, at - created - queue_ms - provider_ms), canary=routed.canary)
-

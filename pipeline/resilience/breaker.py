@@ -30,6 +30,7 @@ class Transition:
     to_state: BreakerState
     at: float            # the breaker's clock (monotonic seconds), not wall time
     reason: str
+    failures: int = 0    # failures that caused it: the consecutive count, or 1 for a failed probe
 
 
 class CircuitBreaker:
@@ -74,6 +75,17 @@ class CircuitBreaker:
     def consecutive_failures(self) -> int:
         return self._failures
 
+    def can_admit(self) -> bool:
+        """Whether :meth:`allow` would admit a call now, without taking a probe slot."""
+        state = self.state
+        if state is BreakerState.HALF_OPEN:
+            return self._probes_in_flight < self.half_open_probes
+        return state is BreakerState.CLOSED
+
+    @property
+    def probes_in_flight(self) -> int:
+        return self._probes_in_flight if self._state is BreakerState.HALF_OPEN else 0
+
     def allow(self) -> bool:
         state = self.state
         if state is BreakerState.CLOSED:
@@ -107,10 +119,11 @@ class CircuitBreaker:
         if state is BreakerState.CLOSED:
             self._failures += 1
             if self._failures >= self.failure_threshold:
-                self._move(BreakerState.OPEN, f"{CONSECUTIVE_FAILURES}={self._failures}")
+                self._move(BreakerState.OPEN, f"{CONSECUTIVE_FAILURES}={self._failures}",
+                           self._failures)
         elif state is BreakerState.HALF_OPEN:
             self._end_probe()
-            self._move(BreakerState.OPEN, PROBE_FAILED)
+            self._move(BreakerState.OPEN, PROBE_FAILED, 1)
 
     def record_cancelled(self) -> None:
         """An admitted call ended without a verdict (e.g. the losing half of a hedge)."""
@@ -124,9 +137,9 @@ class CircuitBreaker:
     def _end_probe(self) -> None:
         self._probes_in_flight = max(0, self._probes_in_flight - 1)
 
-    def _move(self, to: BreakerState, reason: str) -> None:
+    def _move(self, to: BreakerState, reason: str, failures: int = 0) -> None:
         now = self._clock.now()
-        self._transitions.append(Transition(self.deployment, self._state, to, now, reason))
+        self._transitions.append(Transition(self.deployment, self._state, to, now, reason, failures))
         self._state = to
         self._failures = 0
         self._probes_in_flight = 0

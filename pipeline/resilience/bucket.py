@@ -99,8 +99,11 @@ class _SlidingWindowCount:
         return now
 
     def has_room(self) -> bool:
+        return self.count() < self.limit
+
+    def count(self) -> int:
         self._expire()
-        return len(self._times) < self.limit
+        return len(self._times)
 
     def add(self) -> None:
         self._times.append(self._expire())
@@ -172,6 +175,10 @@ class DeploymentLimiter:
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    @property
+    def requests_last_minute(self) -> int:
+        return self._minute.count()
 
     def try_acquire(self, tokens: int) -> Admission | None:
         """Admit a call estimated at ``tokens`` if every limit allows it, else ``None``

@@ -26,24 +26,29 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 
 class HealthWindow:
     """Samples from the last ``window_s`` seconds (a sample recorded at ``t`` counts while
-    ``now - t < window_s``). Latency percentiles include failed calls: a timeout is exactly
-    the slowness routing must see."""
+    ``now - t < window_s``), at most the latest ``max_samples`` of them so that a busy
+    deployment's P95 stays cheap to compute. Latency percentiles include failed calls: a
+    timeout is exactly the slowness routing must see."""
 
     def __init__(self, window_s: float = 60.0, max_p95_ms: float = 1000.0,
                  max_error_rate: float = 0.05, min_samples: int = 20,
-                 clock: Clock | None = None):
+                 clock: Clock | None = None, max_samples: int = 1000):
         if window_s <= 0:
             raise ValueError(f"window_s must be > 0, got {window_s}")
         if not 0 <= max_error_rate <= 1:
             raise ValueError(f"max_error_rate must be in 0..1, got {max_error_rate}")
         if min_samples < 1:
             raise ValueError(f"min_samples must be >= 1, got {min_samples}")
+        if max_samples < min_samples:
+            raise ValueError(f"max_samples must be >= min_samples ({min_samples}), got {max_samples}")
         self.window_s = window_s
         self.max_p95_ms = max_p95_ms
         self.max_error_rate = max_error_rate
         self.min_samples = min_samples
         self._clock = clock or MonotonicClock()
-        self._samples: deque[tuple[float, float, bool]] = deque()   # (at, latency_ms, ok)
+        self.max_samples = max_samples
+        # (at, latency_ms, ok); the oldest fall off when the window holds max_samples
+        self._samples: deque[tuple[float, float, bool]] = deque(maxlen=max_samples)
 
     def record(self, latency_ms: float, ok: bool) -> None:
         if latency_ms < 0:

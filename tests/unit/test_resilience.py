@@ -78,6 +78,18 @@ def test_half_open_admits_at_most_n_probes_in_flight():
     assert br.allow() and not br.allow()
 
 
+def test_can_admit_answers_like_allow_without_taking_a_probe_slot():
+    clock = ManualClock()
+    br = _breaker(clock, failure_threshold=1, open_s=10, half_open_probes=2, success_threshold=2)
+    assert br.can_admit()
+    br.record_failure()
+    assert not br.can_admit()
+    clock.advance(10)
+    assert all(br.can_admit() for _ in range(5)) and br.probes_in_flight == 0
+    assert br.allow() and br.allow()
+    assert not br.can_admit() and br.probes_in_flight == 2
+
+
 def test_half_open_closes_after_success_threshold_successes():
     clock = ManualClock()
     br = _breaker(clock, failure_threshold=1, open_s=10, half_open_probes=3, success_threshold=2)
@@ -121,9 +133,9 @@ def test_transitions_are_listed_with_reasons_and_drained_once():
     clock.advance(30); br.allow(); br.allow()             # -> HALF_OPEN at 160
     br.record_success(); br.record_success()              # -> CLOSED at 160
     assert br.drain_transitions() == [
-        Transition("openai-east", CLOSED, OPEN, 100.0, "consecutive_failures=2"),
+        Transition("openai-east", CLOSED, OPEN, 100.0, "consecutive_failures=2", failures=2),
         Transition("openai-east", OPEN, HALF_OPEN, 130.0, "open_elapsed"),
-        Transition("openai-east", HALF_OPEN, OPEN, 130.0, "probe_failed"),
+        Transition("openai-east", HALF_OPEN, OPEN, 130.0, "probe_failed", failures=1),
         Transition("openai-east", OPEN, HALF_OPEN, 160.0, "open_elapsed"),
         Transition("openai-east", HALF_OPEN, CLOSED, 160.0, "probes_succeeded=2"),
     ]
@@ -397,6 +409,17 @@ def test_demoted_deployment_recovers_when_bad_samples_expire():
     for _ in range(10):
         h.record(50, True)
     assert not h.demoted()
+
+
+def test_window_keeps_only_the_latest_max_samples():
+    h = HealthWindow(min_samples=2, max_samples=5, clock=ManualClock())
+    for _ in range(10):
+        h.record(5000, False)
+    for _ in range(5):
+        h.record(10, True)
+    assert len(h) == 5 and h.error_rate() == 0.0 and h.p95() == 10.0
+    with pytest.raises(ValueError):
+        HealthWindow(min_samples=20, max_samples=10)
 
 
 def _window(clock, latency_ms, ok, n=20):
