@@ -69,9 +69,11 @@ class Worker:
             counts = self.usage_counts(request_ids)
         return counts
 
-    def spend(self, tenant: str) -> dict:
-        """The tenant's budget state on this worker: {"rows": [...], "policy": bool}."""
-        resp = httpx.get(f"{self.url}/llmpipe/tenancy/spend/", params={"tenant": tenant}, timeout=30)
+    def spend(self, tenant: str, detail: bool = False) -> dict:
+        """The tenant's budget state on this worker: {"rows": [...], "policy": bool} and,
+        with ``detail``, "admissions" per request id."""
+        params = {"tenant": tenant, **({"detail": "1"} if detail else {})}
+        resp = httpx.get(f"{self.url}/llmpipe/tenancy/spend/", params=params, timeout=30)
         resp.raise_for_status()
         return resp.json()
 

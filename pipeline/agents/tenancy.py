@@ -64,16 +64,21 @@ class Tenancy:
 def register_views(app: faust.App, tenancy: Tenancy) -> None:
     @app.page("/llmpipe/tenancy/spend/")
     async def spend(web, request):
-        """GET ?tenant=T -> the tenant's spend rows held by this worker (its partitions):
-        settled and reserved nano-dollars per team and period."""
+        """GET ?tenant=T[&detail=1] -> the tenant's spend rows held by this worker (its
+        partitions): settled and reserved nano-dollars per team and period; with detail,
+        each admission (request id -> state, reservation, billed cost)."""
         tenant = request.query.get("tenant", "")
         rows = []
         for key, raw in list(tenancy.state.spend.rows.items()):
             parts = key.split(SEP)
             if parts[0] == tenant:
                 rows.append({"team": parts[1], "period": parts[2], "start": parts[3], **raw})
-        return web.json({"tenant": tenant, "rows": rows,
-                         "policy": bool(tenancy.directory.get(tenant))})
+        body = {"tenant": tenant, "rows": rows, "policy": bool(tenancy.directory.get(tenant))}
+        if request.query.get("detail"):
+            body["admissions"] = {key.split(SEP, 1)[1]: raw
+                                  for key, raw in list(tenancy.state.admissions.rows.items())
+                                  if key.split(SEP, 1)[0] == tenant}
+        return web.json(body)
 
 
 def register_settle(app: faust.App, runtime: Runtime, tenancy: Tenancy, source: faust.TopicT,
