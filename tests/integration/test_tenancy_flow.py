@@ -8,13 +8,14 @@ import asyncio
 import uuid
 from decimal import Decimal
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 
 from pipeline import errors
 from pipeline.client import DuplicateRequest, GatewayClient, make_request
 from pipeline.events.codec import Codec
-from pipeline.events.models import Alert, Budget, TenantPolicy
+from pipeline.events.models import Alert, Budget, CanaryRule, TenantPolicy
 from pipeline.savings import replay
 from pipeline.tenancy.directory import put_policy
 from tests.integration.conftest import make_stack
@@ -128,3 +129,40 @@ def test_traffic_mix_costs_less_than_gpt_4_1_without_breaking_the_complex_floor(
     assert report.below_floor == []
     assert report.models["gpt-4.1"] >= 1 and report.models["deepseek-v3.2"] >= 1
     assert report.cost < report.baseline
+
+
+def test_a_failing_canary_rolls_back_and_says_so(stack):
+    """Last in this module: it breaks gemini for a while (its breaker may stay open)."""
+    worker = stack.ledger_worker()
+    tenant = f"canary-{uuid.uuid4().hex[:6]}"
+    rule = CanaryRule("flash-trial", 100, "gemini-2.5-flash", min_samples=5, window=20)
+    publish(stack, TenantPolicy(tenant, canary=rule))
+    httpx.put(f"{stack.simulator_url}/_sim/faults",
+              json={"gemini-2.5-flash": {"kind": "server_error", "rate": 1.0, "status": 503}},
+              timeout=10).raise_for_status()
+    try:
+        async def go():
+            await wait_for_policy(worker, tenant)
+            async with GatewayClient(stack.bootstrap, stack.topics) as gw:
+                before = [await gw.request(make_request(tenant, "list three colours", max_tokens=32,
+                                                        end_user=f"u{i}"), timeout=60)
+                          for i in range(5)]
+                rolled = []
+                for _ in range(50):                      # until the settle agent has judged
+                    rolled = [a for a in await alerts_for(stack, tenant, timeout=1)
+                              if a.rule == "canary_rollback"]
+                    if rolled:
+                        break
+                after = await gw.request(make_request(tenant, "list three colours", max_tokens=32,
+                                                      end_user="u0"), timeout=60)
+                return before, rolled, after
+
+        before, rolled, after = asyncio.run(go())
+    finally:
+        httpx.delete(f"{stack.simulator_url}/_sim/faults", timeout=10)
+    assert all(r.status == "ok" and r.model != "gemini-2.5-flash" for r in before)  # failed over
+    (alert,) = rolled
+    assert "success rate 0.00%" in alert.message and alert.subject.startswith("canary flash-trial")
+    worker.wait_for_usage([after.request_id])
+    (row,) = worker.usage_rows([after.request_id])
+    assert row["route_rule"] != "canary" and row["canary"] == ""
