@@ -51,6 +51,7 @@ class CallLimits:
     backoff_cap_s: float
     jitter: float
     deadline_s: float
+    hedge_after_ms: int = 0     # 0: no hedging; see Dispatcher._hedged
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ def load_deployments(catalog: Catalog, path: Path | None = None,
         total_timeout_s=_positive(c, "total_timeout_s"),
         max_attempts=c.int("max_attempts", minimum=1), backoff_base_s=c.number("backoff_base_s"),
         backoff_cap_s=c.number("backoff_cap_s"), jitter=c.number("jitter"),
-        deadline_s=_positive(c, "deadline_s"))
+        deadline_s=_positive(c, "deadline_s"),
+        hedge_after_ms=c.int("hedge_after_ms", 0, minimum=0))
     return Deployments(by_id, calls)
 
 

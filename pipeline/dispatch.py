@@ -41,6 +41,7 @@ NO_FAILOVER = frozenset({errors.INVALID_REQUEST})
 # AttemptRecord code of a deployment passed over, without a call, because it is degraded.
 DEGRADED = "degraded"
 FAILOVER_RULE, DEMOTED_RULE = "failover", "demoted"
+HEDGE_CODES = frozenset({"hedge_lost", "hedge_cancelled"})   # AttemptRecord of a hedge's losing call
 ALERT_KEY = "*"          # llm.alerts is keyed by tenant; breaker alerts are global
 
 
@@ -119,10 +120,91 @@ class Dispatcher:
         demoted = self._demote(routed, guard)
         if demoted is not None:
             return [demoted]
+        hedge = self._hedge_target(routed)
+        if hedge is not None:
+            return await self._hedged(routed, guard, adapter, hedge)
         hop = await self._attempts(routed, guard, adapter)
         if hop.completion is not None:
             return self._succeeded(routed, hop.completion, hop.attempts, hop.provider_ms)
         return self._failed(routed, hop)
+
+    # --- hedging -------------------------------------------------------------------------
+
+    def _hedge_target(self, routed: RoutedRequest) -> str | None:
+        """For latency-critical traffic (interactive, with max_latency_ms) on its first hop:
+        the first fallback deployment that could take a parallel call, if hedging is on."""
+        h = routed.request.hints
+        if (self.calls.hedge_after_ms <= 0 or routed.tried or h.priority != "interactive"
+                or h.max_latency_ms is None):
+            return None
+        for dep_id in routed.fallbacks:
+            guard = self.guards.peek(dep_id)
+            if dep_id in self.adapters and dep_id in self.deployments.by_id and \
+                    (guard is None or guard.admits_calls()):
+                return dep_id
+        return None
+
+    async def _hedged(self, routed: RoutedRequest, guard: DeploymentGuard, adapter: Adapter,
+                      hedge_id: str) -> list[Out]:
+        """Call the routed deployment; if it has not answered after ``hedge_after_ms``, call
+        ``hedge_id`` too. The first answer wins and the other call is cancelled; both are
+        billed — a cancelled call at its estimated prompt cost (what a provider charges at
+        least for a started request), a call that also finished at its reported usage.
+        The hedge deployment is called from this worker, under a local guard."""
+        primary = asyncio.create_task(self._attempts(routed, guard, adapter))
+        timer = asyncio.create_task(self.sleep(self.calls.hedge_after_ms / 1000))
+        await asyncio.wait({primary, timer}, return_when=asyncio.FIRST_COMPLETED)
+        timer.cancel()
+        if primary.done():
+            hop = primary.result()
+            if hop.completion is not None:
+                return self._succeeded(routed, hop.completion, hop.attempts, hop.provider_ms)
+            return self._failed(routed, hop)
+        nxt = self.deployments.by_id[hedge_id]
+        hedged = routed.replace(route=RouteDecision(
+            deployment=nxt.id, model=nxt.model, provider=nxt.provider, rule="hedge",
+            region=nxt.region, task_class=routed.route.task_class,
+            complexity=routed.route.complexity, candidates=routed.route.candidates,
+            reason=f"hedge of {routed.route.deployment} after {self.calls.hedge_after_ms} ms"),
+            max_tokens=min(routed.max_tokens, self.catalog.models[nxt.model].max_output_tokens))
+        log.info("hedge_started request_id=%s deployment=%s hedge=%s", routed.request.request_id,
+                 routed.route.deployment, hedge_id)
+        second = asyncio.create_task(self._attempts(hedged, self.guards.get(hedge_id),
+                                                    self.adapters[hedge_id]))
+        calls = {primary: routed, second: hedged}
+        hops: dict[asyncio.Task, _Hop] = {}
+        while len(hops) < 2:
+            done, _ = await asyncio.wait(set(calls) - set(hops), return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                hops[task] = task.result()
+            winner = next((t for t in (primary, second) if t in hops and hops[t].completion), None)
+            if winner is None:
+                continue
+            loser = second if winner is primary else primary
+            if loser not in hops:
+                loser.cancel()
+                result = (await asyncio.gather(loser, return_exceptions=True))[0]
+                if isinstance(result, _Hop):
+                    hops[loser] = result
+            lost = calls[loser]
+            if loser in hops and hops[loser].completion is not None:
+                c = hops[loser].completion
+                extra = self.catalog.cost_nanos(lost.route.model, c.prompt_tokens,
+                                                c.completion_tokens, c.cached_tokens)
+                record = AttemptRecord(lost.route.deployment, "hedge_lost", hops[loser].attempts)  # noqa
+            else:
+                extra = self.catalog.cost_nanos(lost.route.model, lost.estimated_prompt_tokens, 0)
+                attempts = hops[loser].attempts if loser in hops else 1
+                record = AttemptRecord(lost.route.deployment, "hedge_cancelled", attempts)
+            won = hops[winner]
+            return self._succeeded(calls[winner].replace(tried=calls[winner].tried + [record]),
+                                   won.completion, won.attempts, won.provider_ms,
+                                   extra_cost_nanos=extra)
+        # both failed: continue along the chain as if the hedge had been the next hop
+        failed = hops[second]
+        tried = routed.tried + [AttemptRecord(hedge_id, failed.failure.code, failed.attempts)]
+        rest = [d for d in routed.fallbacks if d != hedge_id]
+        return self._failed(routed.replace(tried=tried, fallbacks=rest), hops[primary])
 
     async def _attempts(self, routed: RoutedRequest, guard: DeploymentGuard, adapter: Adapter) -> _Hop:
         """Call ``adapter`` until it answers, a non-retryable error, ``max_attempts`` for this
@@ -208,10 +290,13 @@ class Dispatcher:
 
     # --- outcomes --------------------------------------------------------------------
 
-    def _succeeded(self, routed: RoutedRequest, c: Completion, attempts: int, provider_ms: int) -> list[Out]:
+    def _succeeded(self, routed: RoutedRequest, c: Completion, attempts: int, provider_ms: int,
+                   extra_cost_nanos: int = 0) -> list[Out]:
+        """``extra_cost_nanos``: a hedge's losing call, billed with the request."""
         r, route = routed.request, routed.route
         at = self.clock()
-        cost = self.catalog.cost_nanos(route.model, c.prompt_tokens, c.completion_tokens, c.cached_tokens)
+        cost = self.catalog.cost_nanos(route.model, c.prompt_tokens, c.completion_tokens,
+                                       c.cached_tokens) + extra_cost_nanos
         baseline = self.catalog.cost_nanos(routed.baseline_model or self.catalog.baseline_model,
                                            c.prompt_tokens,
                                            c.completion_tokens, c.cached_tokens)
@@ -340,13 +425,14 @@ class Dispatcher:
                provider_ms: int) -> Usage:
         r, route = routed.request, routed.route
         created = r.created_at_ms or routed.received_at_ms
-        first_rule = route.rule if not routed.tried else "failover"
+        moved = [t for t in routed.tried if t.error_code not in HEDGE_CODES]   # hedges aren't hops
+        first_rule = route.rule if not moved else "failover"
         queue_ms = max(0, routed.received_at_ms - created)
         return Usage(
             request_id=r.request_id, tenant=r.tenant, created_at_ms=created, completed_at_ms=at,
             status=status, error_code=code, team=r.team or "", end_user=r.end_user or "",
             routed_at_ms=routed.routed_at_ms, requested_model=r.model or "",
             routed_model=self._first_model(routed), route_rule=first_rule,
-            task_class=route.task_class, attempts=attempts, fallbacks=len(routed.tried),
+            task_class=route.task_class, attempts=attempts, fallbacks=len(moved),
             queue_ms=queue_ms, provider_ms=provider_ms,
             pipeline_ms=max(0, at - created - queue_ms - provider_ms), canary=routed.canary)

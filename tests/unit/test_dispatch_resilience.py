@@ -728,3 +728,68 @@ async def test_worker_serves_guard_state_and_drops_guards_after_a_rebalance(monk
         await client.close()
         for adapter in dispatcher.adapters.values():
             await adapter.aclose()
+
+
+# --- hedging ----------------------------------------------------------------------------------
+
+def interactive(r: RoutedRequest, max_latency_ms: int | None = 500) -> RoutedRequest:
+    hints = dataclasses.replace(r.request.hints, priority="interactive", max_latency_ms=max_latency_ms)
+    return r.replace(request=r.request.replace(hints=hints))
+
+
+async def test_a_slow_interactive_call_is_hedged_first_answer_wins_both_are_billed():
+    time = FakeTime(autojump=False)
+    deps = deployments_with(calls=dict(hedge_after_ms=400))
+    hang = asyncio.get_running_loop().create_future()
+    gpt, gpt4o = FakeAdapter(time, script=[hang]), FakeAdapter(time)
+    d = make(time, deps, {GPT41: gpt, GPT4O: gpt4o, MINI: FakeAdapter(time)})
+    req = interactive(routed(time, deps, estimated=1000))
+    task = asyncio.create_task(d.handle(req))
+    await settle()
+    assert len(gpt.calls) == 1 and gpt4o.calls == []          # hedge not yet due
+    time.advance(0.4)
+    await settle()
+    outs = await task
+    assert len(gpt4o.calls) == 1 and hang.cancelled()          # the slow call was cancelled
+    resp, (usage,) = response(outs), of(outs, Usage)
+    won = catalog.cost_nanos("gpt-4o", 100, 50)
+    lost = catalog.cost_nanos("gpt-4.1", 1000, 0)             # cancelled: estimated prompt
+    assert resp.status == "ok" and resp.model == "gpt-4o" and resp.cost_nanos == won + lost
+    assert resp.tried == [GPT41, GPT4O] and usage.cost_nanos == won + lost
+    assert (usage.route_rule, usage.fallbacks, usage.attempts) == ("hedge", 0, 2)
+
+
+async def test_no_hedge_when_the_answer_comes_in_time_or_the_request_is_not_latency_critical():
+    time = FakeTime()
+    deps = deployments_with(calls=dict(hedge_after_ms=400))
+    gpt, gpt4o = FakeAdapter(time, latency_s=0.1), FakeAdapter(time)
+    d = make(time, deps, {GPT41: gpt, GPT4O: gpt4o})
+    fast = await d.handle(interactive(routed(time, deps)))
+    assert response(fast).model == "gpt-4.1" and gpt4o.calls == []
+    time2 = FakeTime(autojump=False)
+    slow = FakeAdapter(time2, script=[asyncio.get_running_loop().create_future()])
+    d2 = make(time2, deps, {GPT41: slow, GPT4O: FakeAdapter(time2)})
+    task = asyncio.create_task(d2.handle(interactive(routed(time2, deps), max_latency_ms=None)))
+    time2.advance(1.0)
+    await settle()
+    assert not task.done() and len(d2.adapters[GPT4O].calls) == 0     # standard traffic: no hedge
+    task.cancel()
+
+
+async def test_when_both_hedged_calls_fail_the_chain_continues_past_both():
+    time = FakeTime(autojump=False)
+    deps = deployments_with(calls=dict(hedge_after_ms=100, max_attempts=1))
+    slow = asyncio.get_running_loop().create_future()
+    d = make(time, deps, {GPT41: FakeAdapter(time, script=[slow]),
+                          GPT4O: FakeAdapter(time, default=errors.RATE_LIMITED),
+                          MINI: FakeAdapter(time)})
+    task = asyncio.create_task(d.handle(interactive(routed(time, deps))))
+    await settle()
+    time.advance(0.1)                                  # hedge to gpt-4o, which is rate limited
+    await settle()
+    slow.set_result(errors.OVERLOADED)                 # then the slow call fails too
+    outs = await task
+    moved = reroute(outs)
+    assert moved.route.deployment == MINI and moved.fallbacks == []
+    assert sorted((t.deployment, t.error_code) for t in moved.tried) == [
+        (GPT41, errors.OVERLOADED), (GPT4O, errors.RATE_LIMITED)]
