@@ -79,12 +79,20 @@ class FaultSpec:
     retry_after_s: float = 1.0     # rate_limit: the Retry-After the 429 carries
     status: int = 503              # server_error: 500, 502 or 503
     hang_s: float | None = None    # hang: None = until the client disconnects
+    # Only calls made with the API key of this fingerprint (Secret.fingerprint, as the
+    # stats and the pipeline's logs show keys), e.g. one revoked key; None: every call.
+    key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind.value, "rate": self.rate}
         for name in sorted(_FAULT_SETTINGS[self.kind]):
             out[name] = getattr(self, name)
+        if self.key is not None:
+            out["key"] = self.key
         return out
+
+    def applies_to(self, key_fingerprint: str) -> bool:
+        return self.key is None or self.key == key_fingerprint
 
 
 def parse_fault(data: Any, source: Path | str, key: str) -> FaultSpec:
@@ -96,9 +104,9 @@ def parse_fault(data: Any, source: Path | str, key: str) -> FaultSpec:
         kind = FaultKind(data.get("kind"))
     except ValueError:
         raise ConfigError(source, f"{key}.kind", f"one of {kinds}", data.get("kind")) from None
-    unknown = set(data) - {"kind", "rate"} - _FAULT_SETTINGS[kind]
+    unknown = set(data) - {"kind", "rate", "key"} - _FAULT_SETTINGS[kind]
     if unknown:
-        allowed = sorted({"kind", "rate"} | _FAULT_SETTINGS[kind])
+        allowed = sorted({"kind", "rate", "key"} | _FAULT_SETTINGS[kind])
         raise ConfigError(source, f"{key}.{sorted(unknown)[0]}",
                           f"only {allowed} for a {kind.value} fault")
     values: dict[str, Any] = {"kind": kind}
@@ -121,6 +129,10 @@ def parse_fault(data: Any, source: Path | str, key: str) -> FaultSpec:
         if not _is_number(hang) or hang < 0:
             raise ConfigError(source, f"{key}.hang_s", "seconds >= 0 (or null: forever)", hang)
         values["hang_s"] = float(hang)
+    if data.get("key") is not None:
+        if not isinstance(data["key"], str) or not data["key"]:
+            raise ConfigError(source, f"{key}.key", "an API key fingerprint (a string)", data["key"])
+        values["key"] = data["key"]
     return FaultSpec(**values)
 
 
