@@ -95,7 +95,7 @@ def run_dev(args: argparse.Namespace) -> int:
         say(f"  provider simulator {stack.simulator_url} (pid {stack.simulator.pid})")
         say(f"  clickhouse (chdb)  {stack.clickhouse_dsn}")
         worker = stack.start_worker()
-        say(f"  worker             pid {worker.process.pid}, agents intake+dispatch+ledger, "
+        say(f"  worker             pid {worker.process.pid}, agents {'+'.join(worker.health()['agents'])}, "
             f"web {worker.url}, log {worker.log_path}")
         asyncio.run(publish_policies(stack))
         since_ms = int(time.time() * 1000) - 60_000

@@ -5,6 +5,7 @@ processes. Used by `llmpipe dev`, `llmpipe bench` and the integration tests."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import secrets as _secrets
 import shutil
@@ -14,13 +15,21 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
+import yaml
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.embedded.broker import EmbeddedBroker
 from pipeline.embedded.ports import free_port
+from pipeline.events.codec import Codec, DecodeError
+from pipeline.events.models import Alert, Event
 from pipeline.kafka.topics import apply_topics, load_topic_specs, prefixed
+from pipeline.paths import config_dir as default_config_dir
 from pipeline.settings import Settings, Topics
+
+E = TypeVar("E", bound=Event)
 
 PROVIDER_URL_VARS = ("LLMPIPE_OPENAI_BASE_URL", "LLMPIPE_ANTHROPIC_BASE_URL",
                      "LLMPIPE_GEMINI_BASE_URL", "LLMPIPE_DEEPSEEK_BASE_URL")
@@ -44,6 +53,12 @@ class Worker:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def health(self) -> dict:
+        """The worker's /llmpipe/health/ view: app id, agents, assigned partitions."""
+        resp = httpx.get(f"{self.url}/llmpipe/health/", timeout=10)
+        resp.raise_for_status()
+        return resp.json()
 
     # --- the ledger's read views (the worker owns the chDB path) -------------------------
 
@@ -82,6 +97,18 @@ class Worker:
         resp.raise_for_status()
         return resp.json()["text"]
 
+    def dispatch_health(self) -> dict:
+        """This worker's deployment guards: {"deployments": {id: {"breaker": ..., "limits":
+        ..., "health": ...}}, "partitions": {id: llm.routed partition}}."""
+        resp = httpx.get(f"{self.url}/llmpipe/dispatch/health/", timeout=30)
+        resp.raise_for_status()
+        return resp.json()
+
+    def breaker_state(self, deployment: str) -> str | None:
+        """``closed``/``open``/``half_open``, or None if this worker has no guard for it."""
+        guard = self.dispatch_health()["deployments"].get(deployment)
+        return guard["breaker"]["state"] if guard else None
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -104,6 +131,9 @@ class DevStack:
     workers: list[Worker] = field(default_factory=list)
     provider_keys: dict[str, str] = field(default_factory=dict)
     owns_broker: bool = True
+    # Workers read their YAML configuration here (LLMPIPE_CONFIG_DIR); None: the packaged
+    # config. See write_config_dir for a copy with some settings changed.
+    config_dir: Path | None = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -181,11 +211,54 @@ class DevStack:
         env.update({var: f"{self.simulator_url}/v1" for var in PROVIDER_URL_VARS})
         env.update(self.provider_keys)
         env["PYTHONUNBUFFERED"] = "1"
+        if self.config_dir is not None:
+            env["LLMPIPE_CONFIG_DIR"] = str(Path(self.config_dir).resolve())
         return env
+
+    # --- the provider simulator's control plane ----------------------------------------
+
+    def set_faults(self, faults: dict[str, dict[str, Any]]) -> dict:
+        """Replace the simulator's injected faults, by provider-side model name, e.g.
+        ``{"gpt-4.1": {"kind": "server_error", "rate": 0.3, "status": 503}}``."""
+        resp = httpx.put(f"{self.simulator_url}/_sim/faults", json=faults, timeout=10)
+        resp.raise_for_status()
+        return resp.json()
+
+    def clear_faults(self) -> None:
+        httpx.delete(f"{self.simulator_url}/_sim/faults", timeout=10).raise_for_status()
+
+    def simulator_stats(self) -> dict:
+        """Calls per model (and per key fingerprint: counts by status, call times in ms
+        since the simulator started)."""
+        resp = httpx.get(f"{self.simulator_url}/_sim/stats", timeout=10)
+        resp.raise_for_status()
+        return resp.json()
+
+    def reset_simulator(self) -> None:
+        """Forget the simulator's stats and call counters (faults stay)."""
+        httpx.post(f"{self.simulator_url}/_sim/reset", timeout=10).raise_for_status()
+
+    # --- what the pipeline published ----------------------------------------------------
+
+    def read_events(self, topic: str, cls: type[E], timeout: float = 30.0) -> list[E]:
+        """Every record on ``topic`` up to its current end, decoded as ``cls`` (records that
+        do not decode are skipped)."""
+        return _run_sync(_read_topic(self.bootstrap, topic, cls, timeout))
+
+    def alerts(self, since_ms: int = 0, rules: tuple[str, ...] | None = None) -> list[Alert]:
+        """Alerts on llm.alerts with ``at_ms >= since_ms`` (and a rule in ``rules``), by
+        ``at_ms`` (ties in partition order). Not partition order alone: dispatch publishes a
+        breaker transition with whichever request or timer tick drained it, and those
+        publishes race, so e.g. ``breaker_closed`` can land before the ``breaker_half_open``
+        that preceded it."""
+        found = [a for a in self.read_events(self.topics.alerts, Alert)
+                 if a.at_ms >= since_ms and (rules is None or a.rule in rules)]
+        return sorted(found, key=lambda a: a.at_ms)
 
     # --- workers ----------------------------------------------------------------------
 
-    def start_worker(self, name: str = "worker-1", agents: tuple[str, ...] = ("intake", "dispatch", "ledger"),
+    def start_worker(self, name: str = "worker-1",
+                     agents: tuple[str, ...] = ("intake", "dispatch", "ledger", "monitor"),
                      **overrides) -> Worker:
         settings = self.settings(agents=agents, web_port=free_port(), **overrides)
         log_path = self.data_dir / f"{name}.log"
@@ -232,6 +305,78 @@ class DevStack:
             if w.alive():
                 return w
         raise StackError("no worker is running")
+
+
+def write_config_dir(dest: Path, *, calls: dict[str, Any] | None = None,
+                     resilience: dict[str, Any] | None = None,
+                     deployments: dict[str, dict[str, Any]] | None = None) -> Path:
+    """A copy of the configuration directory at ``dest`` whose deployments.yaml has
+    ``calls`` and ``resilience`` merged into its top-level blocks and ``deployments`` (by
+    deployment id) merged into those entries, e.g. ``{"openai-gpt-4o": {"resilience":
+    {"limits": {"rpm": 60}}}}``. Pass it as ``DevStack(config_dir=...)``."""
+    source = default_config_dir()
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in source.glob("*.yaml"):
+        shutil.copyfile(path, dest / path.name)
+    data = yaml.safe_load((source / "deployments.yaml").read_text())
+    _merge(data.setdefault("calls", {}), calls or {})
+    _merge(data.setdefault("resilience", {}), resilience or {})
+    entries = {d["id"]: d for d in data["deployments"]}
+    unknown = set(deployments or {}) - set(entries)
+    if unknown:
+        raise KeyError(f"no deployment {sorted(unknown)} in {source / 'deployments.yaml'}")
+    for dep_id, changes in (deployments or {}).items():
+        _merge(entries[dep_id], changes)
+    (dest / "deployments.yaml").write_text(
+        f"# {source / 'deployments.yaml'} with test overrides (pipeline.devstack.write_config_dir)\n"
+        + yaml.safe_dump(data, sort_keys=False))
+    return dest
+
+
+def _merge(into: dict[str, Any], changes: dict[str, Any]) -> None:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
+
+
+async def _read_topic(bootstrap: str, topic: str, cls: type[E], timeout: float) -> list[E]:
+    codec = Codec()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    found: list[E] = []
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return found
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout
+        # Read to the end offsets, then on until a poll comes back empty: the embedded
+        # broker's ListOffsets(latest) now and then names one offset less than the last
+        # record present (seen on llm.responses), so the end offsets alone can miss records.
+        drained = False
+        while not drained or any([await consumer.position(tp) < ends[tp] for tp in tps]):
+            if time.monotonic() > deadline:
+                raise StackError(f"reading {topic} took over {timeout}s")
+            batches = await consumer.getmany(timeout_ms=300)
+            reached = all([await consumer.position(tp) >= ends[tp] for tp in tps])
+            drained = reached and not any(batches.values())
+            for records in batches.values():
+                for rec in records:
+                    try:
+                        found.append(codec.decode(rec.value, cls))
+                    except DecodeError:
+                        pass
+    finally:
+        await consumer.stop()
+    return found
 
 
 def _run_sync(coro):

@@ -1,0 +1,97 @@
+"""Two workers running together hold one deployment's RPM limit, measured at the provider
+simulator (the times it received each call).
+
+What the limiter promises (pipeline/resilience/bucket.py): a token bucket refilled at
+rpm/60 per second holding at most ``request_burst`` tokens, plus a sliding 60 s cap of rpm
+calls. So over any interval of length T the deployment receives at most
+``burst + T * rpm / 60`` calls — an envelope measurable in seconds rather than minutes.
+The test sets rpm 60 with a burst of 5 on openai-gpt-4o-mini and offers ~4 requests/s
+pinned to it for ~20 s through two workers (both run intake and dispatch; requests of
+several tenants spread over both). llm.routed is keyed by deployment, so one worker owns
+the deployment's partition and its guard; requests over the limit wait up to
+``max_wait_s`` for a token, then fail over along the chain (deepseek-v3.2 next). The
+envelope is checked for every pair of simulator call times, with one call of slack for the
+time between admission in the worker and arrival at the simulator (at 1 call/s it absorbs
+up to ~1 s of jitter between two calls). Two independent buckets (one per worker) would let
+~2/s through and break it; the offered 4/s is more than that. The test also checks that
+the limit was binding (requests moved on) and nearly used (>= 80% of the envelope).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from pipeline.client import GatewayClient, ResponseTimeout, make_request
+from pipeline.devstack import DevStack, write_config_dir
+
+DEPLOYMENT, MODEL = "openai-gpt-4o-mini", "gpt-4o-mini"
+RPM, BURST = 60, 5
+OFFERED_PER_S, SECONDS = 4.0, 20
+SLACK_CALLS = 1
+
+
+async def offer(stack: DevStack, n: int, per_s: float) -> list:
+    """Send ``n`` requests pinned to MODEL at ``per_s``, from four tenants; the responses."""
+    async with GatewayClient(stack.bootstrap, stack.topics) as gw:
+        async def one(i: int):
+            await asyncio.sleep(i / per_s)
+            req = make_request(f"rpm-tenant-{i % 4}", f"rpm {i}: name a colour", model=MODEL,
+                               max_tokens=16)
+            try:
+                return await gw.request(req, timeout=60)
+            except ResponseTimeout:
+                return None
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def test_two_workers_hold_one_deployments_rpm(broker, tmp_path_factory):
+    uid = uuid.uuid4().hex[:8]
+    root = tmp_path_factory.mktemp("rpm")
+    config = write_config_dir(root / "config", deployments={DEPLOYMENT: {"resilience": {
+        "limits": {"rpm": RPM, "request_burst": BURST, "max_wait_s": 2}}}})
+    stack = DevStack(root / "stack", topic_prefix=f"rpm{uid}.", app_id=f"llmpipe-rpm-{uid}",
+                     simulator_args=["--latency-scale", "0.05", "--no-base-errors", "--seed", "17"],
+                     config_dir=config).start(broker=broker)
+    try:
+        workers = [stack.start_worker("worker-1", agents=("intake", "dispatch")),
+                   stack.start_worker("worker-2", agents=("intake", "dispatch"))]
+        # both in the group with partitions before traffic starts (no rebalance mid-run)
+        for w in workers:
+            stack.wait_web(w, timeout=60)
+        stack.reset_simulator()
+        t0 = time.monotonic()
+        responses = asyncio.run(offer(stack, int(OFFERED_PER_S * SECONDS), OFFERED_PER_S))
+        wall = time.monotonic() - t0
+
+        assert all(r is not None and r.status == "ok" for r in responses), \
+            [r for r in responses if r is None or r.status != "ok"][:3]
+        stats = stack.simulator_stats()["models"][MODEL]
+        times = sorted(t for key in stats["keys"].values() for t in key["call_times_ms"])
+        served_here = sum(1 for r in responses if r.deployment == DEPLOYMENT)
+        moved = [r for r in responses if r.deployment != DEPLOYMENT]
+        assert len(times) == served_here          # no base errors: one call per request served
+
+        # the envelope, over every interval between two calls
+        worst = 0.0
+        for i in range(len(times)):
+            for j in range(i, len(times)):
+                allowed = BURST + (times[j] - times[i]) / 1000 * RPM / 60 + SLACK_CALLS
+                worst = max(worst, (j - i + 1) - allowed)
+        assert worst <= 0, f"{j - i + 1} calls over the envelope by {worst:.1f}; times {times}"
+        # the limit was binding (else the test proves nothing) and nearly used
+        span_s = (times[-1] - times[0]) / 1000
+        assert moved, "no request exceeded the limit: offer more"
+        assert len(times) >= 0.8 * (BURST + span_s * RPM / 60), (len(times), span_s)
+        # over-limit requests were moved on with the reason, not failed
+        assert all(r.tried[0] == DEPLOYMENT for r in moved)
+
+        # one worker owns the deployment's guard, and both workers dispatched
+        owners = [w.name for w in workers if DEPLOYMENT in w.dispatch_health()["deployments"]]
+        assert len(owners) == 1, owners
+        print(f"{len(responses)} requests in {wall:.1f}s; {len(times)} calls to {MODEL} over "
+              f"{span_s:.1f}s (envelope {BURST + span_s * RPM / 60:.1f}); {len(moved)} moved on; "
+              f"guard on {owners[0]}")
+    finally:
+        stack.stop()
