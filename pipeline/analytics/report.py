@@ -1,4 +1,8 @@
-"""The dev/demo report: what a run cost and how it behaved, read back from the usage ledger.
+"""Reports read back from the usage ledger: the dev/demo report, and the analyst commands.
+
+``dev_report`` is what a dev/demo run cost and how it behaved. The second half of the file
+drives ``llmpipe report`` / ``reprice`` / ``report-bench`` (questions in
+:mod:`pipeline.analytics.queries`, rendering as table, CSV or JSON here).
 
 Every query reads ``usage FINAL``, so a request billed twice (re-delivery) counts once.
 Percentiles use ClickHouse ``quantilesExactInclusive``: exact, linear interpolation between
@@ -276,3 +280,247 @@ def _section(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
 
     return ["", title, "  " + "-" * (sum(widths) + 2 * (len(widths) - 1)), line(header),
             *[line(r) for r in rows]]
+
+
+# --- analyst reports (llmpipe report / reprice) ----------------------------------------------
+
+#: Computed row properties shown next to the dataclass fields when a row has them.
+_DERIVED = ("saved_usd", "difference_usd")
+
+
+def row_dicts(rows: Sequence[Any]) -> list[dict[str, Any]]:
+    """Dataclass rows as ordered dicts (fields, then derived money); columns that are None
+    in every row (an ungrouped ``key``) are left out."""
+    dicts = []
+    for row in rows:
+        d = asdict(row)
+        d.update({name: getattr(row, name) for name in _DERIVED if hasattr(row, name)})
+        dicts.append(d)
+    if dicts:
+        empty = [k for k in dicts[0] if all(d[k] is None for d in dicts)]
+        for d in dicts:
+            for k in empty:
+                del d[k]
+    return dicts
+
+
+def render_rows(rows: Sequence[Any], fmt: str = "table", title: str = "") -> str:
+    """``table`` (aligned, money as $ to 6 decimals), ``csv`` or ``json`` (exact decimals)."""
+    dicts = row_dicts(rows)
+    if fmt == "json":
+        return json.dumps(_plain(dicts), indent=2) + "\n"
+    header = list(dicts[0]) if dicts else []
+    if fmt == "csv":
+        import csv
+        import io
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(header)
+        for d in dicts:
+            writer.writerow([_plain(v) for v in d.values()])
+        return buf.getvalue()
+    if fmt != "table":
+        raise ValueError(f"format must be table, csv or json, not {fmt!r}")
+    if not dicts:
+        return (title + "\n" if title else "") + "  (no rows)\n"
+    body = [[_cell(k, v) for k, v in d.items()] for d in dicts]
+    lines = _section(title, header, body)[1:] if title else _section("", header, body)[3:]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(name: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, Decimal):
+        return format_usd(value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return _int(value)
+    if isinstance(value, float):
+        if name in ("share", "rate"):
+            return f"{value * 100:.2f}%"
+        return _ms(value)
+    return str(value) if value != "" else "(none)"
+
+
+REPORTS = ("cost", "savings", "latency", "errors", "routing", "top")
+BY_CHOICES = ("tenant", "team", "user", "model", "provider", "deployment", "rule", "day")
+
+
+def parse_moment(text: str | None) -> datetime | None:
+    """ISO 8601 date or date-time; naive values are taken as UTC."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO 8601 date or date-time "
+                         "(e.g. 2026-11-01 or 2026-11-01T12:00:00Z)") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def analyst_report(client: ClickHouse, name: str, *, by: str | None = None,
+                   since: datetime | None = None, until: datetime | None = None,
+                   tenant: str | None = None, source: str = "raw", limit: int = 10,
+                   catalog: Any = None) -> list[Any]:
+    """The rows of ``llmpipe report NAME`` (see :mod:`pipeline.analytics.queries`)."""
+    from pipeline.analytics import queries as q
+
+    period: dict[str, Any] = dict(since=since, until=until, tenant=tenant)
+    if name == "cost":
+        return q.cost_by(client, by or "tenant", source=source, **period)  # type: ignore[arg-type]
+    if name == "savings":
+        if source != "raw":
+            raise ValueError("savings reads raw usage only (the rollups do not keep the "
+                             "batched rows' tokens); drop --source rollup")
+        if catalog is None:
+            from pipeline.catalog import load_catalog
+            catalog = load_catalog()
+        return q.savings(client, catalog, by, **period)
+    if name == "latency":
+        return q.latency(client, by, source=source, **period)  # type: ignore[arg-type]
+    if name == "errors":
+        return q.error_rates(client, by, source=source, **period)  # type: ignore[arg-type]
+    if name == "routing":
+        return q.routing_mix(client, by, source=source, **period)  # type: ignore[arg-type]
+    if name == "top":
+        return q.top_spenders(client, by or "tenant", limit=limit,
+                              source=source, **period)  # type: ignore[arg-type]
+    raise ValueError(f"unknown report {name!r}; expected one of {', '.join(REPORTS)}")
+
+
+def run_report(args: Any) -> int:
+    """``llmpipe report``: connect, ask, print; 2 on bad arguments, 3 when ClickHouse fails."""
+    import sys
+
+    from pipeline.analytics.clickhouse import ClickHouseError, connect
+    from pipeline.settings import Settings
+
+    dsn = args.dsn or Settings.from_env().clickhouse_dsn
+    try:
+        since, until = parse_moment(args.since), parse_moment(args.until)
+        client = connect(dsn)
+    except (ValueError, ClickHouseError) as exc:
+        print(f"llmpipe report: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 3
+    try:
+        rows = analyst_report(client, args.report, by=args.by, since=since, until=until,
+                              tenant=args.tenant, source=args.source, limit=args.limit)
+    except ValueError as exc:
+        print(f"llmpipe report: {exc}", file=sys.stderr)
+        return 2
+    except ClickHouseError as exc:
+        print(f"llmpipe report: {exc}", file=sys.stderr)
+        return 3
+    finally:
+        client.close()
+    scope = f"{_iso(since) or '-inf'} .. {_iso(until) or '+inf'}"
+    title = f"{args.report}" + (f" by {args.by}" if args.by else "") + f" ({scope})"
+    sys.stdout.write(render_rows(rows, args.format, title))
+    return 0
+
+
+def run_reprice(args: Any) -> int:
+    """``llmpipe reprice``: old vs new cost per model under another price file (read-only)."""
+    import sys
+    from pathlib import Path
+
+    from pipeline.analytics.clickhouse import ClickHouseError, connect
+    from pipeline.analytics.reprice import reprice
+    from pipeline.catalog import load_catalog
+    from pipeline.config import ConfigError
+    from pipeline.settings import Settings
+
+    dsn = args.dsn or Settings.from_env().clickhouse_dsn
+    try:
+        since, until = parse_moment(args.since), parse_moment(args.until)
+        catalog = load_catalog(Path(args.price_file))
+        client = connect(dsn)
+    except (ValueError, ConfigError, OSError, ClickHouseError) as exc:
+        print(f"llmpipe reprice: {exc}", file=sys.stderr)
+        return 3 if isinstance(exc, ClickHouseError) else 2
+    try:
+        result = reprice(client, catalog, since=since, until=until, tenant=args.tenant)
+    except ClickHouseError as exc:
+        print(f"llmpipe reprice: {exc}", file=sys.stderr)
+        return 3
+    finally:
+        client.close()
+    if args.format == "json":
+        doc = {"price_version": result.price_version, "since": _iso(since), "until": _iso(until),
+               "old_cost_usd": result.old_cost_usd, "new_cost_usd": result.new_cost_usd,
+               "difference_usd": result.difference_usd, "lines": row_dicts(result.lines)}
+        sys.stdout.write(json.dumps(_plain(doc), indent=2) + "\n")
+        return 0
+    if args.format == "csv":
+        sys.stdout.write(render_rows(result.lines, "csv"))
+        return 0
+    scope = f"{_iso(since) or '-inf'} .. {_iso(until) or '+inf'}"
+    sys.stdout.write(render_rows(result.lines, "table",
+                                 f"reprice under {result.price_version} ({scope}), read-only"))
+    sys.stdout.write(f"\n  total  old {format_usd(result.old_cost_usd)}  new "
+                     f"{format_usd(result.new_cost_usd)}  difference "
+                     f"{format_usd(result.difference_usd)}\n")
+    unpriced = [line.model or "(none)" for line in result.lines if not line.priced]
+    if unpriced:
+        sys.stdout.write(f"  kept at old cost (not in the price file): {', '.join(unpriced)}\n")
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """Register ``report``, ``reprice`` and ``report-bench`` on the llmpipe subparsers."""
+    dsn_help = "ClickHouse DSN (default: $LLMPIPE_CLICKHOUSE_DSN)"
+    period = dict(help="ISO 8601 date or date-time, UTC when no offset is given")
+    rep = sub.add_parser(
+        "report", help="analyst reports over the usage ledger: cost, savings, latency, "
+                       "errors, routing, top spenders",
+        description="Exact money (Decimal); reads usage FINAL unless --source rollup. "
+                    "SQL of every report: docs/analytics.md.")
+    rep.add_argument("report", choices=REPORTS,
+                     help="cost: cost by --by (default tenant); savings: saved by routing, "
+                          "batching and cache; latency: P50/P95/P99 by provider and model; "
+                          "errors: error rates by code; routing: routing mix; top: top spenders")
+    rep.add_argument("--by", choices=BY_CHOICES, help="group by this dimension")
+    rep.add_argument("--from", "--since", dest="since", **period)
+    rep.add_argument("--to", "--until", dest="until",
+                     help="end of the period (exclusive); " + period["help"])
+    rep.add_argument("--tenant", help="only this tenant")
+    rep.add_argument("--source", choices=("raw", "rollup"), default="raw",
+                     help="raw: usage FINAL, exact under re-delivery (default); rollup: the "
+                          "per-minute/per-day rollups, fast (docs/analytics.md)")
+    rep.add_argument("--limit", type=int, default=10, help="rows of `top` (default 10)")
+    rep.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    rep.add_argument("--dsn", help=dsn_help)
+    rep.set_defaults(func=lambda args: run_report(args))
+
+    rp = sub.add_parser(
+        "reprice", help="recompute a period's cost under another price file and show the "
+                        "difference (read-only)")
+    rp.add_argument("--prices", "--price-file", dest="price_file", required=True,
+                    help="a catalog YAML (pipeline/config/catalog.yaml format)")
+    rp.add_argument("--from", "--since", dest="since", **period)
+    rp.add_argument("--to", "--until", dest="until",
+                    help="end of the period (exclusive); " + period["help"])
+    rp.add_argument("--tenant", help="only this tenant")
+    rp.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    rp.add_argument("--dsn", help=dsn_help)
+    rp.set_defaults(func=lambda args: run_reprice(args))
+
+    bench = sub.add_parser(
+        "report-bench", help="generate N usage rows in a scratch chDB and time every report "
+                             "query, raw vs rollup (docs/BENCHMARKS.md)")
+    bench.add_argument("--rows", type=int, default=10_000_000)
+    bench.add_argument("--repeat", type=int, default=5, help="timed runs per query")
+    bench.add_argument("--data-dir", default=".data/report-bench",
+                       help="scratch chDB directory (wiped first)")
+    bench.add_argument("--keep", action="store_true", help="keep the data directory afterwards")
+    bench.add_argument("--reuse", action="store_true",
+                       help="time the queries on the data a previous --keep run left "
+                            "(same --rows); skips the ingest and generation steps")
+    bench.set_defaults(func=lambda args: _run_bench(args))
+
+
+def _run_bench(args: Any) -> int:
+    from pipeline.analytics.reportbench import run_report_bench
+    return run_report_bench(args)

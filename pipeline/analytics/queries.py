@@ -1,0 +1,371 @@
+"""The analyst's questions, one function each, over the usage ledger; typed rows, exact money.
+
+Every function takes a period (``since <= created_at < until``, timezone-aware, either end
+open) and an optional tenant, and reads ``usage FINAL`` by default: a request re-delivered
+in a new batch counts once. ``source="rollup"`` reads the materialised rollups instead
+(``usage_daily`` when the period is whole UTC days, else ``usage_minute``, which keeps 35
+days): much faster on large ledgers, but rollups count inserted rows, so a re-delivery
+that slipped past the insert-token dedup counts twice there, and rollup latency quantiles
+come from a sampling state (exact up to 8,192 values per group). docs/analytics.md has the
+SQL behind each function.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any, Literal, Sequence
+
+from pipeline.analytics.clickhouse import ClickHouse
+from pipeline.analytics.report import PERCENTILES, to_epoch_ms
+from pipeline.catalog import TOKENS_PER_MTOK, Catalog
+
+Source = Literal["raw", "rollup"]
+
+#: ``--by`` dimensions: name -> (SQL over usage, SQL over a rollup, or None if it has none).
+#: Teams and end users are named within their tenant ("acme/search").
+DIMENSIONS: dict[str, tuple[str, str | None]] = {
+    "tenant": ("tenant", "tenant"),
+    "team": ("concat(tenant, '/', team)", "concat(tenant, '/', team)"),
+    "user": ("concat(tenant, '/', end_user)", None),
+    "model": ("served_model", "served_model"),
+    "provider": ("provider", "provider"),
+    "deployment": ("deployment", "deployment"),
+    "rule": ("route_rule", "route_rule"),
+    "day": ("toString(toDate(created_at))", "toString(toDate({time}))"),
+}
+
+_USD_ZERO = Decimal("0E-9")
+_NANO = Decimal(1).scaleb(-9)
+
+
+# --- rows ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CostRow:
+    """Spend of one group: requests, tokens, billed cost and what the baseline would cost."""
+
+    key: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost_usd: Decimal
+    baseline_cost_usd: Decimal
+
+    @property
+    def saved_usd(self) -> Decimal:
+        return self.baseline_cost_usd - self.cost_usd
+
+
+@dataclass(frozen=True)
+class SavingsRow:
+    """Money saved in one group, split so the parts add up to ``saved_usd``.
+
+    - ``cache``: baseline - cost of cache hits (a hit is billed ~nothing);
+    - ``batching``: list price - billed of non-hit rows with a batch id (Batch-API discount);
+    - ``routing``: baseline - list price of the other non-hit spend (cheaper models chosen).
+    """
+
+    key: str
+    requests: int
+    cache_hits: int
+    batched_requests: int
+    cost_usd: Decimal
+    baseline_cost_usd: Decimal
+    saved_usd: Decimal
+    saved_by_routing_usd: Decimal
+    saved_by_batching_usd: Decimal
+    saved_by_cache_usd: Decimal
+
+
+@dataclass(frozen=True)
+class LatencyRow:
+    """P50/P95/P99 (ms) over ``samples`` ok requests of one provider and model."""
+
+    key: str | None          # the --by group, None when not grouped
+    provider: str
+    model: str
+    samples: int
+    e2e_p50_ms: float
+    e2e_p95_ms: float
+    e2e_p99_ms: float
+    provider_p50_ms: float
+    provider_p95_ms: float
+    provider_p99_ms: float
+
+
+@dataclass(frozen=True)
+class ErrorRateRow:
+    """Requests that ended with ``code`` and their share of the group's requests."""
+
+    key: str | None
+    code: str
+    errors: int
+    requests: int
+    rate: float
+
+
+@dataclass(frozen=True)
+class RoutingRow:
+    """How often ``route_rule`` sent requests to ``model``; share within the group."""
+
+    key: str | None
+    route_rule: str
+    model: str
+    requests: int
+    share: float
+    cost_usd: Decimal
+
+
+@dataclass(frozen=True)
+class SpenderRow:
+    rank: int
+    key: str
+    requests: int
+    cost_usd: Decimal
+    share: float             # of the period's total cost
+
+
+# --- the questions ---------------------------------------------------------------------------
+
+def cost_by(client: ClickHouse, by: str = "tenant", *, since: datetime | None = None,
+            until: datetime | None = None, tenant: str | None = None,
+            source: Source = "raw") -> list[CostRow]:
+    """Cost, tokens and baseline cost per ``by`` group, biggest cost first."""
+    q = _Query(client, source, since, until, tenant)
+    key = q.dimension(by)
+    rows = q.run(f"""
+        SELECT {key} AS key, {q.requests}, sum(prompt_tokens), sum(completion_tokens),
+               sum(cached_tokens), sum(cost_usd), sum(baseline_cost_usd)
+        FROM {q.table} WHERE {q.where}
+        GROUP BY key ORDER BY sum(cost_usd) DESC, key""")
+    return [CostRow(str(k), int(n), int(p), int(c), int(ca), _usd(cost), _usd(base))
+            for k, n, p, c, ca, cost, base in rows]
+
+
+def savings(client: ClickHouse, catalog: Catalog, by: str | None = None, *,
+            since: datetime | None = None, until: datetime | None = None,
+            tenant: str | None = None) -> list[SavingsRow]:
+    """Money saved by routing, batching and cache per group (one "*" row when ungrouped).
+
+    The batching part prices batched rows' tokens at ``catalog`` list prices (no batch
+    discount); rows of models the catalog does not know claim no batching saving.
+    """
+    q = _Query(client, "raw", since, until, tenant)
+    key = q.dimension(by) if by else "'*'"
+    rows = q.run(f"""
+        SELECT {key} AS key, served_model, count(), countIf(cache = 'hit'),
+               countIf(batch_id != '' AND cache != 'hit'),
+               sum(cost_usd), sum(baseline_cost_usd),
+               sumIf(cost_usd, cache = 'hit'), sumIf(baseline_cost_usd, cache = 'hit'),
+               sumIf(cost_usd, batch_id != '' AND cache != 'hit'),
+               sumIf(prompt_tokens - least(cached_tokens, prompt_tokens),
+                     batch_id != '' AND cache != 'hit'),
+               sumIf(least(cached_tokens, prompt_tokens), batch_id != '' AND cache != 'hit'),
+               sumIf(completion_tokens, batch_id != '' AND cache != 'hit')
+        FROM {q.table} WHERE {q.where}
+        GROUP BY key, served_model ORDER BY key, served_model""")
+    acc: dict[str, list[Any]] = defaultdict(lambda: [0, 0, 0] + [_USD_ZERO] * 4)
+    for k, model, n, hits, batched, cost, base, hit_cost, hit_base, b_cost, b_in, b_cached, \
+            b_out in rows:
+        a = acc[str(k)]
+        a[0] += int(n)
+        a[1] += int(hits)
+        a[2] += int(batched)
+        a[3] += _usd(cost)
+        a[4] += _usd(base)
+        a[5] += _usd(hit_base) - _usd(hit_cost)
+        b_cost = _usd(b_cost)
+        if int(batched) and catalog.resolve(str(model)) is not None:
+            a[6] += list_price_usd(catalog, str(model), int(b_in), int(b_cached),
+                                   int(b_out)) - b_cost
+    out = []
+    for k, (n, hits, batched, cost, base, by_cache, by_batching) in sorted(
+            acc.items(), key=lambda item: (-(item[1][4] - item[1][3]), item[0])):
+        saved = base - cost
+        out.append(SavingsRow(k, n, hits, batched, cost, base, saved,
+                              saved - by_cache - by_batching, by_batching, by_cache))
+    return out
+
+
+def latency(client: ClickHouse, by: str | None = None, *, since: datetime | None = None,
+            until: datetime | None = None, tenant: str | None = None,
+            source: Source = "raw") -> list[LatencyRow]:
+    """End-to-end and provider latency percentiles of ok requests by provider and model.
+
+    Raw: exact (``quantilesExactInclusive``, linear between closest ranks, as dev_report).
+    """
+    q = _Query(client, source, since, until, tenant)
+    key = q.dimension(by) if by else "''"
+    levels = ", ".join(str(p) for p in PERCENTILES)
+    if source == "raw":
+        e2e = (f"quantilesExactInclusive({levels})(toUnixTimestamp64Milli(completed_at)"
+               " - toUnixTimestamp64Milli(created_at))")
+        prov = f"quantilesExactInclusive({levels})(provider_ms)"
+    else:
+        e2e, prov = (f"quantilesMerge({levels})(e2e_ms)", f"quantilesMerge({levels})(provider_ms)")
+    rows = q.run(f"""
+        SELECT {key} AS key, provider, served_model, {q.requests}, {e2e}, {prov}
+        FROM {q.table} WHERE {q.where} AND status = 'ok'
+        GROUP BY key, provider, served_model ORDER BY key, provider, served_model""")
+    return [LatencyRow(str(k) if by else None, str(p), str(m), int(n),
+                       *(float(v) for v in e), *(float(v) for v in pv))
+            for k, p, m, n, e, pv in rows]
+
+
+def error_rates(client: ClickHouse, by: str | None = None, *, since: datetime | None = None,
+                until: datetime | None = None, tenant: str | None = None,
+                source: Source = "raw") -> list[ErrorRateRow]:
+    """Errors per code (``(status)`` when an error has no code) and their rate per group."""
+    q = _Query(client, source, since, until, tenant)
+    key = q.dimension(by) if by else "''"
+    rows = q.run(f"""
+        SELECT key, code, n_code, n_key FROM (
+            SELECT {key} AS key,
+                   if(status = 'ok', '', if(error_code = '', concat('(', status, ')'),
+                      error_code)) AS code,
+                   {q.requests} AS n_code,
+                   sum(n_code) OVER (PARTITION BY key) AS n_key
+            FROM {q.table} WHERE {q.where}
+            GROUP BY key, code)
+        WHERE code != ''
+        ORDER BY key, n_code DESC, code""")
+    return [ErrorRateRow(str(k) if by else None, str(code), int(e), int(n),
+                         int(e) / int(n) if n else 0.0)
+            for k, code, e, n in rows]
+
+
+def routing_mix(client: ClickHouse, by: str | None = None, *, since: datetime | None = None,
+                until: datetime | None = None, tenant: str | None = None,
+                source: Source = "raw") -> list[RoutingRow]:
+    """Requests per (route rule, served model), with their share of the group's requests."""
+    q = _Query(client, source, since, until, tenant)
+    key = q.dimension(by) if by else "''"
+    rows = q.run(f"""
+        SELECT {key} AS key, route_rule, served_model, {q.requests} AS n,
+               n / sum(n) OVER (PARTITION BY key), sum(cost_usd)
+        FROM {q.table} WHERE {q.where}
+        GROUP BY key, route_rule, served_model ORDER BY key, n DESC, route_rule, served_model""")
+    return [RoutingRow(str(k) if by else None, str(rule), str(model), int(n), float(share),
+                       _usd(cost))
+            for k, rule, model, n, share, cost in rows]
+
+
+def top_spenders(client: ClickHouse, by: str = "tenant", *, limit: int = 10,
+                 since: datetime | None = None, until: datetime | None = None,
+                 tenant: str | None = None, source: Source = "raw") -> list[SpenderRow]:
+    """The ``limit`` biggest spenders by tenant, team or end user (``user``, raw only)."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    q = _Query(client, source, since, until, tenant)
+    key = q.dimension(by)
+    rows = q.run(f"""
+        SELECT key, n, cost, cost / nullIf(sum(cost) OVER (), 0) FROM (
+            SELECT {key} AS key, {q.requests} AS n, sum(cost_usd) AS cost
+            FROM {q.table} WHERE {q.where} GROUP BY key)
+        ORDER BY cost DESC, key LIMIT {int(limit)}""")
+    return [SpenderRow(rank, str(k), int(n), _usd(cost), float(share or 0.0))
+            for rank, (k, n, cost, share) in enumerate(rows, start=1)]
+
+
+def list_price_usd(catalog: Catalog, model: str, uncached_prompt_tokens: int,
+                   cached_tokens: int, completion_tokens: int) -> Decimal:
+    """Exact USD of summed tokens at ``model``'s list prices (no batch discount).
+
+    Pricing summed tokens equals summing per-request costs whenever every price has at most
+    three decimals per MTok (then each token is a whole number of nano-dollars); finer
+    prices can differ from per-request rounding by under one nano-dollar per request.
+    """
+    m = catalog.model(model)
+    return ((uncached_prompt_tokens * m.input_per_mtok + cached_tokens * m.cached_input_per_mtok
+             + completion_tokens * m.output_per_mtok) / TOKENS_PER_MTOK).quantize(
+        _NANO)
+
+
+# --- plumbing --------------------------------------------------------------------------------
+
+class _Query:
+    """Table, time filter and measures for one question over raw usage or a rollup."""
+
+    def __init__(self, client: ClickHouse, source: Source, since: datetime | None,
+                 until: datetime | None, tenant: str | None):
+        self.client = client
+        self.source = source
+        self.params: dict[str, Any] = {}
+        clauses = ["1"]
+        if source == "raw":
+            self.table, self.time, self.requests = "usage FINAL", "created_at", "count()"
+            for name, moment, op in (("since", since, ">="), ("until", until, "<")):
+                if moment is not None:
+                    clauses.append(f"created_at {op} "
+                                   f"fromUnixTimestamp64Milli(%({name}_ms)s, 'UTC')")
+                    self.params[f"{name}_ms"] = to_epoch_ms(moment)
+        elif source == "rollup":
+            self.requests = "sum(requests)"
+            if all(_whole_day(m) for m in (since, until)):
+                self.table, self.time = "usage_daily", "day"
+                for name, moment, op in (("since", since, ">="), ("until", until, "<")):
+                    if moment is not None:
+                        clauses.append(f"day {op} toDate(%({name})s)")
+                        self.params[name] = _utc_date(moment)
+            else:
+                self.table, self.time = "usage_minute", "minute"
+                for name, moment, op in (("since", since, ">="), ("until", until, "<")):
+                    if moment is not None:
+                        if not _whole_minute(moment):
+                            raise ValueError(f"{name}={moment.isoformat()}: the rollup source "
+                                             "needs whole minutes (or use source='raw')")
+                        clauses.append(f"minute {op} toDateTime(%({name}_s)s, 'UTC')")
+                        self.params[f"{name}_s"] = to_epoch_ms(moment) // 1000
+        else:
+            raise ValueError(f"source must be 'raw' or 'rollup', not {source!r}")
+        if tenant is not None:
+            clauses.append("tenant = %(tenant)s")
+            self.params["tenant"] = tenant
+        self.where = " AND ".join(clauses)
+
+    def dimension(self, by: str | None) -> str:
+        if by not in DIMENSIONS:
+            raise ValueError(f"unknown dimension {by!r}; expected one of {sorted(DIMENSIONS)}")
+        raw, rollup = DIMENSIONS[by]
+        if self.source == "raw":
+            return raw
+        if rollup is None:
+            raise ValueError(f"the rollups have no {by!r} dimension; use source='raw'")
+        return rollup.format(time=self.time)
+
+    def run(self, sql: str) -> Sequence[Sequence[Any]]:
+        return self.client.query(sql, self.params).result_rows
+
+
+def _whole_day(moment: datetime | None) -> bool:
+    if moment is None:
+        return True
+    to_epoch_ms(moment)  # refuses naive datetimes
+    return to_epoch_ms(moment) % 86_400_000 == 0
+
+
+def _whole_minute(moment: datetime) -> bool:
+    return to_epoch_ms(moment) % 60_000 == 0
+
+
+def _utc_date(moment: datetime) -> date:
+    return moment.astimezone(timezone.utc).date()
+
+
+def _usd(value: Any) -> Decimal:
+    # Decimal sums arrive as Decimal; never route money through float.
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, int):
+        return Decimal(value)
+    raise TypeError(f"expected an exact decimal from ClickHouse, got {type(value).__name__}")
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    """[00:00, next 00:00) UTC of ``day``: a convenient period for one day."""
+    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    return start, start + timedelta(days=1)

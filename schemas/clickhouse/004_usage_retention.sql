@@ -1,0 +1,15 @@
+-- Retention of the raw usage ledger.
+--
+-- Policy: a raw usage row is kept 400 days after the ledger stored it (inserted_at), then
+-- dropped at merge time. Counting from inserted_at rather than created_at means a replay or
+-- backfill of old usage is not deleted on arrival; in steady state the two are seconds apart.
+-- The daily rollups (005_usage_rollups.sql) keep 5 years, so long-range cost history
+-- outlives the raw rows. Dead letters keep the 90 days set in 002_dead_letters_alerts.sql
+-- (TTL on `at`); alerts are kept indefinitely.
+--
+-- To change the retention, add a NEW migration (never edit this one once applied), e.g.
+--   ALTER TABLE usage MODIFY TTL toDateTime(inserted_at) + INTERVAL 730 DAY;
+--   ALTER TABLE dead_letters MODIFY TTL toDateTime(at) + INTERVAL 30 DAY DELETE;
+-- MODIFY TTL rewrites existing parts (materialize_ttl_after_modify): on a large table run it
+-- in a quiet hour.
+ALTER TABLE usage MODIFY TTL toDateTime(inserted_at) + INTERVAL 400 DAY DELETE;
