@@ -1,0 +1,1 @@
+"""Alert sinks: where Alert events on llm.alerts go besides ClickHouse (the ledger agent)."""
