@@ -1,7 +1,16 @@
-"""Faust wiring of dispatch (llm.routed -> responses + usage, or a re-route; breaker alerts
+"""Faust wiring of dispatch (llm.batches -> responses + usage, or a re-route; breaker alerts
 on llm.alerts) and the worker's view of its deployment guards.
 
-Guard state (breakers, buckets, health windows) is in this worker's memory. llm.routed is
+A Batch (from the micro-batcher, pipeline/agents/batcher.py) is one message: its requests
+are dispatched concurrently, each in its own task under the deployment's guard (concurrency,
+rate, breaker), and one request's failure never fails its neighbours. The Batch is
+acknowledged (in offset order, see pipeline/agents/flow.py) only when every request has
+ended in a Response or a re-route and those are on the broker. Re-routes go back to
+llm.routed and pass the batcher again. A batch-priority Batch is first offered to the
+provider Batch API offload (``offload``); only a durably submitted job acknowledges it
+without live calls.
+
+Guard state (breakers, buckets, health windows) is in this worker's memory. llm.batches is
 keyed by deployment id, so the worker owning a deployment's partition is its only writer.
 After a rebalance, guards of deployments whose partitions left this worker are dropped: a
 deployment starts fresh (breaker closed, buckets full, no health samples) on whichever
@@ -9,7 +18,9 @@ worker receives its partition, and again here should it come back."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any, Protocol
 
 import faust
 import faust.web
@@ -17,7 +28,7 @@ import faust.web
 from pipeline.agents.flow import Emitter, process
 from pipeline.dispatch import Dispatcher
 from pipeline.events.codec import DecodeError
-from pipeline.events.models import RoutedRequest
+from pipeline.events.models import Batch
 from pipeline.outputs import Origin, Out, dead_letter
 from pipeline.providers import make_adapter
 from pipeline.resilience.backoff import Backoff
@@ -26,10 +37,52 @@ from pipeline.runtime import Runtime
 log = logging.getLogger("llmpipe.dispatch")
 
 ALERT_TICK_S = 1.0       # how often breakers are polled for transitions without traffic
+BATCH_PRIORITY = "batch"
+
+
+class Offload(Protocol):
+    """The provider Batch API path for batch-priority traffic (pipeline/batchapi/)."""
+
+    def supports(self, deployment_id: str) -> bool: ...
+
+    async def submit(self, batch: Batch) -> Any:
+        """Return once the job is durably recorded; raise if it is not."""
+
+
+async def dispatch_batch(dispatcher: Dispatcher, batch: Batch, origin: Origin, codec: Any,
+                         dead_letter_topic: str, offload: Offload | None = None) -> list[Out]:
+    """The outputs of every request of ``batch``: dispatched concurrently, each isolated —
+    a bug in one request dead-letters that request alone (its RoutedRequest, as JSON)."""
+    if batch.priority == BATCH_PRIORITY and offload is not None and offload.supports(batch.deployment):
+        try:
+            await offload.submit(batch)
+            return []
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("offload_failed batch_id=%s deployment=%s requests=%d error=%r; "
+                        "dispatching live", batch.batch_id, batch.deployment, len(batch.items), exc)
+    results = await asyncio.gather(*(dispatcher.handle(item) for item in batch.items),
+                                   return_exceptions=True)
+    outs: list[Out] = []
+    for item, result in zip(batch.items, results):
+        if isinstance(result, asyncio.CancelledError):
+            raise result
+        if isinstance(result, BaseException):
+            r = item.request
+            log.error("dispatch_failed request_id=%s deployment=%s batch_id=%s error=%r",
+                      r.request_id, item.route.deployment, batch.batch_id, result)
+            outs.append(dead_letter(
+                dead_letter_topic, origin, codec.encode_json(item), "dispatch", "internal_error",
+                f"dispatch failed: {type(result).__name__}: {result}", request_id=r.request_id,
+                tenant=r.tenant))
+        else:
+            outs += result
+    return outs
 
 
 def register_dispatch(app: faust.App, runtime: Runtime, source: faust.TopicT,
-                      emitter: Emitter) -> Dispatcher:
+                      emitter: Emitter, *, offload: Offload | None = None) -> Dispatcher:
     s = runtime.settings
     keys = runtime.load_keys()          # fail fast at start-up on a missing or bad key
     calls = runtime.deployments.calls
@@ -38,15 +91,17 @@ def register_dispatch(app: faust.App, runtime: Runtime, source: faust.TopicT,
     dispatcher = Dispatcher(runtime.catalog, runtime.deployments, adapters, s.topics,
                             Backoff(calls.backoff_base_s, calls.backoff_cap_s, calls.jitter),
                             rng=runtime.rng)
-    partition_of: dict[str, int] = {}   # deployment id -> the llm.routed partition it arrives on
+    partition_of: dict[str, int] = {}   # deployment id -> the llm.batches partition it arrives on
+    source_name = source.get_topic_name()
 
     async def step(value: bytes | None, origin: Origin) -> list[Out]:
         try:
-            routed = runtime.codec.decode(value, RoutedRequest)
+            batch = runtime.codec.decode(value, Batch)
         except DecodeError as exc:
             return [dead_letter(s.topics.dead_letter, origin, value, "dispatch", exc.code, exc.reason)]
-        partition_of[routed.route.deployment] = origin.partition
-        return await dispatcher.handle(routed)
+        partition_of[batch.deployment] = origin.partition
+        return await dispatch_batch(dispatcher, batch, origin, runtime.codec, s.topics.dead_letter,
+                                    offload)
 
     @app.agent(source, name="dispatch")
     async def dispatch_agent(stream):
@@ -61,7 +116,7 @@ def register_dispatch(app: faust.App, runtime: Runtime, source: faust.TopicT,
 
     @app.on_partitions_assigned.connect
     async def forget_moved_deployments(sender, assigned, **kwargs) -> None:
-        owned = {tp.partition for tp in assigned if tp.topic == s.topics.routed}
+        owned = {tp.partition for tp in assigned if tp.topic == source_name}
         keep = {dep for dep, p in partition_of.items() if p in owned}
         for dep in set(partition_of) - keep:
             del partition_of[dep]

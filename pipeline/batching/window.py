@@ -1,0 +1,122 @@
+"""Micro-batch windows: one open window per (partition, deployment, priority), closed by
+whichever limit comes first — ``max_batch_size`` requests, ``max_batch_tokens`` tokens or
+``max_wait_ms`` of age — or by a shutdown/rebalance, so no request waits forever.
+
+Plain Python with an injected clock (epoch ms): the batcher agent feeds it, asks for aged
+windows on a timer and publishes what it returns. Items are opaque to the window."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Generic, Iterable, TypeVar
+
+T = TypeVar("T")
+
+FILL_SIZE, FILL_TOKENS, FILL_AGE, FILL_SHUTDOWN = "size", "tokens", "age", "shutdown"
+FILL_REASONS = (FILL_SIZE, FILL_TOKENS, FILL_AGE, FILL_SHUTDOWN)
+
+
+@dataclass(frozen=True)
+class WindowLimits:
+    max_batch_size: int        # requests
+    max_batch_tokens: int      # estimated prompt tokens
+    max_wait_ms: int           # age of the window's first request; 0 = flush on arrival
+
+
+@dataclass(frozen=True)
+class WindowKey:
+    partition: int             # the llm.routed partition the requests came from
+    deployment: str
+    priority: str
+
+
+@dataclass
+class Flush(Generic[T]):
+    """A closed window: the batch to publish."""
+    key: WindowKey
+    items: list[T]
+    arrivals_ms: list[int]     # when each item entered the window (same order as items)
+    tokens: int
+    opened_at_ms: int
+    flushed_at_ms: int
+    fill_reason: str
+
+    def waits_ms(self) -> list[int]:
+        """What the window added to each item's latency."""
+        return [self.flushed_at_ms - a for a in self.arrivals_ms]
+
+
+@dataclass
+class _Open(Generic[T]):
+    limits: WindowLimits
+    opened_at_ms: int
+    items: list[T] = field(default_factory=list)
+    arrivals_ms: list[int] = field(default_factory=list)
+    tokens: int = 0
+
+    @property
+    def due_at_ms(self) -> int:
+        return self.opened_at_ms + self.limits.max_wait_ms
+
+
+class Windows(Generic[T]):
+    """All open windows of one worker. ``limits`` maps a priority to its limits."""
+
+    def __init__(self, limits: Callable[[str], WindowLimits], clock: Callable[[], int]):
+        self.limits, self.clock = limits, clock
+        self._open: dict[WindowKey, _Open[T]] = {}
+
+    def add(self, key: WindowKey, item: T, tokens: int) -> list[Flush[T]]:
+        """Put ``item`` in its window; returns the windows this closed (none, the item's own
+        window, and/or the window before it if the item would have overflowed its tokens)."""
+        now = self.clock()
+        tokens = max(0, tokens)
+        closed: list[Flush[T]] = []
+        window = self._open.get(key)
+        if window is not None and window.tokens + tokens > window.limits.max_batch_tokens:
+            closed.append(self._close(key, FILL_TOKENS, now))
+            window = None
+        if window is None:
+            window = self._open[key] = _Open(self.limits(key.priority), now)
+        window.items.append(item)
+        window.arrivals_ms.append(now)
+        window.tokens += tokens
+        if len(window.items) >= window.limits.max_batch_size:
+            closed.append(self._close(key, FILL_SIZE, now))
+        elif window.tokens >= window.limits.max_batch_tokens:
+            closed.append(self._close(key, FILL_TOKENS, now))
+        elif now >= window.due_at_ms:
+            closed.append(self._close(key, FILL_AGE, now))
+        return closed
+
+    def due(self) -> list[Flush[T]]:
+        """Close every window whose age reached its ``max_wait_ms``."""
+        now = self.clock()
+        return [self._close(key, FILL_AGE, now)
+                for key, w in list(self._open.items()) if now >= w.due_at_ms]
+
+    def flush_all(self, partitions: Iterable[int] | None = None) -> list[Flush[T]]:
+        """Close every window (of ``partitions`` only, if given): shutdown or rebalance."""
+        now = self.clock()
+        wanted = None if partitions is None else set(partitions)
+        return [self._close(key, FILL_SHUTDOWN, now) for key in list(self._open)
+                if wanted is None or key.partition in wanted]
+
+    def next_due_ms(self) -> int | None:
+        """When the oldest window comes of age (epoch ms), or None if none is open."""
+        return min((w.due_at_ms for w in self._open.values()), default=None)
+
+    def pending(self) -> int:
+        """Requests waiting in open windows."""
+        return sum(len(w.items) for w in self._open.values())
+
+    def open_windows(self) -> int:
+        return len(self._open)
+
+    def snapshot(self) -> list[tuple[WindowKey, int, int]]:
+        """(key, requests, opened_at_ms) of every open window."""
+        return [(key, len(w.items), w.opened_at_ms) for key, w in self._open.items()]
+
+    def _close(self, key: WindowKey, reason: str, now: int) -> Flush[T]:
+        w = self._open.pop(key)
+        return Flush(key, w.items, w.arrivals_ms, w.tokens, w.opened_at_ms, now, reason)
