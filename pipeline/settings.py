@@ -25,6 +25,8 @@ class Topics:
     @property
     def batches(self) -> str: return self.name("llm.batches")
     @property
+    def batch_jobs(self) -> str: return self.name("llm.batch-jobs")
+    @property
     def responses(self) -> str: return self.name("llm.responses")
     @property
     def usage(self) -> str: return self.name("llm.usage")
@@ -43,7 +45,7 @@ class Settings:
     topics: Topics = field(default_factory=Topics)
     clickhouse_dsn: str = "chdb://.data/clickhouse"
     schema_registry_url: str | None = None
-    agents: tuple[str, ...] = ("intake", "dispatch", "ledger")
+    agents: tuple[str, ...] = ("intake", "dispatch", "ledger", "monitor")
     web_port: int = 6066
     web_host: str = "127.0.0.1"
     session_timeout_s: float = 30.0
@@ -51,6 +53,7 @@ class Settings:
     intake_concurrency: int = 64
     ledger_flush_rows: int = 500
     ledger_flush_s: float = 0.5
+    ledger_retry_cap_s: float = 30.0          # longest wait between insert retries (outage)
     replication_factor: int = 1
     log_level: str = "info"
     fetch_max_wait_ms: int = 20
@@ -75,6 +78,7 @@ class Settings:
             intake_concurrency=int(_env("LLMPIPE_INTAKE_CONCURRENCY", str(cls.intake_concurrency))),
             ledger_flush_rows=int(_env("LLMPIPE_LEDGER_FLUSH_ROWS", str(cls.ledger_flush_rows))),
             ledger_flush_s=float(_env("LLMPIPE_LEDGER_FLUSH_S", str(cls.ledger_flush_s))),
+            ledger_retry_cap_s=float(_env("LLMPIPE_LEDGER_RETRY_CAP_S", str(cls.ledger_retry_cap_s))),
             replication_factor=int(_env("LLMPIPE_REPLICATION_FACTOR", str(cls.replication_factor))),
             log_level=_env("LLMPIPE_LOG_LEVEL", cls.log_level),
             fetch_max_wait_ms=int(_env("LLMPIPE_FETCH_MAX_WAIT_MS", str(cls.fetch_max_wait_ms))),
@@ -101,6 +105,7 @@ class Settings:
             "LLMPIPE_INTAKE_CONCURRENCY": str(self.intake_concurrency),
             "LLMPIPE_LEDGER_FLUSH_ROWS": str(self.ledger_flush_rows),
             "LLMPIPE_LEDGER_FLUSH_S": str(self.ledger_flush_s),
+            "LLMPIPE_LEDGER_RETRY_CAP_S": str(self.ledger_retry_cap_s),
             "LLMPIPE_REPLICATION_FACTOR": str(self.replication_factor),
             "LLMPIPE_LOG_LEVEL": self.log_level,
             "LLMPIPE_FETCH_MAX_WAIT_MS": str(self.fetch_max_wait_ms),

@@ -174,6 +174,26 @@ class Batch(Event):
     fill_reason: str = "size"
 
 
+@dataclass
+class BatchJob(Event):
+    AVRO_NAME: ClassVar[str] = "BatchJob"
+    job_id: str
+    deployment: str
+    adapter: str
+    provider_job_id: str
+    submitted_at_ms: int
+    updated_at_ms: int
+    input_file_id: str = ""
+    state: str = "submitted"
+    revision: int = 0
+    provider_status: str = ""
+    succeeded: int = 0
+    retried: int = 0
+    failed: int = 0
+    items: list[RoutedRequest] = field(default_factory=list)
+    request_ids: list[str] = field(default_factory=list)
+
+
 # --- Response and Usage --------------------------------------------------------------
 
 @dataclass
@@ -315,5 +335,6 @@ class TenantPolicy(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.AVRO_NAME: cls
-    for cls in (Request, RoutedRequest, Batch, Response, Usage, Alert, DeadLetter, TenantPolicy)
+    for cls in (Request, RoutedRequest, Batch, BatchJob, Response, Usage, Alert, DeadLetter,
+                TenantPolicy)
 }

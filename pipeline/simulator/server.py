@@ -150,7 +150,8 @@ class Simulator:
 
         prompt_tokens = estimate_prompt_tokens(m.text for m in request.messages)
         fault = self.fault_for(request.model, profile)
-        fired = fault if fault is not None and fault_draw < fault.rate else None
+        fired = (fault if fault is not None and fault_draw < fault.rate
+                 and fault.applies_to(key_fingerprint) else None)
         kind = fired.kind if fired is not None else None
 
         room = profile.context_window - prompt_tokens
@@ -866,10 +867,12 @@ def build_app(config: SimulatorConfig) -> web.Application:
     # Imported here: the shape modules build on this one.
     from pipeline.simulator.anthropic import anthropic_routes
     from pipeline.simulator.gemini import gemini_routes
+    from pipeline.simulator.batches import batch_routes
 
     app.add_routes(openai_routes(sim))
     app.add_routes(anthropic_routes(sim))
     app.add_routes(gemini_routes(sim))
+    app.add_routes(batch_routes(sim))        # OpenAI files+batches, Anthropic message batches
     app.add_routes(control_routes(sim))
 
     async def close(_: web.Application) -> None:

@@ -23,6 +23,7 @@ DESIGN_TOPICS = {
     "llm.requests": ("tenant id", "Request"),
     "llm.routed": ("deployment id", "RoutedRequest"),
     "llm.batches": ("deployment id", "Batch"),
+    "llm.batch-jobs": ("job id", "BatchJob"),   # issue 5: Batch API job state
     "llm.responses": ("request id", "Response"),
     "llm.usage": ("tenant id", "Usage"),
     "llm.alerts": ("tenant id", "Alert"),
@@ -90,8 +91,10 @@ def test_co_partitioned_topics_share_partition_counts():
 
 def test_tenants_is_compacted_and_kept_forever_and_the_rest_delete():
     specs = by_name(load_topic_specs())
-    assert specs["llm.tenants"].config == {"cleanup.policy": "compact", "retention.ms": "-1"}
-    assert {s.cleanup_policy for n, s in specs.items() if n != "llm.tenants"} == {"delete"}
+    compacted = ("llm.tenants", "llm.batch-jobs")
+    for name in compacted:
+        assert specs[name].config == {"cleanup.policy": "compact", "retention.ms": "-1"}, name
+    assert {s.cleanup_policy for n, s in specs.items() if n not in compacted} == {"delete"}
     assert all(s.replication_factor == 1 for s in specs.values())   # one embedded node
 
 
