@@ -1,5 +1,5 @@
 """The Faust application: one worker process running the agents named in settings
-(intake, dispatch, ledger). Agents are thin: decode, call the plain steps, publish."""
+(intake, dispatch, ledger, monitor). Agents are thin: decode, call the plain steps, publish."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import logging
 
 import faust
 
+from pipeline.agents.batcher import register_batcher
 from pipeline.agents.dispatch import register_dispatch
 from pipeline.agents.flow import Emitter
 from pipeline.agents.intake import register_intake
 from pipeline.agents.tenancy import Tenancy, register_settle, register_views
 from pipeline.agents.ledger import register_ledger
+from pipeline.agents.monitor import register_monitor
+from pipeline.batchapi.poller import register_batch_api
 from pipeline.kafka.faust_tuning import set_fetch_max_wait_ms
 from pipeline.kafka.topics import faust_partitions, load_topic_specs, prefixed
 from pipeline.runtime import Runtime
@@ -59,10 +62,20 @@ def create_app(runtime: Runtime) -> faust.App:
         register_intake(app, runtime, tenancy, topic(s.topics.requests), emitter)
         register_settle(app, runtime, tenancy, topic(s.topics.usage), emitter)
         register_views(app, tenancy)
+    if "batcher" in s.agents or "dispatch" in s.agents:
+        # Dispatch reads only what the batcher publishes (llm.routed -> llm.batches, same
+        # deployment partitions): naming dispatch runs its batcher too.
+        register_batcher(app, runtime, topic(s.topics.routed), emitter)
     if "dispatch" in s.agents:
-        register_dispatch(app, runtime, topic(s.topics.routed), emitter)
+        # Batch-priority batches go to provider Batch APIs; the poller owns the job
+        # partitions matching this worker's llm.batches partitions.
+        offload = register_batch_api(app, runtime, emitter, s.topics.batches)
+        register_dispatch(app, runtime, topic(s.topics.batches), emitter, offload=offload)
     if "ledger" in s.agents:
         register_ledger(app, runtime, topic(s.topics.usage), emitter)
+    if "monitor" in s.agents:
+        register_monitor(app, runtime, topic(s.topics.usage), topic(s.topics.alerts), partitions,
+                         emitter)
     @app.page("/llmpipe/health/")
     async def health(web, request):
         assigned = len(app.consumer.assignment()) if app.consumer else 0
