@@ -29,6 +29,13 @@ So tests use ONE session-scoped path for the whole run and a fresh database per 
 (``tests/chdb_fixture.py``); a test that wants its own path must run in a subprocess.
 There is no async chDB client: run calls in a thread (``asyncio.to_thread``). All chDB
 calls in this process go through one lock, since they all reach the same engine.
+
+Chaos switch (operators and tests): with ``LLMPIPE_CLICKHOUSE_FAULT_FILE=/some/path`` in the
+environment, every INSERT fails while that file exists, with the error an unreachable
+server gives (``Connection refused``, raised through the driver's own exception path), and
+works again once it is removed. Reads are left alone so the catch-up can be watched. For an
+``http://`` DSN an outage can also be real (stop the server); for embedded chDB this is the
+only way to take the store "down" without killing the process that owns it.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError as _DriverError
+from clickhouse_connect.driver.exceptions import OperationalError
 from clickhouse_connect.driver.query import QueryResult
 
 logger = logging.getLogger(__name__)
@@ -56,6 +64,9 @@ _MEMORY = ":memory:"
 _MEMORY_NAMES = ("memory", _MEMORY)
 _SECRET_PARAMS = ("password", "pass", "pwd", "access_token", "token", "secret")
 _CODE_RE = re.compile(r"Code: (\d+)\.")
+
+#: While the file this variable names exists, every insert fails as if the server were down.
+FAULT_FILE_ENV = "LLMPIPE_CLICKHOUSE_FAULT_FILE"
 
 # chDB path -> number of open ClickHouse wrappers on it (guarded by CHDB_LOCK).
 _chdb_open: dict[str, int] = {}
@@ -142,6 +153,7 @@ class ClickHouse:
         self._chdb_path = chdb_path
         self._lock: ContextManager[Any] = CHDB_LOCK if backend == "chdb" else nullcontext()
         self._closed = False
+        self._fault_file = os.environ.get(FAULT_FILE_ENV) or None
 
     @property
     def database(self) -> str | None:
@@ -182,6 +194,7 @@ class ClickHouse:
         self._check_open()
         with self._lock:
             try:
+                self._injected_outage()
                 summary = self._client.insert(table, rows, column_names=list(column_names),
                                               settings=settings)
             except (_DriverError, OSError) as exc:
@@ -203,6 +216,13 @@ class ClickHouse:
                         _chdb_open[self._chdb_path] = remaining
                     else:
                         _chdb_open.pop(self._chdb_path, None)
+
+    def _injected_outage(self) -> None:
+        """The chaos switch (module doc): fail like an unreachable server while the file exists."""
+        if self._fault_file and os.path.exists(self._fault_file):
+            raise OperationalError(
+                f"Error {self.backend}: Failed to establish a new connection: [Errno 111] "
+                f"Connection refused (fault injected: {self._fault_file} exists)")
 
     def _check_open(self) -> None:
         if self._closed:

@@ -1,10 +1,12 @@
 """Usage, alerts and dead letters into ClickHouse: exact row conversion and idempotent batches.
 
-The ledger agent feeds :class:`LedgerWriter` one Usage per Kafka message and commits a
-partition's offset only after :meth:`LedgerWriter.flush` reports the insert done. Billing
-stays once-per-request however often Kafka re-delivers: a retried batch carries the same
-``insert_deduplication_token`` (dropped by ClickHouse), and whatever slips past that (a
-re-delivery after a crash, cut into different batches) collapses under ``usage FINAL``.
+The ledger agents feed a :class:`LedgerWriter` one event per Kafka message (usage, alerts
+and dead letters each have their own, see :class:`Sink`) and commit a partition's offset
+only after :meth:`LedgerWriter.flush` reports the insert done; while inserts fail they wait
+as :class:`InsertRetry` says. Billing stays once-per-request however often Kafka
+re-delivers: a retried batch carries the same ``insert_deduplication_token`` (dropped by
+ClickHouse), and whatever slips past that (a re-delivery after a crash, cut into different
+batches) collapses under ``usage FINAL``.
 """
 
 from __future__ import annotations
@@ -12,14 +14,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Generic, Sequence, TypeVar
 
-from pipeline.analytics.clickhouse import ClickHouse, ClickHouseError
+from pipeline.analytics.clickhouse import ClickHouse
 from pipeline.catalog import nanos_to_usd
 from pipeline.events.models import Alert, DeadLetter, Usage
+from pipeline.resilience.backoff import Backoff
+
+E = TypeVar("E", Usage, Alert, DeadLetter)
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +179,26 @@ def insert_alerts(client: ClickHouse, alerts: Sequence[Alert], dedup_token: str 
     return _insert(client, ALERTS_TABLE, ALERT_COLUMNS, [alert_row(a) for a in alerts], dedup_token)
 
 
+# --- What each sink stores ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Sink(Generic[E]):
+    """One event type into one table: its columns, its row conversion, and the identity of
+    an event (what makes two events the same row) for batch tokens."""
+
+    table: str
+    columns: tuple[str, ...]
+    row: Callable[[E], list[Any]]
+    identity: Callable[[E], str]
+
+
+USAGE_SINK: Sink[Usage] = Sink(USAGE_TABLE, USAGE_COLUMNS, usage_row, lambda u: u.request_id)
+DEAD_LETTERS_SINK: Sink[DeadLetter] = Sink(
+    DEAD_LETTERS_TABLE, DEAD_LETTER_COLUMNS, dead_letter_row,
+    lambda d: f"{d.source_topic}/{d.source_partition}/{d.source_offset}/{d.agent}/{d.at_ms}")
+ALERTS_SINK: Sink[Alert] = Sink(ALERTS_TABLE, ALERT_COLUMNS, alert_row, lambda a: a.alert_id)
+
+
 # --- Batched writer -------------------------------------------------------------------------
 
 class LedgerBufferFull(Exception):
@@ -200,20 +226,35 @@ class _Batch:
     partition: int
     rows: list[list[Any]] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
-    request_ids: list[str] = field(default_factory=list)
+    identities: list[str] = field(default_factory=list)
     added_at: list[float] = field(default_factory=list)
 
+    def latest_rows(self) -> list[list[Any]]:
+        """The rows to insert: one per identity, the last read (highest offset).
+
+        A request billed again after a crash (a re-done provider call) must keep its LATEST
+        Usage, as budget settlement does. Across INSERTs ReplacingMergeTree keeps the row
+        with the highest ``inserted_at``; but inside one INSERT every row has the same
+        ``inserted_at``, and the block is sorted by key without keeping arrival order: either
+        row may survive (on chDB 26.9 the earlier one did in 300-row blocks), so both must
+        not go in one block. Deterministic: a retry drops the same rows.
+        """
+        if len(set(self.identities)) == len(self.identities):
+            return self.rows
+        last = {identity: i for i, identity in enumerate(self.identities)}
+        return [row for i, row in enumerate(self.rows) if last[self.identities[i]] == i]
+
     def token(self, prefix: str) -> str:
-        # Offsets make the boundaries; the digest of request ids makes the token unique
-        # even when offsets restart (a recreated topic, a fresh dev broker) against a
+        # Offsets make the boundaries; the digest of the events' identities makes the token
+        # unique even when offsets restart (a recreated topic, a fresh dev broker) against a
         # ClickHouse that still remembers the old tokens -- otherwise new rows would be
-        # dropped as "duplicates". A retry has the same ids, so the same token.
-        digest = hashlib.sha256("\n".join(self.request_ids).encode()).hexdigest()[:16]
+        # dropped as "duplicates". A retry has the same events, so the same token.
+        digest = hashlib.sha256("\n".join(self.identities).encode()).hexdigest()[:16]
         return f"{prefix}:{self.partition}:{min(self.offsets)}-{max(self.offsets)}:{digest}"
 
 
-class LedgerWriter:
-    """Buffers usage rows per source partition and inserts them in idempotent batches.
+class LedgerWriter(Generic[E]):
+    """Buffers rows per source partition and inserts them in idempotent batches.
 
     Typical agent loop::
 
@@ -228,24 +269,30 @@ class LedgerWriter:
     :class:`LedgerFlushError` and keeps the failed batches exactly as they were: the next
     flush resends the same rows with the same token (rows added meanwhile go in a later
     batch), so ClickHouse drops the retry if the first attempt had in fact landed.
+
+    ``sink`` picks the table (usage by default; :data:`ALERTS_SINK`, :data:`DEAD_LETTERS_SINK`).
     """
 
     def __init__(self, client: ClickHouse, *, max_rows: int = 1000, max_age_s: float = 1.0,
                  max_buffer: int = 10_000, clock: Callable[[], float] = time.monotonic,
-                 token_prefix: str = "usage:llm.usage", table: str = USAGE_TABLE):
+                 token_prefix: str = "usage:llm.usage", sink: Sink[E] = USAGE_SINK):  # type: ignore[assignment]
         if max_rows < 1 or max_buffer < max_rows:
             raise ValueError("need 1 <= max_rows <= max_buffer")
         self._client = client
+        self.sink = sink
         self.max_rows = max_rows
         self.max_age_s = max_age_s
         self.max_buffer = max_buffer
         self._clock = clock
         self._token_prefix = token_prefix
-        self._table = table
         self._open: dict[int, _Batch] = {}
         self._sealed: dict[int, deque[_Batch]] = {}
         self._pending = 0
         self._flush_lock = asyncio.Lock()
+        #: Rows inserted so far (a retried batch counts once: the one that succeeded).
+        self.inserted = 0
+        #: Successful INSERT statements so far (rows per insert = inserted / inserts).
+        self.inserts = 0
 
     @property
     def pending(self) -> int:
@@ -256,22 +303,22 @@ class LedgerWriter:
     def full(self) -> bool:
         return self._pending >= self.max_buffer
 
-    def add(self, usage: Usage, partition: int, offset: int) -> None:
-        """Buffer ``usage`` read from (partition, offset).
+    def add(self, event: E, partition: int, offset: int) -> None:
+        """Buffer ``event`` read from (partition, offset).
 
         Raises :class:`LedgerBufferFull` when ``max_buffer`` rows are pending, and
-        ValueError when the event cannot be stored (the caller dead-letters it).
+        ValueError when the event cannot be stored (the caller dead-letters or skips it).
         """
         if self.full:
-            raise LedgerBufferFull(f"{self._pending} usage rows pending (max_buffer="
+            raise LedgerBufferFull(f"{self._pending} {self.sink.table} rows pending (max_buffer="
                                    f"{self.max_buffer}); flush before adding more")
-        row = usage_row(usage)
+        row = self.sink.row(event)
         batch = self._open.get(partition)
         if batch is None:
             batch = self._open[partition] = _Batch(partition)
         batch.rows.append(row)
         batch.offsets.append(offset)
-        batch.request_ids.append(usage.request_id)
+        batch.identities.append(self.sink.identity(event))
         batch.added_at.append(self._clock())
         self._pending += 1
 
@@ -281,35 +328,50 @@ class LedgerWriter:
         times += [q[0].added_at[0] for q in self._sealed.values() if q]
         return min(times) if times else None
 
+    def _ripe(self, batch: _Batch, now: float) -> bool:
+        return bool(batch.rows) and (len(batch.rows) >= self.max_rows
+                                     or now - batch.added_at[0] >= self.max_age_s)
+
+    def _crowded(self) -> bool:
+        # Many partitions each short of max_rows could fill the buffer with nothing ripe.
+        return self._pending >= max(self.max_rows, self.max_buffer // 2)
+
     def due(self, now: float | None = None) -> bool:
-        """True when ``max_rows`` rows are pending or the oldest is ``max_age_s`` old."""
+        """True when some partition has ``max_rows`` rows or a row ``max_age_s`` old, when
+        a failed batch waits for its retry, or when half the buffer is in use."""
         if self._pending == 0:
             return False
-        if self._pending >= self.max_rows:
+        if self._crowded() or any(self._sealed.values()):
             return True
-        oldest = self.oldest_added_at()
         now = self._clock() if now is None else now
-        return oldest is not None and now - oldest >= self.max_age_s
+        return any(self._ripe(batch, now) for batch in self._open.values())
 
-    def _seal(self) -> None:
-        for partition, batch in self._open.items():
-            if not batch.rows:
+    def _seal(self, ripe_only: bool) -> None:
+        now = self._clock()
+        everything = not ripe_only or self._crowded()
+        for partition, batch in list(self._open.items()):
+            if not batch.rows or not (everything or self._ripe(batch, now)):
                 continue
             queue = self._sealed.setdefault(partition, deque())
             for start in range(0, len(batch.rows), self.max_rows):
                 end = start + self.max_rows
                 queue.append(_Batch(partition, batch.rows[start:end], batch.offsets[start:end],
-                                    batch.request_ids[start:end], batch.added_at[start:end]))
-        self._open.clear()
+                                    batch.identities[start:end], batch.added_at[start:end]))
+            del self._open[partition]
 
-    async def flush(self) -> list[tuple[int, int]]:
-        """Insert every pending batch (in a worker thread); returns (partition, last offset).
+    async def flush(self, *, ripe_only: bool = False) -> list[tuple[int, int]]:
+        """Insert pending batches (in a worker thread); returns (partition, last offset).
 
-        Partitions are independent: one failing does not hold back the others. If any
-        failed, raises :class:`LedgerFlushError` after trying all of them.
+        By default every pending row goes; with ``ripe_only`` a partition's rows are sealed
+        only once :meth:`due` would say so for that partition (``max_rows`` rows or the
+        oldest ``max_age_s`` old), so each INSERT carries a full batch even when traffic
+        is spread over many partitions (the agent flushes this way; batches already sealed
+        and waiting for a retry always go). Partitions are independent: one failing does
+        not hold back the others. If any failed, raises :class:`LedgerFlushError` after
+        trying all of them.
         """
         async with self._flush_lock:
-            self._seal()
+            self._seal(ripe_only)
             committed: list[tuple[int, int]] = []
             failed: list[int] = []
             first_error: Exception | None = None
@@ -320,22 +382,78 @@ class LedgerWriter:
                     batch = queue[0]
                     token = batch.token(self._token_prefix)
                     try:
-                        await asyncio.to_thread(_insert, self._client, self._table,
-                                                USAGE_COLUMNS, batch.rows, token)
-                    except (ClickHouseError, OSError) as exc:
-                        logger.warning("ledger.insert_failed partition=%d rows=%d token=%s "
-                                       "error=%s", partition, len(batch.rows), token, exc)
+                        await asyncio.to_thread(_insert, self._client, self.sink.table,
+                                                self.sink.columns, batch.latest_rows(), token)
+                    except Exception as exc:
+                        # Any failure (server down, a driver bug) keeps the batch for the
+                        # next flush: the caller backs off; a crash would only re-read it.
+                        logger.debug("ledger.insert_failed table=%s partition=%d rows=%d "
+                                     "token=%s error=%s", self.sink.table, partition,
+                                     len(batch.rows), token, exc)
                         failed.append(partition)
                         first_error = first_error or exc
                         break
                     queue.popleft()
                     self._pending -= len(batch.rows)
+                    self.inserted += len(batch.rows)
+                    self.inserts += 1
                     last = max(batch.offsets) if last is None else max(last, *batch.offsets)
-                    logger.debug("ledger.inserted partition=%d rows=%d token=%s",
-                                 partition, len(batch.rows), token)
+                    logger.debug("ledger.inserted table=%s partition=%d rows=%d token=%s",
+                                 self.sink.table, partition, len(batch.rows), token)
                 if last is not None:
                     committed.append((partition, last))
             self._sealed = {p: q for p, q in self._sealed.items() if q}
             if first_error is not None:
                 raise LedgerFlushError(committed, failed, first_error)
             return committed
+
+
+# --- Retrying while ClickHouse is down ------------------------------------------------------
+
+class InsertRetry:
+    """When to try the next flush after failures: exponential backoff with jitter and a cap
+    (``base_s * 2^(failures-1)``, at most ``cap_s``), reset by a success.
+
+    Plain state with an injected clock and random source; the agent asks :meth:`ready`
+    before flushing and reports the outcome with :meth:`failed` / :meth:`succeeded`.
+    """
+
+    def __init__(self, backoff: Backoff = Backoff(base_s=0.5, cap_s=30.0, jitter=0.2), *,
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None):
+        self.backoff = backoff
+        self._clock = clock
+        self._rng = rng or random.Random()
+        #: Consecutive failed flushes (0: healthy).
+        self.failures = 0
+        #: Failed flushes since start.
+        self.total_failures = 0
+        self.retry_at = 0.0
+        self.outage_started: float | None = None
+
+    def ready(self, now: float | None = None) -> bool:
+        return (self._clock() if now is None else now) >= self.retry_at
+
+    def wait_s(self, now: float | None = None) -> float:
+        """Seconds until the next attempt is allowed (0 if it is now)."""
+        return max(0.0, self.retry_at - (self._clock() if now is None else now))
+
+    def failed(self) -> float:
+        """Record a failed flush; returns the delay before the next attempt."""
+        now = self._clock()
+        if self.failures == 0:
+            self.outage_started = now
+        delay = self.backoff.delay(self.failures, self._rng)
+        self.failures += 1
+        self.total_failures += 1
+        self.retry_at = now + delay
+        return delay
+
+    def succeeded(self) -> float | None:
+        """Record a successful flush; returns how long the outage lasted if one just ended."""
+        ended = None
+        if self.failures and self.outage_started is not None:
+            ended = self._clock() - self.outage_started
+        self.failures = 0
+        self.retry_at = 0.0
+        self.outage_started = None
+        return ended

@@ -6,27 +6,41 @@ All tests share one chDB path (``tests/chdb_fixture.py``) and get a fresh databa
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from dataclasses import fields
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import pytest
 
-from pipeline.analytics.clickhouse import ClickHouse, ClickHouseError, connect, redact_dsn
+from pipeline.agents.ledger import SinkConsumer, count_by
+from pipeline.analytics.clickhouse import (
+    FAULT_FILE_ENV,
+    ClickHouse,
+    ClickHouseError,
+    connect,
+    redact_dsn,
+)
 from pipeline.analytics.ledger import (
     ALERT_COLUMNS,
+    ALERTS_SINK,
     DEAD_LETTER_COLUMNS,
+    DEAD_LETTERS_SINK,
     USAGE_COLUMNS,
+    InsertRetry,
     LedgerBufferFull,
     LedgerFlushError,
     LedgerWriter,
@@ -44,7 +58,9 @@ from pipeline.analytics.migrate import (
     split_statements,
 )
 from pipeline.analytics.report import count_usage, dev_report, format_usd
+from pipeline.events.codec import DecodeError
 from pipeline.events.models import Alert, DeadLetter, Usage
+from pipeline.resilience.backoff import Backoff
 from tests.chdb_fixture import chdb_client, chdb_database, chdb_dsn  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
@@ -175,20 +191,19 @@ def test_connect_creates_the_chdb_directory(chdb_dsn: str) -> None:
 # --- migrations -----------------------------------------------------------------------------
 
 def test_migrations_apply_in_order_and_reapply_is_a_no_op(chdb_client: ClickHouse) -> None:
-    assert apply_migrations(chdb_client, MIGRATIONS) == ["001_usage", "002_dead_letters_alerts",
-                                                        "003_usage_canary"]
+    files = sorted(MIGRATIONS.glob("*.sql"))
+    names = [f.stem for f in files]
+    assert names[:5] == ["001_usage", "002_dead_letters_alerts", "003_usage_canary",
+                         "004_usage_retention", "005_usage_rollups"]
+    assert apply_migrations(chdb_client, MIGRATIONS) == names
     assert apply_migrations(chdb_client, MIGRATIONS) == []
     tables = {r[0] for r in chdb_client.query("SHOW TABLES").result_rows}
-    assert {"usage", "dead_letters", "alerts", "schema_migrations"} <= tables
+    assert {"usage", "dead_letters", "alerts", "schema_migrations", "usage_minute",
+            "usage_daily", "usage_minute_mv", "usage_daily_mv"} <= tables
     recorded = chdb_client.query(
         "SELECT version, name, checksum FROM schema_migrations FINAL ORDER BY version").result_rows
-    assert recorded == [
-        (1, "001_usage", hashlib.sha256((MIGRATIONS / "001_usage.sql").read_bytes()).hexdigest()),
-        (2, "002_dead_letters_alerts",
-         hashlib.sha256((MIGRATIONS / "002_dead_letters_alerts.sql").read_bytes()).hexdigest()),
-        (3, "003_usage_canary",
-         hashlib.sha256((MIGRATIONS / "003_usage_canary.sql").read_bytes()).hexdigest()),
-    ]
+    assert recorded == [(int(f.name[:3]), f.stem, hashlib.sha256(f.read_bytes()).hexdigest())
+                        for f in files]
 
 
 def test_default_directory_is_the_repo_schemas_unless_overridden(
@@ -651,3 +666,237 @@ def test_empty_report_formats(ledger: ClickHouse) -> None:
 def test_report_refuses_naive_datetimes(ledger: ClickHouse) -> None:
     with pytest.raises(ValueError, match="naive"):
         dev_report(ledger, since=datetime(2025, 1, 1))
+
+
+@pytest.mark.asyncio
+async def test_ripe_only_flush_sends_full_batches_when_traffic_is_spread_over_partitions(
+        ledger: ClickHouse) -> None:
+    """The agent flushes ripe_only: a partition's rows go once it has max_rows or its oldest
+    row is max_age_s old, so six busy partitions do not cut every INSERT into sixths."""
+    client = RecordingClient(ledger)
+    clock = FakeClock(1000.0)
+    writer = LedgerWriter(client, max_rows=4, max_age_s=5.0, max_buffer=40,  # type: ignore[arg-type]
+                          clock=clock)
+    for offset in range(3):
+        for partition in (0, 1, 2):
+            writer.add(make_usage(f"p{partition}-{offset}"), partition, offset)
+    writer.add(make_usage("p0-3"), 0, 3)
+    assert writer.due()                                   # partition 0 has 4 rows
+    assert await writer.flush(ripe_only=True) == [(0, 3)]
+    assert [t.rsplit(":", 1)[0] for t in client.tokens] == ["usage:llm.usage:0:0-3"]
+    assert writer.pending == 6 and not writer.due()       # 1 and 2: three rows each, young
+    clock.now += 5.0
+    assert writer.due()                                   # ... until the oldest is 5 s old
+    assert await writer.flush(ripe_only=True) == [(1, 2), (2, 2)]
+    assert writer.pending == 0 and raw_count(ledger) == 10
+    # Half the buffer in use with nothing ripe (many quiet partitions): everything goes.
+    for partition in range(20):
+        writer.add(make_usage(f"q{partition}"), partition, 100)
+    assert writer.due()
+    assert len(await writer.flush(ripe_only=True)) == 20 and writer.pending == 0
+
+
+@pytest.mark.asyncio
+async def test_a_request_billed_twice_in_one_batch_keeps_its_latest_usage(ledger: ClickHouse) -> None:
+    """Re-dispatched after a crash, a request can have two Usage events close together. In
+    one INSERT both rows get the same inserted_at (the ReplacingMergeTree version) and the
+    block is sorted by key without keeping arrival order, so either may survive (in a side
+    check with 300-row blocks of mixed tenants the earlier one did, 30 times of 30; with
+    other data the later one). The writer sends only the last; settlement follows the
+    latest Usage too."""
+    def block(tag: str) -> list[Usage]:
+        others = [make_usage(f"{tag}-{i:03d}", tenant=f"t{i % 20}") for i in range(300)]
+        return (others[:150] + [make_usage(f"{tag}-twice", tenant="t0", cost_nanos=111)]
+                + others[150:] + [make_usage(f"{tag}-twice", tenant="t0", cost_nanos=222)])
+
+    def cost(request_id: str) -> Decimal:
+        return ledger.query("SELECT cost_usd FROM usage FINAL WHERE request_id = %(r)s",
+                            {"r": request_id}).result_rows[0][0]
+
+    writer = LedgerWriter(ledger, max_rows=1000, clock=FakeClock())
+    for offset, usage in enumerate(block("w")):
+        writer.add(usage, 0, offset)
+    assert await writer.flush() == [(0, 301)]
+    assert writer.inserted == 302
+    assert cost("w-twice") == nanos_to_usd(222)
+    assert ledger.query("SELECT count() FROM usage WHERE request_id LIKE 'w-%'").result_rows == [(301,)]
+
+
+# --- alerts and dead letters through the writer ---------------------------------------------
+
+@pytest.mark.asyncio
+async def test_writer_sinks_alerts_and_dead_letters_idempotently(ledger: ClickHouse) -> None:
+    client = RecordingClient(ledger)
+    client.fail_after_insert = 1            # the first batch lands but is reported failed
+    alerts = LedgerWriter(client, max_rows=10, clock=FakeClock(), sink=ALERTS_SINK,  # type: ignore[arg-type]
+                          token_prefix="alerts:llm.alerts")
+    letters = LedgerWriter(client, max_rows=10, clock=FakeClock(),  # type: ignore[arg-type]
+                           sink=DEAD_LETTERS_SINK, token_prefix="dead_letters:llm.dead-letter")
+    for i in range(3):
+        alerts.add(Alert(alert_id=f"a-{i}", rule="breaker", state="firing", value="1",
+                         threshold="1", at_ms=RECENT_MS, tenant="*"), partition=0, offset=i)
+        letters.add(DeadLetter(source_topic="llm.requests", source_partition=1, source_offset=i,
+                               reason_code="undecodable", reason="bad", agent="intake",
+                               at_ms=RECENT_MS, key=b"k%d" % i, value=b"\xff"), partition=2, offset=i)
+    with pytest.raises(LedgerFlushError):
+        await alerts.flush()
+    assert await alerts.flush() == [(0, 2)]          # the same batch again: dropped as a repeat
+    assert await letters.flush() == [(2, 2)]
+    assert client.tokens[0] == client.tokens[1] and client.tokens[0].startswith("alerts:llm.alerts:0:0-2:")
+    assert raw_count(ledger, "alerts") == 3 and raw_count(ledger, "dead_letters") == 3
+    assert count_by(ledger, "dead_letters", "key", ("k0", "k2", "k9")) == {"k0": 1, "k2": 1, "k9": 0}
+    assert count_by(ledger, "alerts", "alert_id", ("a-1",)) == {"a-1": 1}
+    with pytest.raises(ValueError):
+        count_by(ledger, "alerts", "message; DROP TABLE usage", ("x",))
+
+
+# --- outages: the fault switch, backoff, backpressure, catch-up ------------------------------
+
+@pytest.fixture
+def fault_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The chaos switch armed (clients connected from now on read it); not yet tripped."""
+    path = tmp_path / "clickhouse-down"
+    monkeypatch.setenv(FAULT_FILE_ENV, str(path))
+    return path
+
+
+def test_fault_file_fails_inserts_like_an_unreachable_server(
+        chdb_database: str, fault_file: Path) -> None:
+    with connect(chdb_database) as client:
+        apply_migrations(client, MIGRATIONS)
+        fault_file.touch()
+        with pytest.raises(ClickHouseError, match="Connection refused") as caught:
+            insert_usage(client, [make_usage("r1")], dedup_token="t:0:1-1")
+        assert caught.value.code is None and str(fault_file) in str(caught.value)
+        assert raw_count(client) == 0                      # reads still work
+        fault_file.unlink()
+        insert_usage(client, [make_usage("r1")], dedup_token="t:0:1-1")
+        assert raw_count(client) == 1
+
+
+def test_insert_retry_backs_off_exponentially_up_to_a_cap_and_resets() -> None:
+    clock = FakeClock(100.0)
+    retry = InsertRetry(Backoff(base_s=0.5, cap_s=3.0, jitter=0.0), clock=clock)
+    assert retry.ready()
+    delays = []
+    for _ in range(5):
+        delays.append(retry.failed())
+        assert not retry.ready() and retry.wait_s() == delays[-1]
+        clock.now += delays[-1]
+        assert retry.ready()
+    assert delays == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert retry.succeeded() == pytest.approx(9.5)         # outage: first failure -> success
+    assert retry.failures == 0 and retry.total_failures == 5 and retry.succeeded() is None
+    assert retry.failed() == 0.5                           # a new outage starts from the base
+
+
+class FakeEvent:
+    def __init__(self, partition: int, offset: int, value: Any, acks: list[tuple[int, int]]):
+        self.message = SimpleNamespace(tp=("llm.usage", partition), topic="llm.usage",
+                                       partition=partition, offset=offset)
+        self.value, self._acks = value, acks
+
+    def ack(self) -> None:
+        self._acks.append((self.message.partition, self.message.offset))
+
+
+async def _events(events: list[FakeEvent]):
+    for event in events:
+        yield event
+
+
+def _decode(value: Any) -> Usage:
+    if isinstance(value, bytes):
+        raise DecodeError("undecodable", "not a usage event")
+    return value
+
+
+@pytest.mark.asyncio
+async def test_sink_rides_out_an_outage_without_losing_or_doubling_a_row(
+        chdb_database: str, fault_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """ClickHouse goes down mid-stream: nothing is acked until its insert lands, the buffer
+    stops at max_buffer (the sink stops reading), retries back off, and after the outage
+    every event is stored once and acked once, in offset order."""
+    with connect(chdb_database) as inner:
+        apply_migrations(inner, MIGRATIONS)
+        client = RecordingClient(inner)
+        clock = FakeClock()
+        writer = LedgerWriter(client, max_rows=2, max_age_s=60, max_buffer=4,  # type: ignore[arg-type]
+                              clock=clock)
+        acks: list[tuple[int, int]] = []
+        rejected: list[str] = []
+        acks_seen_while_down: list[int] = []
+
+        async def sleep(seconds: float) -> None:       # the outage ends 3 s after it began
+            acks_seen_while_down.append(len(acks))
+            clock.now += seconds
+            if clock.now >= 1003.0 and fault_file.exists():
+                fault_file.unlink()
+
+        async def reject(event: Any, code: str, reason: str) -> None:
+            rejected.append(code)
+
+        sink = SinkConsumer("usage", writer, _decode,
+                            InsertRetry(Backoff(0.5, 4.0, jitter=0.0), clock=clock), reject,
+                            sleep=sleep)
+        values: list[Any] = [make_usage(f"r{i}") for i in range(10)]
+        values.insert(3, b"garbage")
+        events = [FakeEvent(0, offset, value, acks) for offset, value in enumerate(values)]
+        fault_file.touch()
+        caplog.set_level(logging.INFO, logger="llmpipe.ledger")
+        await sink.consume(_events(events))
+        await sink.drain()
+
+    assert acks_seen_while_down == [0, 0, 0, 0]            # nothing acked before its insert
+    assert clock.now == 1003.5                             # back at the first retry after 3 s
+    # The outage's wait, and possibly one more after it: the event source here never yields,
+    # so the background flush only runs once the buffer is full again.
+    assert sink.backpressure_waits in (1, 2) and writer.pending == 0
+    assert acks == [(0, offset) for offset in range(11)]   # each once, in order
+    assert rejected == ["undecodable"]
+    ids = [f"r{i}" for i in range(10)]
+    with connect(chdb_database) as check:
+        assert count_usage(check, ids) == dict.fromkeys(ids, 1)
+        assert raw_count(check) == 10                      # not merely hidden by FINAL
+    first = client.tokens[0]
+    assert client.tokens[:4] == [first] * 4                # the same batch, retried as is
+    assert first not in client.tokens[4:]
+    failed = [r.getMessage() for r in caplog.records if "ledger_insert_failed" in r.getMessage()]
+    assert [m.split("retry_in=")[1].split("s ")[0] for m in failed] == ["0.50", "1.00", "2.00"]
+    assert all("Connection refused" in m for m in failed)
+    assert sum("ledger_insert_recovered" in r.getMessage() for r in caplog.records) == 1
+    assert sum("ledger_backpressure sink=usage" in r.getMessage()
+               for r in caplog.records) == sink.backpressure_waits
+
+
+@pytest.mark.asyncio
+async def test_sink_keeps_reading_while_an_insert_runs(ledger: ClickHouse) -> None:
+    """A due batch is inserted in the background: the stream is not stalled per INSERT, and
+    the rows read meanwhile are acked only once their own insert lands."""
+    gate = threading.Event()
+
+    class SlowClient(RecordingClient):
+        def insert(self, *args: Any, **kwargs: Any) -> int:
+            gate.wait(10)
+            return super().insert(*args, **kwargs)
+
+    client = SlowClient(ledger)
+    writer = LedgerWriter(client, max_rows=4, max_age_s=60, max_buffer=100,  # type: ignore[arg-type]
+                          clock=FakeClock())
+    acks: list[tuple[int, int]] = []
+
+    async def never(event: Any, code: str, reason: str) -> None:
+        raise AssertionError(f"rejected: {code} {reason}")
+
+    sink = SinkConsumer("usage", writer, _decode, InsertRetry(), never)
+    try:
+        for offset in range(14):
+            await sink.handle(FakeEvent(0, offset, make_usage(f"s{offset}"), acks))
+            await asyncio.sleep(0.01)
+        assert client.tokens == [] and writer.pending == 14 and acks == []   # first INSERT stuck
+    finally:
+        gate.set()
+    await sink.drain()
+    assert acks == [(0, offset) for offset in range(14)]
+    assert [t.split(":")[3] for t in client.tokens] == ["0-3", "4-7", "8-11", "12-13"]
+    assert count_usage(ledger, [f"s{i}" for i in range(14)]) == {f"s{i}": 1 for i in range(14)}
