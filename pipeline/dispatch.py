@@ -1,7 +1,7 @@
 """Dispatch: call the routed deployment behind its guard (circuit breaker, RPM/TPM and
 concurrency limits, health window), retry what is retryable within the request's deadline,
 fail over along the fallback chain, and end every request in exactly one terminal Response
-plus its Usage. Breaker transitions come out as Alert events with the request's outputs.
+plus its Usage. Breaker transitions become Alert events, drained in order by the agent's tick.
 
 Waiting — for a rate-limit token, a concurrency slot or a retry's backoff — is an ``await``
 inside this request's own task, so it never blocks other requests or other deployments.
@@ -73,14 +73,14 @@ class Dispatcher:
                              monotonic or MonotonicClock())
 
     async def handle(self, routed: RoutedRequest) -> list[Out]:
-        """The request's outputs (terminal Response + Usage, or a re-route), followed by an
-        Alert for every breaker transition not yet reported."""
-        outs = await self._dispatch(routed)
-        return outs + self.alerts()
+        """The request's outputs: terminal Response + Usage, or a re-route. Breaker
+        transitions are collected by :meth:`alerts`."""
+        return await self._dispatch(routed)
 
     def alerts(self) -> list[Out]:
-        """Alerts for breaker transitions not yet reported, each exactly once (the agent also
-        calls this on a timer so that a breaker half-opening without traffic is reported)."""
+        """Alerts for breaker transitions not yet reported, each exactly once, in the order
+        they happened. One caller only (the agent's alert tick): requests finish in any
+        order, so alerts published with their outputs raced each other (open after closed)."""
         outs = []
         mono_now, wall_now = self.guards.clock.now(), self.clock()
         for guard, t in self.guards.drain_transitions():

@@ -36,7 +36,7 @@ from pipeline.runtime import Runtime
 
 log = logging.getLogger("llmpipe.dispatch")
 
-ALERT_TICK_S = 1.0       # how often breakers are polled for transitions without traffic
+ALERT_TICK_S = 0.5       # breaker transitions are published from this tick only (in order)
 BATCH_PRIORITY = "batch"
 
 

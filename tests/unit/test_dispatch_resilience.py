@@ -23,6 +23,7 @@ from pipeline.errors import GatewayError
 from pipeline.events.codec import Codec
 from pipeline.events.models import (Alert, ChatMessage, Request, Response, RouteDecision,
                                     RoutedRequest, Usage)
+from pipeline.outputs import Out
 from pipeline.providers.base import Completion
 from pipeline.resilience.backoff import Backoff
 from pipeline.resilience.breaker import BreakerState
@@ -38,6 +39,12 @@ GPT41, GPT4O, MINI = "openai-gpt-4.1", "openai-gpt-4o", "openai-gpt-4o-mini"
 CLAUDE, GEMINI, DEEPSEEK = "anthropic-claude-sonnet-4.5", "google-gemini-2.5-flash", "deepseek-v3.2"
 EAST, SOUTH = "deepseek-v3.2-cn-east", "deepseek-v3.2-cn-south"
 
+
+
+async def handled(d: Dispatcher, r: RoutedRequest) -> list[Out]:
+    """A request's outputs followed by the breaker alerts it caused (the agent publishes
+    those from its alert tick; here they are drained right after the request)."""
+    return await d.handle(r) + d.alerts()
 
 # --- fakes -----------------------------------------------------------------------------------
 
@@ -174,7 +181,7 @@ async def test_breaker_opens_fails_over_without_a_call_half_opens_and_closes():
     d = make(time, deps, {GPT41: gpt})
 
     # three failed attempts (max_attempts 3) open the breaker and fail the request over
-    outs = await d.handle(routed(time, deps))
+    outs = await handled(d, routed(time, deps))
     opened_at = time.clock.now()
     assert reroute(outs).route.deployment == GPT4O and len(gpt.calls) == 3
     (opened,) = of(outs, Alert)
@@ -185,7 +192,7 @@ async def test_breaker_opens_fails_over_without_a_call_half_opens_and_closes():
     # while OPEN: no provider call, immediate failover recorded as breaker_open
     for _ in range(5):
         time.clock.advance(5.9)
-        outs = await d.handle(routed(time, deps))
+        outs = await handled(d, routed(time, deps))
         moved = reroute(outs)
         assert moved.tried[-1].error_code == errors.BREAKER_OPEN and moved.tried[-1].attempts == 0
         assert of(outs, Alert) == []
@@ -194,11 +201,11 @@ async def test_breaker_opens_fails_over_without_a_call_half_opens_and_closes():
     # after open_s: the next request is a probe; two successes close the breaker
     time.clock.advance(opened_at + 30.001 - time.clock.now())
     gpt.default = "ok"
-    outs = await d.handle(routed(time, deps))
+    outs = await handled(d, routed(time, deps))
     assert response(outs).status == "ok"
     assert [(a.rule, a.state) for a in of(outs, Alert)] == [("breaker_half_open", "firing")]
     assert d.guards.get(GPT41).breaker.state is BreakerState.HALF_OPEN
-    outs = await d.handle(routed(time, deps))
+    outs = await handled(d, routed(time, deps))
     assert [(a.rule, a.state) for a in of(outs, Alert)] == [("breaker_closed", "resolved")]
     assert d.guards.get(GPT41).breaker.state is BreakerState.CLOSED
     assert d.alerts() == []                                # each transition reported once
@@ -210,14 +217,14 @@ async def test_one_failure_in_half_open_reopens_it():
     deps = deployments_with(breaker=dict(failure_threshold=1, open_s=30), calls=dict(max_attempts=1))
     gpt = FakeAdapter(time, script=[errors.TIMEOUT, errors.PROVIDER_ERROR])
     d = make(time, deps, {GPT41: gpt})
-    await d.handle(routed(time, deps))
+    await handled(d, routed(time, deps))
     time.clock.advance(30)
-    outs = await d.handle(routed(time, deps))             # the probe fails
+    outs = await handled(d, routed(time, deps))             # the probe fails
     assert [(a.rule, a.labels["reason"]) for a in of(outs, Alert)] == [
         ("breaker_half_open", "open_elapsed"), ("breaker_open", "probe_failed")]
     assert reroute(outs).tried[-1].error_code == errors.PROVIDER_ERROR
     time.clock.advance(29)
-    outs = await d.handle(routed(time, deps))
+    outs = await handled(d, routed(time, deps))
     assert reroute(outs).tried[-1].error_code == errors.BREAKER_OPEN and len(gpt.calls) == 2
 
 
@@ -229,11 +236,11 @@ async def test_half_open_admits_at_most_the_configured_probes_at_once():
     gates = [loop.create_future(), loop.create_future()]
     gpt = FakeAdapter(time, script=[errors.OVERLOADED] + gates)
     d = make(time, deps, {GPT41: gpt})
-    await d.handle(routed(time, deps))
+    await handled(d, routed(time, deps))
     time.clock.advance(10)
     probes = [asyncio.create_task(d.handle(routed(time, deps))) for _ in range(2)]
     await settle()
-    third = await d.handle(routed(time, deps))            # both probe slots taken
+    third = await handled(d, routed(time, deps))            # both probe slots taken
     assert reroute(third).tried[-1].error_code == errors.BREAKER_OPEN
     for gate in gates:
         gate.set_result("ok")
@@ -250,7 +257,7 @@ async def test_request_errors_never_open_the_breaker_or_hurt_health(code):
     gpt = FakeAdapter(time, default=code)
     d = make(time, deps, {GPT41: gpt})
     for _ in range(10):
-        outs = await d.handle(routed(time, deps, fallbacks=()))
+        outs = await handled(d, routed(time, deps, fallbacks=()))
         assert response(outs).error.code == code and of(outs, Alert) == []
     guard = d.guards.get(GPT41)
     assert guard.breaker.state is BreakerState.CLOSED and guard.breaker.consecutive_failures == 0
@@ -264,8 +271,8 @@ async def test_deployment_trouble_counts_for_the_breaker(code):
     time = FakeTime()
     deps = deployments_with(breaker=dict(failure_threshold=2), calls=dict(max_attempts=1))
     d = make(time, deps, {GPT41: FakeAdapter(time, default=code)})
-    await d.handle(routed(time, deps))
-    outs = await d.handle(routed(time, deps))
+    await handled(d, routed(time, deps))
+    outs = await handled(d, routed(time, deps))
     assert [a.rule for a in of(outs, Alert)] == ["breaker_open"]
     assert f"(last: {code})" in of(outs, Alert)[0].message
 
@@ -274,7 +281,7 @@ async def test_breaker_alerts_encode_against_the_alert_schema_on_the_alerts_topi
     time = FakeTime()
     deps = deployments_with(breaker=dict(failure_threshold=1), calls=dict(max_attempts=1))
     d = make(time, deps, {GPT41: FakeAdapter(time, default=errors.OVERLOADED)})
-    outs = await d.handle(routed(time, deps))
+    outs = await handled(d, routed(time, deps))
     (out,) = [o for o in outs if isinstance(o.event, Alert)]
     codec = Codec()
     decoded = codec.decode(codec.encode(out.event, out.topic), Alert)
@@ -287,7 +294,7 @@ async def test_an_open_breaker_half_opens_on_the_alert_tick_without_traffic():
     time = FakeTime()
     deps = deployments_with(breaker=dict(failure_threshold=1, open_s=30), calls=dict(max_attempts=1))
     d = make(time, deps, {GPT41: FakeAdapter(time, default=errors.OVERLOADED)})
-    await d.handle(routed(time, deps))
+    await handled(d, routed(time, deps))
     assert d.alerts() == []
     time.clock.advance(30)
     (out,) = d.alerts()
@@ -303,8 +310,8 @@ async def test_limiter_waits_for_a_token_then_calls():
     deps = deployments_with(limits=dict(rpm=60, request_burst=1, max_wait_s=5))
     gpt = FakeAdapter(time, latency_s=0.0)
     d = make(time, deps, {GPT41: gpt})
-    first = await d.handle(routed(time, deps))
-    second = await d.handle(routed(time, deps))
+    first = await handled(d, routed(time, deps))
+    second = await handled(d, routed(time, deps))
     assert response(first).status == response(second).status == "ok"
     assert gpt.calls == [1000.0, 1001.0]                   # 60 rpm: one a second
     assert time.slept == [pytest.approx(1.0)]
@@ -315,8 +322,8 @@ async def test_limiter_fails_over_at_once_when_the_wait_would_be_too_long():
     deps = deployments_with(limits=dict(rpm=6, request_burst=1, max_wait_s=5))
     gpt = FakeAdapter(time, latency_s=0.0)
     d = make(time, deps, {GPT41: gpt})
-    await d.handle(routed(time, deps))
-    outs = await d.handle(routed(time, deps))
+    await handled(d, routed(time, deps))
+    outs = await handled(d, routed(time, deps))
     moved = reroute(outs)
     assert moved.tried[-1].error_code == errors.RATE_LIMITED and moved.tried[-1].attempts == 0
     assert moved.route.deployment == GPT4O
@@ -328,10 +335,10 @@ async def test_token_estimate_counts_prompt_and_max_tokens_and_is_settled():
     deps = deployments_with(limits=dict(tpm=1_000, max_wait_s=5))
     gpt = FakeAdapter(time, latency_s=0.0)                 # uses 150 tokens
     d = make(time, deps, {GPT41: gpt})
-    outs = await d.handle(routed(time, deps, estimated=300, max_tokens=500))
+    outs = await handled(d, routed(time, deps, estimated=300, max_tokens=500))
     assert response(outs).status == "ok"
     assert d.guards.get(GPT41).limiter.tokens.available == pytest.approx(850)
-    too_big = await d.handle(routed(time, deps, estimated=900, max_tokens=200))
+    too_big = await handled(d, routed(time, deps, estimated=900, max_tokens=200))
     assert reroute(too_big).tried[-1].error_code == errors.RATE_LIMITED
 
 
@@ -342,7 +349,7 @@ async def test_rpm_holds_over_minutes_of_fake_time():
     d = make(time, deps, {GPT41: gpt})
     codes = Counter()
     for _ in range(400):                                   # one request every 0.5 s for 200 s
-        outs = await d.handle(routed(time, deps))
+        outs = await handled(d, routed(time, deps))
         codes["ok" if of(outs, Response) else reroute(outs).tried[-1].error_code] += 1
         time.clock.advance(0.5)
     starts = gpt.calls
@@ -401,7 +408,7 @@ async def test_deadline_stops_retries_and_ends_in_timeout_when_nothing_is_left()
     # 1 s per call; Retry-After 4 s: calls at 0 and 5 s, then a retry at 10 s would miss it
     gpt = FakeAdapter(time, default=(errors.RATE_LIMITED, 4.0), latency_s=1.0)
     d = make(time, deps, {GPT41: gpt})
-    outs = await d.handle(routed(time, deps, fallbacks=()))
+    outs = await handled(d, routed(time, deps, fallbacks=()))
     r = response(outs)
     assert r.error.code == errors.TIMEOUT and "deadline of 10s exceeded" in r.error.message
     assert f"tried {GPT41} ({errors.RATE_LIMITED})" in r.error.message
@@ -413,7 +420,7 @@ async def test_deadline_cut_fails_over_while_time_remains():
     time = FakeTime()
     deps = deployments_with(calls=dict(deadline_s=10, max_attempts=5))
     d = make(time, deps, {GPT41: FakeAdapter(time, default=(errors.RATE_LIMITED, 30.0), latency_s=1.0)})
-    outs = await d.handle(routed(time, deps))
+    outs = await handled(d, routed(time, deps))
     moved = reroute(outs)
     assert moved.route.deployment == GPT4O and moved.tried[-1].attempts == 1
     assert moved.received_at_ms == time.wall_ms() - 1000    # the deadline travels with it
@@ -424,7 +431,7 @@ async def test_a_request_past_its_deadline_gets_timeout_without_a_call():
     deps = deployments_with(calls=dict(deadline_s=60))
     gpt = FakeAdapter(time)
     d = make(time, deps, {GPT41: gpt})
-    outs = await d.handle(routed(time, deps, received_ago_s=61))
+    outs = await handled(d, routed(time, deps, received_ago_s=61))
     r = response(outs)
     assert r.error.code == errors.TIMEOUT and gpt.calls == [] and r.attempts == 0
 
@@ -435,7 +442,7 @@ async def test_total_timeout_cuts_a_hanging_call():
     hang = asyncio.get_running_loop().create_future()      # never answered
     gpt = FakeAdapter(time, script=[hang])
     d = make(time, deps, {GPT41: gpt})
-    outs = await d.handle(routed(time, deps, fallbacks=()))
+    outs = await handled(d, routed(time, deps, fallbacks=()))
     r = response(outs)
     assert r.error.code == errors.TIMEOUT and "within 0.1s" in r.error.message
     assert d.guards.get(GPT41).breaker.consecutive_failures == 1
@@ -458,7 +465,7 @@ async def test_context_length_fails_over_only_to_a_larger_window():
     deps = deployments_with()
     claude = FakeAdapter(time, default=errors.CONTEXT_LENGTH_EXCEEDED)
     d = make(time, deps, {CLAUDE: claude})
-    outs = await d.handle(routed(time, deps, CLAUDE, fallbacks=(GPT4O, DEEPSEEK, GEMINI, MINI)))
+    outs = await handled(d, routed(time, deps, CLAUDE, fallbacks=(GPT4O, DEEPSEEK, GEMINI, MINI)))
     moved = reroute(outs)
     assert moved.route.deployment == GEMINI and moved.fallbacks == []
     assert "skipped openai-gpt-4o, deepseek-v3.2, openai-gpt-4o-mini" in moved.route.reason
@@ -469,7 +476,7 @@ async def test_context_length_without_a_larger_window_is_terminal():
     time = FakeTime()
     deps = deployments_with()
     d = make(time, deps, {GPT41: FakeAdapter(time, default=errors.CONTEXT_LENGTH_EXCEEDED)})
-    outs = await d.handle(routed(time, deps, GPT41, fallbacks=(GPT4O, MINI, CLAUDE)))
+    outs = await handled(d, routed(time, deps, GPT41, fallbacks=(GPT4O, MINI, CLAUDE)))
     r = response(outs)
     assert r.error.code == errors.CONTEXT_LENGTH_EXCEEDED and r.attempts == 1
     assert "context window not above 1,047,576" in r.error.message
@@ -481,8 +488,8 @@ async def test_exhausted_chain_names_every_deployment_and_why():
     adapters = {GPT41: FakeAdapter(time, default=errors.OVERLOADED),
                 GPT4O: FakeAdapter(time, default=errors.TIMEOUT)}
     d = make(time, deps, adapters)
-    outs = await d.handle(routed(time, deps, fallbacks=(GPT4O,)))
-    outs = await d.handle(reroute(outs))
+    outs = await handled(d, routed(time, deps, fallbacks=(GPT4O,)))
+    outs = await handled(d, reroute(outs))
     r = response(outs)
     assert r.error.code == errors.TIMEOUT and r.tried == [GPT41, GPT4O]
     assert f"tried {GPT41} (overloaded), {GPT4O} (timeout)" in r.error.message
@@ -494,9 +501,9 @@ async def test_attempts_per_deployment_count_earlier_visits():
     deps = deployments_with(calls=dict(max_attempts=3))
     gpt = FakeAdapter(time, default=errors.OVERLOADED)
     d = make(time, deps, {GPT41: gpt})
-    first = reroute(await d.handle(routed(time, deps, fallbacks=(GPT41,))))   # listed twice
+    first = reroute(await handled(d, routed(time, deps, fallbacks=(GPT41,))))   # listed twice
     assert first.route.deployment == GPT41 and len(gpt.calls) == 3
-    r = response(await d.handle(first))
+    r = response(await handled(d, first))
     assert len(gpt.calls) == 3 and r.error.code == errors.OVERLOADED
 
 
@@ -525,7 +532,7 @@ def test_every_request_ends_once_within_max_attempts_per_deployment(
             while pending:
                 hops += 1
                 assert hops < 20
-                outs = await d.handle(pending.pop())
+                outs = await handled(d, pending.pop())
                 pending += [o.event for o in outs if o.topic == topics.routed]
                 ends += of(outs, Response)
             assert len(ends) == 1
@@ -552,13 +559,13 @@ async def test_degraded_deployment_hands_over_to_a_healthy_region_of_its_model()
     north = FakeAdapter(time)
     d = make(time, deps, {DEEPSEEK: north, EAST: FakeAdapter(time), SOUTH: FakeAdapter(time)})
     degrade(d, DEEPSEEK)
-    outs = await d.handle(routed(time, deps, DEEPSEEK, fallbacks=(SOUTH, EAST, GEMINI)))
+    outs = await handled(d, routed(time, deps, DEEPSEEK, fallbacks=(SOUTH, EAST, GEMINI)))
     moved = reroute(outs)
     assert moved.route.deployment == EAST and moved.route.rule == "demoted"   # priority 2 < 3
     assert moved.fallbacks == [SOUTH, DEEPSEEK, GEMINI]     # still in the chain, after its peers
     assert [(t.deployment, t.error_code, t.attempts) for t in moved.tried] == [(DEEPSEEK, DEGRADED, 0)]
     assert north.calls == [] and "p95 3000 ms" in moved.route.reason
-    served = response(await d.handle(moved))
+    served = response(await handled(d, moved))
     assert served.status == "ok" and served.deployment == EAST and served.attempts == 1
 
 
@@ -568,10 +575,10 @@ async def test_demotion_happens_once_and_skips_known_unhealthy_peers():
     d = make(time, deps, {DEEPSEEK: FakeAdapter(time), EAST: FakeAdapter(time), SOUTH: FakeAdapter(time)})
     degrade(d, DEEPSEEK)
     degrade(d, EAST)
-    moved = reroute(await d.handle(routed(time, deps, DEEPSEEK, fallbacks=(EAST, SOUTH, GEMINI))))
+    moved = reroute(await handled(d, routed(time, deps, DEEPSEEK, fallbacks=(EAST, SOUTH, GEMINI))))
     assert moved.route.deployment == SOUTH                  # east is degraded too
     degrade(d, SOUTH)
-    served = response(await d.handle(moved))               # no second demotion: it is called
+    served = response(await handled(d, moved))               # no second demotion: it is called
     assert served.status == "ok" and served.deployment == SOUTH
 
 
@@ -581,7 +588,7 @@ async def test_no_demotion_without_a_healthy_peer_of_the_same_model():
     north = FakeAdapter(time)
     d = make(time, deps, {DEEPSEEK: north})
     degrade(d, DEEPSEEK)
-    outs = await d.handle(routed(time, deps, DEEPSEEK, fallbacks=(GEMINI, MINI)))
+    outs = await handled(d, routed(time, deps, DEEPSEEK, fallbacks=(GEMINI, MINI)))
     assert response(outs).status == "ok" and len(north.calls) == 1
 
 
@@ -590,9 +597,9 @@ async def test_open_breaker_fails_over_to_the_best_healthy_region_first():
     deps = deployments_with(regions=True, breaker=dict(failure_threshold=1), calls=dict(max_attempts=1))
     d = make(time, deps, {DEEPSEEK: FakeAdapter(time, default=errors.OVERLOADED),
                           EAST: FakeAdapter(time), SOUTH: FakeAdapter(time)})
-    await d.handle(routed(time, deps, DEEPSEEK, fallbacks=(GEMINI,)))      # opens north
+    await handled(d, routed(time, deps, DEEPSEEK, fallbacks=(GEMINI,)))      # opens north
     d.guards.get(EAST).breaker.record_failure()                           # east open too
-    moved = reroute(await d.handle(routed(time, deps, DEEPSEEK, fallbacks=(GEMINI, EAST, SOUTH))))
+    moved = reroute(await handled(d, routed(time, deps, DEEPSEEK, fallbacks=(GEMINI, EAST, SOUTH))))
     assert moved.route.deployment == SOUTH and moved.route.rule == "failover"
     assert moved.tried[-1].error_code == errors.BREAKER_OPEN
     assert moved.fallbacks == [GEMINI, EAST]
@@ -604,7 +611,7 @@ async def test_health_window_sees_latency_and_errors_of_real_calls():
     gpt = FakeAdapter(time, script=["ok", "ok", errors.OVERLOADED, errors.OVERLOADED], latency_s=0.4)
     d = make(time, deps, {GPT41: gpt})
     for _ in range(4):
-        await d.handle(routed(time, deps))
+        await handled(d, routed(time, deps))
     view = d.health()["deployments"][GPT41]
     assert view["health"] == {"samples": 4, "p95_ms": pytest.approx(400.0), "error_rate": 0.5,
                               "degraded": True, "max_p95_ms": 1000.0, "max_error_rate": 0.3}
@@ -617,8 +624,8 @@ async def test_retain_forgets_deployments_whose_partitions_moved():
     time = FakeTime()
     deps = deployments_with(breaker=dict(failure_threshold=1), calls=dict(max_attempts=1))
     d = make(time, deps, {GPT41: FakeAdapter(time, default=errors.OVERLOADED), GPT4O: FakeAdapter(time)})
-    await d.handle(routed(time, deps, GPT41, fallbacks=()))
-    await d.handle(routed(time, deps, GPT4O, fallbacks=()))
+    await handled(d, routed(time, deps, GPT41, fallbacks=()))
+    await handled(d, routed(time, deps, GPT4O, fallbacks=()))
     assert d.retain({GPT4O}) == [GPT41]
     assert d.guards.peek(GPT41) is None and d.guards.peek(GPT4O) is not None
     assert d.guards.get(GPT41).breaker.state is BreakerState.CLOSED     # fresh
@@ -764,7 +771,7 @@ async def test_no_hedge_when_the_answer_comes_in_time_or_the_request_is_not_late
     deps = deployments_with(calls=dict(hedge_after_ms=400))
     gpt, gpt4o = FakeAdapter(time, latency_s=0.1), FakeAdapter(time)
     d = make(time, deps, {GPT41: gpt, GPT4O: gpt4o})
-    fast = await d.handle(interactive(routed(time, deps)))
+    fast = await handled(d, interactive(routed(time, deps)))
     assert response(fast).model == "gpt-4.1" and gpt4o.calls == []
     time2 = FakeTime(autojump=False)
     slow = FakeAdapter(time2, script=[asyncio.get_running_loop().create_future()])
