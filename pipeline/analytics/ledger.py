@@ -190,9 +190,33 @@ class Sink(Generic[E]):
     columns: tuple[str, ...]
     row: Callable[[E], list[Any]]
     identity: Callable[[E], str]
+    #: Drops rows the table already holds unchanged (see :func:`new_usage_rows`), or None.
+    unstored: Callable[[ClickHouse, list[list[Any]]], list[list[Any]]] | None = None
 
 
-USAGE_SINK: Sink[Usage] = Sink(USAGE_TABLE, USAGE_COLUMNS, usage_row, lambda u: u.request_id)
+_I_REQUEST, _I_TENANT = USAGE_COLUMNS.index("request_id"), USAGE_COLUMNS.index("tenant")
+_I_COMPLETED, _I_COST = USAGE_COLUMNS.index("completed_at"), USAGE_COLUMNS.index("cost_usd")
+
+
+def new_usage_rows(client: ClickHouse, rows: list[list[Any]]) -> list[list[Any]]:
+    """``rows`` minus those ``usage`` already holds unchanged (same request, completion
+    time and cost): a re-delivered Usage in a new batch. ReplacingMergeTree would fold it
+    at merge time anyway, but the rollups' materialised views count every inserted row, so
+    a re-delivery must not be inserted at all. A re-done call (new completion time or
+    cost) is inserted: the raw table keeps the latest, the rollups then hold both (see
+    docs/analytics.md on reconciling a day)."""
+    if not rows:
+        return rows
+    stored = {(rid, ms, cost) for rid, ms, cost in client.query(
+        "SELECT request_id, toUnixTimestamp64Milli(completed_at), cost_usd FROM usage "
+        "WHERE tenant IN {tenants:Array(String)} AND request_id IN {ids:Array(String)}",
+        parameters={"tenants": sorted({r[_I_TENANT] for r in rows}),
+                    "ids": sorted({r[_I_REQUEST] for r in rows})}).result_rows}
+    return [r for r in rows if (r[_I_REQUEST], r[_I_COMPLETED], r[_I_COST]) not in stored]
+
+
+USAGE_SINK: Sink[Usage] = Sink(USAGE_TABLE, USAGE_COLUMNS, usage_row, lambda u: u.request_id,
+                               new_usage_rows)
 DEAD_LETTERS_SINK: Sink[DeadLetter] = Sink(
     DEAD_LETTERS_TABLE, DEAD_LETTER_COLUMNS, dead_letter_row,
     lambda d: f"{d.source_topic}/{d.source_partition}/{d.source_offset}/{d.agent}/{d.at_ms}")
@@ -294,6 +318,14 @@ class LedgerWriter(Generic[E]):
         #: Successful INSERT statements so far (rows per insert = inserted / inserts).
         self.inserts = 0
 
+    def _insert_batch(self, batch: _Batch, token: str) -> int:
+        # In a worker thread. A retry filters again: rows its first attempt did store are
+        # then left out, and the same token drops whatever is left if that attempt landed.
+        rows = batch.latest_rows()
+        if self.sink.unstored is not None:
+            rows = self.sink.unstored(self._client, rows)
+        return _insert(self._client, self.sink.table, self.sink.columns, rows, token)
+
     @property
     def pending(self) -> int:
         """Rows waiting to be inserted (open and sealed)."""
@@ -382,8 +414,7 @@ class LedgerWriter(Generic[E]):
                     batch = queue[0]
                     token = batch.token(self._token_prefix)
                     try:
-                        await asyncio.to_thread(_insert, self._client, self.sink.table,
-                                                self.sink.columns, batch.latest_rows(), token)
+                        await asyncio.to_thread(self._insert_batch, batch, token)
                     except Exception as exc:
                         # Any failure (server down, a driver bug) keeps the batch for the
                         # next flush: the caller backs off; a crash would only re-read it.

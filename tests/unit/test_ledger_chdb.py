@@ -7,6 +7,7 @@ All tests share one chDB path (``tests/chdb_fixture.py``) and get a fresh databa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from dataclasses import fields
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -40,6 +42,7 @@ from pipeline.analytics.ledger import (
     DEAD_LETTER_COLUMNS,
     DEAD_LETTERS_SINK,
     USAGE_COLUMNS,
+    USAGE_SINK,
     InsertRetry,
     LedgerBufferFull,
     LedgerFlushError,
@@ -454,6 +457,9 @@ class RecordingClient:
         self.fail_before_insert: set[int] = set()   # partitions whose inserts fail outright
         self.fail_after_insert = 0                  # how many successful inserts report failure
 
+    def query(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.query(*args, **kwargs)
+
     def insert(self, table: str, rows: Sequence[Sequence[Any]], column_names: Sequence[str],
                settings: dict[str, Any] | None = None) -> int:
         token = (settings or {}).get("insert_deduplication_token", "")
@@ -516,7 +522,9 @@ async def test_writer_keeps_rows_after_a_failed_insert_and_resends_the_same_batc
         ledger: ClickHouse) -> None:
     client = RecordingClient(ledger)
     client.fail_after_insert = 1           # landed, but we were told it failed
-    writer = LedgerWriter(client, max_rows=10, clock=FakeClock())  # type: ignore[arg-type]
+    # Without the stored-row filter (next test), so the token alone must drop the retry.
+    writer = LedgerWriter(client, max_rows=10, clock=FakeClock(),  # type: ignore[arg-type]
+                          sink=dataclasses.replace(USAGE_SINK, unstored=None))
     writer.add(make_usage("a"), 0, 1)
     writer.add(make_usage("b"), 0, 2)
     with pytest.raises(LedgerFlushError) as caught:
@@ -530,6 +538,43 @@ async def test_writer_keeps_rows_after_a_failed_insert_and_resends_the_same_batc
     assert client.tokens[2] != client.tokens[0]
     assert raw_count(ledger) == 3          # the retry was dropped by ClickHouse
     assert writer.pending == 0
+
+
+@pytest.mark.asyncio
+async def test_a_redelivery_in_new_batches_reaches_neither_usage_nor_the_rollups(
+        ledger: ClickHouse) -> None:
+    """After a crash the same Usage events come again, cut into other batches (new tokens).
+    The writer leaves out rows ``usage`` already holds unchanged, so the rollups (which
+    count inserted rows) stay exact; a re-done call (new completion time and cost) goes in
+    and ``usage FINAL`` keeps it."""
+    recent = int(time.time() * 1000) - 3_600_000        # inside the minute rollup's TTL
+    events = [make_usage(f"r{i}", created_at_ms=recent, completed_at_ms=recent + 300 + i,
+                         cost_nanos=600_000 + i) for i in range(6)]
+
+    def rollups() -> list[tuple[Any, ...]]:
+        return [ledger.query(f"SELECT sum(requests), sum(cost_usd) FROM {t}").result_rows[0]
+                for t in ("usage_minute", "usage_daily")]
+
+    first = LedgerWriter(ledger, max_rows=3, clock=FakeClock())
+    for offset, event in enumerate(events):
+        first.add(event, 0, offset)
+    await first.flush()
+    before = rollups()
+    assert raw_count(ledger) == 6 and before[0][0] == before[1][0] == 6
+
+    again = LedgerWriter(ledger, max_rows=4, clock=FakeClock())     # other batch boundaries
+    for offset, event in enumerate(events, start=1):
+        again.add(event, 0, offset)
+    await again.flush()
+    assert raw_count(ledger) == 6 and rollups() == before and again.pending == 0
+
+    redone = make_usage("r0", created_at_ms=recent, completed_at_ms=recent + 5_000,
+                        cost_nanos=900_000)
+    again.add(redone, 0, 99)
+    await again.flush()
+    assert raw_count(ledger) == 7
+    (cost,) = ledger.query("SELECT cost_usd FROM usage FINAL WHERE request_id = 'r0'").result_rows[0]
+    assert cost == Decimal("0.0009")
 
 
 @pytest.mark.asyncio
