@@ -98,6 +98,11 @@ class JobBook:
         for rid in job.request_ids or [r.request.request_id for r in job.items]:
             self.requests[rid] = job.job_id
 
+    def note(self, job: BatchJob) -> None:
+        """A job polled elsewhere (its partition is not ours): remember only which requests
+        it holds, so submit does not put them in a second job."""
+        self._remember(job)
+
     def known(self, request_id: str) -> str | None:
         """The job already holding ``request_id``, if any this worker has seen."""
         return self.requests.get(request_id)

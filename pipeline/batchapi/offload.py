@@ -11,7 +11,13 @@ reads the record back on start.
 After a restart or a rebalance, ``submit`` first waits (bounded) until the poller has read
 the deployment's job partition back, then leaves out requests some job already holds: a
 Batch re-delivered because its acknowledgement was not yet committed when the worker died
-does not become a second provider job."""
+does not become a second provider job. After a rebalance the same requests often arrive
+twice at once (the Batch re-delivered, and its llm.routed messages batched again), and
+dispatch runs Batches concurrently: a submit holding request ids that another submit is
+still creating a job for waits for it, then leaves out what that job took (if it failed,
+it takes them itself). Without this both created a job and the requests were answered
+twice, or, for the same Batch twice, the second job shared the first's id and was never
+polled."""
 
 from __future__ import annotations
 
@@ -57,6 +63,7 @@ class BatchOffload:
         self.restored = restored
         self.partitions, self.emit, self.book, self.owned, self.clock = \
             partitions, emit, book, owned, clock
+        self.creating: dict[str, asyncio.Event] = {}   # request id -> its submit under way
 
     def supports(self, deployment_id: str) -> bool:
         """The deployment's adapter has a Batch API client and it is enabled in config."""
@@ -74,6 +81,13 @@ class BatchOffload:
             log.warning("batch_jobs_not_restored_in_time wait_s=%g; submitting anyway",
                         RESTORE_WAIT_S)
         items = _unique(batch.items)
+        while True:        # first let submits of the same requests that are under way end
+            busy = {id(e): e for e in (self.creating.get(r.request.request_id) for r in items) if e}
+            if not busy:
+                break
+            log.info("batch_submit_waits_for_overlapping batch_id=%s submits=%d", batch.batch_id,
+                     len(busy))
+            await asyncio.gather(*(e.wait() for e in busy.values()))
         held = [r for r in items if self.book.known(r.request.request_id)]
         if held:
             log.info("batch_requests_already_in_a_job batch_id=%s requests=%d jobs=%s",
@@ -82,6 +96,19 @@ class BatchOffload:
             items = [r for r in items if not self.book.known(r.request.request_id)]
         if not items:
             return
+        done = asyncio.Event()
+        ids = [r.request.request_id for r in items]
+        for rid in ids:                # no await since the check above: nobody else took them
+            self.creating[rid] = done
+        try:
+            await self._create(batch, items)
+        finally:
+            for rid in ids:
+                if self.creating.get(rid) is done:
+                    del self.creating[rid]
+            done.set()
+
+    async def _create(self, batch: Batch, items: list[RoutedRequest]) -> None:
         client = self.clients[batch.deployment]
         created = await client.create(batch.batch_id, items)
         now = self.clock()
@@ -94,6 +121,8 @@ class BatchOffload:
         await self.emit([Out(self.jobs_topic, job.job_id, job, partition=partition)])
         if self.owned(partition):
             self.book.apply(job, partition)
+        else:      # its partition's owner polls it; here, it still holds its requests
+            self.book.note(job)
         log.info("batch_job_submitted job_id=%s deployment=%s provider_job_id=%s items=%d",
                  job.job_id, job.deployment, job.provider_job_id, len(items))
 

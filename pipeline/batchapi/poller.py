@@ -7,7 +7,13 @@ on dispatch's source topic (a job sits on its deployment's partition number), so
 one worker polls a job, and after a rebalance or a restart the new owner reads the
 partition back from the beginning (``JobLog``) and resumes. Results are emitted before the
 ``emitted`` record: a crash in between emits them again after the restart, which the
-ledger (one row per request id) and budget settle (latest Usage) absorb."""
+ledger (one row per request id) and budget settle (latest Usage) absorb.
+
+A rebalance hands a job over cleanly: when Faust revokes the partitions, the old owner
+stops checking and ending jobs at once (an ending already under way finishes first, its
+``emitted`` record on the broker), so the new owner, which reads the partition back only
+once it is assigned, after every member has let go, sees either a job still running or
+its ``emitted`` record, and the results go out once."""
 
 from __future__ import annotations
 
@@ -41,18 +47,29 @@ class BatchPoller:
     """Polls due jobs of ``book`` and ends them. Plain: no Kafka, no Faust."""
 
     def __init__(self, book: JobBook, clients: Mapping[str, BatchClient], builder: ResultBuilder,
-                 jobs_topic: str, emit: Emit, clock: Callable[[], int] = now_ms):
+                 jobs_topic: str, emit: Emit, clock: Callable[[], int] = now_ms,
+                 owned: Callable[[int], bool] = lambda p: True):
+        """``owned`` says whether a job partition is still this worker's."""
         self.book, self.clients, self.builder = book, clients, builder
-        self.jobs_topic, self.emit, self.clock = jobs_topic, emit, clock
+        self.jobs_topic, self.emit, self.clock, self.owned = jobs_topic, emit, clock, owned
+        self.ending = asyncio.Lock()      # held while a job's results and record go out
         self.emitted_jobs = 0
+        self.left_behind = 0              # ended at the provider, but the partition had moved
 
     async def poll_due(self) -> int:
-        """Check every due job once; returns how many ended (results emitted)."""
+        """Check every due job of an owned partition once; returns how many ended."""
         ended = 0
         for tracked in self.book.due():
-            if tracked.job.job_id in self.book.jobs:      # not ended meanwhile
+            # not ended meanwhile, and its partition not revoked meanwhile
+            if tracked.job.job_id in self.book.jobs and self.owned(tracked.partition):
                 ended += await self._poll(tracked)
         return ended
+
+    async def release(self, let_go: Callable[[], None]) -> None:
+        """Call ``let_go`` (which makes ``owned`` false for partitions being revoked) once no
+        job is being ended: from then on no result of those partitions leaves this worker."""
+        async with self.ending:
+            let_go()
 
     async def _poll(self, tracked: Tracked) -> int:
         job = tracked.job
@@ -88,7 +105,19 @@ class BatchPoller:
         return await self._end(tracked, {}, tracked.give_up_reason)
 
     async def _end(self, tracked: Tracked, results: dict[int, ItemResult], missing: str) -> int:
+        async with self.ending:
+            return await self._end_owned(tracked, results, missing)
+
+    async def _end_owned(self, tracked: Tracked, results: dict[int, ItemResult],
+                         missing: str) -> int:
         job = tracked.job
+        if not self.owned(tracked.partition):
+            # Revoked while its status or results were fetched: the partition's new owner
+            # reads the job back and ends it; emitting here too would answer twice.
+            self.left_behind += 1
+            log.info("batch_job_left_to_new_owner job_id=%s partition=%d", job.job_id,
+                     tracked.partition)
+            return 0
         outs, counts = self.builder.outputs(job, results, missing)
         await self.emit(outs)
         done = job.replace(state=EMITTED, revision=job.revision + 1, updated_at_ms=self.clock(),
@@ -179,7 +208,8 @@ def register_batch_api(app: faust.App, runtime: Runtime, emitter: Emitter,
     offload = BatchOffload(clients, config, s.topics.batch_jobs, partitions, emitter.emit, book,
                            owned=lambda p: p in owned, restored=restored.wait)
     builder = ResultBuilder(runtime.catalog, runtime.deployments, s.topics)
-    poller = BatchPoller(book, clients, builder, s.topics.batch_jobs, emitter.emit)
+    poller = BatchPoller(book, clients, builder, s.topics.batch_jobs, emitter.emit,
+                         owned=lambda p: p in owned)
 
     @app.task
     async def batch_api_poller() -> None:
@@ -192,7 +222,11 @@ def register_batch_api(app: faust.App, runtime: Runtime, emitter: Emitter,
                         changed.clear()
                         mine = set(owned)
                         gone = book.retain(mine)
-                        await joblog.assign(mine)
+                        try:
+                            await joblog.assign(mine)
+                        except BaseException:
+                            changed.set()    # read the partitions back on the next turn
+                            raise
                         log.info("batch_jobs_partitions partitions=%s dropped_jobs=%d",
                                  ",".join(map(str, sorted(mine))), len(gone))
                     due = book.next_due_ms()
@@ -216,6 +250,12 @@ def register_batch_api(app: faust.App, runtime: Runtime, emitter: Emitter,
             await joblog.stop()
             await offload.aclose()
 
+    @app.on_partitions_revoked.connect
+    async def let_go_of_job_partitions(sender, revoked, **kwargs) -> None:
+        # Stop ending jobs before the partitions can reach another worker; the assignment
+        # that follows says which are ours again (and reads them back).
+        await poller.release(owned.clear)
+
     @app.on_partitions_assigned.connect
     async def own_job_partitions(sender, assigned, **kwargs) -> None:
         owned.clear()
@@ -226,7 +266,8 @@ def register_batch_api(app: faust.App, runtime: Runtime, emitter: Emitter,
     @app.page("/llmpipe/batchapi/jobs/")
     async def batch_jobs(web, request):
         """Provider batch jobs this worker polls: status, polls, progress, next check."""
-        return web.json({"partitions": sorted(owned), "jobs": book.snapshot(),
-                         "ended_here": poller.emitted_jobs})
+        return web.json({"partitions": sorted(owned), "restored": restored.is_set(),
+                         "jobs": book.snapshot(), "ended_here": poller.emitted_jobs,
+                         "left_to_new_owner": poller.left_behind})
 
     return offload
