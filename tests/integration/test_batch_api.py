@@ -2,7 +2,9 @@
 intake -> batcher -> dispatch offloads the Batch as an OpenAI or Anthropic batch job ->
 the poller emits one Response and one Usage per request at the batch price. Then a worker
 SIGKILLed while a job is in flight: its successor reads the job back from llm.batch-jobs,
-and every request is still answered and billed once."""
+and every request is still answered and billed once. And a second worker joining (a
+rebalance) while jobs are in flight, windows are open and requests keep coming: each
+request ends in one Response and one usage row."""
 
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ import yaml
 
 from pipeline.catalog import load_catalog, nanos_to_usd
 from pipeline.client import GatewayClient, make_request
+from pipeline.batchapi.offload import partition_for
 from pipeline.devstack import DevStack, write_config_dir
-from pipeline.events.models import BatchJob, RoutingHints, Usage
+from pipeline.events.models import BatchJob, Response, RoutingHints, Usage
 
 catalog = load_catalog()
 BATCH = RoutingHints(priority="batch")
@@ -124,5 +127,121 @@ async def test_batch_priority_goes_through_the_batch_api_and_survives_a_sigkill(
         assert sum(j.succeeded for j in last.values()) == len(calm) + len(crash)
         print(f"calm phase {calm_s:.1f}s; after SIGKILL, results in {resumed_s:.1f}s "
               f"({len(in_flight)} job(s) in flight)")
+    finally:
+        stack.stop()
+
+
+REBALANCE_MODELS = ("gpt-4.1", "gpt-4o-mini", "claude-sonnet-4.5")
+# Renamed so that their deployments sit on llm.batches partitions 2, 4 and 0 (the catalog's
+# batch-capable ones are all on 3-5): whichever half of the partitions worker-2 takes, a
+# deployment with jobs in flight moves to it (worker-2 has taken 0-2 here).
+RENAMED = {"openai-gpt-4.1": "openai-gpt-4.1-a", "anthropic-claude-sonnet-4.5": "anthropic-claude-sonnet-4.5-a"}
+
+
+async def test_rebalance_while_jobs_are_in_flight_and_windows_open_every_request_answered_once(
+        broker, tmp_path_factory):
+    """Worker-2 joins while worker-1 has provider jobs in flight and batch-priority windows
+    open, and while more batch-priority requests arrive: the jobs of the partitions that
+    move are polled by their new owner (never by both), windows flushed by the rebalance are
+    submitted, and every request ends in exactly one terminal Response and one usage row."""
+    tmp = tmp_path_factory.mktemp("batchapi-rebalance")
+    uid = uuid.uuid4().hex[:8]
+    config = fast_config(tmp)
+    batching = yaml.safe_load((config / "batching.yaml").read_text())
+    batching["priorities"]["batch"]["max_wait_ms"] = 1500      # windows open at the rebalance
+    (config / "batching.yaml").write_text(yaml.safe_dump(batching))
+    deployments = yaml.safe_load((config / "deployments.yaml").read_text())
+    for dep in deployments["deployments"]:
+        dep["id"] = RENAMED.get(dep["id"], dep["id"])
+    (config / "deployments.yaml").write_text(yaml.safe_dump(deployments, sort_keys=False))
+    stack = DevStack(tmp / "stack", topic_prefix=f"batchreb{uid}.", app_id=f"llmpipe-batchreb-{uid}",
+                     simulator_args=["--latency-scale", "0.05", "--no-base-errors", "--seed", "23"],
+                     config_dir=config).start(broker=broker)
+    try:
+        sim_batches(stack, completion_delay_s=60.0)     # no job ends before worker-2 is in
+        first = stack.start_worker("worker-1")
+
+        def wave(tag: str, n: int):
+            return [make_request("acme", f"{tag}: nightly digest {i}.", model=REBALANCE_MODELS[i % 3],
+                                 max_tokens=32, hints=BATCH) for i in range(n)]
+
+        def jobs_view(worker) -> dict:
+            resp = httpx.get(f"{worker.url}/llmpipe/batchapi/jobs/", timeout=10)
+            resp.raise_for_status()
+            return resp.json()
+
+        sent = []
+        async with GatewayClient(stack.bootstrap, stack.topics) as gw:
+            futures = {}
+
+            async def send(reqs):
+                for r in reqs:
+                    futures[r.request_id] = gw.expect(r.request_id)
+                    await gw.send(r)
+                sent.extend(reqs)
+
+            # 1. Jobs in flight at the provider, submitted by worker-1.
+            await send(wave("in-flight", 9))
+            ids = {r.request_id for r in sent}
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                recorded = {item.request.request_id
+                            for job in stack.read_events(stack.topics.batch_jobs, BatchJob, timeout=5)
+                            for item in job.items}
+                if ids <= recorded:
+                    break
+                await asyncio.sleep(0.1)
+            assert ids <= recorded, "the first wave never became provider jobs"
+            # 2. Windows open, and requests keep arriving while worker-2 joins.
+            await send(wave("open-window", 9))
+            t0 = time.monotonic()
+            joining = asyncio.ensure_future(asyncio.to_thread(stack.start_worker, "worker-2",
+                                                              ("dispatch",)))
+            n = 0
+            while not joining.done() or time.monotonic() - t0 < 2.0:
+                await send(wave(f"during-{n}", 3))
+                n += 1
+                await asyncio.sleep(0.4)
+            second = await joining
+            joined_s = time.monotonic() - t0
+            # 3. The jobs of the partitions that moved are worker-2's now, and only its.
+            mine = {"worker-1": set(), "worker-2": set()}
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                views = {"worker-1": jobs_view(first), "worker-2": jobs_view(second)}
+                mine = {name: {j["job_id"] for j in v["jobs"]} for name, v in views.items()}
+                if mine["worker-2"] and views["worker-2"]["restored"] and views["worker-1"]["restored"]:
+                    break
+                await asyncio.sleep(0.2)
+            assert mine["worker-2"], f"no job moved to worker-2: {views}"
+            assert not mine["worker-1"] & mine["worker-2"], views
+            for name, v in views.items():
+                assert {partition_for(j["deployment"], 6) for j in v["jobs"]} <= set(v["partitions"]), \
+                    (name, v)
+            in_flight = len([j for j in sim_batches(stack)["jobs"] if not j["ended"]])
+            sim_batches(stack, completion_delay_s=1.0)        # now let them end
+            results = {}
+            for rid, fut in futures.items():
+                remaining = max(0.1, 30 - (time.monotonic() - t0))
+                results[rid] = await gw.wait(rid, fut, remaining)
+            answered_s = time.monotonic() - t0
+            duplicates = gw.duplicates_dropped
+        assert all(r.status == "ok" for r in results.values()), \
+            {rid: r.error for rid, r in results.items() if r.status != "ok"}
+        all_ids = [r.request_id for r in sent]
+        responses = Counter(r.request_id for r in stack.read_events(stack.topics.responses, Response))
+        assert {rid: responses[rid] for rid in all_ids} == {rid: 1 for rid in all_ids}, \
+            {rid: responses[rid] for rid in all_ids if responses[rid] != 1}
+        assert duplicates == 0
+        check_billed_at_batch_rate(first, all_ids)
+        last: dict[str, BatchJob] = {}
+        for job in stack.read_events(stack.topics.batch_jobs, BatchJob):
+            last[job.job_id] = job
+        assert {j.state for j in last.values()} == {"emitted"}
+        assert sum(j.succeeded for j in last.values()) == len(all_ids)
+        ended = {name: jobs_view(w)["ended_here"] for name, w in (("worker-1", first), ("worker-2", second))}
+        print(f"{len(all_ids)} requests; worker-2 up {joined_s:.1f}s after start, took "
+              f"{len(mine['worker-2'])} job(s) of {in_flight} in flight; jobs ended "
+              f"{ended}; all answered {answered_s:.1f}s after worker-2 started; {len(last)} jobs")
     finally:
         stack.stop()

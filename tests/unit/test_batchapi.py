@@ -355,3 +355,99 @@ async def test_after_a_restart_requests_already_in_a_job_are_not_submitted_again
         await offload2.aclose()
     [(_, job2)] = later.jobs()
     assert [r.request.request_id for r in job2.items] == ["r-2"]
+
+
+async def test_a_revoked_partition_is_let_go_after_an_ending_under_way_and_never_ended_here(sim):
+    """Rebalance hand-over: an ending under way finishes (results and ``emitted`` record)
+    before ``release`` returns; after it, jobs of the revoked partition are neither polled
+    nor ended here, even one whose results were fetched before the revocation."""
+    topic = Topic()
+    book, offload, poller = wiring(sim, topic)
+    owned = {partition_for("openai-gpt-4o-mini", 6), partition_for("anthropic-claude-sonnet-4.5", 6)}
+    poller.owned = lambda p: p in owned
+    gate = asyncio.Event()
+    plain_emit = topic.emit
+
+    async def slow_emit(outs):
+        if any(isinstance(o.event, Response) for o in outs):
+            await gate.wait()
+        await plain_emit(outs)
+    poller.emit = slow_emit
+    try:
+        await offload.submit(batch_of("openai-gpt-4o-mini", 2))
+        other = [routed(i, "anthropic-claude-sonnet-4.5") for i in (7, 8)]
+        await offload.submit(Batch(batch_id="00000000-0000-4000-8000-0000000000cc",
+                                   deployment="anthropic-claude-sonnet-4.5", opened_at_ms=0,
+                                   flushed_at_ms=0, items=other, priority="batch"))
+        await asyncio.sleep(0.3)                      # both ended at the provider
+        [anthropic_job, openai_job] = sorted(book.jobs.values(), key=lambda t: t.job.deployment)
+        ending = asyncio.create_task(poller._poll(book.jobs[openai_job.job.job_id]))
+        while not poller.ending.locked():
+            await asyncio.sleep(0.01)
+        releasing = asyncio.create_task(poller.release(owned.clear))
+        await asyncio.sleep(0.05)
+        assert not releasing.done() and owned           # waits for the ending under way
+        gate.set()
+        assert await asyncio.wait_for(ending, 5) == 1
+        await asyncio.wait_for(releasing, 5)
+        assert owned == set()
+        before = list(topic.outs)
+        assert await poller.poll_due() == 0             # the anthropic job: not polled
+        tracked = book.jobs[anthropic_job.job.job_id]
+        assert await poller._end(tracked, {}, "fetched before the revocation") == 0
+        assert topic.outs == before and poller.left_behind == 1
+    finally:
+        await offload.aclose()
+    assert sorted(u.request_id for u in topic.of(Usage)) == ["r-0", "r-1"]
+    assert [j.state for _, j in topic.jobs()] == [SUBMITTED, SUBMITTED, EMITTED]
+
+
+async def test_concurrent_submits_of_the_same_requests_make_one_job_each_request(sim):
+    """After a rebalance the same Batch is re-delivered and its requests batched again while
+    the first submit is still creating the job: each request goes into one job only, and the
+    same Batch twice is one job (not two provider jobs under one job id)."""
+    topic = Topic()
+    book, offload, poller = wiring(sim, topic)
+    dep = "openai-gpt-4o-mini"
+    again = Batch(batch_id="00000000-0000-4000-8000-0000000000dd", deployment=dep, opened_at_ms=0,
+                  flushed_at_ms=0, items=[routed(i, dep) for i in (1, 2, 3)], priority="batch")
+    try:
+        await asyncio.gather(offload.submit(batch_of(dep, 3)), offload.submit(batch_of(dep, 3)),
+                             offload.submit(again))
+        holders = {}
+        for _, job in topic.jobs():
+            for item in job.items:
+                holders.setdefault(item.request.request_id, []).append(job.job_id)
+        assert {rid: len(jobs) for rid, jobs in holders.items()} == \
+            {"r-0": 1, "r-1": 1, "r-2": 1, "r-3": 1}, holders
+        assert len(topic.jobs()) == 2 and offload.creating == {}
+        await drain(poller, book)
+    finally:
+        await offload.aclose()
+    assert sorted(r.request_id for r in topic.of(Response)) == ["r-0", "r-1", "r-2", "r-3"]
+
+
+async def test_a_failed_submit_leaves_its_requests_to_the_overlapping_one(sim):
+    topic = Topic()
+    book, offload, _ = wiring(sim, topic)
+    client = offload.clients["openai-gpt-4o-mini"]
+    real_create, calls = client.create, []
+
+    async def create_once_refused(batch_id, items):
+        calls.append(batch_id)
+        if len(calls) == 1:
+            await asyncio.sleep(0.05)
+            raise errors.GatewayError("refused", "provider_unavailable")
+        return await real_create(batch_id, items)
+    client.create = create_once_refused
+    try:
+        first, second = await asyncio.gather(
+            offload.submit(batch_of("openai-gpt-4o-mini", 2)),
+            offload.submit(batch_of("openai-gpt-4o-mini", 2,
+                                    batch_id="00000000-0000-4000-8000-0000000000ee")),
+            return_exceptions=True)
+    finally:
+        await offload.aclose()
+    assert isinstance(first, errors.GatewayError) and second is None
+    [(_, job)] = topic.jobs()
+    assert sorted(r.request.request_id for r in job.items) == ["r-0", "r-1"]
