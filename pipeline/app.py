@@ -70,7 +70,8 @@ def create_app(runtime: Runtime) -> faust.App:
         # Batch-priority batches go to provider Batch APIs; the poller owns the job
         # partitions matching this worker's llm.batches partitions.
         offload = register_batch_api(app, runtime, emitter, s.topics.batches)
-        register_dispatch(app, runtime, topic(s.topics.batches), emitter, offload=offload)
+        register_dispatch(app, runtime, topic(s.topics.batches), emitter, offload=offload,
+                          partitions=partitions.get(s.topics.batches))
     if "ledger" in s.agents:
         register_ledger(app, runtime, topic(s.topics.usage), emitter)
     if "monitor" in s.agents:

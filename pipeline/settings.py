@@ -50,6 +50,7 @@ class Settings:
     web_host: str = "127.0.0.1"
     session_timeout_s: float = 30.0
     dispatch_concurrency: int = 256
+    dispatch_hop_window_s: int = 3600        # how long a finished hop is remembered (re-reads)
     intake_concurrency: int = 64
     ledger_flush_rows: int = 500
     ledger_flush_s: float = 0.5
@@ -75,6 +76,8 @@ class Settings:
             web_host=_env("LLMPIPE_WEB_HOST", cls.web_host),
             session_timeout_s=float(_env("LLMPIPE_SESSION_TIMEOUT_S", str(cls.session_timeout_s))),
             dispatch_concurrency=int(_env("LLMPIPE_DISPATCH_CONCURRENCY", str(cls.dispatch_concurrency))),
+            dispatch_hop_window_s=int(_env("LLMPIPE_DISPATCH_HOP_WINDOW_S",
+                                           str(cls.dispatch_hop_window_s))),
             intake_concurrency=int(_env("LLMPIPE_INTAKE_CONCURRENCY", str(cls.intake_concurrency))),
             ledger_flush_rows=int(_env("LLMPIPE_LEDGER_FLUSH_ROWS", str(cls.ledger_flush_rows))),
             ledger_flush_s=float(_env("LLMPIPE_LEDGER_FLUSH_S", str(cls.ledger_flush_s))),
@@ -102,6 +105,7 @@ class Settings:
             "LLMPIPE_WEB_HOST": self.web_host,
             "LLMPIPE_SESSION_TIMEOUT_S": str(self.session_timeout_s),
             "LLMPIPE_DISPATCH_CONCURRENCY": str(self.dispatch_concurrency),
+            "LLMPIPE_DISPATCH_HOP_WINDOW_S": str(self.dispatch_hop_window_s),
             "LLMPIPE_INTAKE_CONCURRENCY": str(self.intake_concurrency),
             "LLMPIPE_LEDGER_FLUSH_ROWS": str(self.ledger_flush_rows),
             "LLMPIPE_LEDGER_FLUSH_S": str(self.ledger_flush_s),

@@ -19,6 +19,7 @@ worker receives its partition, and again here should it come back."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any, Protocol
 
@@ -26,9 +27,11 @@ import faust
 import faust.web
 
 from pipeline.agents.flow import Emitter, process
+from pipeline.batching.hops import FinishedHops
 from pipeline.dispatch import Dispatcher
 from pipeline.events.codec import DecodeError
-from pipeline.events.models import Batch
+from pipeline.events.models import Batch, RoutedRequest
+from pipeline.intake import now_ms
 from pipeline.outputs import Origin, Out, dead_letter
 from pipeline.providers import make_adapter
 from pipeline.resilience.backoff import Backoff
@@ -50,9 +53,21 @@ class Offload(Protocol):
 
 
 async def dispatch_batch(dispatcher: Dispatcher, batch: Batch, origin: Origin, codec: Any,
-                         dead_letter_topic: str, offload: Offload | None = None) -> list[Out]:
+                         dead_letter_topic: str, offload: Offload | None = None,
+                         hops: FinishedHops | None = None) -> list[Out]:
     """The outputs of every request of ``batch``: dispatched concurrently, each isolated —
-    a bug in one request dead-letters that request alone (its RoutedRequest, as JSON)."""
+    a bug in one request dead-letters that request alone (its RoutedRequest, as JSON).
+    Requests whose hop ``hops`` has already finished (a re-read Batch, a re-batched
+    request) are left out: their outputs are on the broker already."""
+    if hops is not None:
+        fresh = [item for item in batch.items if not hops.finished(item)]
+        if len(fresh) < len(batch.items):
+            log.info("hops_already_finished batch_id=%s deployment=%s skipped=%d of %d",
+                     batch.batch_id, batch.deployment, len(batch.items) - len(fresh),
+                     len(batch.items))
+            batch = dataclasses.replace(batch, items=fresh)
+        if not batch.items:
+            return []
     if batch.priority == BATCH_PRIORITY and offload is not None and offload.supports(batch.deployment):
         try:
             await offload.submit(batch)
@@ -82,7 +97,10 @@ async def dispatch_batch(dispatcher: Dispatcher, batch: Batch, origin: Origin, c
 
 
 def register_dispatch(app: faust.App, runtime: Runtime, source: faust.TopicT,
-                      emitter: Emitter, *, offload: Offload | None = None) -> Dispatcher:
+                      emitter: Emitter, *, offload: Offload | None = None,
+                      partitions: int | None = None) -> Dispatcher:
+    """``partitions``: llm.batches' partition count, for the finished-hops table (None: no
+    table, every re-read Batch is dispatched again)."""
     s = runtime.settings
     keys = runtime.load_keys()          # fail fast at start-up on a missing or bad key
     calls = runtime.deployments.calls
@@ -94,19 +112,36 @@ def register_dispatch(app: faust.App, runtime: Runtime, source: faust.TopicT,
     partition_of: dict[str, int] = {}   # deployment id -> the llm.batches partition it arrives on
     source_name = source.get_topic_name()
 
+    hops = None
+    if partitions:
+        hops = FinishedHops(app.Table("dispatched", partitions=partitions,
+                                      help="hops whose outputs are on the broker",
+                                      schema=faust.Schema(key_serializer="json",
+                                                          value_serializer="json")),
+                            window_ms=s.dispatch_hop_window_s * 1000)
+    # Items of each Batch being dispatched, by (partition, offset), recorded once published.
+    in_flight: dict[tuple[int, int], list[RoutedRequest]] = {}
+
     async def step(value: bytes | None, origin: Origin) -> list[Out]:
         try:
             batch = runtime.codec.decode(value, Batch)
         except DecodeError as exc:
             return [dead_letter(s.topics.dead_letter, origin, value, "dispatch", exc.code, exc.reason)]
         partition_of[batch.deployment] = origin.partition
+        in_flight[(origin.partition, origin.offset)] = batch.items
         return await dispatch_batch(dispatcher, batch, origin, runtime.codec, s.topics.dead_letter,
-                                    offload)
+                                    offload, hops)
+
+    def published(origin: Origin) -> None:
+        items = in_flight.pop((origin.partition, origin.offset), None)
+        if hops is not None and items:
+            hops.record(items, origin.partition, now_ms())
 
     @app.agent(source, name="dispatch")
     async def dispatch_agent(stream):
         await process(stream, step, emitter, agent="dispatch",
-                      dead_letter_topic=s.topics.dead_letter, concurrency=s.dispatch_concurrency)
+                      dead_letter_topic=s.topics.dead_letter, concurrency=s.dispatch_concurrency,
+                      after=published)
 
     @app.timer(interval=ALERT_TICK_S)
     async def breaker_alerts():

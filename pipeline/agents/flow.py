@@ -59,8 +59,10 @@ def origin_of(event: Any) -> Origin:
 
 async def process(stream: Any, step: Callable[[bytes | None, Origin], Awaitable[list[Out]]],
                   emitter: Emitter, *, agent: str, dead_letter_topic: str,
-                  concurrency: int) -> None:
-    """Run ``step`` for each event of ``stream`` (a Faust stream of raw bytes)."""
+                  concurrency: int, after: Callable[[Origin], None] | None = None) -> None:
+    """Run ``step`` for each event of ``stream`` (a Faust stream of raw bytes). ``after``
+    runs once the event's outputs are on the broker, before it is acknowledged (still in
+    the event's context, so it may write Faust tables)."""
     acker = InOrderAcker(lambda event: event.ack())
     slots = asyncio.Semaphore(concurrency)
     tasks: set[asyncio.Task] = set()
@@ -76,6 +78,12 @@ async def process(stream: Any, step: Callable[[bytes | None, Origin], Awaitable[
                 outs = [dead_letter(dead_letter_topic, origin, event.value, agent, "internal_error",
                                     f"{agent} failed: {type(exc).__name__}: {exc}")]
             await emitter.emit(outs)
+            if after is not None:
+                try:
+                    after(origin)
+                except Exception:      # bookkeeping only: never hold back the ack
+                    log.exception("after_emit_failed agent=%s partition=%s offset=%s",
+                                  agent, origin.partition, origin.offset)
             acker.done(ticket)
         finally:
             slots.release()

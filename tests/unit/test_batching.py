@@ -5,6 +5,7 @@ acknowledgement rule; dispatch of a Batch (concurrent, isolated, offload contrac
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 
 import pytest
@@ -410,6 +411,47 @@ async def test_batch_priority_goes_to_the_offload_when_it_takes_it(priority, off
     assert len(outs) == (3 if live else 0) and len(d.started) == (3 if live else 0)
     if offload is not None and not live:
         assert offload.submitted[0].items == items
+
+
+# --- finished hops: a re-read Batch does not call the provider again ------------------------------
+
+async def test_a_re_read_batch_skips_hops_already_finished_but_never_a_new_hop():
+    from pipeline.batching.hops import FinishedHops
+    from pipeline.events.models import AttemptRecord
+    hops = FinishedHops({}, window_ms=60_000)
+    items = [routed_request() for _ in range(3)]
+    d = FakeDispatcher()
+    d.release.set()
+    await dispatch_batch(d, batch_of(items), origin(0), codec, topics.dead_letter, hops=hops)
+    hops.record(items[:2], partition=0, now_ms=1_000)          # published: recorded
+
+    again = batch_of(items)                                      # re-read after a crash
+    failed_over = dataclasses.replace(items[0], tried=[AttemptRecord(
+        deployment="deepseek-v3.2", error_code="rate_limited", attempts=1)])
+    retried_live = dataclasses.replace(items[1], route=dataclasses.replace(
+        items[1].route, rule="batch_retry"))
+    d.started.clear()
+    outs = await dispatch_batch(d, dataclasses.replace(again, items=again.items + [
+        failed_over, retried_live]), origin(0), codec, topics.dead_letter, hops=hops)
+    # items 0 and 1 are done; item 2 never finished; the failover and the live retry are new hops
+    assert d.started == [items[2].request.request_id, items[0].request.request_id,
+                         items[1].request.request_id]
+    assert len(outs) == 3
+    d.started.clear()
+    assert await dispatch_batch(d, batch_of(items[:2]), origin(0), codec, topics.dead_letter,
+                                hops=hops) == [] and d.started == []
+
+
+def test_finished_hops_are_forgotten_after_the_window_only_on_their_partition():
+    from pipeline.batching.hops import FinishedHops
+    table: dict = {}
+    hops = FinishedHops(table, window_ms=10_000, sweep_every_ms=0)
+    a, b = routed_request(), routed_request()
+    hops.record([a], partition=0, now_ms=0)
+    hops.record([b], partition=1, now_ms=0)
+    assert hops.sweep(0, now_ms=10_001) == 1       # a's partition: gone
+    assert not hops.finished(a) and hops.finished(b)   # b belongs to partition 1: kept
+    assert hops.sweep(1, now_ms=10_001) == 1 and table == {}
 
 
 # --- the benchmark's simulation ----------------------------------------------------------------

@@ -1,0 +1,55 @@
+"""Which hops dispatch has already finished, so a Batch re-read after a crash or a rebalance
+(or its requests re-batched) does not call the provider again for them.
+
+A hop is one RoutedRequest at one deployment: request id, deployment, how many deployments
+it had tried, route rule and priority. A failover to the next deployment, a Batch API item
+sent back to the live path (rule ``batch_retry``) or a re-route back to an earlier
+deployment are new hops and are never mistaken for a finished one.
+
+The record lives in a Faust table on the llm.batches partitions (the deployment's
+partition, so the worker that dispatches a deployment holds its record), written only
+after the hop's outputs are on the broker: a crash before that re-does the hop (billed
+once, as before), never loses it. Rows carry their partition so a sweep only deletes rows
+of the partition being processed (a table change is logged to the current event's
+partition)."""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import Any
+
+from pipeline.events.models import RoutedRequest
+
+
+def hop_key(routed: RoutedRequest) -> str:
+    r = routed.request
+    return "|".join((r.request_id, routed.route.deployment, str(len(routed.tried)),
+                     routed.route.rule, r.hints.priority or ""))
+
+
+class FinishedHops:
+    """``table`` maps hop key -> {"p": partition, "at": epoch ms}; a dict in unit tests."""
+
+    def __init__(self, table: MutableMapping[str, Any], window_ms: int,
+                 sweep_every_ms: int = 60_000):
+        self.table, self.window_ms, self.sweep_every_ms = table, window_ms, sweep_every_ms
+        self._last_sweep: dict[int, int] = {}
+
+    def finished(self, routed: RoutedRequest) -> bool:
+        return hop_key(routed) in self.table
+
+    def record(self, items: list[RoutedRequest], partition: int, now_ms: int) -> None:
+        for routed in items:
+            self.table[hop_key(routed)] = {"p": partition, "at": now_ms}
+        self.sweep(partition, now_ms)
+
+    def sweep(self, partition: int, now_ms: int) -> int:
+        """Forget ``partition``'s hops older than the window (at most once a minute)."""
+        if now_ms - self._last_sweep.get(partition, 0) < self.sweep_every_ms:
+            return 0
+        self._last_sweep[partition] = now_ms
+        old = [key for key, row in list(self.table.items())
+               if row.get("p") == partition and now_ms - row.get("at", 0) > self.window_ms]
+        for key in old:
+            del self.table[key]
+        return len(old)
