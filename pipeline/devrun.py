@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
 from aiokafka import AIOKafkaConsumer
 
 from pipeline.client import GatewayClient, ResponseTimeout
@@ -43,6 +44,28 @@ def describe(p: TenantPolicy) -> str:
     if p.denied_models:
         parts.append("denied " + ", ".join(p.denied_models))
     return "; ".join(parts)
+
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{float(value):,.1f} ms"
+
+
+def batching_summary(worker) -> str:
+    """One line per priority from the worker's micro-batcher: batches, sizes, fill reasons
+    and the wait the window added."""
+    try:
+        stats = httpx.get(f"{worker.url}/llmpipe/batcher/stats/", timeout=10).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return f"micro-batching: stats unavailable ({exc})"
+    lines = ["Micro-batching (per priority)"]
+    for priority, p in sorted(stats.get("priorities", {}).items()):
+        wait = p.get("added_wait_ms") or {}
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(p.get("fill_reasons", {}).items()))
+        lines.append(f"  {priority:<12} {p['requests']:>5} requests in {p['batches']:>4} batches "
+                     f"(mean {p['mean_batch_size']}, max {p['max_batch_size']}; {reasons}); "
+                     f"added wait p50 {_ms(wait.get('p50'))}, p99 {_ms(wait.get('p99'))}")
+    return "\n".join(lines) + "\n"
 
 
 async def read_alerts(stack: DevStack) -> Counter:
@@ -103,6 +126,7 @@ def run_dev(args: argparse.Namespace) -> int:
         counts = worker.wait_for_usage(ids, timeout=60)
         say()
         say(worker.report(since_ms))
+        say(batching_summary(worker))
         alerts = asyncio.run(read_alerts(stack))
         say("alerts on llm.alerts: " + (", ".join(f"{k} x{v}" for k, v in sorted(alerts.items()))
                                        or "none"))
