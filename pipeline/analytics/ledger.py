@@ -220,7 +220,23 @@ USAGE_SINK: Sink[Usage] = Sink(USAGE_TABLE, USAGE_COLUMNS, usage_row, lambda u: 
 DEAD_LETTERS_SINK: Sink[DeadLetter] = Sink(
     DEAD_LETTERS_TABLE, DEAD_LETTER_COLUMNS, dead_letter_row,
     lambda d: f"{d.source_topic}/{d.source_partition}/{d.source_offset}/{d.agent}/{d.at_ms}")
-ALERTS_SINK: Sink[Alert] = Sink(ALERTS_TABLE, ALERT_COLUMNS, alert_row, lambda a: a.alert_id)
+def new_alert_rows(client: ClickHouse, rows: list[list[Any]]) -> list[list[Any]]:
+    """``rows`` minus alerts already stored. An alert id names one firing or one resolution
+    of one episode; the monitor may publish a resolution again after a restart with a later
+    ``at`` (part of the table's sort key), which would otherwise be a second row."""
+    if not rows:
+        return rows
+    stored = {aid for (aid,) in client.query(
+        "SELECT alert_id FROM alerts WHERE tenant IN {tenants:Array(String)} "
+        "AND alert_id IN {ids:Array(String)}",
+        parameters={"tenants": sorted({r[_A_TENANT] for r in rows}),
+                    "ids": sorted({r[_A_ID] for r in rows})}).result_rows}
+    return [r for r in rows if r[_A_ID] not in stored]
+
+
+_A_ID, _A_TENANT = ALERT_COLUMNS.index("alert_id"), ALERT_COLUMNS.index("tenant")
+ALERTS_SINK: Sink[Alert] = Sink(ALERTS_TABLE, ALERT_COLUMNS, alert_row, lambda a: a.alert_id,
+                                new_alert_rows)
 
 
 # --- Batched writer -------------------------------------------------------------------------

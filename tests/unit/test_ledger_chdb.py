@@ -773,7 +773,9 @@ async def test_a_request_billed_twice_in_one_batch_keeps_its_latest_usage(ledger
 async def test_writer_sinks_alerts_and_dead_letters_idempotently(ledger: ClickHouse) -> None:
     client = RecordingClient(ledger)
     client.fail_after_insert = 1            # the first batch lands but is reported failed
-    alerts = LedgerWriter(client, max_rows=10, clock=FakeClock(), sink=ALERTS_SINK,  # type: ignore[arg-type]
+    # Without the stored-alert filter (next test), so the token alone must drop the retry.
+    alerts = LedgerWriter(client, max_rows=10, clock=FakeClock(),  # type: ignore[arg-type]
+                          sink=dataclasses.replace(ALERTS_SINK, unstored=None),
                           token_prefix="alerts:llm.alerts")
     letters = LedgerWriter(client, max_rows=10, clock=FakeClock(),  # type: ignore[arg-type]
                            sink=DEAD_LETTERS_SINK, token_prefix="dead_letters:llm.dead-letter")
@@ -793,6 +795,28 @@ async def test_writer_sinks_alerts_and_dead_letters_idempotently(ledger: ClickHo
     assert count_by(ledger, "alerts", "alert_id", ("a-1",)) == {"a-1": 1}
     with pytest.raises(ValueError):
         count_by(ledger, "alerts", "message; DROP TABLE usage", ("x",))
+
+
+@pytest.mark.asyncio
+async def test_an_alert_published_again_with_a_later_time_is_stored_once(ledger: ClickHouse) -> None:
+    """The monitor may re-publish a resolution after a restart: same alert id, later ``at``
+    (part of the table's sort key, so ReplacingMergeTree would keep both)."""
+    def resolution(at_ms: int) -> Alert:
+        return Alert(alert_id="res-1", rule="tenant_hourly_spend", state="resolved", value="1",
+                     threshold="2", at_ms=at_ms, tenant="acme")
+
+    first = LedgerWriter(ledger, max_rows=10, clock=FakeClock(), sink=ALERTS_SINK,
+                         token_prefix="alerts:llm.alerts")
+    first.add(resolution(RECENT_MS), 0, 1)
+    await first.flush()
+    again = LedgerWriter(ledger, max_rows=10, clock=FakeClock(), sink=ALERTS_SINK,
+                         token_prefix="alerts:llm.alerts")
+    again.add(resolution(RECENT_MS + 5_000), 0, 7)
+    again.add(Alert(alert_id="res-2", rule="tenant_hourly_spend", state="firing", value="3",
+                    threshold="2", at_ms=RECENT_MS + 6_000, tenant="acme"), 0, 8)
+    await again.flush()
+    assert raw_count(ledger, "alerts") == 2
+    assert count_by(ledger, "alerts", "alert_id", ("res-1", "res-2")) == {"res-1": 1, "res-2": 1}
 
 
 # --- outages: the fault switch, backoff, backpressure, catch-up ------------------------------
