@@ -190,53 +190,51 @@ class Sink(Generic[E]):
     columns: tuple[str, ...]
     row: Callable[[E], list[Any]]
     identity: Callable[[E], str]
-    #: Drops rows the table already holds unchanged (see :func:`new_usage_rows`), or None.
+    #: Drops rows the table already holds (see :func:`stored_rows_filter`), or None.
     unstored: Callable[[ClickHouse, list[list[Any]]], list[list[Any]]] | None = None
 
 
-_I_REQUEST, _I_TENANT = USAGE_COLUMNS.index("request_id"), USAGE_COLUMNS.index("tenant")
-_I_COMPLETED, _I_COST = USAGE_COLUMNS.index("completed_at"), USAGE_COLUMNS.index("cost_usd")
+def stored_rows_filter(table: str, columns: tuple[str, ...], match: dict[str, str]
+                       ) -> Callable[[ClickHouse, list[list[Any]]], list[list[Any]]]:
+    """A :attr:`Sink.unstored` filter: leaves out rows ``table`` already holds with the same
+    values in ``match`` (column -> SQL expression that reads it back as inserted; the first
+    is the row's id). One lookup per batch, by tenant and id (the tables' sort key prefix)."""
+    id_column = next(iter(match))
+    at = [columns.index(column) for column in match]
+    tenant_at = columns.index("tenant")
+    sql = (f"SELECT {', '.join(match.values())} FROM {table} "
+           f"WHERE tenant IN {{tenants:Array(String)}} AND {id_column} IN {{ids:Array(String)}}")
+
+    def unstored(client: ClickHouse, rows: list[list[Any]]) -> list[list[Any]]:
+        if not rows:
+            return rows
+        stored = {tuple(found) for found in client.query(sql, parameters={
+            "tenants": sorted({r[tenant_at] for r in rows}),
+            "ids": sorted({r[at[0]] for r in rows})}).result_rows}
+        return [r for r in rows if tuple(r[i] for i in at) not in stored]
+
+    return unstored
 
 
-def new_usage_rows(client: ClickHouse, rows: list[list[Any]]) -> list[list[Any]]:
-    """``rows`` minus those ``usage`` already holds unchanged (same request, completion
-    time and cost): a re-delivered Usage in a new batch. ReplacingMergeTree would fold it
-    at merge time anyway, but the rollups' materialised views count every inserted row, so
-    a re-delivery must not be inserted at all. A re-done call (new completion time or
-    cost) is inserted: the raw table keeps the latest, the rollups then hold both (see
-    docs/analytics.md on reconciling a day)."""
-    if not rows:
-        return rows
-    stored = {(rid, ms, cost) for rid, ms, cost in client.query(
-        "SELECT request_id, toUnixTimestamp64Milli(completed_at), cost_usd FROM usage "
-        "WHERE tenant IN {tenants:Array(String)} AND request_id IN {ids:Array(String)}",
-        parameters={"tenants": sorted({r[_I_TENANT] for r in rows}),
-                    "ids": sorted({r[_I_REQUEST] for r in rows})}).result_rows}
-    return [r for r in rows if (r[_I_REQUEST], r[_I_COMPLETED], r[_I_COST]) not in stored]
-
-
-USAGE_SINK: Sink[Usage] = Sink(USAGE_TABLE, USAGE_COLUMNS, usage_row, lambda u: u.request_id,
-                               new_usage_rows)
+# A re-delivered Usage cut into a new batch (new token) is left out when ``usage`` holds it
+# unchanged (same request, completion time and cost): ReplacingMergeTree would fold it at
+# merge time, but the rollups' materialised views count every inserted row. A re-done call
+# (new completion time or cost) goes in: the raw table keeps the latest, the rollups then
+# hold both (docs/analytics.md: reconciling a day).
+USAGE_SINK: Sink[Usage] = Sink(
+    USAGE_TABLE, USAGE_COLUMNS, usage_row, lambda u: u.request_id,
+    stored_rows_filter(USAGE_TABLE, USAGE_COLUMNS, {
+        "request_id": "request_id",
+        "completed_at": "toUnixTimestamp64Milli(completed_at)",
+        "cost_usd": "cost_usd"}))
 DEAD_LETTERS_SINK: Sink[DeadLetter] = Sink(
     DEAD_LETTERS_TABLE, DEAD_LETTER_COLUMNS, dead_letter_row,
     lambda d: f"{d.source_topic}/{d.source_partition}/{d.source_offset}/{d.agent}/{d.at_ms}")
-def new_alert_rows(client: ClickHouse, rows: list[list[Any]]) -> list[list[Any]]:
-    """``rows`` minus alerts already stored. An alert id names one firing or one resolution
-    of one episode; the monitor may publish a resolution again after a restart with a later
-    ``at`` (part of the table's sort key), which would otherwise be a second row."""
-    if not rows:
-        return rows
-    stored = {aid for (aid,) in client.query(
-        "SELECT alert_id FROM alerts WHERE tenant IN {tenants:Array(String)} "
-        "AND alert_id IN {ids:Array(String)}",
-        parameters={"tenants": sorted({r[_A_TENANT] for r in rows}),
-                    "ids": sorted({r[_A_ID] for r in rows})}).result_rows}
-    return [r for r in rows if r[_A_ID] not in stored]
-
-
-_A_ID, _A_TENANT = ALERT_COLUMNS.index("alert_id"), ALERT_COLUMNS.index("tenant")
+# An alert id names one firing or one resolution of one episode; the monitor may publish a
+# resolution again after a restart with a later ``at`` (in the table's sort key): store once.
 ALERTS_SINK: Sink[Alert] = Sink(ALERTS_TABLE, ALERT_COLUMNS, alert_row, lambda a: a.alert_id,
-                                new_alert_rows)
+                                stored_rows_filter(ALERTS_TABLE, ALERT_COLUMNS,
+                                                   {"alert_id": "alert_id"}))
 
 
 # --- Batched writer -------------------------------------------------------------------------
