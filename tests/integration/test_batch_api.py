@@ -54,6 +54,19 @@ def requests_for(tag: str, n: int):
                          model=MODELS[i % 2], max_tokens=64, hints=BATCH) for i in range(n)]
 
 
+async def wait_until_in_jobs(stack: DevStack, ids: set[str], timeout: float) -> set[str]:
+    """Request ids held by jobs on llm.batch-jobs, once they include ``ids`` or at the
+    timeout (the caller asserts what it needs)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        recorded = {item.request.request_id
+                    for job in stack.read_events(stack.topics.batch_jobs, BatchJob, timeout=5)
+                    for item in job.items}
+        if ids <= recorded or time.monotonic() >= deadline:
+            return recorded
+        await asyncio.sleep(0.1)
+
+
 def check_billed_at_batch_rate(worker, ids: list[str]) -> None:
     counts = worker.wait_for_usage(ids, timeout=60)
     assert counts == {rid: 1 for rid in ids}, {k: v for k, v in counts.items() if v != 1}
@@ -95,15 +108,7 @@ async def test_batch_priority_goes_through_the_batch_api_and_survives_a_sigkill(
                 await gw.send(r)
             # Killed only once the jobs are on llm.batch-jobs: before that, the Batch is not
             # acknowledged and a restart submits it again (a second job, at-least-once).
-            crash_ids = {r.request_id for r in crash}
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                recorded = {item.request.request_id
-                            for job in stack.read_events(stack.topics.batch_jobs, BatchJob, timeout=5)
-                            for item in job.items}
-                if crash_ids <= recorded:
-                    break
-                await asyncio.sleep(0.1)
+            await wait_until_in_jobs(stack, {r.request_id for r in crash}, timeout=30)
             in_flight = [j for j in sim_batches(stack)["jobs"] if not j["ended"]]
             assert in_flight, "no batch job in flight at the provider when the worker died"
             assert not any(f.done() for f in futures.values())
@@ -183,14 +188,7 @@ async def test_rebalance_while_jobs_are_in_flight_and_windows_open_every_request
             # 1. Jobs in flight at the provider, submitted by worker-1.
             await send(wave("in-flight", 9))
             ids = {r.request_id for r in sent}
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline:
-                recorded = {item.request.request_id
-                            for job in stack.read_events(stack.topics.batch_jobs, BatchJob, timeout=5)
-                            for item in job.items}
-                if ids <= recorded:
-                    break
-                await asyncio.sleep(0.1)
+            recorded = await wait_until_in_jobs(stack, ids, timeout=15)
             assert ids <= recorded, "the first wave never became provider jobs"
             # 2. Windows open, and requests keep arriving while worker-2 joins.
             await send(wave("open-window", 9))

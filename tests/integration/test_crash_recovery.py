@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
+from collections import defaultdict
 from decimal import Decimal
 
 from pipeline.client import GatewayClient
@@ -18,26 +18,20 @@ from tests.integration.conftest import make_stack
 N = 150
 
 
-def latest_usage(stack, ids: list[str]) -> dict[str, Usage]:
-    """The last Usage per request id on llm.usage (one partition per request: offset order)."""
-    wanted, latest = set(ids), {}
+def usage_events(stack, ids: list[str]) -> dict[str, list[Usage]]:
+    """Every Usage per request id on llm.usage, in offset order (one partition per request)."""
+    wanted, events = set(ids), defaultdict(list)
     for usage in stack.read_events(stack.topics.usage, Usage):
         if usage.request_id in wanted:
-            latest[usage.request_id] = usage
-    return latest
+            events[usage.request_id].append(usage)
+    return events
 
 
-def usage_events_per_request(stack, ids: list[str]) -> Counter:
-    wanted = set(ids)
-    return Counter(u.request_id for u in stack.read_events(stack.topics.usage, Usage)
-                   if u.request_id in wanted)
-
-
-def budget_vs_ledger(stack, worker, ids: list[str], tenants: list[str]) -> list[str]:
+def budget_vs_ledger(events: dict[str, list[Usage]], worker, tenants: list[str]) -> list[str]:
     """What differs between the topic's latest Usage, the ledger and each tenant's spend."""
-    latest = latest_usage(stack, ids)
+    latest = {rid: usages[-1] for rid, usages in events.items()}
     ledger = {row["request_id"]: int(Decimal(row["cost_usd"]) * 10**9)
-              for row in worker.usage_rows(ids)}
+              for row in worker.usage_rows(list(events))}
     problems = [f"{rid}: ledger {ledger.get(rid)} vs latest usage {u.cost_nanos}"
                 for rid, u in latest.items() if ledger.get(rid) != u.cost_nanos]
     for tenant in tenants:
@@ -90,12 +84,13 @@ async def test_sigkill_mid_demo_loses_nothing_and_bills_once(broker, tmp_path_fa
         tenants = sorted({r.tenant for r in requests})
         deadline = time.monotonic() + 60
         while True:
-            problems = budget_vs_ledger(stack, second, ids, tenants)
+            events = usage_events(stack, ids)
+            problems = budget_vs_ledger(events, second, tenants)
             if not problems or time.monotonic() > deadline:
                 break
             time.sleep(1.0)
         assert not problems, problems
-        repeated = sum(n > 1 for n in usage_events_per_request(stack, ids).values())
+        repeated = sum(len(usages) > 1 for usages in events.values())
         print(f"answered before kill: {answered_before}/{N}; repeated responses dropped "
               f"by the SDK: {duplicates}; requests with a re-done provider call: {repeated}")
     finally:
