@@ -55,7 +55,7 @@ def batching_summary(worker) -> str:
     """One line per priority from the worker's micro-batcher: batches, sizes, fill reasons
     and the wait the window added."""
     try:
-        stats = httpx.get(f"{worker.url}/llmpipe/batcher/stats/", timeout=10).json()
+        stats = worker.batcher_stats()
     except (httpx.HTTPError, ValueError) as exc:
         return f"micro-batching: stats unavailable ({exc})"
     lines = ["Micro-batching (per priority)"]

@@ -104,6 +104,13 @@ class Worker:
         resp.raise_for_status()
         return resp.json()
 
+    def batcher_stats(self) -> dict:
+        """This worker's micro-batcher: open windows and, per priority, batches, sizes, fill
+        reasons and added wait (GET /llmpipe/batcher/stats/)."""
+        resp = httpx.get(f"{self.url}/llmpipe/batcher/stats/", timeout=10)
+        resp.raise_for_status()
+        return resp.json()
+
     def breaker_state(self, deployment: str) -> str | None:
         """``closed``/``open``/``half_open``, or None if this worker has no guard for it."""
         guard = self.dispatch_health()["deployments"].get(deployment)

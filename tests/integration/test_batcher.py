@@ -20,7 +20,6 @@ import asyncio
 import time
 import uuid
 
-import httpx
 import pytest
 import yaml
 from aiokafka import AIOKafkaProducer
@@ -63,12 +62,6 @@ def stack(broker, tmp_path_factory):
         yield s
     finally:
         s.stop()
-
-
-def stats(worker) -> dict:
-    resp = httpx.get(f"{worker.url}/llmpipe/batcher/stats/", timeout=10)
-    resp.raise_for_status()
-    return resp.json()
 
 
 def batches_by_request(stack) -> dict[str, list[Batch]]:
@@ -117,7 +110,7 @@ async def test_standard_is_batched_interactive_stays_within_its_window_one_respo
           f"routed->flushed p99 {percentile(routed_to_flush, .99):.0f} ms; "
           f"standard window wait p99 {percentile(std_waits, .99):.0f} ms")
     worker = stack.workers[0]
-    body = stats(worker)
+    body = worker.batcher_stats()
     lag = body["loop_lag_ms"]["p99"]
     print(f"worker loop lag p50/p99/max {body['loop_lag_ms']['p50']:.0f}/{lag:.0f}/"
           f"{body['loop_lag_ms']['max']} ms")
@@ -171,7 +164,7 @@ async def test_rebalance_and_shutdown_flush_open_windows_nothing_lost(stack):
         return futures
 
     def waiting(worker) -> list[dict]:
-        return [w for w in stats(worker)["windows"] if w["priority"] == "batch"]
+        return [w for w in worker.batcher_stats()["windows"] if w["priority"] == "batch"]
 
     def all_waiting(n):
         return sum(w["requests"] for worker in stack.workers for w in waiting(worker)) >= n
