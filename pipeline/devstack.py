@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import httpx
 import yaml
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline.embedded.broker import EmbeddedBroker
 from pipeline.embedded.ports import free_port
@@ -246,6 +246,17 @@ class DevStack:
         httpx.post(f"{self.simulator_url}/_sim/reset", timeout=10).raise_for_status()
 
     # --- what the pipeline published ----------------------------------------------------
+
+    async def publish_raw(self, records: list[tuple[str, bytes | None, bytes]]) -> None:
+        """Publish (topic, key, value) records as they are — poison bytes, JSON lines, events
+        already encoded — one after another, each acknowledged by the broker."""
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
+        await producer.start()
+        try:
+            for topic, key, value in records:
+                await producer.send_and_wait(topic, value, key=key)
+        finally:
+            await producer.stop()
 
     def read_events(self, topic: str, cls: type[E], timeout: float = 30.0) -> list[E]:
         """Every record on ``topic`` up to its current end, decoded as ``cls`` (records that

@@ -22,7 +22,6 @@ import uuid
 
 import pytest
 import yaml
-from aiokafka import AIOKafkaProducer
 
 from pipeline.catalog import load_catalog
 from pipeline.client import GatewayClient, make_request
@@ -126,12 +125,7 @@ async def test_standard_is_batched_interactive_stays_within_its_window_one_respo
 
 async def test_poison_on_routed_is_dead_lettered_and_the_batcher_keeps_going(stack):
     poison = b"\x13\x37 not a routed request"
-    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap)
-    await producer.start()
-    try:
-        await producer.send_and_wait(stack.topics.routed, poison, key=b"deepseek-v3.2")
-    finally:
-        await producer.stop()
+    await stack.publish_raw([(stack.topics.routed, b"deepseek-v3.2", poison)])
     after = make_request("acme", "still served after the poison?", model=MODEL, max_tokens=16)
     async with GatewayClient(stack.bootstrap, stack.topics) as gw:
         assert (await gw.request(after, timeout=TIMEOUT)).status == "ok"

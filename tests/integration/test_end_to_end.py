@@ -13,7 +13,7 @@ import uuid
 from decimal import Decimal
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from pipeline.catalog import load_catalog, nanos_to_usd
 from pipeline.client import GatewayClient, make_request
@@ -65,16 +65,10 @@ async def test_bad_inputs_end_in_dead_letters_or_error_responses_and_good_ones_c
     missing_field = json.dumps({"request_id": missing_field_id, "tenant": "acme"}).encode()
     async with GatewayClient(stack.bootstrap, topics) as gw:
         futures = {r.request_id: gw.expect(r.request_id) for r in good + [unknown_model, negative]}
-        producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap)
-        await producer.start()
-        try:
-            sequence = [gw.encode(good[0]), garbage, gw.encode(good[1]), missing_field,
-                        gw.encode(good[2]), codec.encode_json(unknown_model), gw.encode(good[3]),
-                        gw.encode(negative)]
-            for value in sequence:
-                await producer.send_and_wait(topics.requests, value, key=b"acme")
-        finally:
-            await producer.stop()
+        sequence = [gw.encode(good[0]), garbage, gw.encode(good[1]), missing_field,
+                    gw.encode(good[2]), codec.encode_json(unknown_model), gw.encode(good[3]),
+                    gw.encode(negative)]
+        await stack.publish_raw([(topics.requests, b"acme", value) for value in sequence])
         results = {rid: await gw.wait(rid, fut, TIMEOUT) for rid, fut in futures.items()}
 
     assert all(results[r.request_id].status == "ok" for r in good)
@@ -96,12 +90,7 @@ async def test_bad_inputs_end_in_dead_letters_or_error_responses_and_good_ones_c
 async def test_poison_usage_event_is_dead_lettered_and_the_ledger_keeps_going(pipeline_stack):
     stack = pipeline_stack
     poison = b"\x00\x00\x00\x00\x01 not a usage event"
-    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap)
-    await producer.start()
-    try:
-        await producer.send_and_wait(stack.topics.usage, poison, key=b"acme")
-    finally:
-        await producer.stop()
+    await stack.publish_raw([(stack.topics.usage, b"acme", poison)])
     after = make_request("acme", "still billed after the poison?", max_tokens=16)
     async with GatewayClient(stack.bootstrap, stack.topics) as gw:
         assert (await gw.request(after, timeout=TIMEOUT)).status == "ok"
@@ -139,12 +128,7 @@ async def test_plain_json_bytes_get_a_json_response(pipeline_stack):
     line = json.dumps({"request_id": rid, "tenant": "json-tenant",
                        "messages": [{"role": "user", "content": "Say hello in Chinese."}],
                        "params": {"max_tokens": 64}}).encode()
-    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap)
-    await producer.start()
-    try:
-        await producer.send_and_wait(stack.topics.requests, line, key=b"json-tenant")
-    finally:
-        await producer.stop()
+    await stack.publish_raw([(stack.topics.requests, b"json-tenant", line)])
     consumer = AIOKafkaConsumer(stack.topics.responses, bootstrap_servers=stack.bootstrap,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()

@@ -16,7 +16,6 @@ from decimal import Decimal
 from typing import Any, Callable
 
 import httpx
-from aiokafka import AIOKafkaProducer
 
 from pipeline.analytics.clickhouse import FAULT_FILE_ENV
 from pipeline.catalog import nanos_to_usd
@@ -79,14 +78,9 @@ async def test_clickhouse_outage_under_load_then_redelivery_bills_each_request_o
 
             fault.touch()                                 # ClickHouse "down"
             t_down = time.monotonic()
-            producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap)
-            await producer.start()
-            try:
-                await producer.send_and_wait(stack.topics.usage, poison, key=b"calm-0")
-                await producer.send_and_wait(stack.topics.alerts, codec.encode(alert, stack.topics.alerts),
-                                             key=b"calm-0")
-            finally:
-                await producer.stop()
+            await stack.publish_raw([
+                (stack.topics.usage, b"calm-0", poison),
+                (stack.topics.alerts, b"calm-0", codec.encode(alert, stack.topics.alerts))])
             # Traffic keeps flowing: every request is answered while nothing can be billed.
             answered += await asyncio.gather(*(gw.request(r, timeout=60) for r in during))
         assert all(r.status == "ok" for r in answered), [r.error for r in answered if r.status != "ok"]
@@ -127,15 +121,8 @@ async def test_clickhouse_outage_under_load_then_redelivery_bills_each_request_o
         # Redelivery: publish every usage event of these requests again (new offsets, new
         # batches). The sink inserts them all; no total moves.
         inserted_before = sinks["usage"]["inserted"]
-        producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap)
-        await producer.start()
-        try:
-            for u in usage.values():
-                await producer.send(stack.topics.usage, codec.encode(u, stack.topics.usage),
-                                    key=u.tenant.encode())
-            await producer.flush()
-        finally:
-            await producer.stop()
+        await stack.publish_raw([(stack.topics.usage, u.tenant.encode(),
+                                  codec.encode(u, stack.topics.usage)) for u in usage.values()])
         until("the redelivered usage to be inserted", lambda: totals(ids)["sinks"]["usage"]["inserted"]
               >= inserted_before + len(ids), timeout=30)
         again = totals(ids)
