@@ -45,6 +45,10 @@ def create_app(runtime: Runtime) -> faust.App:
         web_port=max(s.web_port, 1),
         web_bind=s.web_host,
         web_host=s.web_host,
+        producer_max_request_size=s.max_message_bytes,
+        # A send whose topic has no leader fails within this instead of Faust's 20 minutes,
+        # so the emitter's stall bound can act on it.
+        producer_request_timeout=max(5.0, min(30.0, s.publish_stall_s / 2)),
     )
     partitions = faust_partitions(prefixed(load_topic_specs(), s.topics.prefix))
 
@@ -55,11 +59,13 @@ def create_app(runtime: Runtime) -> faust.App:
     async def send(topic_name: str, key: bytes | None, value: bytes, partition: int | None):
         return await app.producer.send(topic_name, key, value, partition, None, None)
 
-    emitter = Emitter(send, runtime.codec)
+    emitter = Emitter(send, runtime.codec, s.topics, max_message_bytes=s.max_message_bytes,
+                      stall_s=s.publish_stall_s)
     if "intake" in s.agents:
         # Reserve (intake) and settle (usage) meet on the tenant's partition: same worker.
         tenancy = Tenancy(app, runtime, partitions[s.topics.requests])
-        register_intake(app, runtime, tenancy, topic(s.topics.requests), emitter)
+        register_intake(app, runtime, tenancy, topic(s.topics.requests), emitter,
+                        partitions.get(s.topics.requests))
         register_settle(app, runtime, tenancy, topic(s.topics.usage), emitter)
         register_views(app, tenancy)
     if "batcher" in s.agents or "dispatch" in s.agents:

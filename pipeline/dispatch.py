@@ -20,11 +20,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping
 
-from pipeline import errors
+from pipeline import errors, terminal
 from pipeline.catalog import Catalog
 from pipeline.deployments import Deployments
 from pipeline.errors import GatewayError
-from pipeline.events.models import (ERROR, OK, AttemptRecord, ErrorInfo, Response, RouteDecision,
+from pipeline.events.models import (OK, AttemptRecord, Response, RouteDecision,
                                     RoutedRequest, Usage)
 from pipeline.intake import now_ms
 from pipeline.outputs import Out
@@ -41,7 +41,6 @@ NO_FAILOVER = frozenset({errors.INVALID_REQUEST})
 # AttemptRecord code of a deployment passed over, without a call, because it is degraded.
 DEGRADED = "degraded"
 FAILOVER_RULE, DEMOTED_RULE = "failover", "demoted"
-HEDGE_CODES = frozenset({"hedge_lost", "hedge_cancelled"})   # AttemptRecord of a hedge's losing call
 ALERT_KEY = "*"          # llm.alerts is keyed by tenant; breaker alerts are global
 
 
@@ -301,7 +300,7 @@ class Dispatcher:
                                            c.prompt_tokens,
                                            c.completion_tokens, c.cached_tokens)
         total_attempts = attempts + sum(t.attempts for t in routed.tried)
-        created = r.created_at_ms or routed.received_at_ms
+        created = terminal.created_at(r, routed.received_at_ms)
         response = Response(
             request_id=r.request_id, tenant=r.tenant, status=OK, completed_at_ms=at,
             content=c.content, finish_reason=c.finish_reason, model=route.model,
@@ -316,7 +315,7 @@ class Dispatcher:
                               served_model=route.model, provider=route.provider,
                               deployment=route.deployment, region=route.region)
         return [Out(routed.reply_topic, r.request_id, response, routed.reply_format),
-                self._usage_out(routed, usage)]
+                terminal.usage_out(routed, usage, self.topics)]
 
     def _failed(self, routed: RoutedRequest, hop: _Hop) -> list[Out]:
         """Fail over to the next deployment of the chain, or end the request with one
@@ -349,22 +348,11 @@ class Dispatcher:
 
     def _terminal(self, routed: RoutedRequest, failure: GatewayError, tried: list[AttemptRecord],
                   provider_ms: int, note: str = "") -> list[Out]:
-        r, route = routed.request, routed.route
-        at = self.clock()
         names = ", ".join(f"{t.deployment} ({t.error_code})" for t in tried)
-        message = f"{failure.message}; tried {names}{note}"
-        total_attempts = sum(t.attempts for t in tried)
-        created = r.created_at_ms or routed.received_at_ms
-        response = Response(
-            request_id=r.request_id, tenant=r.tenant, status=ERROR, completed_at_ms=at,
-            error=ErrorInfo(failure.code, message, failure.retryable), model=route.model,
-            deployment=route.deployment, attempts=total_attempts,
-            tried=[t.deployment for t in tried], latency_ms=max(0, at - created),
-            metadata=r.metadata)
-        usage = self._usage(routed, at, ERROR, failure.code, total_attempts, provider_ms).replace(
-            deployment=route.deployment, provider=route.provider, region=route.region)
-        return [Out(routed.reply_topic, r.request_id, response, routed.reply_format),
-                self._usage_out(routed, usage)]
+        return terminal.routed_failed(
+            routed, failure.code, f"{failure.message}; tried {names}{note}", failure.retryable,
+            at=self.clock(), tried=tried, provider_ms=provider_ms,
+            routed_model=self._first_model(routed), topics=self.topics)
 
     def _reroute(self, routed: RoutedRequest, dep_id: str, fallbacks: list[str],
                  tried: list[AttemptRecord], rule: str, reason: str) -> Out:
@@ -410,11 +398,6 @@ class Dispatcher:
 
     # --- usage -------------------------------------------------------------------------
 
-    def _usage_out(self, routed: RoutedRequest, usage: Usage) -> Out:
-        # Settle the budget reservation on the partition that made it (see RoutedRequest).
-        partition = routed.tenant_partition if routed.tenant_partition >= 0 else None
-        return Out(self.topics.usage, usage.tenant, usage, partition=partition)
-
     def _first_model(self, routed: RoutedRequest) -> str:
         if not routed.tried:
             return routed.route.model
@@ -423,16 +406,5 @@ class Dispatcher:
 
     def _usage(self, routed: RoutedRequest, at: int, status: str, code: str, attempts: int,
                provider_ms: int) -> Usage:
-        r, route = routed.request, routed.route
-        created = r.created_at_ms or routed.received_at_ms
-        moved = [t for t in routed.tried if t.error_code not in HEDGE_CODES]   # hedges aren't hops
-        first_rule = route.rule if not moved else "failover"
-        queue_ms = max(0, routed.received_at_ms - created)
-        return Usage(
-            request_id=r.request_id, tenant=r.tenant, created_at_ms=created, completed_at_ms=at,
-            status=status, error_code=code, team=r.team or "", end_user=r.end_user or "",
-            routed_at_ms=routed.routed_at_ms, requested_model=r.model or "",
-            routed_model=self._first_model(routed), route_rule=first_rule,
-            task_class=route.task_class, attempts=attempts, fallbacks=len(moved),
-            queue_ms=queue_ms, provider_ms=provider_ms,
-            pipeline_ms=max(0, at - created - queue_ms - provider_ms), canary=routed.canary)
+        return terminal.routed_usage(routed, at, status, code, attempts, provider_ms,
+                                     self._first_model(routed))

@@ -14,6 +14,9 @@ OVERLOADED = "overloaded"
 UNKNOWN_MODEL = "unknown_model"
 MODEL_NOT_ALLOWED = "model_not_allowed"
 DUPLICATE = "duplicate"
+# The gateway could not pass the request or its answer on (an output the broker refused);
+# the message says why. Not retryable as it is.
+INTERNAL_ERROR = "internal_error"
 # Response metadata of a duplicate notice: "in_flight" (the original's response is still to
 # come) or "completed" (it was already published).
 DUPLICATE_STATE = "llmpipe.duplicate_of"

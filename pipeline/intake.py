@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from typing import Callable
 
-from pipeline import errors
+from pipeline import errors, terminal, validation
 from pipeline.catalog import Catalog
 from pipeline.errors import Rejected
 from pipeline.events.codec import Codec, DecodeError, is_json
-from pipeline.events.models import (ERROR, PRIORITIES, ROLES, ErrorInfo, Request,
-                                    Response, RoutedRequest, TenantPolicy, Usage)
+from pipeline.delivery import invalid_topic_name
+from pipeline.events.models import ERROR, ErrorInfo, Request, Response, RoutedRequest, TenantPolicy
+from pipeline.events.text import scrub
 from pipeline.outputs import AVRO, JSON, Origin, Out, dead_letter
 from pipeline.routing.policy import Router, RoutingPolicy, TenantRules
 from pipeline.tenancy.admissions import DUPLICATE, REDELIVERY, REFUSED, Admission
@@ -25,8 +25,7 @@ from pipeline.tenancy.canary import CANARY, arm_for, arm_label
 from pipeline.tenancy.state import TenantState, budget_alert
 from pipeline.routing.tokens import estimate_prompt_tokens
 from pipeline.settings import Topics
-
-MAX_TENANT_LENGTH = 128
+from pipeline.validation import RequestBounds
 
 
 def now_ms() -> int:
@@ -39,9 +38,13 @@ class Intake:
     def __init__(self, codec: Codec, catalog: Catalog, router: Router, policy: RoutingPolicy,
                  topics: Topics, clock: Callable[[], int] = now_ms,
                  policies: Callable[[str], TenantPolicy | None] = lambda tenant: None,
-                 state: TenantState | None = None):
+                 state: TenantState | None = None, bounds: RequestBounds = RequestBounds(),
+                 partitions: int | None = None):
+        """``partitions``: llm.requests' partition count, to check that a record sits on its
+        tenant's partition (None: not checked)."""
         self.codec, self.catalog, self.router, self.policy = codec, catalog, router, policy
         self.topics, self.clock, self.policies = topics, clock, policies
+        self.bounds, self.partitions = bounds, partitions
         self.state = state if state is not None else TenantState({})
 
     def handle(self, value: bytes | None, origin: Origin) -> list[Out]:
@@ -51,11 +54,14 @@ class Intake:
             request = self.codec.decode(value, Request)
         except DecodeError as exc:
             return self._rejected_bytes(value, origin, exc.code, exc.reason, received)
+        policy = self.policies(request.tenant)
         try:
-            self._validate(request)
+            validation.check_request(request, received, self.bounds)
+            validation.check_record(len(value or b""), origin.key, origin.partition,
+                                    request.tenant, self.partitions, self.bounds, origin.topic)
+            validation.check_reply_topic(request, self.topics.responses, policy)
         except Rejected as exc:
             return self._refused(request, fmt, exc, received, origin)
-        request = self._normalise(request)
         self.state.prepare(origin.partition)
         kind, seen = self.state.admissions.classify(request.tenant, request.request_id,
                                                     origin.partition, origin.offset)
@@ -63,7 +69,6 @@ class Intake:
             return [self._duplicate(request, fmt, seen, received)]
         outs: list[Out] = []
         try:
-            policy = self.policies(request.tenant)
             if kind == REDELIVERY and seen.state != REFUSED:
                 # Admitted before but never acknowledged: route again, reserve nothing new.
                 routed, _ = self._route(request, fmt, origin, received, policy, economise=False)
@@ -136,57 +141,32 @@ class Intake:
             error=ErrorInfo(errors.DUPLICATE, message, retryable=False),
             metadata={**r.metadata, errors.DUPLICATE_STATE: state}), fmt)
 
-    # --- validation ----------------------------------------------------------------
-
-    def _validate(self, r: Request) -> None:
-        try:
-            uuid.UUID(r.request_id)
-        except ValueError:
-            raise Rejected(f"request_id {r.request_id!r} is not a UUID") from None
-        if not r.tenant.strip() or len(r.tenant) > MAX_TENANT_LENGTH:
-            raise Rejected(f"tenant must be 1..{MAX_TENANT_LENGTH} characters")
-        if not r.messages:
-            raise Rejected("messages must contain at least one message")
-        for i, m in enumerate(r.messages):
-            if m.role not in ROLES:
-                raise Rejected(f"messages[{i}].role {m.role!r} is not one of {', '.join(ROLES)}")
-        if not any(m.content.strip() for m in r.messages):
-            raise Rejected("every message is empty")
-        p, h = r.params, r.hints
-        if p.max_tokens is not None and p.max_tokens < 1:
-            raise Rejected(f"params.max_tokens must be at least 1 (got {p.max_tokens})")
-        if p.temperature is not None and not 0 <= p.temperature <= 2:
-            raise Rejected(f"params.temperature must be within 0..2 (got {p.temperature})")
-        if p.top_p is not None and not 0 <= p.top_p <= 1:
-            raise Rejected(f"params.top_p must be within 0..1 (got {p.top_p})")
-        if h.required_quality is not None and not 0 <= h.required_quality <= 1:
-            raise Rejected(f"hints.required_quality must be within 0..1 (got {h.required_quality})")
-        if h.max_latency_ms is not None and h.max_latency_ms < 1:
-            raise Rejected(f"hints.max_latency_ms must be positive (got {h.max_latency_ms})")
-        if h.budget_per_mtok is not None and h.budget_per_mtok < 0:
-            raise Rejected(f"hints.budget_per_mtok must not be negative (got {h.budget_per_mtok})")
-        if h.priority not in PRIORITIES:
-            raise Rejected(f"hints.priority {h.priority!r} is not one of {', '.join(PRIORITIES)}")
-
-    def _normalise(self, r: Request) -> Request:
-        return r.replace(tenant=r.tenant.strip())
-
     # --- refusals ------------------------------------------------------------------
 
     def _refused(self, r: Request, fmt: str, exc: Rejected, received: int, origin: Origin) -> list[Out]:
-        at = self.clock()
-        created = r.created_at_ms or origin.timestamp_ms or received
-        response = Response(
-            request_id=r.request_id, tenant=r.tenant, status=ERROR, completed_at_ms=at,
-            error=ErrorInfo(exc.code, exc.message, retryable=False),
-            latency_ms=max(0, at - created), metadata=r.metadata)
-        usage = Usage(
-            request_id=r.request_id, tenant=r.tenant, created_at_ms=created, completed_at_ms=at,
-            status=ERROR, error_code=exc.code, team=r.team or "", end_user=r.end_user or "",
-            requested_model=r.model or "", queue_ms=max(0, received - created),
-            pipeline_ms=max(0, at - received))
-        return [Out(r.reply_topic or self.topics.responses, r.request_id, response, fmt),
-                Out(self.topics.usage, r.tenant, usage, partition=origin.partition)]
+        """One error Response (on the request's reply topic only if that is acceptable) and
+        one Usage row, built from what of the request can be echoed safely."""
+        r = scrub(r)
+        b = self.bounds
+        created = next((t for t in (r.created_at_ms, origin.timestamp_ms)
+                        if t is not None and validation.created_within(t, received, b)), None)
+        reply = r.reply_topic
+        if reply is not None and (invalid_topic_name(reply) or not validation.reply_topic_allowed(
+                reply, self.topics.responses, self.policies(r.tenant))):
+            reply = None
+        try:
+            validation.check_metadata(r.metadata, b)
+            metadata = r.metadata
+        except Rejected:
+            metadata = {}
+        cut = 2 * b.max_name_length
+        echo = r.replace(
+            tenant=r.tenant[:cut], team=r.team and r.team[:cut],
+            end_user=r.end_user and r.end_user[:cut], model=r.model and r.model[:cut],
+            created_at_ms=created, metadata=metadata)
+        return terminal.refused(echo, exc.code, exc.message, at=self.clock(), received=received,
+                                fmt=fmt, topics=self.topics, reply_topic=reply,
+                                usage_partition=origin.partition)
 
     def _rejected_bytes(self, value: bytes | None, origin: Origin, code: str, reason: str,
                         at: int) -> list[Out]:

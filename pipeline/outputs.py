@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import time
 
 from pipeline.events.models import DeadLetter, Event
+from pipeline.events.text import scrub
 
 AVRO, JSON = "avro", "json"
 
@@ -35,5 +36,6 @@ def dead_letter(topic: str, origin: Origin, value: bytes | None, agent: str, cod
     """A DeadLetter for an input, keeping its raw key and value and where it came from."""
     return Out(topic, origin.key, DeadLetter(
         source_topic=origin.topic, source_partition=origin.partition, source_offset=origin.offset,
-        reason_code=code, reason=reason[:2000], agent=agent, at_ms=int(time.time() * 1000),
-        key=origin.key, value=value, request_id=request_id, tenant=tenant))
+        reason_code=code, reason=scrub(reason[:2000]), agent=agent, at_ms=int(time.time() * 1000),
+        key=origin.key, value=value, request_id=request_id and scrub(request_id[:200]),
+        tenant=tenant and scrub(tenant[:1024])))

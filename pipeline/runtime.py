@@ -14,6 +14,7 @@ from pipeline.routing.classifier import RuleClassifier
 from pipeline.routing.policy import Router, RoutingPolicy, load_routing
 from pipeline.secrets import Secret, SecretError, load_secret
 from pipeline.settings import Settings
+from pipeline.validation import RequestBounds, load_bounds
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Runtime:
     policy: RoutingPolicy
     codec: Codec
     rng: random.Random
+    bounds: RequestBounds = RequestBounds()
 
     def router(self) -> Router:
         return Router(self.catalog, self.deployments, self.policy, self.rng, RuleClassifier())
@@ -47,4 +49,5 @@ def build_runtime(settings: Settings) -> Runtime:
     if settings.schema_registry_url:
         registry = SchemaRegistryClient(settings.schema_registry_url, registry)
     return Runtime(settings, catalog, load_deployments(catalog), load_routing(catalog),
-                   Codec(registry), random.Random(settings.seed))
+                   Codec(registry), random.Random(settings.seed),
+                   load_bounds(max_message_bytes=settings.max_message_bytes))

@@ -7,6 +7,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
+# Kafka's producer limit (Faust's producer_max_request_size default): outputs are checked
+# against it before they are sent, and intake keeps requests well below it.
+DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
@@ -59,6 +64,9 @@ class Settings:
     log_level: str = "info"
     fetch_max_wait_ms: int = 20
     tenants_ready_timeout_s: float = 10.0
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES   # largest record the broker takes
+    publish_stall_s: float = 60.0            # a publish failing this long is rescued or alerted
+    shutdown_grace_s: float = 10.0           # SIGTERM: in-flight work may finish within this
     seed: int | None = None
 
     @classmethod
@@ -87,6 +95,9 @@ class Settings:
             fetch_max_wait_ms=int(_env("LLMPIPE_FETCH_MAX_WAIT_MS", str(cls.fetch_max_wait_ms))),
             tenants_ready_timeout_s=float(_env("LLMPIPE_TENANTS_READY_TIMEOUT_S",
                                                str(cls.tenants_ready_timeout_s))),
+            max_message_bytes=int(_env("LLMPIPE_MAX_MESSAGE_BYTES", str(cls.max_message_bytes))),
+            publish_stall_s=float(_env("LLMPIPE_PUBLISH_STALL_S", str(cls.publish_stall_s))),
+            shutdown_grace_s=float(_env("LLMPIPE_SHUTDOWN_GRACE_S", str(cls.shutdown_grace_s))),
             seed=int(os.environ["LLMPIPE_SEED"]) if os.environ.get("LLMPIPE_SEED") else None,
         )
 
@@ -114,6 +125,9 @@ class Settings:
             "LLMPIPE_LOG_LEVEL": self.log_level,
             "LLMPIPE_FETCH_MAX_WAIT_MS": str(self.fetch_max_wait_ms),
             "LLMPIPE_TENANTS_READY_TIMEOUT_S": str(self.tenants_ready_timeout_s),
+            "LLMPIPE_MAX_MESSAGE_BYTES": str(self.max_message_bytes),
+            "LLMPIPE_PUBLISH_STALL_S": str(self.publish_stall_s),
+            "LLMPIPE_SHUTDOWN_GRACE_S": str(self.shutdown_grace_s),
         }
         if self.schema_registry_url:
             env["LLMPIPE_SCHEMA_REGISTRY_URL"] = self.schema_registry_url

@@ -13,10 +13,12 @@ from pipeline.runtime import Runtime
 
 
 def register_intake(app: faust.App, runtime: Runtime, tenancy: Tenancy, source: faust.TopicT,
-                    emitter: Emitter) -> None:
+                    emitter: Emitter, partitions: int | None) -> None:
+    """``partitions``: llm.requests' partition count (a record must sit on its tenant's)."""
     s = runtime.settings
     intake = Intake(runtime.codec, runtime.catalog, runtime.router(), runtime.policy, s.topics,
-                    policies=tenancy.directory.get, state=tenancy.state)
+                    policies=tenancy.directory.get, state=tenancy.state, bounds=runtime.bounds,
+                    partitions=partitions)
 
     async def step(value: bytes | None, origin: Origin):
         return intake.handle(value, origin)

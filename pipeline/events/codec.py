@@ -90,8 +90,10 @@ class Codec:
         return cls.from_dict(record)
 
     @staticmethod
-    def encode_json(event: Event) -> bytes:
-        return json.dumps(event.to_dict(), default=_json_default, ensure_ascii=False,
+    def encode_json(event: Event, *, ascii_only: bool = False) -> bytes:
+        """UTF-8 JSON; with ``ascii_only`` every non-ASCII character is escaped, so any text
+        (a lone surrogate too) encodes: for dead letters, which must always go out."""
+        return json.dumps(event.to_dict(), default=_json_default, ensure_ascii=ascii_only,
                           separators=(",", ":")).encode()
 
 

@@ -331,6 +331,7 @@ class TenantPolicy(Event):
     cache_enabled: bool = True
     cache_ttl_s: int = 3600
     updated_at_ms: int = 0
+    reply_topics: list[str] = field(default_factory=list)
 
 
 EVENT_TYPES: dict[str, type[Event]] = {

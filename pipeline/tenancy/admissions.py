@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import MutableMapping
 
-from pipeline.tenancy.budgets import SEP
+from pipeline.events.ids import request_key
 
 NEW, REDELIVERY, DUPLICATE = "new", "redelivery", "duplicate"
 ADMITTED, REFUSED, SETTLED, EXPIRED = "admitted", "refused", "settled", "expired"
@@ -33,20 +33,16 @@ class Admission:
         return self.state == ADMITTED
 
 
-def admission_key(tenant: str, request_id: str) -> str:
-    return f"{tenant}{SEP}{request_id}"
-
-
 class AdmissionLog:
     def __init__(self, rows: MutableMapping[str, dict]):
         self.rows = rows
 
     def get(self, tenant: str, request_id: str) -> Admission | None:
-        raw = self.rows.get(admission_key(tenant, request_id))
+        raw = self.rows.get(request_key(tenant, request_id))
         return Admission(**raw) if raw else None
 
     def put(self, tenant: str, request_id: str, admission: Admission) -> None:
-        self.rows[admission_key(tenant, request_id)] = asdict(admission)
+        self.rows[request_key(tenant, request_id)] = asdict(admission)
 
     def classify(self, tenant: str, request_id: str, partition: int, offset: int
                  ) -> tuple[str, Admission | None]:

@@ -17,11 +17,11 @@ from decimal import Decimal
 from typing import MutableMapping
 
 from pipeline.catalog import NANOS_PER_USD
+from pipeline.events.ids import SEP
 from pipeline.events.models import Budget
 
 PERIODS = ("day", "week", "month")
 ALL_TEAMS = "*"
-SEP = "\x1f"
 
 
 def period_start(period: str, at_ms: int) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from pipeline.catalog import Catalog
+from pipeline.delivery import invalid_topic_name
 from pipeline.events.models import Budget, CanaryRule, TenantPolicy
 
 PERIODS = ("day", "week", "month")
@@ -85,6 +86,7 @@ def policy_from_mapping(data: Any, catalog: Catalog, *, tenant: str | None = Non
         cache_enabled=_bool(data, "cache_enabled", _POLICY_DEFAULTS.cache_enabled),
         cache_ttl_s=_int(data, "cache_ttl_s", "", _POLICY_DEFAULTS.cache_ttl_s, minimum=1),
         updated_at_ms=_int(data, "updated_at_ms", "", 0, minimum=0, maximum=2**63 - 1),
+        reply_topics=_reply_topics(data.get("reply_topics", [])),
     )
 
 
@@ -154,6 +156,17 @@ def _model(name: Any, catalog: Catalog, key: str) -> str:
         aliases = ", ".join(sorted(catalog.aliases))
         raise PolicyError(key, f"unknown model {name!r} (models: {known}; aliases: {aliases})")
     return model
+
+
+def _reply_topics(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise PolicyError("reply_topics", f"must be a list of topic names, got {_kind(value)}")
+    for i, entry in enumerate(value):
+        name = entry[:-1] if isinstance(entry, str) and entry.endswith("*") else entry
+        why = invalid_topic_name(name) if isinstance(name, str) else f"got {_kind(entry)}"
+        if why:
+            raise PolicyError(f"reply_topics[{i}]", f"must be a topic name or a prefix ending in *: {why}")
+    return list(value)
 
 
 def _budgets(value: Any) -> list[Budget]:

@@ -21,6 +21,7 @@ from pipeline.resilience.backoff import Backoff
 from pipeline.routing.policy import Router, load_routing
 from pipeline.secrets import Secret
 from pipeline.settings import Topics
+from pipeline.validation import RequestBounds
 
 catalog = load_catalog()
 deployments = load_deployments(catalog, env={})
@@ -30,9 +31,9 @@ topics = Topics()
 ORIGIN = Origin("llm.requests", 0, 5, b"acme", 1_000)
 
 
-def intake() -> Intake:
+def intake(**kw) -> Intake:
     return Intake(codec, catalog, Router(catalog, deployments, policy, random.Random(1)), policy,
-                  topics, clock=lambda: 2_000)
+                  topics, clock=lambda: 2_000, **kw)
 
 
 def body(**kw) -> bytes:
@@ -68,7 +69,8 @@ def test_hint_rules(hints, model):
     ({"messages": []}, "invalid_request", "at least one message"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, "invalid_request", "role 'wizard'"),
     ({"hints": {"priority": "urgent"}}, "invalid_request", "priority 'urgent'"),
-    ({"messages": [{"role": "user", "content": "word " * 900_000}]}, "context_length_exceeded", "exceeds"),
+    ({"messages": [{"role": "user", "content": "word " * 900_000}]}, "invalid_request",
+     "bytes; at most 900,000 are accepted"),
 ])
 def test_refused_requests_get_one_error_response_and_usage(change, code, fragment):
     outs = intake().handle(body(**change), ORIGIN)
@@ -77,6 +79,13 @@ def test_refused_requests_get_one_error_response_and_usage(change, code, fragmen
     assert len(outs) == 2 and response.status == "error" and response.error.code == code
     assert fragment in response.error.message and usage.error_code == code
     assert usage.cost_nanos == 0
+
+
+def test_a_prompt_over_the_gateway_token_limit_is_context_length_exceeded():
+    big = intake(bounds=RequestBounds(max_request_bytes=10_000_000))
+    outs = big.handle(body(messages=[{"role": "user", "content": "word " * 900_000}]), ORIGIN)
+    response = next(o.event for o in outs if isinstance(o.event, Response))
+    assert response.error.code == "context_length_exceeded" and "exceeds" in response.error.message
 
 
 def test_garbage_becomes_a_dead_letter_with_the_raw_bytes():

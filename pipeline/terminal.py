@@ -1,0 +1,81 @@
+"""How a request ends without an answer: one terminal error Response plus its Usage, built
+here for every path that ends one — intake refusing it, dispatch running out of deployments,
+and an output the broker can never take (pipeline/delivery.py). A request is billed once
+and its caller hears once, whichever path ended it."""
+
+from __future__ import annotations
+
+from pipeline.events.models import (ERROR, AttemptRecord, ErrorInfo, Request, Response,
+                                    RoutedRequest, Usage)
+from pipeline.outputs import AVRO, Out
+from pipeline.settings import Topics
+
+# AttemptRecord codes of a hedge's losing call: a parallel call, not a hop along the chain.
+HEDGE_CODES = frozenset({"hedge_lost", "hedge_cancelled"})
+
+
+def created_at(request: Request, received_at_ms: int) -> int:
+    """When the request was made, as billed: the caller's ``created_at_ms`` (intake keeps it
+    within a window of its own clock), else when the gateway received it."""
+    return request.created_at_ms or received_at_ms
+
+
+def refused(r: Request, code: str, message: str, *, at: int, received: int, fmt: str = AVRO,
+            topics: Topics, reply_topic: str | None = None,
+            usage_partition: int | None = None) -> list[Out]:
+    """A request intake will not route: its error Response and a Usage row (errors are
+    counted). ``reply_topic``: where the caller listens (the default responses topic when
+    the request's own is not acceptable)."""
+    created = created_at(r, received)
+    response = Response(
+        request_id=r.request_id, tenant=r.tenant, status=ERROR, completed_at_ms=at,
+        error=ErrorInfo(code, message, retryable=False), latency_ms=max(0, at - created),
+        metadata=r.metadata)
+    usage = Usage(
+        request_id=r.request_id, tenant=r.tenant, created_at_ms=created, completed_at_ms=at,
+        status=ERROR, error_code=code, team=r.team or "", end_user=r.end_user or "",
+        requested_model=r.model or "", queue_ms=max(0, received - created),
+        pipeline_ms=max(0, at - received))
+    return [Out(reply_topic or topics.responses, r.request_id, response, fmt),
+            Out(topics.usage, r.tenant, usage, partition=usage_partition)]
+
+
+def routed_usage(routed: RoutedRequest, at: int, status: str, code: str, attempts: int,
+                 provider_ms: int, routed_model: str) -> Usage:
+    """The Usage of a routed request that ended at ``at``; the caller adds tokens and cost.
+    ``routed_model``: the model routing chose first (before any failover)."""
+    r, route = routed.request, routed.route
+    created = created_at(r, routed.received_at_ms)
+    moved = [t for t in routed.tried if t.error_code not in HEDGE_CODES]
+    queue_ms = max(0, routed.received_at_ms - created)
+    return Usage(
+        request_id=r.request_id, tenant=r.tenant, created_at_ms=created, completed_at_ms=at,
+        status=status, error_code=code, team=r.team or "", end_user=r.end_user or "",
+        routed_at_ms=routed.routed_at_ms, requested_model=r.model or "",
+        routed_model=routed_model, route_rule=route.rule if not moved else "failover",
+        task_class=route.task_class, attempts=attempts, fallbacks=len(moved),
+        queue_ms=queue_ms, provider_ms=provider_ms,
+        pipeline_ms=max(0, at - created - queue_ms - provider_ms), canary=routed.canary)
+
+
+def usage_out(routed: RoutedRequest, usage: Usage, topics: Topics) -> Out:
+    """Usage goes to the partition that reserved the budget (see RoutedRequest)."""
+    partition = routed.tenant_partition if routed.tenant_partition >= 0 else None
+    return Out(topics.usage, usage.tenant, usage, partition=partition)
+
+
+def routed_failed(routed: RoutedRequest, code: str, message: str, retryable: bool, *, at: int,
+                  tried: list[AttemptRecord], provider_ms: int, routed_model: str,
+                  topics: Topics, reply_topic: str | None = None) -> list[Out]:
+    """A routed request that ends in an error: ``tried`` names every deployment it went to."""
+    r, route = routed.request, routed.route
+    attempts = sum(t.attempts for t in tried)
+    response = Response(
+        request_id=r.request_id, tenant=r.tenant, status=ERROR, completed_at_ms=at,
+        error=ErrorInfo(code, message, retryable), model=route.model,
+        deployment=route.deployment, attempts=attempts, tried=[t.deployment for t in tried],
+        latency_ms=max(0, at - created_at(r, routed.received_at_ms)), metadata=r.metadata)
+    usage = routed_usage(routed, at, ERROR, code, attempts, provider_ms, routed_model).replace(
+        deployment=route.deployment, provider=route.provider, region=route.region)
+    return [Out(reply_topic or routed.reply_topic, r.request_id, response, routed.reply_format),
+            usage_out(routed, usage, topics)]
