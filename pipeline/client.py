@@ -3,9 +3,11 @@
     async with GatewayClient("127.0.0.1:9092") as gw:
         response = await gw.request(make_request("acme", "Summarise this ..."), timeout=30)
 
-Responses are correlated by request id. Delivery is at-least-once, so a response may be
-delivered twice after a worker crash; the client hands each request id's first response
-to its caller and drops repeats. Only this client's own pending requests are surfaced.
+Responses are correlated by tenant and request id (an id is unique only within its tenant:
+another tenant's response to the same id is never handed over). Delivery is at-least-once,
+so a response may be delivered twice after a worker crash; the client hands each request's
+first response to its caller and drops repeats. Only this client's own pending requests are
+surfaced.
 Re-sending a request id the gateway has seen is answered with a duplicate notice: while the
 original is in flight the caller keeps waiting for its response; once it has completed the
 caller gets DuplicateRequest. Either way the copy is not processed or billed.
@@ -69,8 +71,9 @@ class GatewayClient:
         self.reply_topic = reply_topic or self.topics.responses
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
-        self._pending: dict[str, asyncio.Future[Response]] = {}
-        self._done: OrderedDict[str, None] = OrderedDict()   # recent ids, to drop repeats
+        # keyed by (tenant, request id)
+        self._pending: dict[tuple[str, str], asyncio.Future[Response]] = {}
+        self._done: OrderedDict[tuple[str, str], None] = OrderedDict()   # recent, to drop repeats
         self._reader: asyncio.Task | None = None
         self.duplicates_dropped = 0
         self.duplicate_notices = 0
@@ -121,24 +124,29 @@ class GatewayClient:
 
     async def request(self, request: Request, timeout: float = 30.0) -> Response:
         """Publish and wait for the terminal Response; ResponseTimeout after ``timeout``."""
-        fut = self.expect(request.request_id)
+        self.expect(request)
         await self.send(request)
-        return await self.wait(request.request_id, fut, timeout)
+        return await self.wait(request, timeout)
 
-    def expect(self, request_id: str) -> asyncio.Future[Response]:
-        fut = self._pending.get(request_id)
+    def expect(self, request: Request) -> asyncio.Future[Response]:
+        """A future for ``request``'s Response: call it before sending, so a fast answer is
+        not missed."""
+        key = (request.tenant, request.request_id)
+        fut = self._pending.get(key)
         if fut is None:
-            fut = self._pending[request_id] = asyncio.get_running_loop().create_future()
+            fut = self._pending[key] = asyncio.get_running_loop().create_future()
         return fut
 
-    async def wait(self, request_id: str, fut: asyncio.Future[Response], timeout: float) -> Response:
+    async def wait(self, request: Request, timeout: float) -> Response:
+        """``request``'s Response (expected with :meth:`expect` before it was sent)."""
+        fut = self.expect(request)
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except asyncio.TimeoutError:
-            raise ResponseTimeout(request_id, timeout) from None
+            raise ResponseTimeout(request.request_id, timeout) from None
         finally:
             if fut.done():
-                self._pending.pop(request_id, None)
+                self._pending.pop((request.tenant, request.request_id), None)
 
     async def _read_responses(self) -> None:
         assert self._consumer
@@ -154,16 +162,16 @@ class GatewayClient:
         except DecodeError as exc:
             log.warning("undecodable_response reason=%s", exc.reason)
             return
-        rid = response.request_id
+        key = (response.tenant, response.request_id)
         if response.error and response.error.code == errors.DUPLICATE:
             self._on_duplicate_notice(response)
             return
-        if rid in self._done:
+        if key in self._done:
             self.duplicates_dropped += 1
             return
-        fut = self._pending.get(rid)
+        fut = self._pending.get(key)
         if fut is not None and not fut.done():
-            self._done[rid] = None
+            self._done[key] = None
             while len(self._done) > self.remember:
                 self._done.popitem(last=False)
             fut.set_result(response)
@@ -173,9 +181,9 @@ class GatewayClient:
         is still to come, so a waiting caller keeps waiting; once it completed, a caller
         waiting on the copy gets DuplicateRequest rather than a timeout."""
         self.duplicate_notices += 1
-        rid = notice.request_id
-        fut = self._pending.get(rid)
-        answered = rid in self._done or notice.metadata.get(errors.DUPLICATE_STATE) == "completed"
+        key = (notice.tenant, notice.request_id)
+        fut = self._pending.get(key)
+        answered = key in self._done or notice.metadata.get(errors.DUPLICATE_STATE) == "completed"
         if fut is not None and not fut.done() and answered:
-            self._pending.pop(rid, None)
+            self._pending.pop(key, None)
             fut.set_exception(DuplicateRequest(notice))

@@ -87,19 +87,20 @@ async def drive(stack: DevStack, n: int, seed: int, timeout: float) -> tuple[dic
     requests = demo_requests(n, seed)
     responses: dict = {}
     async with GatewayClient(stack.bootstrap, stack.topics) as gw:
-        futures = {r.request_id: gw.expect(r.request_id) for r in requests}
+        for r in requests:
+            gw.expect(r)
         started = time.monotonic()
         for r in requests:
             await gw.send(r)
         say(f"sent {n} demo requests from {len({r.tenant for r in requests})} tenants; waiting for responses ...")
 
-        async def one(rid: str):
+        async def one(r):
             try:
-                responses[rid] = await gw.wait(rid, futures[rid], timeout)
+                responses[r.request_id] = await gw.wait(r, timeout)
             except ResponseTimeout:
                 pass
 
-        await asyncio.gather(*(one(rid) for rid in futures))
+        await asyncio.gather(*(one(r) for r in requests))
         elapsed = time.monotonic() - started
     status = Counter(r.status for r in responses.values())
     say(f"{len(responses)}/{n} terminal responses in {elapsed:.1f}s ({dict(status)})")

@@ -22,6 +22,7 @@ from typing import Any, Callable, Generic, Sequence, TypeVar
 
 from pipeline.analytics.clickhouse import ClickHouse
 from pipeline.catalog import nanos_to_usd
+from pipeline.events.ids import request_key
 from pipeline.events.models import Alert, DeadLetter, Usage
 from pipeline.resilience.backoff import Backoff
 
@@ -42,7 +43,7 @@ USAGE_COLUMNS: tuple[str, ...] = (
     "attempts", "fallbacks", "batch_id", "batch_size", "cache",
     "prompt_tokens", "completion_tokens", "cached_tokens",
     "cost_usd", "baseline_cost_usd", "price_version",
-    "queue_ms", "pipeline_ms", "provider_ms", "canary",
+    "queue_ms", "pipeline_ms", "provider_ms", "canary", "claimed_created_at_ms",
 )
 
 DEAD_LETTER_COLUMNS: tuple[str, ...] = (
@@ -78,6 +79,20 @@ def _ms(name: str, value: int, owner: str) -> int:
     return _check(name, value, *_MS_RANGE, owner)
 
 
+# The billing time (``created_at``, the partition key's source) is kept within this window
+# around ``completed_at`` (our own clock), so no caller-supplied date can explode the
+# partitions or fall outside DateTime64: intake refuses created_at_ms more than a day old,
+# a Batch API job ends within 25 h, so 35 days is far beyond any real request.
+MAX_BILLED_AGE_MS = 35 * 86_400_000
+MAX_BILLED_AHEAD_MS = 86_400_000
+
+
+def billed_created_at(created_ms: int, completed_ms: int) -> int:
+    if completed_ms - MAX_BILLED_AGE_MS <= created_ms <= completed_ms + MAX_BILLED_AHEAD_MS:
+        return created_ms
+    return completed_ms
+
+
 def _duration_ms(value: int) -> int:
     # Latency splits come from different hosts' clocks; skew can make one negative.
     return min(max(int(value), 0), _UINT32_MAX)
@@ -90,12 +105,14 @@ def usage_row(u: Usage) -> list[Any]:
     event is rejected when added, not when its batch is inserted.
     """
     owner = f"usage {u.request_id!r}"
+    completed = _ms("completed_at_ms", u.completed_at_ms, owner)
+    created = billed_created_at(u.created_at_ms, completed)
     return [
         u.request_id, u.tenant, u.team, u.end_user,
-        _ms("created_at_ms", u.created_at_ms, owner),
+        created,
         _ms("routed_at_ms", u.routed_at_ms, owner),
         _ms("first_token_at_ms", u.first_token_at_ms, owner),
-        _ms("completed_at_ms", u.completed_at_ms, owner),
+        completed,
         u.status, u.error_code,
         u.requested_model, u.routed_model, u.served_model,
         u.provider, u.deployment, u.region, u.route_rule, u.task_class,
@@ -114,6 +131,7 @@ def usage_row(u: Usage) -> list[Any]:
         u.price_version,
         _duration_ms(u.queue_ms), _duration_ms(u.pipeline_ms), _duration_ms(u.provider_ms),
         u.canary,
+        0 if created == u.created_at_ms else _check("created_at_ms", u.created_at_ms, *_INT64, owner),
     ]
 
 
@@ -194,15 +212,13 @@ class Sink(Generic[E]):
     unstored: Callable[[ClickHouse, list[list[Any]]], list[list[Any]]] | None = None
 
 
-def stored_rows_filter(table: str, columns: tuple[str, ...], match: dict[str, str]
+def stored_rows_filter(table: str, columns: tuple[str, ...], id_column: str
                        ) -> Callable[[ClickHouse, list[list[Any]]], list[list[Any]]]:
-    """A :attr:`Sink.unstored` filter: leaves out rows ``table`` already holds with the same
-    values in ``match`` (column -> SQL expression that reads it back as inserted; the first
-    is the row's id). One lookup per batch, by tenant and id (the tables' sort key prefix)."""
-    id_column = next(iter(match))
-    at = [columns.index(column) for column in match]
-    tenant_at = columns.index("tenant")
-    sql = (f"SELECT {', '.join(match.values())} FROM {table} "
+    """A :attr:`Sink.unstored` filter: leaves out rows whose (tenant, ``id_column``) the
+    table already holds — the first row stored for an id wins. One lookup per batch, by
+    tenant and id (the tables' sort key prefix)."""
+    id_at, tenant_at = columns.index(id_column), columns.index("tenant")
+    sql = (f"SELECT DISTINCT tenant, {id_column} FROM {table} "
            f"WHERE tenant IN {{tenants:Array(String)}} AND {id_column} IN {{ids:Array(String)}}")
 
     def unstored(client: ClickHouse, rows: list[list[Any]]) -> list[list[Any]]:
@@ -210,31 +226,27 @@ def stored_rows_filter(table: str, columns: tuple[str, ...], match: dict[str, st
             return rows
         stored = {tuple(found) for found in client.query(sql, parameters={
             "tenants": sorted({r[tenant_at] for r in rows}),
-            "ids": sorted({r[at[0]] for r in rows})}).result_rows}
-        return [r for r in rows if tuple(r[i] for i in at) not in stored]
+            "ids": sorted({r[id_at] for r in rows})}).result_rows}
+        return [r for r in rows if (r[tenant_at], r[id_at]) not in stored]
 
     return unstored
 
 
-# A re-delivered Usage cut into a new batch (new token) is left out when ``usage`` holds it
-# unchanged (same request, completion time and cost): ReplacingMergeTree would fold it at
-# merge time, but the rollups' materialised views count every inserted row. A re-done call
-# (new completion time or cost) goes in: the raw table keeps the latest, the rollups then
-# hold both (docs/analytics.md: reconciling a day).
+# A request is billed by its FIRST Usage: the one whose Response its caller got (the SDK
+# keeps the first), and the one budget settlement keeps. A re-delivered Usage, or the second
+# Usage of a provider call re-done after a crash, is left out when ``usage`` already holds
+# the request: never inserted, so the rollups' materialised views (which count every
+# inserted row) count each request once.
 USAGE_SINK: Sink[Usage] = Sink(
-    USAGE_TABLE, USAGE_COLUMNS, usage_row, lambda u: u.request_id,
-    stored_rows_filter(USAGE_TABLE, USAGE_COLUMNS, {
-        "request_id": "request_id",
-        "completed_at": "toUnixTimestamp64Milli(completed_at)",
-        "cost_usd": "cost_usd"}))
+    USAGE_TABLE, USAGE_COLUMNS, usage_row, lambda u: request_key(u.tenant, u.request_id),
+    stored_rows_filter(USAGE_TABLE, USAGE_COLUMNS, "request_id"))
 DEAD_LETTERS_SINK: Sink[DeadLetter] = Sink(
     DEAD_LETTERS_TABLE, DEAD_LETTER_COLUMNS, dead_letter_row,
     lambda d: f"{d.source_topic}/{d.source_partition}/{d.source_offset}/{d.agent}/{d.at_ms}")
 # An alert id names one firing or one resolution of one episode; the monitor may publish a
 # resolution again after a restart with a later ``at`` (in the table's sort key): store once.
 ALERTS_SINK: Sink[Alert] = Sink(ALERTS_TABLE, ALERT_COLUMNS, alert_row, lambda a: a.alert_id,
-                                stored_rows_filter(ALERTS_TABLE, ALERT_COLUMNS,
-                                                   {"alert_id": "alert_id"}))
+                                stored_rows_filter(ALERTS_TABLE, ALERT_COLUMNS, "alert_id"))
 
 
 # --- Batched writer -------------------------------------------------------------------------
@@ -267,20 +279,21 @@ class _Batch:
     identities: list[str] = field(default_factory=list)
     added_at: list[float] = field(default_factory=list)
 
-    def latest_rows(self) -> list[list[Any]]:
-        """The rows to insert: one per identity, the last read (highest offset).
+    def first_rows(self) -> list[list[Any]]:
+        """The rows to insert: one per identity, the first read (lowest offset).
 
-        A request billed again after a crash (a re-done provider call) must keep its LATEST
-        Usage, as budget settlement does. Across INSERTs ReplacingMergeTree keeps the row
-        with the highest ``inserted_at``; but inside one INSERT every row has the same
-        ``inserted_at``, and the block is sorted by key without keeping arrival order: either
-        row may survive (on chDB 26.9 the earlier one did in 300-row blocks), so both must
-        not go in one block. Deterministic: a retry drops the same rows.
+        A request billed again after a crash (a re-done provider call) keeps its FIRST
+        Usage, as budget settlement does (see USAGE_SINK). Inside one INSERT both rows would
+        get the same ``inserted_at`` and the block is sorted by key without keeping arrival
+        order, so either could survive: only one goes in. Deterministic: a retry drops the
+        same rows.
         """
         if len(set(self.identities)) == len(self.identities):
             return self.rows
-        last = {identity: i for i, identity in enumerate(self.identities)}
-        return [row for i, row in enumerate(self.rows) if last[self.identities[i]] == i]
+        first: dict[str, int] = {}
+        for i, identity in enumerate(self.identities):
+            first.setdefault(identity, i)
+        return [row for i, row in enumerate(self.rows) if first[self.identities[i]] == i]
 
     def token(self, prefix: str) -> str:
         # Offsets make the boundaries; the digest of the events' identities makes the token
@@ -335,7 +348,7 @@ class LedgerWriter(Generic[E]):
     def _insert_batch(self, batch: _Batch, token: str) -> int:
         # In a worker thread. A retry filters again: rows its first attempt did store are
         # then left out, and the same token drops whatever is left if that attempt landed.
-        rows = batch.latest_rows()
+        rows = batch.first_rows()
         if self.sink.unstored is not None:
             rows = self.sink.unstored(self._client, rows)
         return _insert(self._client, self.sink.table, self.sink.columns, rows, token)

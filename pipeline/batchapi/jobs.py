@@ -14,7 +14,8 @@ from enum import Enum
 from typing import Callable
 
 from pipeline.batchapi.config import PollSettings
-from pipeline.events.models import BatchJob
+from pipeline.events.ids import request_key
+from pipeline.events.models import BatchJob, RoutedRequest
 from pipeline.providers.base import Completion
 
 SUBMITTED, EMITTED = "submitted", "emitted"
@@ -95,17 +96,18 @@ class JobBook:
         return True
 
     def _remember(self, job: BatchJob) -> None:
-        for rid in job.request_ids or [r.request.request_id for r in job.items]:
-            self.requests[rid] = job.job_id
+        for key in job.request_ids or [request_key(r.request.tenant, r.request.request_id)
+                                       for r in job.items]:
+            self.requests[key] = job.job_id
 
     def note(self, job: BatchJob) -> None:
         """A job polled elsewhere (its partition is not ours): remember only which requests
         it holds, so submit does not put them in a second job."""
         self._remember(job)
 
-    def known(self, request_id: str) -> str | None:
-        """The job already holding ``request_id``, if any this worker has seen."""
-        return self.requests.get(request_id)
+    def known(self, routed: RoutedRequest) -> str | None:
+        """The job already holding this request, if any this worker has seen."""
+        return self.requests.get(request_key(routed.request.tenant, routed.request.request_id))
 
     def forget(self, job_id: str) -> None:
         """A tombstone: the job is gone from the topic."""

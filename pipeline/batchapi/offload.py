@@ -31,6 +31,7 @@ from pipeline.batchapi.clients import CLIENT_CLASSES, BatchClient
 from pipeline.batchapi.config import BatchApiConfig
 from pipeline.batchapi.jobs import SUBMITTED, JobBook
 from pipeline.deployments import Deployment
+from pipeline.events.ids import request_key
 from pipeline.events.models import Batch, BatchJob, RoutedRequest
 from pipeline.intake import now_ms
 from pipeline.outputs import Out
@@ -63,7 +64,7 @@ class BatchOffload:
         self.restored = restored
         self.partitions, self.emit, self.book, self.owned, self.clock = \
             partitions, emit, book, owned, clock
-        self.creating: dict[str, asyncio.Event] = {}   # request id -> its submit under way
+        self.creating: dict[str, asyncio.Event] = {}   # request key -> its submit under way
 
     def supports(self, deployment_id: str) -> bool:
         """The deployment's adapter has a Batch API client and it is enabled in config."""
@@ -82,22 +83,22 @@ class BatchOffload:
                         RESTORE_WAIT_S)
         items = _unique(batch.items)
         while True:        # first let submits of the same requests that are under way end
-            busy = {id(e): e for e in (self.creating.get(r.request.request_id) for r in items) if e}
+            busy = {id(e): e for e in (self.creating.get(_key(r)) for r in items) if e}
             if not busy:
                 break
             log.info("batch_submit_waits_for_overlapping batch_id=%s submits=%d", batch.batch_id,
                      len(busy))
             await asyncio.gather(*(e.wait() for e in busy.values()))
-        held = [r for r in items if self.book.known(r.request.request_id)]
+        held = [r for r in items if self.book.known(r)]
         if held:
             log.info("batch_requests_already_in_a_job batch_id=%s requests=%d jobs=%s",
                      batch.batch_id, len(held),
-                     ",".join(sorted({self.book.known(r.request.request_id) or "" for r in held})))
-            items = [r for r in items if not self.book.known(r.request.request_id)]
+                     ",".join(sorted({self.book.known(r) or "" for r in held})))
+            items = [r for r in items if not self.book.known(r)]
         if not items:
             return
         done = asyncio.Event()
-        ids = [r.request.request_id for r in items]
+        ids = [_key(r) for r in items]
         for rid in ids:                # no await since the check above: nobody else took them
             self.creating[rid] = done
         try:
@@ -131,11 +132,15 @@ class BatchOffload:
             await client.aclose()
 
 
+def _key(routed: RoutedRequest) -> str:
+    return request_key(routed.request.tenant, routed.request.request_id)
+
+
 def _unique(items: list[RoutedRequest]) -> list[RoutedRequest]:
-    """One item per request id (a re-delivered request may sit in a batch twice)."""
+    """One item per request (a re-delivered request may sit in a batch twice)."""
     seen: dict[str, RoutedRequest] = {}
     for routed in items:
-        seen.setdefault(routed.request.request_id, routed)
+        seen.setdefault(_key(routed), routed)
     return list(seen.values())
 
 

@@ -7,7 +7,7 @@ on dispatch's source topic (a job sits on its deployment's partition number), so
 one worker polls a job, and after a rebalance or a restart the new owner reads the
 partition back from the beginning (``JobLog``) and resumes. Results are emitted before the
 ``emitted`` record: a crash in between emits them again after the restart, which the
-ledger (one row per request id) and budget settle (latest Usage) absorb.
+ledger and budget settle (the first Usage of a request wins) absorb.
 
 A rebalance hands a job over cleanly: when Faust revokes the partitions, the old owner
 stops checking and ending jobs at once (an ending already under way finishes first, its
@@ -32,6 +32,7 @@ from pipeline.batchapi.offload import BatchOffload, Emit, make_clients
 from pipeline.batchapi.results import ResultBuilder
 from pipeline.errors import GatewayError
 from pipeline.events.codec import Codec, DecodeError
+from pipeline.events.ids import request_key
 from pipeline.events.models import BatchJob
 from pipeline.intake import now_ms
 from pipeline.kafka.topics import faust_partitions, load_topic_specs, prefixed
@@ -123,7 +124,8 @@ class BatchPoller:
         done = job.replace(state=EMITTED, revision=job.revision + 1, updated_at_ms=self.clock(),
                            provider_status=tracked.last_status, succeeded=counts.succeeded,
                            retried=counts.retried, failed=counts.failed, items=[],
-                           request_ids=[r.request.request_id for r in job.items])
+                           request_ids=[request_key(r.request.tenant, r.request.request_id)
+                                        for r in job.items])
         await self.emit([Out(self.jobs_topic, job.job_id, done, partition=tracked.partition)])
         self.book.finish(done)
         self.emitted_jobs += 1

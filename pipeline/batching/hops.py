@@ -1,7 +1,7 @@
 """Which hops dispatch has already finished, so a Batch re-read after a crash or a rebalance
 (or its requests re-batched) does not call the provider again for them.
 
-A hop is one RoutedRequest at one deployment: request id, deployment, how many deployments
+A hop is one RoutedRequest at one deployment: tenant and request id, deployment, how many deployments
 it had tried, route rule and priority. A failover to the next deployment, a Batch API item
 sent back to the live path (rule ``batch_retry``) or a re-route back to an earlier
 deployment are new hops and are never mistaken for a finished one.
@@ -18,13 +18,16 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any
 
+from pipeline.events.ids import request_key
 from pipeline.events.models import RoutedRequest
 
 
 def hop_key(routed: RoutedRequest) -> str:
+    """Scoped by tenant, as every request key (pipeline/events/ids.py): another tenant's
+    request with the same id is another hop."""
     r = routed.request
-    return "|".join((r.request_id, routed.route.deployment, str(len(routed.tried)),
-                     routed.route.rule, r.hints.priority or ""))
+    return "|".join((request_key(r.tenant, r.request_id), routed.route.deployment,
+                     str(len(routed.tried)), routed.route.rule, r.hints.priority or ""))
 
 
 class FinishedHops:

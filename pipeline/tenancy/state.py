@@ -174,16 +174,12 @@ class TenantState:
 
     def settle(self, usage: Usage, partition: int, now_ms: int,
                policy: TenantPolicy | None) -> list[Alert]:
-        """Settle the request's reservation with its billed cost, once; judge its canary."""
+        """Settle the request's reservation with its billed cost, once; judge its canary.
+        The first Usage of a request settles it; a repeated one (re-delivered, or a provider
+        call re-done after a crash) changes nothing — the ledger keeps the first row too."""
         self.prepare(partition)
         a = self.admissions.get(usage.tenant, usage.request_id)
         if a is not None and a.state == SETTLED:
-            # A repeated Usage. After a crash the provider call may have been made again and
-            # billed differently; the ledger keeps the latest row, so spend follows it.
-            if usage.cost_nanos != a.cost_nanos:
-                delta = usage.cost_nanos - a.cost_nanos
-                a.cost_nanos, a.status = usage.cost_nanos, usage.status
-                self._change(usage.tenant, usage.request_id, a, 0, delta, partition)
             return []
         if a is None:                                   # never reserved here (or forgotten)
             a = Admission(partition, -1, now_ms, SETTLED, 0,

@@ -103,7 +103,7 @@ async def test_batch_priority_goes_through_the_batch_api_and_survives_a_sigkill(
         sim_batches(stack, completion_delay_s=8.0)
         crash = requests_for("crash", 6)
         async with GatewayClient(stack.bootstrap, stack.topics) as gw:
-            futures = {r.request_id: gw.expect(r.request_id) for r in crash}
+            futures = {r.request_id: gw.expect(r) for r in crash}
             for r in crash:
                 await gw.send(r)
             # Killed only once the jobs are on llm.batch-jobs: before that, the Batch is not
@@ -115,7 +115,7 @@ async def test_batch_priority_goes_through_the_batch_api_and_survives_a_sigkill(
             stack.kill_worker(first)
             killed_at = time.monotonic()
             second = stack.start_worker("worker-2")
-            results = {rid: await gw.wait(rid, fut, 60) for rid, fut in futures.items()}
+            results = {r.request_id: await gw.wait(r, 60) for r in crash}
             resumed_s = time.monotonic() - killed_at
         assert all(r.status == "ok" for r in results.values()), [r.error for r in results.values()]
         assert sim_batches(stack)["items"] == len(calm) + len(crash)   # no job submitted twice
@@ -177,11 +177,9 @@ async def test_rebalance_while_jobs_are_in_flight_and_windows_open_every_request
 
         sent = []
         async with GatewayClient(stack.bootstrap, stack.topics) as gw:
-            futures = {}
-
             async def send(reqs):
                 for r in reqs:
-                    futures[r.request_id] = gw.expect(r.request_id)
+                    gw.expect(r)
                     await gw.send(r)
                 sent.extend(reqs)
 
@@ -219,9 +217,9 @@ async def test_rebalance_while_jobs_are_in_flight_and_windows_open_every_request
             in_flight = len([j for j in sim_batches(stack)["jobs"] if not j["ended"]])
             sim_batches(stack, completion_delay_s=1.0)        # now let them end
             results = {}
-            for rid, fut in futures.items():
+            for r in sent:
                 remaining = max(0.1, 30 - (time.monotonic() - t0))
-                results[rid] = await gw.wait(rid, fut, remaining)
+                results[r.request_id] = await gw.wait(r, remaining)
             answered_s = time.monotonic() - t0
             duplicates = gw.duplicates_dropped
         assert all(r.status == "ok" for r in results.values()), \

@@ -152,10 +152,10 @@ async def test_rebalance_and_shutdown_flush_open_windows_nothing_lost(stack):
     async def send_batch_priority(gw, models, tag):
         reqs = [make_request("acme", f"{tag} nightly report {i}", model=model, max_tokens=16,
                              hints=RoutingHints(priority="batch")) for i, model in enumerate(models)]
-        futures = {r.request_id: gw.expect(r.request_id) for r in reqs}
         for r in reqs:
+            gw.expect(r)
             await gw.send(r)
-        return futures
+        return {r.request_id: r for r in reqs}
 
     def waiting(worker) -> list[dict]:
         return [w for w in worker.batcher_stats()["windows"] if w["priority"] == "batch"]
@@ -178,7 +178,7 @@ async def test_rebalance_and_shutdown_flush_open_windows_nothing_lost(stack):
         await asyncio.to_thread(wait_until, lambda: shutdown_batch_with(before), 30,
                                 "a shutdown-flushed batch holding the requests")
         flushed_s = time.monotonic() - t0
-        results = {rid: await gw.wait(rid, fut, TIMEOUT) for rid, fut in before.items()}
+        results = {rid: await gw.wait(r, TIMEOUT) for rid, r in before.items()}
         assert all(r.status == "ok" for r in results.values())
         assert time.monotonic() - t0 < LONG_BATCH_WAIT_MS / 1000 / 2    # not by age
         print(f"rebalance: flushed {flushed_s:.1f}s after worker-2 started, answered "
@@ -196,7 +196,7 @@ async def test_rebalance_and_shutdown_flush_open_windows_nothing_lost(stack):
         await asyncio.to_thread(stack.stop_worker, second)
         await asyncio.to_thread(wait_until, lambda: shutdown_batch_with(after), 30,
                                 "shutdown-flushed batches holding the requests")
-        results = {rid: await gw.wait(rid, fut, TIMEOUT) for rid, fut in after.items()}
+        results = {rid: await gw.wait(r, TIMEOUT) for rid, r in after.items()}
         assert all(r.status == "ok" for r in results.values())
         print(f"shutdown: worker-2 held {on_second}/{len(after)} requests; all flushed and "
               f"answered {time.monotonic() - t0:.1f}s after its stop began")

@@ -28,24 +28,25 @@ def usage_events(stack, ids: list[str]) -> dict[str, list[Usage]]:
 
 
 def budget_vs_ledger(events: dict[str, list[Usage]], worker, tenants: list[str]) -> list[str]:
-    """What differs between the topic's latest Usage, the ledger and each tenant's spend."""
-    latest = {rid: usages[-1] for rid, usages in events.items()}
+    """What differs between the topic's first Usage per request, the ledger and each
+    tenant's spend."""
+    first = {rid: usages[0] for rid, usages in events.items()}
     ledger = {row["request_id"]: int(Decimal(row["cost_usd"]) * 10**9)
               for row in worker.usage_rows(list(events))}
-    problems = [f"{rid}: ledger {ledger.get(rid)} vs latest usage {u.cost_nanos}"
-                for rid, u in latest.items() if ledger.get(rid) != u.cost_nanos]
+    problems = [f"{rid}: ledger {ledger.get(rid)} vs first usage {u.cost_nanos}"
+                for rid, u in first.items() if ledger.get(rid) != u.cost_nanos]
     for tenant in tenants:
-        billed = sum(u.cost_nanos for u in latest.values() if u.tenant == tenant)
+        billed = sum(u.cost_nanos for u in first.values() if u.tenant == tenant)
         rows = [r for r in worker.spend(tenant)["rows"] if r["team"] == "*" and r["period"] == "month"]
         month = rows[0] if rows else {"settled_nanos": None, "reserved_nanos": None}
         if month["reserved_nanos"] != 0 or month["settled_nanos"] != billed:
             admissions = worker.spend(tenant, detail=True)["admissions"]
-            odd = {rid: (a["state"], a["cost_nanos"], latest[rid].cost_nanos)
+            odd = {rid: (a["state"], a["cost_nanos"], first[rid].cost_nanos)
                    for rid, a in admissions.items()
-                   if rid in latest and (a["state"] != "settled"
-                                         or a["cost_nanos"] != latest[rid].cost_nanos)}
+                   if rid in first and (a["state"] != "settled"
+                                         or a["cost_nanos"] != first[rid].cost_nanos)}
             problems.append(f"{tenant}: spend {month} vs billed {billed}; admissions "
-                            f"(state, settled, latest usage) that differ: {odd}")
+                            f"(state, settled, first usage) that differ: {odd}")
     return problems
 
 
@@ -57,7 +58,7 @@ async def test_sigkill_mid_demo_loses_nothing_and_bills_once(broker, tmp_path_fa
         first = stack.start_worker("worker-1")
         requests = demo_requests(N, seed=99)
         async with GatewayClient(stack.bootstrap, stack.topics) as gw:
-            futures = {r.request_id: gw.expect(r.request_id) for r in requests}
+            futures = {r.request_id: gw.expect(r) for r in requests}
             for r in requests:
                 await gw.send(r)
             # Wait until the pipeline is mid-way: some answered, many not.
@@ -68,7 +69,7 @@ async def test_sigkill_mid_demo_loses_nothing_and_bills_once(broker, tmp_path_fa
             assert 0 < answered_before < N, answered_before
             stack.kill_worker(first)
             second = stack.start_worker("worker-2")
-            results = {rid: await gw.wait(rid, fut, 120) for rid, fut in futures.items()}
+            results = {r.request_id: await gw.wait(r, 120) for r in requests}
             duplicates = gw.duplicates_dropped
 
         assert len(results) == N
@@ -79,8 +80,8 @@ async def test_sigkill_mid_demo_loses_nothing_and_bills_once(broker, tmp_path_fa
         assert second.usage_counts(ids) == counts
         # A request whose provider call was re-done after the kill has several Usage events
         # (its Batch re-read by dispatch, its RoutedRequest re-batched). Billing must follow
-        # the LATEST one in both places: the ledger row (ReplacingMergeTree) and the budget
-        # spend (settle). Both trail the topic, so wait until they agree or time runs out.
+        # the FIRST one in both places: the ledger row and the budget spend (settle), so the
+        # rollups count it once too. Both trail the topic, so wait until they agree.
         tenants = sorted({r.tenant for r in requests})
         deadline = time.monotonic() + 60
         while True:

@@ -64,12 +64,14 @@ async def test_bad_inputs_end_in_dead_letters_or_error_responses_and_good_ones_c
     garbage = b"\x13\x37this is not an event"
     missing_field = json.dumps({"request_id": missing_field_id, "tenant": "acme"}).encode()
     async with GatewayClient(stack.bootstrap, topics) as gw:
-        futures = {r.request_id: gw.expect(r.request_id) for r in good + [unknown_model, negative]}
+        waited = good + [unknown_model, negative]
+        for r in waited:
+            gw.expect(r)
         sequence = [gw.encode(good[0]), garbage, gw.encode(good[1]), missing_field,
                     gw.encode(good[2]), codec.encode_json(unknown_model), gw.encode(good[3]),
                     gw.encode(negative)]
         await stack.publish_raw([(topics.requests, b"acme", value) for value in sequence])
-        results = {rid: await gw.wait(rid, fut, TIMEOUT) for rid, fut in futures.items()}
+        results = {r.request_id: await gw.wait(r, TIMEOUT) for r in waited}
 
     assert all(results[r.request_id].status == "ok" for r in good)
     bad_model = results[unknown_model.request_id]

@@ -19,7 +19,7 @@ import yaml
 from pipeline.analytics import clickhouse as ch
 from pipeline.analytics import queries as q
 from pipeline.analytics.clickhouse import ClickHouse
-from pipeline.analytics.ledger import insert_usage
+from pipeline.analytics.ledger import USAGE_COLUMNS, insert_settings, insert_usage, usage_row
 from pipeline.analytics.migrate import apply_migrations
 from pipeline.analytics.report import analyst_report, render_rows
 from pipeline.analytics.reprice import reprice
@@ -452,8 +452,13 @@ def test_rollup_migration_backfills_existing_rows_once(chdb_client: ClickHouse,
         (early / path.name).write_bytes(path.read_bytes())
     apply_migrations(chdb_client, early)
     rows = mixed(catalog, today_ms() - DAY_MS)
-    insert_usage(chdb_client, rows, dedup_token="before-005")
-    insert_usage(chdb_client, rows[:5], dedup_token="redelivered-before-005")  # FINAL: once
+
+    def insert_before_006(usages, token):        # the columns of that time
+        chdb_client.insert("usage", [usage_row(u)[:-1] for u in usages],
+                           column_names=USAGE_COLUMNS[:-1], settings=insert_settings(token))
+
+    insert_before_006(rows, "before-005")
+    insert_before_006(rows[:5], "redelivered-before-005")  # FINAL: once
     assert "005_usage_rollups" in apply_migrations(chdb_client, MIGRATIONS)
     expected = (12, sum((Decimal(u.cost_nanos).scaleb(-9) for u in rows), Decimal(0)))
     assert rollup_totals(chdb_client) == [expected, expected]

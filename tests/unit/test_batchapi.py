@@ -336,7 +336,7 @@ async def test_after_a_restart_requests_already_in_a_job_are_not_submitted_again
     finally:
         await offload.aclose()
     emitted = topic.jobs()[-1][1]
-    assert emitted.items == [] and sorted(emitted.request_ids) == ["r-0", "r-1"]
+    assert emitted.items == [] and sorted(emitted.request_ids) == ["acme\x1fr-0", "acme\x1fr-1"]
     # a new worker: submit waits until the job partition is read back, then skips r-0, r-1
     later, restored = Topic(), asyncio.Event()
     book2 = JobBook(PollSettings(0.05, 2, 0.2), 30, lambda: int(time.time() * 1000))

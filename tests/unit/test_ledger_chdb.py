@@ -282,9 +282,11 @@ def test_usage_table_has_a_column_for_every_usage_field(ledger: ClickHouse) -> N
         renames = {"cost_nanos": "cost_usd", "baseline_cost_nanos": "baseline_cost_usd"}
         return renames.get(name, name)
 
-    assert sorted(column_for(f.name) for f in fields(Usage)) == sorted(USAGE_COLUMNS)
-    assert len(USAGE_COLUMNS) == len(fields(Usage))
+    ledger_only = ["claimed_created_at_ms"]      # what the ledger adds (006)
+    assert sorted([column_for(f.name) for f in fields(Usage)] + ledger_only) == sorted(USAGE_COLUMNS)
+    assert len(USAGE_COLUMNS) == len(fields(Usage)) + len(ledger_only)
     assert list(columns) == [*USAGE_COLUMNS, "inserted_at"]
+    assert columns["claimed_created_at_ms"] == "Int64"
     assert columns["cost_usd"] == columns["baseline_cost_usd"] == "Decimal(18, 9)"
     for name in ("created_at", "routed_at", "first_token_at", "completed_at"):
         assert columns[name] == "DateTime64(3, 'UTC')"
@@ -339,8 +341,8 @@ def test_usage_round_trip_is_exact(ledger: ClickHouse) -> None:
         "toUnixTimestamp64Milli(completed_at), status, error_code, requested_model, routed_model,"
         " served_model, provider, deployment, region, route_rule, task_class, attempts, fallbacks,"
         " batch_id, batch_size, cache, prompt_tokens, completion_tokens, cached_tokens, cost_usd,"
-        " baseline_cost_usd, price_version, queue_ms, pipeline_ms, provider_ms, canary "
-        "FROM usage FINAL").result_rows
+        " baseline_cost_usd, price_version, queue_ms, pipeline_ms, provider_ms, canary, "
+        "claimed_created_at_ms FROM usage FINAL").result_rows
     assert row == [tuple(usage_row(big))]
     cost, baseline = row[0][26], row[0][27]
     assert cost == Decimal("12000.000000000") and str(cost) == "12000.000000000"
@@ -544,9 +546,9 @@ async def test_writer_keeps_rows_after_a_failed_insert_and_resends_the_same_batc
 async def test_a_redelivery_in_new_batches_reaches_neither_usage_nor_the_rollups(
         ledger: ClickHouse) -> None:
     """After a crash the same Usage events come again, cut into other batches (new tokens).
-    The writer leaves out rows ``usage`` already holds unchanged, so the rollups (which
-    count inserted rows) stay exact; a re-done call (new completion time and cost) goes in
-    and ``usage FINAL`` keeps it."""
+    The writer leaves out requests ``usage`` already holds, so the rollups (which count
+    inserted rows) stay exact; a re-done call (new completion time and cost) is left out
+    too: the first Usage of a request is the one billed, in the raw table and the rollups."""
     recent = int(time.time() * 1000) - 3_600_000        # inside the minute rollup's TTL
     events = [make_usage(f"r{i}", created_at_ms=recent, completed_at_ms=recent + 300 + i,
                          cost_nanos=600_000 + i) for i in range(6)]
@@ -572,9 +574,9 @@ async def test_a_redelivery_in_new_batches_reaches_neither_usage_nor_the_rollups
                         cost_nanos=900_000)
     again.add(redone, 0, 99)
     await again.flush()
-    assert raw_count(ledger) == 7
+    assert raw_count(ledger) == 6 and rollups() == before
     (cost,) = ledger.query("SELECT cost_usd FROM usage FINAL WHERE request_id = 'r0'").result_rows[0]
-    assert cost == Decimal("0.0009")
+    assert cost == Decimal("0.0006")
 
 
 @pytest.mark.asyncio
@@ -742,13 +744,13 @@ async def test_ripe_only_flush_sends_full_batches_when_traffic_is_spread_over_pa
 
 
 @pytest.mark.asyncio
-async def test_a_request_billed_twice_in_one_batch_keeps_its_latest_usage(ledger: ClickHouse) -> None:
+async def test_a_request_billed_twice_in_one_batch_keeps_its_first_usage(ledger: ClickHouse) -> None:
     """Re-dispatched after a crash, a request can have two Usage events close together. In
     one INSERT both rows get the same inserted_at (the ReplacingMergeTree version) and the
     block is sorted by key without keeping arrival order, so either may survive (in a side
     check with 300-row blocks of mixed tenants the earlier one did, 30 times of 30; with
-    other data the later one). The writer sends only the last; settlement follows the
-    latest Usage too."""
+    other data the later one). The writer sends only the first; settlement keeps the first
+    Usage too."""
     def block(tag: str) -> list[Usage]:
         others = [make_usage(f"{tag}-{i:03d}", tenant=f"t{i % 20}") for i in range(300)]
         return (others[:150] + [make_usage(f"{tag}-twice", tenant="t0", cost_nanos=111)]
@@ -763,7 +765,7 @@ async def test_a_request_billed_twice_in_one_batch_keeps_its_latest_usage(ledger
         writer.add(usage, 0, offset)
     assert await writer.flush() == [(0, 301)]
     assert writer.inserted == 302
-    assert cost("w-twice") == nanos_to_usd(222)
+    assert cost("w-twice") == nanos_to_usd(111)
     assert ledger.query("SELECT count() FROM usage WHERE request_id LIKE 'w-%'").result_rows == [(301,)]
 
 

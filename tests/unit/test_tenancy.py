@@ -367,13 +367,13 @@ def test_a_changed_canary_rule_starts_afresh_after_a_rollback():
     assert arm_for("acme", w.policies["acme"].canary, "anyone") == CANARY
 
 
-def test_a_provider_call_redone_after_a_crash_is_settled_at_its_latest_cost_like_the_ledger():
+def test_a_provider_call_redone_after_a_crash_is_settled_at_its_first_cost_like_the_ledger():
     w = World(TenantPolicy("acme"))
     routed = routed_of(w.send())
     w.settle(routed, 1_000)
     w.settle(routed, 1_300)           # the call was made again before the first Usage was acked
     w.settle(routed, 1_300)           # and that Usage re-delivered
-    assert (w.spend().settled_nanos, w.spend().reserved_nanos) == (1_300, 0)
+    assert (w.spend().settled_nanos, w.spend().reserved_nanos) == (1_000, 0)
 
 
 class WriteLog(dict):
