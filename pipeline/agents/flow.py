@@ -69,6 +69,7 @@ class Emitter:
         self.last_success = float("-inf")    # when some output last reached the broker
         self.rescued = 0                     # outputs replaced by a rescue
         self.stalls = 0                      # publish_stalled episodes
+        self._background: set[asyncio.Future] = set()
 
     def encode(self, out: Out) -> bytes:
         if out.fmt == JSON:
@@ -170,13 +171,13 @@ class Emitter:
                       threshold=f"{self.stall_s:g}s", at_ms=at, subject=topics[:200],
                       message=f"{agent}: nothing could be published for {self.stall_s:g}s "
                               f"({items[0].error!r}); retrying, inputs stay un-acknowledged")
-        task = asyncio.ensure_future(self.emit([Out(self.topics.alerts, "*", alert)],
-                                               agent=agent))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        self.emit_later([Out(self.topics.alerts, "*", alert)], agent=agent)
 
-
-_background: set[asyncio.Future] = set()
+    def emit_later(self, outs: list[Out], *, agent: str = "pipeline") -> None:
+        """Publish ``outs`` without waiting (notices such as alerts about the pipeline itself)."""
+        task = asyncio.ensure_future(self.emit(outs, agent=agent))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
 
 def origin_of(event: Any) -> Origin:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+import uuid
 from datetime import datetime, timezone
 from collections import defaultdict, deque
 from typing import Any, AsyncIterable, Awaitable, Callable, Generic
@@ -28,6 +30,7 @@ from pipeline.analytics.ledger import (
     InsertRetry,
     LedgerFlushError,
     LedgerWriter,
+    Refused,
     Sink,
 )
 from pipeline.analytics.migrate import apply_migrations
@@ -35,7 +38,7 @@ from pipeline.analytics import report as reports
 from pipeline.events.codec import DecodeError
 from pipeline.events.models import Alert, DeadLetter, Usage
 from pipeline.kafka.topics import faust_partitions, load_topic_specs, prefixed
-from pipeline.outputs import dead_letter
+from pipeline.outputs import Out, dead_letter
 from pipeline.resilience.backoff import Backoff
 from pipeline.runtime import Runtime
 
@@ -46,6 +49,12 @@ BUFFER_BATCHES = 10
 
 # Rejected events: ``await reject(event, code, reason)`` (dead-letter it, or log and skip).
 Reject = Callable[[Any, str, str], Awaitable[None]]
+# Inserts stalled past the bound (True) or landing again (False): sink, outage s, error.
+OnStall = Callable[[str, bool, float, str], Awaitable[None]]
+
+
+async def _no_alert(sink: str, stalled: bool, outage_s: float, error: str) -> None:
+    return None
 
 
 class SinkConsumer(Generic[E]):
@@ -57,7 +66,10 @@ class SinkConsumer(Generic[E]):
 
     def __init__(self, name: str, writer: LedgerWriter[E], decode: Callable[[bytes | None], E],
                  retry: InsertRetry, reject: Reject, *,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep):
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 stall_s: float = 60.0, on_stall: OnStall | None = None):
+        """``on_stall(sink, stalled, outage_s, error)`` is awaited once when inserts have
+        failed for ``stall_s`` (stalled=True) and once when they land again (False)."""
         self.name = name
         self.writer = writer
         self.retry = retry
@@ -70,6 +82,9 @@ class SinkConsumer(Generic[E]):
         self._background: asyncio.Task | None = None
         self.rejected = 0
         self.backpressure_waits = 0
+        self.stall_s = stall_s
+        self.stalled = False
+        self._on_stall = on_stall or _no_alert
 
     async def consume(self, events: AsyncIterable[Any]) -> None:
         async for event in events:
@@ -146,6 +161,8 @@ class SinkConsumer(Generic[E]):
                 committed, error = await self.writer.flush(ripe_only=ripe_only), None
             except LedgerFlushError as exc:
                 committed, error = exc.committed, exc
+            for refused in self.writer.take_refused():     # before their offsets are acked
+                await self._refused_row(refused)
             for partition, last in committed:
                 queue = self._waiting[partition]
                 while queue and queue[0][0] <= last:
@@ -157,13 +174,28 @@ class SinkConsumer(Generic[E]):
                 log.warning("ledger_insert_failed sink=%s attempt=%d partitions=%s pending=%d "
                             "retry_in=%.2fs error=%s", self.name, self.retry.failures,
                             error.failed, self.writer.pending, delay, error.cause)
+                outage = self.retry.outage_s()
+                if not self.stalled and outage >= self.stall_s:
+                    self.stalled = True
+                    await self._on_stall(self.name, True, outage, str(error.cause))
                 return False
             outage = self.retry.succeeded()
             if outage is not None:
                 log.warning("ledger_insert_recovered sink=%s outage_s=%.1f inserted_total=%d "
                             "pending=%d", self.name, outage, self.writer.inserted,
                             self.writer.pending)
+                if self.stalled:
+                    self.stalled = False
+                    await self._on_stall(self.name, False, outage, "")
             return True
+
+    async def _refused_row(self, refused: Refused) -> None:
+        """ClickHouse refused this event's row: dead-letter (or log) the event, with why."""
+        for offset, ticket in self._waiting[refused.partition]:
+            if offset == refused.offset:
+                self.rejected += 1
+                await self._reject(ticket.item, "store_refused", refused.reason)
+                return
 
     def state(self) -> dict[str, Any]:
         return {"table": self.writer.sink.table, "pending": self.writer.pending,
@@ -185,6 +217,21 @@ def register_ledger(app: faust.App, runtime: Runtime, source: faust.TopicT, emit
         return app.topic(name, partitions=partitions.get(name), key_serializer="raw",
                          value_serializer="raw", internal=False)
 
+    async def insert_stalled(sink: str, stalled: bool, outage_s: float, error: str) -> None:
+        """Inserts of ``sink`` failing past the bound (or landing again): one alert each way."""
+        at = int(time.time() * 1000)
+        log.log(logging.CRITICAL if stalled else logging.WARNING,
+                "ledger_insert_%s sink=%s outage_s=%.0f error=%s",
+                "stalled" if stalled else "stall_over", sink, outage_s, error[:300])
+        emitter.emit_later([Out(s.topics.alerts, "*", Alert(
+            alert_id=str(uuid.uuid4()), rule="ledger_insert_stalled",
+            state="firing" if stalled else "resolved", severity="critical", subject=sink,
+            value=f"{outage_s:.0f}s", threshold=f"{s.publish_stall_s:g}s", at_ms=at,
+            message=(f"ClickHouse inserts into {sink} failing for {outage_s:.0f}s ({error[:300]}); "
+                     "rows wait in Kafka (backpressure), nothing is lost" if stalled else
+                     f"ClickHouse inserts into {sink} land again after {outage_s:.0f}s")))],
+            agent="ledger")
+
     def sink(name: str, table: Sink[E], topic_name: str, cls: type[E], reject: Reject) -> SinkConsumer[E]:
         writer = LedgerWriter(client, max_rows=s.ledger_flush_rows, max_age_s=s.ledger_flush_s,
                               max_buffer=BUFFER_BATCHES * s.ledger_flush_rows,
@@ -192,7 +239,7 @@ def register_ledger(app: faust.App, runtime: Runtime, source: faust.TopicT, emit
         retry = InsertRetry(Backoff(base_s=min(0.5, s.ledger_retry_cap_s),
                                     cap_s=s.ledger_retry_cap_s, jitter=0.2))
         return SinkConsumer(name, writer, lambda value: runtime.codec.decode(value, cls),
-                            retry, reject)
+                            retry, reject, stall_s=s.publish_stall_s, on_stall=insert_stalled)
 
     async def dead_letter_it(event, code: str, reason: str) -> None:
         await emitter.emit([dead_letter(s.topics.dead_letter, origin_of(event), event.value,

@@ -52,7 +52,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError as _DriverError
-from clickhouse_connect.driver.exceptions import OperationalError
+from clickhouse_connect.driver.exceptions import DataError, OperationalError
 from clickhouse_connect.driver.query import QueryResult
 
 logger = logging.getLogger(__name__)
@@ -75,12 +75,14 @@ _chdb_open: dict[str, int] = {}
 class ClickHouseError(Exception):
     """A ClickHouse failure (connect, query, insert) with secrets scrubbed from the message.
 
-    ``code`` is ClickHouse's numeric error code when the server reported one.
+    ``code`` is ClickHouse's numeric error code when the server reported one; ``data_error``
+    says the driver refused a value before sending it (clickhouse-connect's DataError).
     """
 
-    def __init__(self, message: str, code: int | None = None):
+    def __init__(self, message: str, code: int | None = None, data_error: bool = False):
         super().__init__(message)
         self.code = code
+        self.data_error = data_error
 
 
 def redact_dsn(dsn: str) -> str:
@@ -134,7 +136,8 @@ def _scrub(text: str, secrets: Sequence[str]) -> str:
 def _error(action: str, exc: BaseException, secrets: Sequence[str]) -> ClickHouseError:
     message = _scrub(f"{action}: {exc}", secrets)
     match = _CODE_RE.search(message)
-    return ClickHouseError(message, int(match.group(1)) if match else None)
+    return ClickHouseError(message, int(match.group(1)) if match else None,
+                           isinstance(exc, DataError))
 
 
 class ClickHouse:

@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
-from pipeline.analytics.clickhouse import ClickHouse
+from pipeline.analytics.clickhouse import ClickHouse, ClickHouseError
 from pipeline.catalog import nanos_to_usd
 from pipeline.events.ids import request_key
 from pipeline.events.models import Alert, DeadLetter, Usage
@@ -269,6 +269,47 @@ class LedgerFlushError(Exception):
         self.cause = cause
 
 
+# ClickHouse error codes that blame the data of an INSERT, not the server: a block holding
+# such a row can never land as it is, however often it is retried (ErrorCodes.cpp).
+DATA_ERROR_CODES = frozenset({
+    6,    # CANNOT_PARSE_TEXT
+    27,   # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    38,   # CANNOT_PARSE_DATE
+    41,   # CANNOT_PARSE_DATETIME
+    43,   # ILLEGAL_TYPE_OF_ARGUMENT
+    53,   # TYPE_MISMATCH
+    69,   # ARGUMENT_OUT_OF_BOUND
+    70,   # CANNOT_CONVERT_TYPE
+    72,   # CANNOT_PARSE_NUMBER
+    117,  # INCORRECT_DATA
+    131,  # TOO_LARGE_STRING_SIZE
+    190,  # SIZES_OF_ARRAYS_DONT_MATCH
+    321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
+    407,  # DECIMAL_OVERFLOW
+    469,  # VIOLATED_CONSTRAINT
+})
+_TOO_MANY_PARTITIONS = "partitions for single INSERT block"   # code 252, also "too many parts"
+
+
+def refused_rows(exc: BaseException) -> bool:
+    """True when ClickHouse (or the driver) refused the rows themselves: splitting the
+    batch finds the rows to blame. Everything else (server away, timeouts, too many parts,
+    a missing table) is transient: retried as it is, never blamed on a row."""
+    if isinstance(exc, ClickHouseError):
+        return (exc.data_error or exc.code in DATA_ERROR_CODES
+                or exc.code == 252 and _TOO_MANY_PARTITIONS in str(exc))
+    return isinstance(exc, (TypeError, ValueError, OverflowError, UnicodeError))
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A row the table refused, as its source event's position and why."""
+    partition: int
+    offset: int
+    reason: str
+
+
 @dataclass
 class _Batch:
     """Rows of one partition sealed for insert; immutable once sealed so a retry resends it."""
@@ -278,6 +319,14 @@ class _Batch:
     offsets: list[int] = field(default_factory=list)
     identities: list[str] = field(default_factory=list)
     added_at: list[float] = field(default_factory=list)
+
+    def halves(self) -> tuple["_Batch", "_Batch"]:
+        """Two batches of the same rows (each gets its own token from its offsets)."""
+        mid = len(self.rows) // 2
+        return (_Batch(self.partition, self.rows[:mid], self.offsets[:mid],
+                       self.identities[:mid], self.added_at[:mid]),
+                _Batch(self.partition, self.rows[mid:], self.offsets[mid:],
+                       self.identities[mid:], self.added_at[mid:]))
 
     def first_rows(self) -> list[list[Any]]:
         """The rows to insert: one per identity, the first read (lowest offset).
@@ -344,6 +393,7 @@ class LedgerWriter(Generic[E]):
         self.inserted = 0
         #: Successful INSERT statements so far (rows per insert = inserted / inserts).
         self.inserts = 0
+        self._refused: list[Refused] = []
 
     def _insert_batch(self, batch: _Batch, token: str) -> int:
         # In a worker thread. A retry filters again: rows its first attempt did store are
@@ -357,6 +407,12 @@ class LedgerWriter(Generic[E]):
     def pending(self) -> int:
         """Rows waiting to be inserted (open and sealed)."""
         return self._pending
+
+    def take_refused(self) -> list[Refused]:
+        """Rows the table refused since the last call (their offsets count as committed:
+        dead-letter them before acknowledging)."""
+        refused, self._refused = self._refused, []
+        return refused
 
     @property
     def full(self) -> bool:
@@ -443,8 +499,23 @@ class LedgerWriter(Generic[E]):
                     try:
                         await asyncio.to_thread(self._insert_batch, batch, token)
                     except Exception as exc:
-                        # Any failure (server down, a driver bug) keeps the batch for the
-                        # next flush: the caller backs off; a crash would only re-read it.
+                        if refused_rows(exc):
+                            # The rows are to blame: split until the rows that cannot be
+                            # stored stand alone, store the rest (each part its own token).
+                            queue.popleft()
+                            if len(batch.rows) > 1:
+                                queue.extendleft(reversed(batch.halves()))
+                                continue
+                            self._refused.append(Refused(partition, batch.offsets[0],
+                                                         f"{self.sink.table} refused the row: {exc}"))
+                            logger.warning("ledger.row_refused table=%s partition=%d offset=%d "
+                                           "error=%s", self.sink.table, partition,
+                                           batch.offsets[0], exc)
+                            self._pending -= 1
+                            last = batch.offsets[0] if last is None else max(last, batch.offsets[0])
+                            continue
+                        # Any other failure (server down, a driver bug) keeps the batch for
+                        # the next flush: the caller backs off; a crash would only re-read it.
                         logger.debug("ledger.insert_failed table=%s partition=%d rows=%d "
                                      "token=%s error=%s", self.sink.table, partition,
                                      len(batch.rows), token, exc)
@@ -490,6 +561,12 @@ class InsertRetry:
 
     def ready(self, now: float | None = None) -> bool:
         return (self._clock() if now is None else now) >= self.retry_at
+
+    def outage_s(self, now: float | None = None) -> float:
+        """How long inserts have been failing (0 when healthy)."""
+        if self.outage_started is None:
+            return 0.0
+        return (self._clock() if now is None else now) - self.outage_started
 
     def wait_s(self, now: float | None = None) -> float:
         """Seconds until the next attempt is allowed (0 if it is now)."""
