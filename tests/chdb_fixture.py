@@ -2,10 +2,9 @@
 
 chDB runs one engine per process and cannot open a second path while the first is open
 (see ``pipeline/analytics/clickhouse.py``), so every test in a run must share the path
-that ``chdb_dsn`` opens; isolation comes from a fresh database per test. Use them from a
-conftest or a test module::
-
-    from tests.chdb_fixture import chdb_client, chdb_database, chdb_dsn  # noqa: F401
+that ``chdb_dsn`` opens; isolation comes from a fresh database per test. tests/conftest.py
+declares them once for every test (a module importing them itself would get a session
+fixture, and so an engine path, of its own).
 
 - ``chdb_dsn`` (session): ``chdb:///<tmp>/chdb`` — the engine stays open all session.
 - ``chdb_database`` (function): a DSN ``chdb:///<tmp>/chdb?database=t_<hex>`` for code under

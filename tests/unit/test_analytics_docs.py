@@ -20,18 +20,12 @@ from pipeline.analytics.ledger import insert_usage
 from pipeline.analytics.migrate import apply_migrations, split_statements
 from pipeline.analytics.reprice import reprice
 from pipeline.catalog import Catalog, load_catalog
-from tests.unit import test_analytics_reports as reports
 from tests.unit.test_analytics_reports import DAY_MS, at, mixed, today_ms
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "analytics.md"
 _BLOCK = re.compile(r"^```sql\n(.*?)^```", re.M | re.S)
 _NAME = re.compile(r"^-- name: (\w+)\n")
-
-# The chDB fixtures of test_analytics_reports.py (one engine path per process).
-chdb_dsn = reports.chdb_dsn
-chdb_database = reports.chdb_database
-chdb_client = reports.chdb_client
 
 EXPECTED = {"cost_by_tenant", "cost_by_team_model_day", "cost_by_model_rollup", "savings",
             "latency_by_provider_model", "latency_rollup", "error_rates", "routing_mix",

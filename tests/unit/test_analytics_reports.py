@@ -11,12 +11,11 @@ from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 import yaml
 
-from pipeline.analytics import clickhouse as ch
 from pipeline.analytics import queries as q
 from pipeline.analytics.clickhouse import ClickHouse
 from pipeline.analytics.ledger import USAGE_COLUMNS, insert_settings, insert_usage, usage_row
@@ -27,32 +26,7 @@ from pipeline.catalog import Catalog, load_catalog
 from pipeline.cli import main
 from pipeline.config import config_path
 from pipeline.events.models import Usage
-from tests import chdb_fixture
 
-
-@pytest.fixture(scope="module")
-def chdb_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The chDB path this process already has open, else one for this module.
-
-    chDB allows one engine path per process at a time, and tests/chdb_fixture.py's
-    session-scoped path is per module that imports it; so share whatever path another
-    module (test_ledger_chdb.py) holds open, and hold our own only while this module runs.
-    """
-    with ch.CHDB_LOCK:
-        held = [path for path in ch._chdb_open if path != ":memory:"]
-    if held:
-        yield f"chdb://{held[0]}"
-        return
-    anchor = ch.connect(f"chdb://{tmp_path_factory.mktemp('chdb').resolve()}")
-    try:
-        yield anchor.dsn
-    finally:
-        anchor.close()
-
-
-# A fresh database per test on that path (tests/chdb_fixture.py).
-chdb_database = chdb_fixture.chdb_database
-chdb_client = chdb_fixture.chdb_client
 
 REPO = Path(__file__).resolve().parents[2]
 MIGRATIONS = REPO / "schemas" / "clickhouse"

@@ -64,7 +64,6 @@ from pipeline.analytics.report import count_usage, dev_report, format_usd
 from pipeline.events.codec import DecodeError
 from pipeline.events.models import Alert, DeadLetter, Usage
 from pipeline.resilience.backoff import Backoff
-from tests.chdb_fixture import chdb_client, chdb_database, chdb_dsn  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
 MIGRATIONS = REPO / "schemas" / "clickhouse"

@@ -14,9 +14,8 @@ from pipeline.analytics.clickhouse import ClickHouse, ClickHouseError
 from pipeline.analytics.ledger import (DEAD_LETTERS_SINK, InsertRetry, LedgerFlushError,
                                        LedgerWriter, refused_rows, usage_row)
 from pipeline.analytics.migrate import apply_migrations
-from pipeline.events.models import DeadLetter, Usage
+from pipeline.events.models import DeadLetter
 from pipeline.resilience.backoff import Backoff
-from tests.chdb_fixture import chdb_client, chdb_database, chdb_dsn  # noqa: F401
 from tests.unit.test_ledger_chdb import MIGRATIONS, FakeClock, FakeEvent, _decode, make_usage
 
 NOW = int(time.time() * 1000)
@@ -24,7 +23,7 @@ MONTH_MS = 31 * 86_400_000
 
 
 @pytest.fixture
-def ledger(chdb_client: ClickHouse) -> ClickHouse:  # noqa: F811
+def ledger(chdb_client: ClickHouse) -> ClickHouse:
     apply_migrations(chdb_client, MIGRATIONS)
     return chdb_client
 
