@@ -39,6 +39,7 @@ log = logging.getLogger("llmpipe.batcher")
 FLUSH_TICK_S = 0.05        # longest the flusher sleeps when no window is due sooner
 WAIT_SAMPLES = 4096        # per priority, for the stats view's percentiles
 PUBLISHES_IN_FLIGHT = 64   # batches being published at once; more waits (back-pressure)
+BATCH_ROOM = 64 * 1024     # bytes of a Batch record besides its requests' (ids, times, re-encoding)
 
 
 class BatcherStats:
@@ -92,10 +93,14 @@ class BatcherStage:
     ``ack`` acknowledges one input (its handle, e.g. a Faust event)."""
 
     def __init__(self, codec: Codec, topics: Topics, config: BatchingConfig, emitter: Emitter,
-                 ack: Callable[[Any], Any], clock: Callable[[], int] = now_ms):
+                 ack: Callable[[Any], Any], clock: Callable[[], int] = now_ms,
+                 max_batch_bytes: int | None = None):
+        """``max_batch_bytes``: the most request bytes one Batch may carry (under the
+        broker's message size)."""
         self.codec, self.topics, self.config, self.emitter = codec, topics, config, emitter
         self.clock = clock
-        self.windows: Windows[tuple[RoutedRequest, Ticket]] = Windows(config.limits, clock)
+        self.windows: Windows[tuple[RoutedRequest, Ticket]] = Windows(config.limits, clock,
+                                                                      max_batch_bytes)
         self.acker = InOrderAcker(ack)
         self.stats = BatcherStats()
         self.opened = asyncio.Event()     # a window opened: the flusher may need to wake earlier
@@ -119,7 +124,8 @@ class BatcherStage:
                                     f"batcher failed: {type(exc).__name__}: {exc}")
             return
         opened_before = self.windows.open_windows()
-        flushes = self.windows.add(key, (routed, ticket), routed.estimated_prompt_tokens)
+        flushes = self.windows.add(key, (routed, ticket), routed.estimated_prompt_tokens,
+                                   len(value or b""))
         if self.windows.open_windows() > opened_before or flushes:
             self.opened.set()
         await self.publish(flushes)
@@ -159,7 +165,7 @@ class BatcherStage:
             try:
                 outs = [Out(self.topics.batches, f.key.deployment, self.batch_of(f),
                             partition=f.key.partition) for f in flushes]
-                await self.emitter.emit(outs)       # retried until the broker has them
+                await self.emitter.emit(outs, agent="batcher")   # each Batch on the broker, or rescued
             except asyncio.CancelledError:
                 raise
             except Exception as exc:               # a bug: dead-letter the requests, never drop them
@@ -208,8 +214,9 @@ class BatcherStage:
 
 def register_batcher(app: faust.App, runtime: Runtime, source: faust.TopicT, emitter: Emitter,
                      config: BatchingConfig | None = None) -> BatcherStage:
-    stage = BatcherStage(runtime.codec, runtime.settings.topics, config or load_batching(),
-                         emitter, lambda event: event.ack())
+    s = runtime.settings
+    stage = BatcherStage(runtime.codec, s.topics, config or load_batching(), emitter,
+                         lambda event: event.ack(), max_batch_bytes=s.max_message_bytes - BATCH_ROOM)
 
     @app.agent(source, name="batcher")
     async def batcher_agent(stream):

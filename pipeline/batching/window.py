@@ -1,6 +1,7 @@
 """Micro-batch windows: one open window per (partition, deployment, priority), closed by
-whichever limit comes first — ``max_batch_size`` requests, ``max_batch_tokens`` tokens or
-``max_wait_ms`` of age — or by a shutdown/rebalance, so no request waits forever.
+whichever limit comes first — ``max_batch_size`` requests, ``max_batch_tokens`` tokens,
+``max_wait_ms`` of age, or the bytes a Batch record may hold — or by a shutdown/rebalance,
+so no request waits forever and no Batch is too large for the broker.
 
 Plain Python with an injected clock (epoch ms): the batcher agent feeds it, asks for aged
 windows on a timer and publishes what it returns. Items are opaque to the window."""
@@ -13,7 +14,8 @@ from typing import Callable, Generic, Iterable, TypeVar
 T = TypeVar("T")
 
 FILL_SIZE, FILL_TOKENS, FILL_AGE, FILL_SHUTDOWN = "size", "tokens", "age", "shutdown"
-FILL_REASONS = (FILL_SIZE, FILL_TOKENS, FILL_AGE, FILL_SHUTDOWN)
+FILL_BYTES = "bytes"
+FILL_REASONS = (FILL_SIZE, FILL_TOKENS, FILL_AGE, FILL_SHUTDOWN, FILL_BYTES)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class _Open(Generic[T]):
     items: list[T] = field(default_factory=list)
     arrivals_ms: list[int] = field(default_factory=list)
     tokens: int = 0
+    size_bytes: int = 0
 
     @property
     def due_at_ms(self) -> int:
@@ -62,13 +65,17 @@ class _Open(Generic[T]):
 class Windows(Generic[T]):
     """All open windows of one worker. ``limits`` maps a priority to its limits."""
 
-    def __init__(self, limits: Callable[[str], WindowLimits], clock: Callable[[], int]):
-        self.limits, self.clock = limits, clock
+    def __init__(self, limits: Callable[[str], WindowLimits], clock: Callable[[], int],
+                 max_bytes: int | None = None):
+        """``max_bytes``: most bytes of items one window may hold (what fits in a Batch
+        record; None: no limit)."""
+        self.limits, self.clock, self.max_bytes = limits, clock, max_bytes
         self._open: dict[WindowKey, _Open[T]] = {}
 
-    def add(self, key: WindowKey, item: T, tokens: int) -> list[Flush[T]]:
+    def add(self, key: WindowKey, item: T, tokens: int, size_bytes: int = 0) -> list[Flush[T]]:
         """Put ``item`` in its window; returns the windows this closed (none, the item's own
-        window, and/or the window before it if the item would have overflowed its tokens)."""
+        window, and/or the window before it if the item would have overflowed its tokens
+        or bytes)."""
         now = self.clock()
         tokens = max(0, tokens)
         closed: list[Flush[T]] = []
@@ -76,11 +83,16 @@ class Windows(Generic[T]):
         if window is not None and window.tokens + tokens > window.limits.max_batch_tokens:
             closed.append(self._close(key, FILL_TOKENS, now))
             window = None
+        if window is not None and self.max_bytes is not None and \
+                window.size_bytes + size_bytes > self.max_bytes:
+            closed.append(self._close(key, FILL_BYTES, now))
+            window = None
         if window is None:
             window = self._open[key] = _Open(self.limits(key.priority), now)
         window.items.append(item)
         window.arrivals_ms.append(now)
         window.tokens += tokens
+        window.size_bytes += size_bytes
         if len(window.items) >= window.limits.max_batch_size:
             closed.append(self._close(key, FILL_SIZE, now))
         elif window.tokens >= window.limits.max_batch_tokens:

@@ -67,6 +67,16 @@ def test_token_budget_closes_the_window_before_it_would_overflow():
     assert (exact.items, exact.fill_reason) == (["c", "d"], "tokens")
 
 
+def test_a_batch_closes_before_it_would_outgrow_a_broker_record():
+    clock = Clock()
+    w = Windows(CONFIG.limits, clock, max_bytes=1_000)
+    assert w.add(K, "a", 10, 400) == [] and w.add(K, "b", 10, 400) == []
+    (full,) = w.add(K, "c", 10, 400)            # 1,200 bytes would not fit: a and b go
+    assert (full.items, full.fill_reason) == (["a", "b"], "bytes")
+    (alone,) = w.add(K, "huge", 10, 5_000)      # larger than a record: c goes, huge waits alone
+    assert alone.items == ["c"] and w.pending() == 1
+
+
 def test_a_request_larger_than_the_budget_travels_alone():
     clock = Clock()
     w = windows(clock)
