@@ -49,8 +49,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     logging.getLogger("llmpipe.worker").info("topics %s", report.format().replace("\n", "; "))
     runtime = build_runtime(settings)
     app = create_app(runtime)
-    from faust.worker import Worker
-    worker = Worker(app, loglevel=settings.log_level, quiet=True)
+    from pipeline.agents.shutdown import GracefulWorker
+    worker = GracefulWorker(app, settings.shutdown_grace_s, loglevel=settings.log_level,
+                            quiet=True)
     worker.execute_from_commandline()
     return 0
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import faust
 
 from pipeline.agents.acks import InOrderAcker, Ticket
-from pipeline.agents.flow import Emitter, origin_of
+from pipeline.agents.flow import Emitter, flow_paused, origin_of
 from pipeline.batching.config import BatchingConfig, load_batching
 from pipeline.batching.window import FILL_AGE, Flush, WindowKey, Windows
 from pipeline.events.codec import Codec, DecodeError
@@ -110,6 +110,9 @@ class BatcherStage:
     async def receive(self, value: bytes | None, origin: Origin, handle: Any) -> None:
         """One llm.routed message (call in the order the stream yields them)."""
         ticket = self.acker.track(origin.partition, origin.offset, handle)
+        if ticket.repeat:                 # already in a window or a Batch (acks.py)
+            self.acker.done(ticket)
+            return
         try:
             routed = self.codec.decode(value, RoutedRequest)
             key = WindowKey(origin.partition, routed.route.deployment,
@@ -223,18 +226,13 @@ def register_batcher(app: faust.App, runtime: Runtime, source: faust.TopicT, emi
         async for event in stream.noack().events():
             await stage.receive(event.value, origin_of(event), event)
 
-    def leaving() -> bool:
-        """Partitions are being revoked or the worker is stopping: Faust has paused the flow
-        and waits for every read message to be acked before it goes on."""
-        return app.should_stop or app.rebalancing or not app.flow_control.is_active()
-
     @app.task
     async def flusher() -> None:
         # Runs until Faust cancels it, which is after the consumer's final wait for acks.
         loop = asyncio.get_running_loop()
         while True:
             try:
-                if stage.windows.open_windows() and leaving():
+                if stage.windows.open_windows() and flow_paused(app):
                     n = await stage.flush_all()     # revocation or shutdown: Faust waits for our acks
                     log.info("windows_flushed_for_rebalance_or_shutdown batches=%d", n)
                 else:

@@ -180,6 +180,14 @@ class Emitter:
         task.add_done_callback(self._background.discard)
 
 
+def flow_paused(app: Any) -> bool:
+    """Partitions are being revoked or the worker is stopping: Faust has paused the flow and
+    waits until every message it handed out is acked. Whatever holds messages un-acked (open
+    batch windows, ledger rows not yet inserted) must finish them now, not on its timer —
+    Faust's own timers stop with the app."""
+    return app.should_stop or app.rebalancing or not app.flow_control.is_active()
+
+
 def origin_of(event: Any) -> Origin:
     m = event.message
     ts = int(m.timestamp * 1000) if m.timestamp else None
@@ -228,8 +236,11 @@ async def process(stream: Any, step: Callable[[bytes | None, Origin], Awaitable[
             slots.release()
 
     async for event in stream.noack().events():
-        await slots.acquire()
         ticket = acker.track(event.message.tp, event.message.offset, event)
+        if ticket.repeat:               # handed to this process before: done there (acks.py)
+            acker.done(ticket)
+            continue
+        await slots.acquire()
         task = asyncio.create_task(run(event, ticket))
         tasks.add(task)
         task.add_done_callback(tasks.discard)

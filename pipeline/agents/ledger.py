@@ -20,7 +20,7 @@ import faust
 import faust.web
 
 from pipeline.agents.acks import InOrderAcker, Ticket
-from pipeline.agents.flow import Emitter, origin_of
+from pipeline.agents.flow import Emitter, flow_paused, origin_of
 from pipeline.analytics.clickhouse import connect, redact_dsn
 from pipeline.analytics.ledger import (
     ALERTS_SINK,
@@ -93,6 +93,9 @@ class SinkConsumer(Generic[E]):
     async def handle(self, event: Any) -> None:
         m = event.message
         ticket = self._acker.track(m.tp, m.offset, event)
+        if ticket.repeat:                 # already buffered or stored by this sink (acks.py)
+            self._acker.done(ticket)
+            return
         try:
             item = self._decode(event.value)
         except DecodeError as exc:
@@ -272,10 +275,23 @@ def register_ledger(app: faust.App, runtime: Runtime, source: faust.TopicT, emit
     async def ledger_dead_letters_agent(stream):
         await letters.consume(stream.noack().events())
 
-    @app.timer(interval=max(0.05, s.ledger_flush_s / 2))
-    async def ledger_tick():
-        # Each sink backs off on its own: one in an outage does not delay the others.
-        await asyncio.gather(*(sink.tick() for sink in sinks))
+    @app.task
+    async def ledger_flusher() -> None:
+        """Inserts ripe batches on a tick; once Faust pauses the flow (rebalance, shutdown)
+        inserts everything pending at once, so the rows' offsets get acked — Faust waits
+        for those acks. Each sink backs off on its own: one in an outage does not delay the
+        others. Runs until Faust cancels it, after its final wait for acks."""
+        interval = max(0.05, s.ledger_flush_s / 2)
+        while True:
+            paused = False
+            try:
+                paused = flow_paused(app)
+                await asyncio.gather(*(sink.flush() if paused else sink.tick() for sink in sinks))
+            except asyncio.CancelledError:
+                raise
+            except Exception:          # never let the flusher die: rows would wait forever
+                log.exception("ledger_flusher_failed")
+            await asyncio.sleep(0.05 if paused else interval)
 
     @app.page("/llmpipe/ledger/sinks/")
     async def sink_states(web, request):

@@ -52,3 +52,30 @@ def test_acked_prefix_is_always_contiguous(partitions, rnd):
             assert offs == list(range(len(offs)))               # contiguous from 0
             assert all((p, o) in finished for o in offs)        # only finished work is acked
     assert sorted(acked) == sorted((t.partition, t.offset) for t in tickets)
+
+
+def test_a_message_delivered_twice_to_one_process_is_a_repeat_acked_after_the_first():
+    """Faust resumes stream partitions before seeking them back to the committed offset, so
+    a freshly started worker can be handed offsets 10..12 and then 10..14 again."""
+    acked = []
+    acker = InOrderAcker(acked.append)
+    first = [acker.track("p0", off, ("first", off)) for off in (10, 11, 12)]
+    again = [acker.track("p0", off, ("again", off)) for off in (10, 11, 12, 13, 14)]
+    assert [t.repeat for t in first + again] == [False] * 3 + [True] * 3 + [False] * 2
+    for t in again[:3]:
+        acker.done(t)                  # a repeat is done at once ...
+    assert acked == []                 # ... but acked only after its first delivery
+    for t in first:
+        acker.done(t)
+    assert acked[:6] == [("first", 10), ("first", 11), ("first", 12),
+                         ("again", 10), ("again", 11), ("again", 12)]
+    assert acker.repeats == 3
+
+
+def test_offsets_seen_only_on_one_partition_or_range_are_not_repeats():
+    acker = InOrderAcker(lambda item: None)
+    assert not acker.track("p0", 5, 1).repeat and not acker.track("p1", 5, 2).repeat
+    assert not acker.track("p0", 100, 3).repeat        # a jump: another range
+    assert not acker.track("p0", 4, 4).repeat and not acker.track("p0", 6, 5).repeat
+    assert acker.track("p0", 100, 6).repeat and acker.track("p0", 5, 7).repeat
+    assert not acker.track("p0", 50, 8).repeat

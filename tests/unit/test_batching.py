@@ -239,7 +239,7 @@ class FakeEmitter:
         self.published: list[Out] = []
         self.gate: asyncio.Event | None = None
 
-    async def emit(self, outs):
+    async def emit(self, outs, **where):
         if self.gate is not None:
             await self.gate.wait()
         self.published += outs
@@ -339,10 +339,10 @@ async def test_a_batch_that_cannot_be_published_dead_letters_its_requests():
     clock = Clock()
 
     class Failing(FakeEmitter):
-        async def emit(self, outs):
+        async def emit(self, outs, **where):
             if any(o.topic == topics.batches for o in outs):
                 raise TypeError("cannot encode")
-            await super().emit(outs)
+            await super().emit(outs, **where)
 
     acked = []
     emitter = Failing()
