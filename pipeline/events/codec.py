@@ -161,7 +161,15 @@ def _coerce(value: Any, schema: Any, path: str) -> Any:
             raise DecodeError("schema_violation", f"{path}: {value!r} is not a decimal") from None
         if not dec.is_finite():
             raise DecodeError("schema_violation", f"{path}: must be finite")
-        return dec.quantize(Decimal(1).scaleb(-schema["scale"]))
+        scale, precision = schema["scale"], schema["precision"]
+        try:
+            dec = dec.quantize(Decimal(1).scaleb(-scale))
+        except InvalidOperation:
+            dec = None
+        if dec is None or len(dec.as_tuple().digits) > precision:
+            raise DecodeError("schema_violation", f"{path}: {str(value)[:40]} does not fit "
+                              f"{precision} digits with {scale} decimals")
+        return dec
     if kind in ("double", "float") and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind == "string" and not isinstance(value, str):

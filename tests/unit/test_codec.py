@@ -114,6 +114,11 @@ def test_json_decimal_budget_is_exact():
      "schema_violation", "tenant: expected a string"),
     (b'{"request_id": "6f1c3f0e-8d0e-4a55-9f0b-0d8a3f1d2c11", "tenant": "t", "messages": [],'
      b' "params": {"max_tokens": "lots"}}', "schema_violation", "max_tokens"),
+    (b'{"request_id": "6f1c3f0e-8d0e-4a55-9f0b-0d8a3f1d2c11", "tenant": "t", "messages": [],'
+     b' "hints": {"budget_per_mtok": "1e30"}}', "schema_violation",
+     "budget_per_mtok: 1e30 does not fit 18 digits with 9 decimals"),
+    (b'{"request_id": "6f1c3f0e-8d0e-4a55-9f0b-0d8a3f1d2c11", "tenant": "t", "messages": [],'
+     b' "hints": {"budget_per_mtok": 1e12}}', "schema_violation", "does not fit 18 digits"),
 ])
 def test_bad_bytes_give_a_code_and_a_reason(raw, code, fragment):
     with pytest.raises(DecodeError) as info:
