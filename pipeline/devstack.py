@@ -75,6 +75,11 @@ class Worker:
     def usage_rows(self, request_ids: list[str]) -> list[dict]:
         return self._ledger("usage", request_ids)["rows"]
 
+    def usage_totals(self, request_ids: list[str]) -> dict:
+        """Rows, distinct ids and cost of these requests ("final" and "raw"), and the
+        ledger sinks' state ("sinks": pending rows, failures, ...)."""
+        return self._ledger("totals", request_ids)
+
     def wait_for_usage(self, request_ids: list[str], timeout: float = 60.0) -> dict[str, int]:
         """Poll until every request id has a usage row (or the timeout); the last counts."""
         deadline = time.monotonic() + timeout
@@ -247,14 +252,20 @@ class DevStack:
 
     # --- what the pipeline published ----------------------------------------------------
 
-    async def publish_raw(self, records: list[tuple[str, bytes | None, bytes]]) -> None:
+    async def publish_raw(self, records: list[tuple[str, bytes | None, bytes]],
+                          partitions: list[int | None] | None = None) -> list[tuple[int, int]]:
         """Publish (topic, key, value) records as they are — poison bytes, JSON lines, events
-        already encoded — one after another, each acknowledged by the broker."""
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
+        already encoded, records up to 4 MiB — in one burst (all sent, then every broker
+        acknowledgement awaited), in order. ``partitions``: per record, a partition to put it
+        on instead of the key's. Returns each record's (partition, offset)."""
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
+                                    max_request_size=4 * 1024 * 1024, linger_ms=5)
         await producer.start()
         try:
-            for topic, key, value in records:
-                await producer.send_and_wait(topic, value, key=key)
+            wanted = partitions or [None] * len(records)
+            futures = [await producer.send(topic, value, key=key, partition=partition)
+                       for (topic, key, value), partition in zip(records, wanted)]
+            return [(m.partition, m.offset) for m in await asyncio.gather(*futures)]
         finally:
             await producer.stop()
 

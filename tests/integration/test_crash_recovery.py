@@ -12,7 +12,7 @@ from decimal import Decimal
 
 from pipeline.client import GatewayClient
 from pipeline.demo import demo_requests
-from pipeline.events.models import Usage
+from pipeline.events.models import DeadLetter, Response, Usage
 from tests.integration.conftest import make_stack
 
 N = 150
@@ -50,6 +50,21 @@ def budget_vs_ledger(events: dict[str, list[Usage]], worker, tenants: list[str])
     return problems
 
 
+def where_usage_went(stack, worker, ids: list[str]) -> str:
+    """For a failure message: what the topics and the ledger hold of these requests."""
+    wanted = set(ids)
+    letters = [(d.agent, d.reason_code, d.reason[:160]) for d in
+               stack.read_events(stack.topics.dead_letter, DeadLetter)
+               if d.request_id in wanted or any(i.encode() in (d.value or b"") for i in wanted)]
+    responses = [(r.request_id[:8], r.status, r.completed_at_ms) for r in
+                 stack.read_events(stack.topics.responses, Response) if r.request_id in wanted]
+    usage = {rid[:8]: [(u.status, u.cost_nanos, u.completed_at_ms) for u in us]
+             for rid, us in usage_events(stack, ids).items()}
+    return (f"usage rows not 1 for {ids}; usage events on the topic: {usage}; responses: "
+            f"{responses}; dead letters: {letters}; ledger sinks: "
+            f"{worker.usage_totals(ids)['sinks']}; logs in {stack.data_dir}")
+
+
 async def test_sigkill_mid_demo_loses_nothing_and_bills_once(broker, tmp_path_factory):
     # Provider latency long enough that many calls are in flight when the worker dies.
     stack = make_stack(broker, tmp_path_factory, "crash",
@@ -76,7 +91,8 @@ async def test_sigkill_mid_demo_loses_nothing_and_bills_once(broker, tmp_path_fa
         assert all(r.status in ("ok", "error") for r in results.values())
         ids = list(results)
         counts = second.wait_for_usage(ids, timeout=90)
-        assert counts == {rid: 1 for rid in ids}, {k: v for k, v in counts.items() if v != 1}
+        assert counts == {rid: 1 for rid in ids}, where_usage_went(
+            stack, second, [k for k, v in counts.items() if v != 1])
         assert second.usage_counts(ids) == counts
         # A request whose provider call was re-done after the kill has several Usage events
         # (its Batch re-read by dispatch, its RoutedRequest re-batched). Billing must follow

@@ -32,7 +32,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from pipeline.client import make_request
@@ -202,18 +202,6 @@ async def end_offsets(bootstrap: str, topics: list[str]) -> dict[TopicPartition,
         await consumer.stop()
 
 
-async def produce(bootstrap: str, topic: str, records: list[Record]) -> list[tuple[int, int]]:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                max_request_size=4 * 1024 * 1024, linger_ms=5)
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, r.value, key=r.key, partition=r.partition)
-                   for r in records]
-        return [(m.partition, m.offset) for m in await asyncio.gather(*futures)]
-    finally:
-        await producer.stop()
-
-
 class Outcomes:
     """Responses and dead letters published since ``start``, read as they arrive."""
 
@@ -320,7 +308,8 @@ def test_every_hostile_record_ends_in_one_outcome_and_neighbours_are_answered(
     shuffle.shuffle(burst)
     outcomes_topics = [stack.topics.responses, stack.topics.dead_letter]
     start = asyncio.run(end_offsets(stack.bootstrap, outcomes_topics))
-    positions = asyncio.run(produce(stack.bootstrap, stack.topics.requests, burst))
+    positions = asyncio.run(stack.publish_raw([(stack.topics.requests, r.key, r.value) for r in burst],
+                                              partitions=[r.partition for r in burst]))
     expects = [Expect(r, p, decoded(r)) for r, p in zip(burst, positions)]
     outcomes = Outcomes(stack, start)
     asyncio.run(outcomes.read_until(

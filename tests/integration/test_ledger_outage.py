@@ -52,11 +52,7 @@ async def test_clickhouse_outage_under_load_then_redelivery_bills_each_request_o
         worker = stack.start_worker(ledger_flush_rows=FLUSH_ROWS, ledger_flush_s=0.2,
                                     ledger_retry_cap_s=2.0)
 
-        def totals(ids: list[str]) -> dict:
-            resp = httpx.post(f"{worker.url}/llmpipe/ledger/totals/", json={"request_ids": ids},
-                              timeout=60)
-            resp.raise_for_status()
-            return resp.json()
+        totals = worker.usage_totals
 
         def count(table: str, column: str, values: list[str]) -> dict[str, int]:
             resp = httpx.post(f"{worker.url}/llmpipe/ledger/table-count/",

@@ -40,20 +40,10 @@ MAX_PROMPT_TOKENS = 200_000   # routing.yaml max_prompt_tokens
 
 # --- helpers -------------------------------------------------------------------------------
 
-async def produce(stack, records: list[tuple[bytes | None, bytes]],
-                  topic: str | None = None) -> list[tuple[int, int]]:
-    """Produce (key, value) records in one burst (one producer, all sent before any ack is
-    awaited, so they reach the pipeline together); returns each one's (partition, offset)."""
-    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all",
-                                max_request_size=4 * 1024 * 1024, linger_ms=5)
-    await producer.start()
-    try:
-        futures = [await producer.send(topic or stack.topics.requests, value, key=key)
-                   for key, value in records]
-        metas = await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    return [(m.partition, m.offset) for m in metas]
+async def produce(stack, records: list[tuple[bytes | None, bytes]]) -> list[tuple[int, int]]:
+    """(key, value) records onto llm.requests in one burst, so they reach the pipeline
+    together; each one's (partition, offset)."""
+    return await stack.publish_raw([(stack.topics.requests, key, value) for key, value in records])
 
 
 def requests_burst(tenant: str, n: int, **kwargs) -> list[Request]:
