@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import logging
 import random
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -344,12 +345,16 @@ class _Batch:
             first.setdefault(identity, i)
         return [row for i, row in enumerate(self.rows) if first[self.identities[i]] == i]
 
-    def token(self, prefix: str) -> str:
+    def token(self, prefix: str, epoch: str) -> str:
         # Offsets make the boundaries; the digest of the events' identities makes the token
         # unique even when offsets restart (a recreated topic, a fresh dev broker) against a
         # ClickHouse that still remembers the old tokens -- otherwise new rows would be
         # dropped as "duplicates". A retry has the same events, so the same token.
-        digest = hashlib.sha256("\n".join(self.identities).encode()).hexdigest()[:16]
+        # ``epoch`` is the writer's own: a token is only ever reused by the writer that made
+        # it. After a crash the stored-rows filter keeps what is already in the table out;
+        # a token of the dead process could only do harm (its deduplication log entry can
+        # outlive a part the kill lost, and would drop the same rows sent again).
+        digest = hashlib.sha256("\n".join([epoch, *self.identities]).encode()).hexdigest()[:16]
         return f"{prefix}:{self.partition}:{min(self.offsets)}-{max(self.offsets)}:{digest}"
 
 
@@ -394,6 +399,7 @@ class LedgerWriter(Generic[E]):
         #: Successful INSERT statements so far (rows per insert = inserted / inserts).
         self.inserts = 0
         self._refused: list[Refused] = []
+        self._epoch = secrets.token_hex(8)
 
     def _insert_batch(self, batch: _Batch, token: str) -> int:
         # In a worker thread. A retry filters again: rows its first attempt did store are
@@ -495,7 +501,7 @@ class LedgerWriter(Generic[E]):
                 last: int | None = None
                 while queue:
                     batch = queue[0]
-                    token = batch.token(self._token_prefix)
+                    token = batch.token(self._token_prefix, self._epoch)
                     try:
                         await asyncio.to_thread(self._insert_batch, batch, token)
                     except Exception as exc:
