@@ -90,3 +90,28 @@ def demo_policies() -> list[TenantPolicy]:
         TenantPolicy("initech-cn", allowed_models=["deepseek-v3.2", "gemini-2.5-flash", "gpt-4.1"],
                      truncation_allowed=True),
     ]
+
+
+def demo_poison(topics_usage: str) -> list[tuple[str, bytes, bytes, str | None]]:
+    """Hostile records `llmpipe dev` slips into its demo traffic, to show each ends in one
+    outcome while the demo requests around them are served: (what it is, key, value,
+    request id or None when the bytes are not a request)."""
+    import json
+    import time
+    import uuid
+
+    def request(**fields) -> tuple[dict, str]:
+        rid = str(uuid.uuid4())
+        return {"request_id": rid, "tenant": "acme-retail", "team": "support",
+                "messages": [{"role": "user", "content": "Where is my parcel?"}], **fields}, rid
+
+    surrogate, rid1 = request(messages=[{"role": "user", "content": "hi \ud800"}])
+    foreign, rid2 = request(reply_topic=topics_usage)
+    ancient, rid3 = request(created_at_ms=int(time.time() * 1000) - 10 * 365 * 86_400_000)
+    return [
+        ("garbage bytes", b"acme-retail", b"\x13\x37 not an event", None),
+        ("a lone surrogate in the content", b"acme-retail",
+         json.dumps(surrogate, ensure_ascii=True).encode(), rid1),
+        ("reply_topic set to the usage topic", b"acme-retail", json.dumps(foreign).encode(), rid2),
+        ("created_at_ms ten years ago", b"acme-retail", json.dumps(ancient).encode(), rid3),
+    ]

@@ -14,9 +14,9 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 
 from pipeline.client import GatewayClient, ResponseTimeout
-from pipeline.demo import demo_policies, demo_requests
+from pipeline.demo import demo_poison, demo_policies, demo_requests
 from pipeline.devstack import DevStack, StackError
-from pipeline.events.models import Alert, TenantPolicy
+from pipeline.events.models import Alert, DeadLetter, Response, TenantPolicy
 from pipeline.events.codec import Codec
 from pipeline.tenancy.directory import put_policy
 
@@ -83,16 +83,26 @@ async def read_alerts(stack: DevStack) -> Counter:
     return seen
 
 
-async def drive(stack: DevStack, n: int, seed: int, timeout: float) -> tuple[dict, list[str]]:
+async def drive(stack: DevStack, n: int, seed: int, timeout: float
+                ) -> tuple[dict, list[str], bool]:
+    """Demo traffic with hostile records among it: the demo responses, the demo request
+    ids, and whether every hostile record ended in an outcome."""
     requests = demo_requests(n, seed)
     responses: dict = {}
+    poison = demo_poison(stack.topics.usage)
     async with GatewayClient(stack.bootstrap, stack.topics) as gw:
         for r in requests:
             gw.expect(r)
         started = time.monotonic()
-        for r in requests:
+        half = len(requests) // 2
+        for r in requests[:half]:
             await gw.send(r)
-        say(f"sent {n} demo requests from {len({r.tenant for r in requests})} tenants; waiting for responses ...")
+        positions = await stack.publish_raw([(stack.topics.requests, key, value)
+                                             for _, key, value, _ in poison])
+        for r in requests[half:]:
+            await gw.send(r)
+        say(f"sent {n} demo requests from {len({r.tenant for r in requests})} tenants, and "
+            f"{len(poison)} hostile records among them; waiting for responses ...")
 
         async def one(r):
             try:
@@ -104,7 +114,39 @@ async def drive(stack: DevStack, n: int, seed: int, timeout: float) -> tuple[dic
         elapsed = time.monotonic() - started
     status = Counter(r.status for r in responses.values())
     say(f"{len(responses)}/{n} terminal responses in {elapsed:.1f}s ({dict(status)})")
-    return responses, [r.request_id for r in requests]
+    report, poison_ok = poison_outcomes(stack, poison, positions)
+    say(report)
+    return responses, [r.request_id for r in requests], poison_ok
+
+
+def poison_outcomes(stack: DevStack, poison: list, positions: list[tuple[int, int]],
+                    timeout: float = 15.0) -> tuple[str, bool]:
+    """Where each hostile record ended (its dead letter, or its error response), and
+    whether every one did."""
+    deadline = time.monotonic() + timeout
+    while True:
+        letters = {(d.source_partition, d.source_offset): d
+                   for d in stack.read_events(stack.topics.dead_letter, DeadLetter)
+                   if d.source_topic == stack.topics.requests}
+        answers = {r.request_id: r for r in stack.read_events(stack.topics.responses, Response)
+                   if any(r.request_id == rid for *_, rid in poison)}
+        if all(where in letters or rid in answers for (*_, rid), where in zip(poison, positions)) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    lines = ["Hostile records (each ends in one outcome; its neighbours are served as usual)"]
+    missing = 0
+    for (what, _, _, rid), where in zip(poison, positions):
+        if where in letters:
+            outcome = f"dead letter ({letters[where].reason_code})"
+        elif rid in answers and answers[rid].error:
+            e = answers[rid].error
+            outcome = f"{e.code}: {e.message[:90]}"
+        else:
+            outcome = f"MISSING: no outcome within {timeout:g}s"
+            missing += 1
+        lines.append(f"  {what:<36} -> {outcome}")
+    return "\n".join(lines) + "\n", missing == 0
 
 
 def run_dev(args: argparse.Namespace) -> int:
@@ -123,7 +165,8 @@ def run_dev(args: argparse.Namespace) -> int:
             f"web {worker.url}, log {worker.log_path}")
         asyncio.run(publish_policies(stack))
         since_ms = int(time.time() * 1000) - 60_000
-        responses, ids = asyncio.run(drive(stack, args.demo_requests, args.seed, args.timeout))
+        responses, ids, poison_ok = asyncio.run(drive(stack, args.demo_requests, args.seed,
+                                                      args.timeout))
         counts = worker.wait_for_usage(ids, timeout=60)
         say()
         say(worker.report(since_ms))
@@ -135,7 +178,7 @@ def run_dev(args: argparse.Namespace) -> int:
         bad_rows = {rid: counts.get(rid, 0) for rid in ids if counts.get(rid, 0) != 1}
         say(f"accounted for: {len(ids) - len(missing_resp)}/{len(ids)} responses, "
             f"{sum(1 for rid in ids if counts.get(rid, 0) == 1)}/{len(ids)} with exactly one usage row")
-        ok = not missing_resp and not bad_rows
+        ok = not missing_resp and not bad_rows and poison_ok
         if not ok:
             say(f"MISSING: {len(missing_resp)} without response, {len(bad_rows)} without exactly one usage row")
         if args.exit:

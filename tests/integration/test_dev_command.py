@@ -24,6 +24,8 @@ def test_dev_runs_demo_prints_report_and_ctrl_c_stops_every_child(tmp_path):
         text = log.read_text()
         assert "accounted for: 12/12 responses, 12/12 with exactly one usage row" in text, text
         assert "Model mix" in text and "Cost (USD)" in text and "p99" in text
+        assert "garbage bytes                        -> dead letter (undecodable)" in text, text
+        assert text.count("-> invalid_request: ") == 3 and "MISSING" not in text, text
         children = [int(p) for p in re.findall(r"pid (\d+)", text)]
         assert len(children) == 3, text              # broker, simulator, worker
         dev.send_signal(signal.SIGINT)
