@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import httpx
 import yaml
@@ -24,7 +24,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pipeline.embedded.broker import EmbeddedBroker
 from pipeline.embedded.ports import free_port
 from pipeline.events.codec import Codec, DecodeError
-from pipeline.events.models import Alert, Event
+from pipeline.events.models import (Alert, Batch, DeadLetter, Event, Request, Response,
+                                    RoutedRequest, Usage)
 from pipeline.kafka.topics import apply_topics, load_topic_specs, prefixed
 from pipeline.paths import config_dir as default_config_dir
 from pipeline.settings import Settings, Topics
@@ -272,7 +273,42 @@ class DevStack:
     def read_events(self, topic: str, cls: type[E], timeout: float = 30.0) -> list[E]:
         """Every record on ``topic`` up to its current end, decoded as ``cls`` (records that
         do not decode are skipped)."""
-        return _run_sync(_read_topic(self.bootstrap, topic, cls, timeout))
+        codec, found = Codec(), []
+        for rec in _run_sync(read_records(self.bootstrap, topic, timeout)):
+            try:
+                found.append(codec.decode(rec.value, cls))
+            except DecodeError:
+                pass
+        return found
+
+    def trail(self, request_ids: list[str]) -> dict[str, list[str]]:
+        """Where each request appears on the pipeline's topics, in topic order: its request,
+        routed hops, Batches, responses, usage and dead letters, with partition and offset.
+        For failure messages: a request that never got an answer shows where it stopped."""
+        wanted = set(request_ids)
+        codec, out = Codec(), {rid: [] for rid in request_ids}
+        t = self.topics
+        views: list[tuple[str, type[Event], Callable[[Any], list[tuple[str, str]]]]] = [
+            (t.requests, Request, lambda e: [(e.request_id, f"tenant {e.tenant}")]),
+            (t.routed, RoutedRequest, lambda e: [(e.request.request_id,
+                f"{e.route.deployment} rule {e.route.rule} tried {len(e.tried)}")]),
+            (t.batches, Batch, lambda e: [(i.request.request_id,
+                f"batch {e.batch_id[:8]} {i.route.deployment} {e.fill_reason} of {len(e.items)}")
+                for i in e.items]),
+            (t.responses, Response, lambda e: [(e.request_id, f"{e.status} {e.error and e.error.code}")]),
+            (t.usage, Usage, lambda e: [(e.request_id, f"{e.status} {e.cost_nanos} nanos")]),
+            (t.dead_letter, DeadLetter, lambda e: [(e.request_id, f"{e.agent} {e.reason_code}")]),
+        ]
+        for topic, cls, describe in views:
+            for rec in _run_sync(read_records(self.bootstrap, topic)):
+                try:
+                    event = codec.decode(rec.value, cls)
+                except DecodeError:
+                    continue
+                for rid, text in describe(event):
+                    if rid in wanted:
+                        out[rid].append(f"{topic}[{rec.partition}]@{rec.offset} {text}")
+        return out
 
     def alerts(self, since_ms: int = 0, rules: tuple[str, ...] | None = None) -> list[Alert]:
         """Alerts on llm.alerts with ``at_ms >= since_ms`` (and a rule in ``rules``), by
@@ -370,11 +406,12 @@ def _merge(into: dict[str, Any], changes: dict[str, Any]) -> None:
             into[key] = copy.deepcopy(value)
 
 
-async def _read_topic(bootstrap: str, topic: str, cls: type[E], timeout: float) -> list[E]:
-    codec = Codec()
+async def read_records(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Any]:
+    """Every record of ``topic`` from the beginning to its current end (aiokafka
+    ConsumerRecords: partition, offset, timestamp, key, value)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
-    found: list[E] = []
+    found: list[Any] = []
     try:
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
@@ -398,11 +435,7 @@ async def _read_topic(bootstrap: str, topic: str, cls: type[E], timeout: float) 
             reached = all([await consumer.position(tp) >= ends[tp] for tp in tps])
             drained = reached and not any(batches.values())
             for records in batches.values():
-                for rec in records:
-                    try:
-                        found.append(codec.decode(rec.value, cls))
-                    except DecodeError:
-                        pass
+                found.extend(records)
     finally:
         await consumer.stop()
     return found

@@ -45,3 +45,18 @@ def pipeline_stack(broker, tmp_path_factory):
         yield stack
     finally:
         stack.stop()
+
+
+async def answers(gw, stack: DevStack, requests: list, timeout: float) -> dict:
+    """Each request's Response (request id -> Response), waiting up to ``timeout`` for each;
+    if one never comes, fail with where every unanswered request stopped on the topics."""
+    from pipeline.client import ResponseTimeout
+    results = {}
+    for r in requests:
+        try:
+            results[r.request_id] = await gw.wait(r, timeout)
+        except ResponseTimeout as exc:
+            unanswered = [q.request_id for q in requests if q.request_id not in results]
+            raise AssertionError(f"{exc}; where the unanswered requests stopped: "
+                                 f"{stack.trail(unanswered)}; logs in {stack.data_dir}") from None
+    return results

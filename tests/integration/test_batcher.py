@@ -29,6 +29,7 @@ from pipeline.deployments import load_deployments
 from pipeline.devstack import DevStack, write_config_dir
 from pipeline.events.models import Batch, DeadLetter, RoutingHints
 from pipeline.resilience.health import percentile
+from tests.integration.conftest import answers
 
 pytestmark = pytest.mark.integration
 
@@ -178,7 +179,7 @@ async def test_rebalance_and_shutdown_flush_open_windows_nothing_lost(stack):
         await asyncio.to_thread(wait_until, lambda: shutdown_batch_with(before), 30,
                                 "a shutdown-flushed batch holding the requests")
         flushed_s = time.monotonic() - t0
-        results = {rid: await gw.wait(r, TIMEOUT) for rid, r in before.items()}
+        results = await answers(gw, stack, list(before.values()), TIMEOUT)
         assert all(r.status == "ok" for r in results.values())
         assert time.monotonic() - t0 < LONG_BATCH_WAIT_MS / 1000 / 2    # not by age
         print(f"rebalance: flushed {flushed_s:.1f}s after worker-2 started, answered "
@@ -196,7 +197,7 @@ async def test_rebalance_and_shutdown_flush_open_windows_nothing_lost(stack):
         await asyncio.to_thread(stack.stop_worker, second)
         await asyncio.to_thread(wait_until, lambda: shutdown_batch_with(after), 30,
                                 "shutdown-flushed batches holding the requests")
-        results = {rid: await gw.wait(r, TIMEOUT) for rid, r in after.items()}
+        results = await answers(gw, stack, list(after.values()), TIMEOUT)
         assert all(r.status == "ok" for r in results.values())
         print(f"shutdown: worker-2 held {on_second}/{len(after)} requests; all flushed and "
               f"answered {time.monotonic() - t0:.1f}s after its stop began")

@@ -12,8 +12,8 @@ from decimal import Decimal
 
 from pipeline.client import GatewayClient
 from pipeline.demo import demo_requests
-from pipeline.events.models import DeadLetter, Response, Usage
-from tests.integration.conftest import make_stack
+from pipeline.events.models import Usage
+from tests.integration.conftest import answers, make_stack
 
 N = 150
 
@@ -51,17 +51,8 @@ def budget_vs_ledger(events: dict[str, list[Usage]], worker, tenants: list[str])
 
 
 def where_usage_went(stack, worker, ids: list[str]) -> str:
-    """For a failure message: what the topics and the ledger hold of these requests."""
-    wanted = set(ids)
-    letters = [(d.agent, d.reason_code, d.reason[:160]) for d in
-               stack.read_events(stack.topics.dead_letter, DeadLetter)
-               if d.request_id in wanted or any(i.encode() in (d.value or b"") for i in wanted)]
-    responses = [(r.request_id[:8], r.status, r.completed_at_ms) for r in
-                 stack.read_events(stack.topics.responses, Response) if r.request_id in wanted]
-    usage = {rid[:8]: [(u.status, u.cost_nanos, u.completed_at_ms) for u in us]
-             for rid, us in usage_events(stack, ids).items()}
-    return (f"usage rows not 1 for {ids}; usage events on the topic: {usage}; responses: "
-            f"{responses}; dead letters: {letters}; ledger sinks: "
+    """For a failure message: where these requests went, and the ledger sinks' state."""
+    return (f"usage rows not 1 for {ids}; on the topics: {stack.trail(ids)}; ledger sinks: "
             f"{worker.usage_totals(ids)['sinks']}; logs in {stack.data_dir}")
 
 
@@ -84,7 +75,7 @@ async def test_sigkill_mid_demo_loses_nothing_and_bills_once(broker, tmp_path_fa
             assert 0 < answered_before < N, answered_before
             stack.kill_worker(first)
             second = stack.start_worker("worker-2")
-            results = {r.request_id: await gw.wait(r, 120) for r in requests}
+            results = await answers(gw, stack, requests, 120)
             duplicates = gw.duplicates_dropped
 
         assert len(results) == N

@@ -53,6 +53,11 @@ async def test_three_tenants_each_request_one_response_one_exact_usage_row(pipel
         assert by_id[row["request_id"]].cost_nanos == expected
         assert row["price_version"] == catalog.price_version and row["status"] == "ok"
 
+    # What a failing test prints for a request that went astray: its path over the topics.
+    (path,) = stack.trail([ids[0]]).values()
+    hops = [step.split("[", 1)[0].removeprefix(stack.topics.prefix) for step in path]
+    assert hops == ["llm.requests", "llm.routed", "llm.batches", "llm.responses", "llm.usage"], path
+
 
 async def test_bad_inputs_end_in_dead_letters_or_error_responses_and_good_ones_complete(pipeline_stack):
     stack = pipeline_stack
