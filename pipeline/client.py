@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections import OrderedDict
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline import errors
+from pipeline.clock import now_ms
 from pipeline.events.codec import Codec, DecodeError
 from pipeline.events.models import ChatMessage, GenerationParams, Request, Response, RoutingHints
 from pipeline.settings import Topics
@@ -56,7 +56,7 @@ def make_request(tenant: str, prompt: str | list[ChatMessage], *, model: str | N
     messages = [ChatMessage("user", prompt)] if isinstance(prompt, str) else list(prompt)
     return Request(
         request_id=request_id or str(uuid.uuid4()), tenant=tenant, messages=messages, team=team,
-        end_user=end_user, created_at_ms=int(time.time() * 1000), model=model,
+        end_user=end_user, created_at_ms=now_ms(), model=model,
         params=GenerationParams(max_tokens=max_tokens, temperature=temperature),
         hints=hints or RoutingHints(), reply_topic=reply_topic, metadata=metadata or {})
 

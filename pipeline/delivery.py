@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 import uuid
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -34,6 +33,7 @@ from aiokafka.errors import (InvalidTopicError, MessageSizeTooLargeError, Record
                              TopicAuthorizationFailedError, UnsupportedForMessageFormatError)
 
 from pipeline import errors, terminal
+from pipeline.clock import now_ms
 from pipeline.events.codec import Codec
 from pipeline.events.models import (ERROR, Batch, BatchJob, DeadLetter, ErrorInfo, Response,
                                     RoutedRequest, Usage)
@@ -109,7 +109,7 @@ class Rescuer:
     topics: Topics
     codec: Codec
     max_message_bytes: int
-    clock: Callable[[], int] = lambda: int(time.time() * 1000)
+    clock: Callable[[], int] = now_ms
     lost: int = 0              # outputs given up (each logged): should stay 0
 
     def rescue(self, out: Out, failure: Unpublishable, depth: int, *, agent: str,

@@ -7,6 +7,7 @@ import random
 from decimal import Decimal
 
 from pipeline.client import make_request
+from pipeline.clock import now_ms
 from pipeline.events.models import Budget, CanaryRule, Request, RoutingHints, TenantPolicy
 
 TENANTS = {
@@ -97,7 +98,6 @@ def demo_poison(topics_usage: str) -> list[tuple[str, bytes, bytes, str | None]]
     outcome while the demo requests around them are served: (what it is, key, value,
     request id or None when the bytes are not a request)."""
     import json
-    import time
     import uuid
 
     def request(**fields) -> tuple[dict, str]:
@@ -107,7 +107,7 @@ def demo_poison(topics_usage: str) -> list[tuple[str, bytes, bytes, str | None]]
 
     surrogate, rid1 = request(messages=[{"role": "user", "content": "hi \ud800"}])
     foreign, rid2 = request(reply_topic=topics_usage)
-    ancient, rid3 = request(created_at_ms=int(time.time() * 1000) - 10 * 365 * 86_400_000)
+    ancient, rid3 = request(created_at_ms=now_ms() - 10 * 365 * 86_400_000)
     return [
         ("garbage bytes", b"acme-retail", b"\x13\x37 not an event", None),
         ("a lone surrogate in the content", b"acme-retail",

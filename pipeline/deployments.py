@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.catalog import Catalog
+from pipeline.clock import ManualClock
 from pipeline.config import ConfigError, Section, config_path, expand_env, load_yaml
-from pipeline.resilience.clock import ManualClock
 from pipeline.resilience.guard import (BreakerSettings, DeploymentGuard, GuardSettings,
                                        HealthSettings, LimitSettings)
 

@@ -14,6 +14,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 
 from pipeline.client import GatewayClient, ResponseTimeout
+from pipeline.clock import now_ms
 from pipeline.demo import demo_poison, demo_policies, demo_requests
 from pipeline.devstack import DevStack, StackError
 from pipeline.events.models import Alert, DeadLetter, Response, TenantPolicy
@@ -164,7 +165,7 @@ def run_dev(args: argparse.Namespace) -> int:
         say(f"  worker             pid {worker.process.pid}, agents {'+'.join(worker.health()['agents'])}, "
             f"web {worker.url}, log {worker.log_path}")
         asyncio.run(publish_policies(stack))
-        since_ms = int(time.time() * 1000) - 60_000
+        since_ms = now_ms() - 60_000
         responses, ids, poison_ok = asyncio.run(drive(stack, args.demo_requests, args.seed,
                                                       args.timeout))
         counts = worker.wait_for_usage(ids, timeout=60)

@@ -22,15 +22,15 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from pipeline import errors, terminal
 from pipeline.catalog import Catalog
+from pipeline.clock import now_ms
+from pipeline.clock import Clock, MonotonicClock
 from pipeline.deployments import Deployments
 from pipeline.errors import GatewayError
 from pipeline.events.models import (OK, AttemptRecord, Response, RouteDecision,
                                     RoutedRequest, Usage)
-from pipeline.intake import now_ms
 from pipeline.outputs import Out
 from pipeline.providers.base import Adapter, Completion
 from pipeline.resilience.backoff import Backoff
-from pipeline.resilience.clock import Clock, MonotonicClock
 from pipeline.resilience.guard import DeploymentGuard, Guards, Refusal, breaker_alert
 from pipeline.settings import Topics
 

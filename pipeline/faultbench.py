@@ -19,6 +19,7 @@ from typing import Any
 
 from pipeline.catalog import load_catalog
 from pipeline.client import GatewayClient, ResponseTimeout, make_request
+from pipeline.clock import now_ms
 from pipeline.deployments import Deployments, load_deployments
 from pipeline.devstack import DevStack, Worker, write_config_dir
 from pipeline.embedded.broker import EmbeddedBroker
@@ -256,7 +257,7 @@ def run_scenario(stack: DevStack, worker: Worker, scenario: Scenario, n: int,
     """Inject the scenario's faults, send ``n`` requests pinned to its model, clear the
     faults and recover, then collect what every record says about those requests."""
     tenant = f"faults-{scenario.name.replace('_', '-')}-{uuid.uuid4().hex[:6]}"
-    started_ms = int(time.time() * 1000)
+    started_ms = now_ms()
     t0 = time.monotonic()
     stack.reset_simulator()
     stack.set_faults(scenario.faults_on(stack))

@@ -8,11 +8,11 @@ request become a DeadLetter with the raw bytes and the reason. Nothing here rais
 from __future__ import annotations
 
 import json
-import time
 from typing import Callable
 
 from pipeline import errors, terminal, validation
 from pipeline.catalog import Catalog
+from pipeline.clock import now_ms
 from pipeline.errors import Rejected
 from pipeline.events.codec import Codec, DecodeError, is_json
 from pipeline.delivery import invalid_topic_name
@@ -26,10 +26,6 @@ from pipeline.tenancy.state import TenantState, budget_alert
 from pipeline.routing.tokens import estimate_prompt_tokens
 from pipeline.settings import Topics
 from pipeline.validation import RequestBounds
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Intake:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import time
 
+from pipeline.clock import now_ms
 from pipeline.events.models import DeadLetter, Event
 from pipeline.events.text import scrub
 
@@ -36,6 +36,6 @@ def dead_letter(topic: str, origin: Origin, value: bytes | None, agent: str, cod
     """A DeadLetter for an input, keeping its raw key and value and where it came from."""
     return Out(topic, origin.key, DeadLetter(
         source_topic=origin.topic, source_partition=origin.partition, source_offset=origin.offset,
-        reason_code=code, reason=scrub(reason[:2000]), agent=agent, at_ms=int(time.time() * 1000),
+        reason_code=code, reason=scrub(reason[:2000]), agent=agent, at_ms=now_ms(),
         key=origin.key, value=value, request_id=request_id and scrub(request_id[:200]),
         tenant=tenant and scrub(tenant[:1024])))

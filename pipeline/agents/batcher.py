@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections import Counter, deque
 from typing import Any, Callable
@@ -26,9 +25,9 @@ from pipeline.agents.acks import InOrderAcker, Ticket
 from pipeline.agents.flow import Emitter, flow_paused, origin_of
 from pipeline.batching.config import BatchingConfig, load_batching
 from pipeline.batching.window import FILL_AGE, Flush, WindowKey, Windows
+from pipeline.clock import now_ms
 from pipeline.events.codec import Codec, DecodeError
 from pipeline.events.models import Batch, RoutedRequest
-from pipeline.intake import now_ms
 from pipeline.outputs import Origin, Out, dead_letter
 from pipeline.resilience.health import percentile
 from pipeline.runtime import Runtime
@@ -256,7 +255,7 @@ def register_batcher(app: faust.App, runtime: Runtime, source: faust.TopicT, emi
         """Open windows, waiting requests, and per priority: batches, mean/max size, fill
         reasons and the wait the window added (P50/P99/max over recent requests)."""
         body = stage.view()
-        body["at_ms"] = int(time.time() * 1000)
+        body["at_ms"] = now_ms()
         return web.json(body)
 
     return stage

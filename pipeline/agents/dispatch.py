@@ -28,10 +28,10 @@ import faust.web
 
 from pipeline.agents.flow import Emitter, process
 from pipeline.batching.hops import FinishedHops
+from pipeline.clock import now_ms
 from pipeline.dispatch import Dispatcher
 from pipeline.events.codec import DecodeError
 from pipeline.events.models import Batch, RoutedRequest
-from pipeline.intake import now_ms
 from pipeline.outputs import Origin, Out, dead_letter
 from pipeline.providers import make_adapter
 from pipeline.resilience.backoff import Backoff

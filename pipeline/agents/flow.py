@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from pipeline.agents.acks import InOrderAcker
+from pipeline.clock import now_ms
 from pipeline.delivery import (GAVE_UP, Rescuer, Unpublishable, check_record, classify,
                                is_permanent)
 from pipeline.events.codec import Codec
@@ -165,7 +166,7 @@ class Emitter:
         if any(i.out.topic == self.topics.alerts for i in items):
             return                 # an alert (this one, maybe) stalled: no alert about it
         self.stalls += 1
-        at = int(time.time() * 1000)
+        at = now_ms()
         alert = Alert(alert_id=str(uuid.uuid4()), rule="publish_stalled", state="firing",
                       severity="critical", value=f"{len(items)} outputs",
                       threshold=f"{self.stall_s:g}s", at_ms=at, subject=topics[:200],

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 import uuid
 from datetime import datetime, timezone
 from collections import defaultdict, deque
@@ -35,6 +34,7 @@ from pipeline.analytics.ledger import (
 )
 from pipeline.analytics.migrate import apply_migrations
 from pipeline.analytics import report as reports
+from pipeline.clock import now_ms
 from pipeline.events.codec import DecodeError
 from pipeline.events.models import Alert, DeadLetter, Usage
 from pipeline.kafka.topics import faust_partitions, load_topic_specs, prefixed
@@ -222,7 +222,7 @@ def register_ledger(app: faust.App, runtime: Runtime, source: faust.TopicT, emit
 
     async def insert_stalled(sink: str, stalled: bool, outage_s: float, error: str) -> None:
         """Inserts of ``sink`` failing past the bound (or landing again): one alert each way."""
-        at = int(time.time() * 1000)
+        at = now_ms()
         log.log(logging.CRITICAL if stalled else logging.WARNING,
                 "ledger_insert_%s sink=%s outage_s=%.0f error=%s",
                 "stalled" if stalled else "stall_over", sink, outage_s, error[:300])

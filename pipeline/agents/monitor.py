@@ -20,9 +20,9 @@ from faust.exceptions import ConsumerNotStarted
 
 from pipeline.agents.flow import Emitter, process
 from pipeline.alerts.webhook import WebhookSink, load_webhook_config, redact_url, webhook_url
+from pipeline.clock import now_ms
 from pipeline.events.codec import Codec, DecodeError
 from pipeline.events.models import Alert, Usage
-from pipeline.intake import now_ms
 from pipeline.monitor.evaluate import Decision, Monitor
 from pipeline.monitor.rules import load_rules
 from pipeline.outputs import Origin, Out, dead_letter

@@ -11,9 +11,9 @@ import logging
 import faust
 
 from pipeline.agents.flow import Emitter, process
+from pipeline.clock import now_ms
 from pipeline.events.codec import DecodeError
 from pipeline.events.models import Usage
-from pipeline.intake import now_ms
 from pipeline.outputs import Origin, Out
 from pipeline.runtime import Runtime
 from pipeline.tenancy.budgets import SEP

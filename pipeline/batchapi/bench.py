@@ -26,6 +26,7 @@ from pipeline.batchapi.offload import BatchOffload, batch_capable
 from pipeline.batchapi.poller import BatchPoller
 from pipeline.batchapi.results import ResultBuilder
 from pipeline.catalog import nanos_to_usd
+from pipeline.clock import now_ms
 from pipeline.demo import demo_requests
 from pipeline.events.models import Batch, RoutedRequest, Usage
 from pipeline.providers import make_adapter
@@ -88,7 +89,7 @@ async def run(n: int, job_size: int, seed: int) -> dict:
 
         clients = {d: CLIENT_CLASSES[moved[d].adapter](moved[d], Secret(KEY), deps.calls,
                                                        transport=batch_t) for d in adapters}
-        book = JobBook(PollSettings(0.01, 2, 0.1), 60, lambda: int(time.time() * 1000))
+        book = JobBook(PollSettings(0.01, 2, 0.1), 60, now_ms)
         offload = BatchOffload(clients, config, "llm.batch-jobs", 6, emit, book)
         poller = BatchPoller(book, clients, ResultBuilder(runtime.catalog, deps, Settings().topics),
                              "llm.batch-jobs", emit)

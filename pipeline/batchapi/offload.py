@@ -30,10 +30,10 @@ from aiokafka.partitioner import murmur2
 from pipeline.batchapi.clients import CLIENT_CLASSES, BatchClient
 from pipeline.batchapi.config import BatchApiConfig
 from pipeline.batchapi.jobs import SUBMITTED, JobBook
+from pipeline.clock import now_ms
 from pipeline.deployments import Deployment
 from pipeline.events.ids import request_key
 from pipeline.events.models import Batch, BatchJob, RoutedRequest
-from pipeline.intake import now_ms
 from pipeline.outputs import Out
 from pipeline.runtime import Runtime
 

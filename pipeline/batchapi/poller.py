@@ -30,11 +30,11 @@ from pipeline.batchapi.config import load_batchapi_config
 from pipeline.batchapi.jobs import EMITTED, Action, ItemResult, JobBook, Tracked
 from pipeline.batchapi.offload import BatchOffload, Emit, make_clients
 from pipeline.batchapi.results import ResultBuilder
+from pipeline.clock import now_ms
 from pipeline.errors import GatewayError
 from pipeline.events.codec import Codec, DecodeError
 from pipeline.events.ids import request_key
 from pipeline.events.models import BatchJob
-from pipeline.intake import now_ms
 from pipeline.kafka.topics import faust_partitions, load_topic_specs, prefixed
 from pipeline.outputs import Out
 from pipeline.runtime import Runtime

@@ -17,11 +17,11 @@ from typing import Callable
 
 from pipeline.batchapi.jobs import SUCCEEDED, ItemResult
 from pipeline.catalog import Catalog
+from pipeline.clock import now_ms
 from pipeline.deployments import Deployments
 from pipeline.dispatch import NO_FAILOVER, Dispatcher
 from pipeline.errors import GatewayError
 from pipeline.events.models import AttemptRecord, BatchJob, Response, RoutedRequest, Usage
-from pipeline.intake import now_ms
 from pipeline.outputs import Out
 from pipeline.resilience.backoff import Backoff
 from pipeline.settings import Topics

@@ -7,7 +7,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from pipeline.resilience.clock import Clock, MonotonicClock
+from pipeline.clock import Clock, MonotonicClock
 
 
 class BreakerState(str, enum.Enum):

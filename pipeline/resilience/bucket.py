@@ -8,7 +8,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from pipeline.resilience.clock import Clock, MonotonicClock
+from pipeline.clock import Clock, MonotonicClock
 
 # Float refill arithmetic can land a hair short of a whole token after waiting exactly
 # ``wait_time``; this tolerance keeps "wait, then take" reliable.

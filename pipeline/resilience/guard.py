@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
 from pipeline import errors
+from pipeline.clock import Clock
 from pipeline.events.models import Alert
 from pipeline.resilience.breaker import BreakerState, CircuitBreaker, Transition
 from pipeline.resilience.bucket import Admission, DeploymentLimiter
-from pipeline.resilience.clock import Clock
 from pipeline.resilience.health import HealthWindow
 
 Sleep = Callable[[float], Awaitable[None]]

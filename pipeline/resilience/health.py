@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Hashable, Mapping, Sequence
 from typing import TypeVar
 
-from pipeline.resilience.clock import Clock, MonotonicClock
+from pipeline.clock import Clock, MonotonicClock
 
 Id = TypeVar("Id", bound=Hashable)
 

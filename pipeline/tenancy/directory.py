@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
+from pipeline.clock import now_ms
 from pipeline.events.codec import Codec, DecodeError
 from pipeline.events.models import TenantPolicy
 
@@ -242,7 +242,7 @@ async def put_policy(bootstrap: str, topic: str, codec: Codec, policy: TenantPol
                      timeout_s: float = 30.0, at_ms: int | None = None) -> TenantPolicy:
     """Publish ``policy`` (key: tenant id), stamped ``updated_at_ms`` = now (or ``at_ms``),
     and wait for the broker's ack. Returns the policy as stored."""
-    stored = policy.replace(updated_at_ms=int(time.time() * 1000) if at_ms is None else at_ms)
+    stored = policy.replace(updated_at_ms=now_ms() if at_ms is None else at_ms)
     await _produce(bootstrap, topic, stored.tenant, codec.encode(stored, topic), timeout_s)
     return stored
 

@@ -27,7 +27,7 @@ from pipeline.outputs import Out
 from pipeline.providers.base import Completion
 from pipeline.resilience.backoff import Backoff
 from pipeline.resilience.breaker import BreakerState
-from pipeline.resilience.clock import ManualClock
+from pipeline.clock import ManualClock
 from pipeline.resilience.guard import DeploymentGuard, GuardSettings, Refusal
 from pipeline.settings import Topics
 

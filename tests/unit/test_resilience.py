@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from pipeline.resilience.breaker import BreakerState, CircuitBreaker, Transition
 from pipeline.resilience.bucket import DeploymentLimiter, TokenBucket
-from pipeline.resilience.clock import ManualClock, MonotonicClock
+from pipeline.clock import ManualClock, MonotonicClock
 from pipeline.resilience.health import HealthWindow, percentile, rank
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN

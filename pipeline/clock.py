@@ -1,10 +1,16 @@
-"""Injected time source for breakers, buckets and health windows: production reads the
-monotonic clock, tests move a manual one, so nothing in the resilience layer ever sleeps."""
+"""Time, in one place: wall time in epoch milliseconds for events (``now_ms``), and an
+injected monotonic clock for breakers, buckets, health windows and backoff, so tests move
+a manual clock instead of sleeping."""
 
 from __future__ import annotations
 
 import time
 from typing import Protocol, runtime_checkable
+
+
+def now_ms() -> int:
+    """Wall time, epoch milliseconds (event timestamps, deadlines, billing)."""
+    return int(time.time() * 1000)
 
 
 @runtime_checkable
