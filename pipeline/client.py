@@ -23,6 +23,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from pipeline.kafka import clients
+
 from pipeline import errors
 from pipeline.clock import now_ms
 from pipeline.events.codec import Codec, DecodeError
@@ -87,11 +89,11 @@ class GatewayClient:
         await self.close()
 
     async def start(self) -> None:
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=1)
+        self._producer = clients.producer(self.bootstrap, linger_ms=1)
         await self._producer.start()
         partitions = await self._producer.partitions_for(self.reply_topic)
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                          auto_offset_reset="latest", fetch_max_wait_ms=20)
+        self._consumer = clients.consumer(self.bootstrap, auto_offset_reset="latest",
+                                          fetch_max_wait_ms=20)
         await self._consumer.start()
         tps = [TopicPartition(self.reply_topic, p) for p in sorted(partitions)]
         self._consumer.assign(tps)

@@ -11,7 +11,6 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-from aiokafka import AIOKafkaConsumer
 
 from pipeline.client import GatewayClient, ResponseTimeout
 from pipeline.clock import now_ms
@@ -69,19 +68,8 @@ def batching_summary(worker) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def read_alerts(stack: DevStack) -> Counter:
-    consumer = AIOKafkaConsumer(stack.topics.alerts, bootstrap_servers=stack.bootstrap,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    seen: Counter = Counter()
-    try:
-        for records in (await consumer.getmany(timeout_ms=1500)).values():
-            for rec in records:
-                alert = CODEC.decode(rec.value, Alert)
-                seen[f"{alert.rule} ({alert.tenant})"] += 1
-    finally:
-        await consumer.stop()
-    return seen
+def read_alerts(stack: DevStack) -> Counter:
+    return Counter(f"{a.rule} ({a.tenant})" for a in stack.read_events(stack.topics.alerts, Alert))
 
 
 async def drive(stack: DevStack, n: int, seed: int, timeout: float
@@ -172,7 +160,7 @@ def run_dev(args: argparse.Namespace) -> int:
         say()
         say(worker.report(since_ms))
         say(batching_summary(worker))
-        alerts = asyncio.run(read_alerts(stack))
+        alerts = read_alerts(stack)
         say("alerts on llm.alerts: " + (", ".join(f"{k} x{v}" for k, v in sorted(alerts.items()))
                                        or "none"))
         missing_resp = [rid for rid in ids if rid not in responses]

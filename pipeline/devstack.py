@@ -19,13 +19,14 @@ from typing import Any, Callable, TypeVar
 
 import httpx
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline.embedded.broker import EmbeddedBroker
 from pipeline.embedded.ports import free_port
 from pipeline.events.codec import Codec, DecodeError
 from pipeline.events.models import (Alert, Batch, DeadLetter, Event, Request, Response,
                                     RoutedRequest, Usage)
+from pipeline.kafka import clients
+from pipeline.kafka.clients import read_to_end
 from pipeline.kafka.topics import apply_topics, load_topic_specs, prefixed
 from pipeline.paths import config_dir as default_config_dir
 from pipeline.settings import Settings, Topics
@@ -259,8 +260,7 @@ class DevStack:
         already encoded, records up to 4 MiB — in one burst (all sent, then every broker
         acknowledgement awaited), in order. ``partitions``: per record, a partition to put it
         on instead of the key's. Returns each record's (partition, offset)."""
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
-                                    max_request_size=4 * 1024 * 1024, linger_ms=5)
+        producer = clients.producer(self.bootstrap, max_request_size=4 * 1024 * 1024)
         await producer.start()
         try:
             wanted = partitions or [None] * len(records)
@@ -274,7 +274,7 @@ class DevStack:
         """Every record on ``topic`` up to its current end, decoded as ``cls`` (records that
         do not decode are skipped)."""
         codec, found = Codec(), []
-        for rec in _run_sync(read_records(self.bootstrap, topic, timeout)):
+        for rec in _run_sync(read_to_end(self.bootstrap, topic, timeout)):
             try:
                 found.append(codec.decode(rec.value, cls))
             except DecodeError:
@@ -300,7 +300,7 @@ class DevStack:
             (t.dead_letter, DeadLetter, lambda e: [(e.request_id, f"{e.agent} {e.reason_code}")]),
         ]
         for topic, cls, describe in views:
-            for rec in _run_sync(read_records(self.bootstrap, topic)):
+            for rec in _run_sync(read_to_end(self.bootstrap, topic)):
                 try:
                     event = codec.decode(rec.value, cls)
                 except DecodeError:
@@ -404,41 +404,6 @@ def _merge(into: dict[str, Any], changes: dict[str, Any]) -> None:
             _merge(into[key], value)
         else:
             into[key] = copy.deepcopy(value)
-
-
-async def read_records(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Any]:
-    """Every record of ``topic`` from the beginning to its current end (aiokafka
-    ConsumerRecords: partition, offset, timestamp, key, value)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    found: list[Any] = []
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            return found
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        deadline = time.monotonic() + timeout
-        # Read to the end offsets, then on until a poll comes back empty: the embedded
-        # broker's ListOffsets(latest) now and then names one offset less than the last
-        # record present (seen on llm.responses), so the end offsets alone can miss records.
-        drained = False
-        while not drained or any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            if time.monotonic() > deadline:
-                raise StackError(f"reading {topic} took over {timeout}s")
-            batches = await consumer.getmany(timeout_ms=300)
-            reached = all([await consumer.position(tp) >= ends[tp] for tp in tps])
-            drained = reached and not any(batches.values())
-            for records in batches.values():
-                found.extend(records)
-    finally:
-        await consumer.stop()
-    return found
 
 
 def _run_sync(coro):

@@ -110,11 +110,10 @@ def bench_writer(path: Path, batch: int, usages: list[Usage]) -> Result:
 
 
 async def _publish(bootstrap: str, topic: str, usages: list[Usage]) -> None:
-    from aiokafka import AIOKafkaProducer
-
     from pipeline.events.codec import Codec
+    from pipeline.kafka import clients
     codec = Codec()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks="all")
+    producer = clients.producer(bootstrap, linger_ms=20)
     await producer.start()
     try:
         for u in usages:

@@ -22,7 +22,7 @@ import logging
 from typing import Callable, Mapping
 
 import faust
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from pipeline.agents.flow import Emitter
 from pipeline.batchapi.clients import BatchClient
@@ -35,6 +35,7 @@ from pipeline.errors import GatewayError
 from pipeline.events.codec import Codec, DecodeError
 from pipeline.events.ids import request_key
 from pipeline.events.models import BatchJob
+from pipeline.kafka import clients
 from pipeline.kafka.topics import faust_partitions, load_topic_specs, prefixed
 from pipeline.outputs import Out
 from pipeline.runtime import Runtime
@@ -142,10 +143,9 @@ class JobLog:
 
     def __init__(self, bootstrap: str, topic: str, codec: Codec):
         self.topic, self.codec = topic, codec
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                         auto_offset_reset="earliest")
+        self.consumer = clients.consumer(bootstrap)
         self.partitions: set[int] = set()
-        self.ends: dict[int, int] = {}             # offsets to reach before caught up
+        self.ends: dict[TopicPartition, int] = {}     # offsets to reach before caught up
         self.caught_up = asyncio.Event()
 
     async def start(self) -> None:
@@ -159,17 +159,12 @@ class JobLog:
         self.ends = {}
         if tps:
             await self.consumer.seek_to_beginning(*tps)
-            ends = await self.consumer.end_offsets(tps)
-            self.ends = {tp.partition: offset for tp, offset in ends.items()}
+            self.ends = await self.consumer.end_offsets(tps)
         await self._check_caught_up()
 
     async def _check_caught_up(self) -> None:
-        if self.caught_up.is_set():
-            return
-        for p, end in self.ends.items():
-            if await self.consumer.position(TopicPartition(self.topic, p)) < end:
-                return
-        self.caught_up.set()
+        if not self.caught_up.is_set() and await clients.caught_up(self.consumer, self.ends):
+            self.caught_up.set()
 
     async def read(self, timeout_ms: int) -> list[tuple[int, str, BatchJob | None]]:
         if not self.partitions:

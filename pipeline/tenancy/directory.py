@@ -21,6 +21,7 @@ from aiokafka.structs import ConsumerRecord, RecordMetadata
 from pipeline.clock import now_ms
 from pipeline.events.codec import Codec, DecodeError
 from pipeline.events.models import TenantPolicy
+from pipeline.kafka import clients
 
 log = logging.getLogger("llmpipe.tenants")
 
@@ -104,9 +105,8 @@ class TenantDirectory:
         while True:
             consumer = None
             try:
-                consumer = AIOKafkaConsumer(
-                    bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                    auto_offset_reset="earliest", client_id="llmpipe-tenants",
+                consumer = clients.consumer(
+                    self.bootstrap, client_id="llmpipe-tenants",
                     fetch_max_wait_ms=self.fetch_max_wait_ms,
                     metadata_max_age_ms=int(self.metadata_refresh_s * 1000))
                 await consumer.start()
@@ -274,8 +274,7 @@ async def read_policies(bootstrap: str, topic: str, codec: Codec,
 
 
 async def _require_topic(bootstrap: str, topic: str) -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                enable_auto_commit=False, client_id="llmpipe-tenants-admin")
+    consumer = clients.consumer(bootstrap, client_id="llmpipe-tenants-admin")
     try:
         await consumer.start()
         if topic not in await consumer.topics():
@@ -288,10 +287,9 @@ async def _produce(bootstrap: str, topic: str, tenant: str, value: bytes | None,
                    timeout_s: float) -> RecordMetadata:
     if not tenant:
         raise ValueError("the tenant id (the record key) must not be empty")
-    # acks=all without idempotence: the embedded broker refuses InitProducerId, and a
-    # repeated policy record is harmless (the last one per key wins).
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                enable_idempotence=False, client_id="llmpipe-tenants-admin")
+    # Not idempotent (clients.producer): a repeated policy record is harmless, the last one
+    # per key wins.
+    producer = clients.producer(bootstrap, client_id="llmpipe-tenants-admin")
     try:
         async with asyncio.timeout(timeout_s):
             await producer.start()

@@ -32,12 +32,13 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from pipeline.client import make_request
 from pipeline.events.codec import Codec, DecodeError
 from pipeline.events.models import DeadLetter, Request, Response
+from pipeline.kafka import clients
 from pipeline.validation import tenant_partition
 from tests.integration.conftest import make_stack
 
@@ -187,16 +188,11 @@ def neighbour(tenant: str, model: str) -> Request:
 # --- outcomes ------------------------------------------------------------------------------
 
 async def end_offsets(bootstrap: str, topics: list[str]) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = clients.consumer(bootstrap)
     await consumer.start()
     try:
-        tps = []
-        for topic in topics:
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                await consumer._client.force_metadata_update()
-                parts = consumer.partitions_for_topic(topic) or set()
-            tps += [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = [TopicPartition(topic, p) for topic in topics
+               for p in sorted(await clients.partitions_of(consumer, topic))]
         return await consumer.end_offsets(tps)
     finally:
         await consumer.stop()
@@ -211,8 +207,7 @@ class Outcomes:
         self.letters: list[DeadLetter] = []
 
     async def read_until(self, done, timeout: float) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.stack.bootstrap, enable_auto_commit=False,
-                                    fetch_max_wait_ms=100)
+        consumer = clients.consumer(self.stack.bootstrap, fetch_max_wait_ms=100)
         await consumer.start()
         try:
             consumer.assign(list(self.start))

@@ -10,11 +10,12 @@ import subprocess
 import sys
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
+
 from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.client import GatewayClient, make_request
 from pipeline.demo import demo_requests
+from pipeline.kafka.clients import read_to_end
 from tests.integration.conftest import make_stack
 
 DUMP_CLICKHOUSE = """
@@ -41,30 +42,13 @@ async def everything_on_the_broker(bootstrap: str, prefixes: tuple[str, ...]) ->
                   if t["topic"].startswith(prefixes)]
     finally:
         await admin.close()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
     blob, records = bytearray(), 0
-    try:
-        tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
-        if not tps:
-            await consumer._client.force_metadata_update()
-            tps = [TopicPartition(t, p) for t in topics
-                   for p in consumer.partitions_for_topic(t) or ()]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        async def behind() -> bool:
-            return any([await consumer.position(tp) < ends[tp] for tp in tps])
-
-        while await behind():
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                for rec in batch:
-                    records += 1
-                    blob += (rec.key or b"") + b"\n" + (rec.value or b"") + b"\n"
-                    for _, header in rec.headers or ():
-                        blob += header
-    finally:
-        await consumer.stop()
+    for topic in topics:
+        for rec in await read_to_end(bootstrap, topic):
+            records += 1
+            blob += (rec.key or b"") + b"\n" + (rec.value or b"") + b"\n"
+            for _, header in rec.headers or ():
+                blob += header
     return bytes(blob), records
 
 
