@@ -122,21 +122,21 @@ def _guard_settings(section: Section, base: GuardSettings | None) -> GuardSettin
     deployment, any key overrides the top-level value."""
     unknown = set(section.data) - set(_GUARD_PARTS)
     if unknown:
-        raise ConfigError(section.path, section._where(sorted(unknown)[0]),
+        raise ConfigError(section.path, section.where(sorted(unknown)[0]),
                           f"one of {sorted(_GUARD_PARTS)}")
     parts: dict[str, Any] = {}
     for name, cls in _GUARD_PARTS.items():
         inherited = getattr(base, name) if base is not None else None
         if not section.has(name):
             if inherited is None:
-                raise ConfigError(section.path, section._where(name), "a mapping (missing)")
+                raise ConfigError(section.path, section.where(name), "a mapping (missing)")
             parts[name] = inherited
             continue
         part = section.section(name)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(part.data) - set(fields)
         if unknown:
-            raise ConfigError(part.path, part._where(sorted(unknown)[0]), f"one of {sorted(fields)}")
+            raise ConfigError(part.path, part.where(sorted(unknown)[0]), f"one of {sorted(fields)}")
         values = {}
         for key, f in fields.items():
             default = getattr(inherited, key) if inherited is not None else (
@@ -160,5 +160,5 @@ def _guard_settings(section: Section, base: GuardSettings | None) -> GuardSettin
 def _positive(s: Section, name: str, default: Any = ...) -> float:
     value = s.number(name, default)
     if value <= 0:
-        raise ConfigError(s.path, s._where(name), "a number > 0", value)
+        raise ConfigError(s.path, s.where(name), "a number > 0", value)
     return value

@@ -58,5 +58,5 @@ def load_batchapi_config(path: Path | None = None) -> BatchApiConfig:
 def _positive(s: Section, name: str, default: float) -> float:
     value = s.number(name, default)
     if value <= 0:
-        raise ConfigError(s.path, s._where(name), "a number > 0", value)
+        raise ConfigError(s.path, s.where(name), "a number > 0", value)
     return value

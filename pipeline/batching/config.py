@@ -42,10 +42,10 @@ def load_batching(path: Path | None = None) -> BatchingConfig:
         s = section.section(name)
         extra = set(s.data) - set(_FIELDS)
         if extra:
-            raise ConfigError(path, s._where(sorted(extra)[0]), f"one of {list(_FIELDS)}")
+            raise ConfigError(path, s.where(sorted(extra)[0]), f"one of {list(_FIELDS)}")
         wait = s.int("max_wait_ms", minimum=0)
         if wait > MAX_WAIT_MS_LIMIT:
-            raise ConfigError(path, s._where("max_wait_ms"), f"at most {MAX_WAIT_MS_LIMIT}", wait)
+            raise ConfigError(path, s.where("max_wait_ms"), f"at most {MAX_WAIT_MS_LIMIT}", wait)
         priorities[name] = WindowLimits(max_batch_size=s.int("max_batch_size", minimum=1),
                                         max_batch_tokens=s.int("max_batch_tokens", minimum=1),
                                         max_wait_ms=wait)

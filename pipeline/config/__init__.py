@@ -45,7 +45,7 @@ class Section:
             raise ConfigError(path, key or "<root>", "a mapping", data)
         self.path, self.key, self.data = path, key, data
 
-    def _where(self, name: str) -> str:
+    def where(self, name: str) -> str:
         return f"{self.key}.{name}" if self.key else name
 
     def has(self, name: str) -> bool:
@@ -54,49 +54,49 @@ class Section:
     def raw(self, name: str, default: Any = ...) -> Any:
         if name not in self.data:
             if default is ...:
-                raise ConfigError(self.path, self._where(name), "a value (missing)")
+                raise ConfigError(self.path, self.where(name), "a value (missing)")
             return default
         return self.data[name]
 
     def section(self, name: str) -> "Section":
-        return Section(self.path, self._where(name), self.raw(name))
+        return Section(self.path, self.where(name), self.raw(name))
 
     def str(self, name: str, default: Any = ...) -> str:
         value = self.raw(name, default)
         if not isinstance(value, str) or not value:
-            raise ConfigError(self.path, self._where(name), "a non-empty string", value)
+            raise ConfigError(self.path, self.where(name), "a non-empty string", value)
         return value
 
     def int(self, name: str, default: Any = ..., minimum: int | None = None) -> int:
         value = self.raw(name, default)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(self.path, self._where(name), "an integer", value)
+            raise ConfigError(self.path, self.where(name), "an integer", value)
         if minimum is not None and value < minimum:
-            raise ConfigError(self.path, self._where(name), f"an integer >= {minimum}", value)
+            raise ConfigError(self.path, self.where(name), f"an integer >= {minimum}", value)
         return value
 
     def number(self, name: str, default: Any = ...) -> float:
         value = self.raw(name, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(self.path, self._where(name), "a number", value)
+            raise ConfigError(self.path, self.where(name), "a number", value)
         return float(value)
 
     def decimal(self, name: str, default: Any = ..., minimum: Decimal | None = Decimal(0)) -> Decimal:
         value = self.raw(name, default)
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(self.path, self._where(name), "a decimal number", value)
+            raise ConfigError(self.path, self.where(name), "a decimal number", value)
         try:
             dec = Decimal(str(value))
         except InvalidOperation:
-            raise ConfigError(self.path, self._where(name), "a decimal number", value) from None
+            raise ConfigError(self.path, self.where(name), "a decimal number", value) from None
         if not dec.is_finite() or (minimum is not None and dec < minimum):
-            raise ConfigError(self.path, self._where(name), f"a decimal >= {minimum}", value)
+            raise ConfigError(self.path, self.where(name), f"a decimal >= {minimum}", value)
         return dec
 
     def str_list(self, name: str, default: Any = ...) -> list[str]:
         value = self.raw(name, default)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(self.path, self._where(name), "a list of strings", value)
+            raise ConfigError(self.path, self.where(name), "a list of strings", value)
         return list(value)
 
 

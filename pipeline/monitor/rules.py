@@ -88,14 +88,14 @@ def _duration(s: Section, name: str, default: Any = ...) -> int:
     try:
         return parse_duration(str(value))
     except ValueError as exc:
-        raise ConfigError(s.path, s._where(name), str(exc)) from None
+        raise ConfigError(s.path, s.where(name), str(exc)) from None
 
 
 def _choice(s: Section, name: str, options: Iterable[str], default: Any = ...) -> str:
     value = s.raw(name, default)
     options = tuple(options)
     if value not in options:
-        raise ConfigError(s.path, s._where(name), f"one of {', '.join(options)}", value)
+        raise ConfigError(s.path, s.where(name), f"one of {', '.join(options)}", value)
     return value
 
 
@@ -105,15 +105,15 @@ def _rule(s: Section) -> Rule:
                "rules", "description", "labels"}
     unknown = sorted(set(s.data) - allowed)
     if unknown:
-        raise ConfigError(s.path, s._where(unknown[0]), f"one of the keys {', '.join(sorted(allowed))}")
+        raise ConfigError(s.path, s.where(unknown[0]), f"one of the keys {', '.join(sorted(allowed))}")
     name = s.str("name")
     if not _NAME.match(name):
-        raise ConfigError(s.path, s._where("name"), "lower_snake_case", name)
+        raise ConfigError(s.path, s.where("name"), "lower_snake_case", name)
     metric = _choice(s, "metric", METRICS)
     scope = _choice(s, "scope", ("global",) if metric == ALERT_COUNT else USAGE_SCOPES)
     labels = s.raw("labels", {})
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
-        raise ConfigError(s.path, s._where("labels"), "a mapping of strings", labels)
+        raise ConfigError(s.path, s.where("labels"), "a mapping of strings", labels)
     common = dict(name=name, metric=metric, scope=scope, severity=_choice(s, "severity", SEVERITIES, "warning"),
                   threshold=s.decimal("threshold", 0 if metric == SPIKE else ...),
                   window=str(s.raw("window")),
@@ -122,18 +122,18 @@ def _rule(s: Section) -> Rule:
         try:
             tumbling = Tumbling.parse(str(s.raw("window")))
         except ValueError as exc:
-            raise ConfigError(s.path, s._where("window"), f"month, week or {exc}") from None
+            raise ConfigError(s.path, s.where("window"), f"month, week or {exc}") from None
         resolve = _choice(s, "resolve", ("window_end",), "window_end")
         for extra in ("for", "step", "baseline"):
             if s.has(extra):
-                raise ConfigError(s.path, s._where(extra), "no value: spend rules sum a tumbling "
+                raise ConfigError(s.path, s.where(extra), "no value: spend rules sum a tumbling "
                                   f"window and resolve at its end ({resolve})")
         return Rule(**common, tumbling=tumbling)
 
     window_ms = _duration(s, "window")
     step_ms = _duration(s, "step", format_duration(max(1000, window_ms // 10)))
     if step_ms <= 0 or window_ms % step_ms:
-        raise ConfigError(s.path, s._where("step"), f"a duration that divides the window "
+        raise ConfigError(s.path, s.where("step"), f"a duration that divides the window "
                           f"({s.raw('window')})", s.raw("step", None))
     resolve = s.raw("resolve", None)
     resolve_below = None
@@ -141,16 +141,16 @@ def _rule(s: Section) -> Rule:
         r = s.section("resolve")
         resolve_below = r.decimal("below")
         if resolve_below > common["threshold"]:
-            raise ConfigError(s.path, r._where("below"), "a value <= threshold", resolve)
+            raise ConfigError(s.path, r.where("below"), "a value <= threshold", resolve)
     rule = dict(common, window_ms=window_ms, step_ms=step_ms, for_ms=_duration(s, "for", 0),
                 resolve_below=resolve_below)
     if metric == SPIKE:
         baseline_ms = _duration(s, "baseline")
         if baseline_ms % window_ms:
-            raise ConfigError(s.path, s._where("baseline"), "a multiple of the window", s.raw("baseline"))
+            raise ConfigError(s.path, s.where("baseline"), "a multiple of the window", s.raw("baseline"))
         factor = s.decimal("factor")
         if factor <= 0:
-            raise ConfigError(s.path, s._where("factor"), "a decimal > 0", s.raw("factor"))
+            raise ConfigError(s.path, s.where("factor"), "a decimal > 0", s.raw("factor"))
         return Rule(**rule, baseline_ms=baseline_ms, factor=factor,
                     minimum=s.decimal("minimum", 0))
     if metric == ERROR_RATE:

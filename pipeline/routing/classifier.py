@@ -120,7 +120,7 @@ def load_classifier_config(path: Path | None = None) -> ClassifierConfig:
 def _unit(section: Section, name: str) -> float:
     value = section.number(name)
     if not 0.0 <= value <= 1.0:
-        raise ConfigError(section.path, section._where(name), "a number in [0, 1]", value)
+        raise ConfigError(section.path, section.where(name), "a number in [0, 1]", value)
     return value
 
 
