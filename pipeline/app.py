@@ -9,7 +9,7 @@ import faust
 
 from pipeline.agents.batcher import register_batcher
 from pipeline.agents.dispatch import register_dispatch
-from pipeline.agents.flow import Emitter
+from pipeline.outputs import Emitter
 from pipeline.agents.intake import register_intake
 from pipeline.agents.tenancy import Tenancy, register_settle, register_views
 from pipeline.agents.ledger import register_ledger

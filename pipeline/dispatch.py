@@ -20,13 +20,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping
 
-from pipeline import errors, terminal
+from pipeline import errors, outcomes
 from pipeline.catalog import Catalog
 from pipeline.clock import now_ms
 from pipeline.clock import Clock, MonotonicClock
 from pipeline.deployments import Deployments
 from pipeline.errors import GatewayError
-from pipeline.events.models import (OK, AttemptRecord, Response, RouteDecision,
+from pipeline.events.models import (AttemptRecord, RouteDecision,
                                     RoutedRequest, Usage)
 from pipeline.outputs import Out
 from pipeline.providers.base import Adapter, Completion
@@ -292,30 +292,10 @@ class Dispatcher:
     def _succeeded(self, routed: RoutedRequest, c: Completion, attempts: int, provider_ms: int,
                    extra_cost_nanos: int = 0) -> list[Out]:
         """``extra_cost_nanos``: a hedge's losing call, billed with the request."""
-        r, route = routed.request, routed.route
-        at = self.clock()
-        cost = self.catalog.cost_nanos(route.model, c.prompt_tokens, c.completion_tokens,
-                                       c.cached_tokens) + extra_cost_nanos
-        baseline = self.catalog.cost_nanos(routed.baseline_model or self.catalog.baseline_model,
-                                           c.prompt_tokens,
-                                           c.completion_tokens, c.cached_tokens)
-        total_attempts = attempts + sum(t.attempts for t in routed.tried)
-        created = terminal.created_at(r, routed.received_at_ms)
-        response = Response(
-            request_id=r.request_id, tenant=r.tenant, status=OK, completed_at_ms=at,
-            content=c.content, finish_reason=c.finish_reason, model=route.model,
-            deployment=route.deployment, prompt_tokens=c.prompt_tokens,
-            completion_tokens=c.completion_tokens, cached_tokens=c.cached_tokens, cost_nanos=cost,
-            attempts=total_attempts, tried=[t.deployment for t in routed.tried] + [route.deployment],
-            latency_ms=max(0, at - created), metadata=r.metadata)
-        usage = self._usage(routed, at, OK, "", total_attempts, provider_ms)
-        usage = usage.replace(prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
-                              cached_tokens=c.cached_tokens, cost_nanos=cost,
-                              baseline_cost_nanos=baseline, price_version=self.catalog.price_version,
-                              served_model=route.model, provider=route.provider,
-                              deployment=route.deployment, region=route.region)
-        return [Out(routed.reply_topic, r.request_id, response, routed.reply_format),
-                terminal.usage_out(routed, usage, self.topics)]
+        return outcomes.answered(routed, c, catalog=self.catalog, at=self.clock(),
+                                 attempts=attempts, provider_ms=provider_ms,
+                                 routed_model=self._first_model(routed), topics=self.topics,
+                                 extra_cost_nanos=extra_cost_nanos)
 
     def _failed(self, routed: RoutedRequest, hop: _Hop) -> list[Out]:
         """Fail over to the next deployment of the chain, or end the request with one
@@ -349,7 +329,7 @@ class Dispatcher:
     def _terminal(self, routed: RoutedRequest, failure: GatewayError, tried: list[AttemptRecord],
                   provider_ms: int, note: str = "") -> list[Out]:
         names = ", ".join(f"{t.deployment} ({t.error_code})" for t in tried)
-        return terminal.routed_failed(
+        return outcomes.routed_failed(
             routed, failure.code, f"{failure.message}; tried {names}{note}", failure.retryable,
             at=self.clock(), tried=tried, provider_ms=provider_ms,
             routed_model=self._first_model(routed), topics=self.topics)
@@ -399,12 +379,13 @@ class Dispatcher:
     # --- usage -------------------------------------------------------------------------
 
     def _first_model(self, routed: RoutedRequest) -> str:
-        if not routed.tried:
-            return routed.route.model
-        first = self.deployments.by_id.get(routed.tried[0].deployment)
-        return first.model if first else ""
+        return outcomes.first_model(routed, self._model_of)
+
+    def _model_of(self, deployment_id: str) -> str | None:
+        dep = self.deployments.by_id.get(deployment_id)
+        return dep.model if dep else None
 
     def _usage(self, routed: RoutedRequest, at: int, status: str, code: str, attempts: int,
                provider_ms: int) -> Usage:
-        return terminal.routed_usage(routed, at, status, code, attempts, provider_ms,
+        return outcomes.routed_usage(routed, at, status, code, attempts, provider_ms,
                                      self._first_model(routed))

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 from typing import Callable
 
-from pipeline import errors, terminal, validation
+from pipeline import errors, outcomes, validation
 from pipeline.catalog import Catalog
 from pipeline.clock import now_ms
 from pipeline.errors import Rejected
 from pipeline.events.codec import Codec, DecodeError, is_json
-from pipeline.delivery import invalid_topic_name
+from pipeline.kafka.topics import invalid_topic_name
 from pipeline.events.models import ERROR, ErrorInfo, Request, Response, RoutedRequest, TenantPolicy
 from pipeline.events.text import scrub
 from pipeline.outputs import AVRO, JSON, Origin, Out, dead_letter
@@ -160,7 +160,7 @@ class Intake:
             tenant=r.tenant[:cut], team=r.team and r.team[:cut],
             end_user=r.end_user and r.end_user[:cut], model=r.model and r.model[:cut],
             created_at_ms=created, metadata=metadata)
-        return terminal.refused(echo, exc.code, exc.message, at=self.clock(), received=received,
+        return outcomes.refused(echo, exc.code, exc.message, at=self.clock(), received=received,
                                 fmt=fmt, topics=self.topics, reply_topic=reply,
                                 usage_partition=origin.partition)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from aiokafka.partitioner import murmur2
 
 from pipeline.config import ConfigError, Section, config_path, load_yaml
-from pipeline.delivery import invalid_topic_name
+from pipeline.kafka.topics import invalid_topic_name
 from pipeline.errors import Rejected
 from pipeline.events.ids import SEP
 from pipeline.events.models import PRIORITIES, ROLES, Request, TenantPolicy

@@ -22,7 +22,8 @@ from typing import Any, Callable
 import faust
 
 from pipeline.agents.acks import InOrderAcker, Ticket
-from pipeline.agents.flow import Emitter, flow_paused, origin_of
+from pipeline.agents.flow import flow_paused, origin_of
+from pipeline.outputs import Emitter
 from pipeline.batching.config import BatchingConfig, load_batching
 from pipeline.batching.window import FILL_AGE, Flush, WindowKey, Windows
 from pipeline.clock import now_ms

@@ -26,7 +26,8 @@ from typing import Any, Protocol
 import faust
 import faust.web
 
-from pipeline.agents.flow import Emitter, process
+from pipeline.agents.flow import process
+from pipeline.outputs import Emitter
 from pipeline.batching.hops import FinishedHops
 from pipeline.clock import now_ms
 from pipeline.dispatch import Dispatcher

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import faust
 
-from pipeline.agents.flow import Emitter, process
+from pipeline.agents.flow import process
+from pipeline.outputs import Emitter
 from pipeline.agents.tenancy import Tenancy
 from pipeline.intake import Intake
 from pipeline.outputs import Origin

@@ -19,7 +19,8 @@ import faust
 import faust.web
 
 from pipeline.agents.acks import InOrderAcker, Ticket
-from pipeline.agents.flow import Emitter, flow_paused, origin_of
+from pipeline.agents.flow import flow_paused, origin_of
+from pipeline.outputs import Emitter
 from pipeline.analytics.clickhouse import connect, redact_dsn
 from pipeline.analytics.ledger import (
     ALERTS_SINK,

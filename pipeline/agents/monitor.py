@@ -18,7 +18,8 @@ import faust
 import httpx
 from faust.exceptions import ConsumerNotStarted
 
-from pipeline.agents.flow import Emitter, process
+from pipeline.agents.flow import process
+from pipeline.outputs import Emitter
 from pipeline.alerts.webhook import WebhookSink, load_webhook_config, redact_url, webhook_url
 from pipeline.clock import now_ms
 from pipeline.events.codec import Codec, DecodeError

@@ -10,7 +10,8 @@ import logging
 
 import faust
 
-from pipeline.agents.flow import Emitter, process
+from pipeline.agents.flow import process
+from pipeline.outputs import Emitter
 from pipeline.clock import now_ms
 from pipeline.events.codec import DecodeError
 from pipeline.events.models import Usage

@@ -24,7 +24,7 @@ from typing import Callable, Mapping
 import faust
 from aiokafka import TopicPartition
 
-from pipeline.agents.flow import Emitter
+from pipeline.outputs import Emitter
 from pipeline.batchapi.clients import BatchClient
 from pipeline.batchapi.config import load_batchapi_config
 from pipeline.batchapi.jobs import EMITTED, Action, ItemResult, JobBook, Tracked

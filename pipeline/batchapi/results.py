@@ -1,7 +1,7 @@
 """Turn an ended provider job into the pipeline's outputs, item by item:
 
-- succeeded: one Response + one Usage, built by the dispatcher exactly as for a live call,
-  then priced at the catalog's batch rate (``batch_discount``) and marked with the job
+- succeeded: one Response + one Usage, built as for a live call (pipeline/outcomes.py) but
+  priced at the catalog's batch rate (``batch_discount``) and marked with the job
   (``Usage.batch_id``, ``batch_size``);
 - expired, canceled, missing from the results, or failed with an error another call may
   fix: a RoutedRequest back on llm.routed for the same deployment, priority ``standard``
@@ -19,11 +19,11 @@ from pipeline.batchapi.jobs import SUCCEEDED, ItemResult
 from pipeline.catalog import Catalog
 from pipeline.clock import now_ms
 from pipeline.deployments import Deployments
-from pipeline.dispatch import NO_FAILOVER, Dispatcher
-from pipeline.errors import GatewayError
-from pipeline.events.models import AttemptRecord, BatchJob, Response, RoutedRequest, Usage
+from pipeline import outcomes
+from pipeline.dispatch import NO_FAILOVER
+from pipeline.errors import RETRYABLE
+from pipeline.events.models import AttemptRecord, BatchJob, RoutedRequest
 from pipeline.outputs import Out
-from pipeline.resilience.backoff import Backoff
 from pipeline.settings import Topics
 
 RETRY_RULE = "batch_retry"
@@ -40,9 +40,7 @@ class Counts:
 class ResultBuilder:
     def __init__(self, catalog: Catalog, deployments: Deployments, topics: Topics,
                  clock: Callable[[], int] = now_ms):
-        self.catalog, self.topics, self.clock = catalog, topics, clock
-        # Only its Response/Usage/re-route builders are used: no adapters, no calls.
-        self._dispatcher = Dispatcher(catalog, deployments, {}, topics, Backoff(), clock=clock)
+        self.catalog, self.deployments, self.topics, self.clock = catalog, deployments, topics, clock
 
     def outputs(self, job: BatchJob, results: dict[int, ItemResult],
                 missing_reason: str = "") -> tuple[list[Out], Counts]:
@@ -70,28 +68,27 @@ class ResultBuilder:
 
     def _succeeded(self, job: BatchJob, routed: RoutedRequest, result: ItemResult,
                    provider_ms: int) -> list[Out]:
-        c = result.completion
-        assert c is not None
-        cost = self.catalog.cost_nanos(routed.route.model, c.prompt_tokens, c.completion_tokens,
-                                       c.cached_tokens, batch=True)
-        outs = self._dispatcher._succeeded(routed, c, 1, provider_ms)
-        return [self._mark(out, job, cost) for out in outs]
+        assert result.completion is not None
+        return outcomes.answered(routed, result.completion, catalog=self.catalog, at=self.clock(),
+                                 attempts=1, provider_ms=provider_ms,
+                                 routed_model=self._first_model(routed), topics=self.topics,
+                                 batch_job=(job.job_id, len(job.items)))
 
     def _terminal(self, job: BatchJob, routed: RoutedRequest, result: ItemResult,
                   provider_ms: int) -> list[Out]:
-        failure = GatewayError(f"{result.message} (batch job {job.provider_job_id})", result.code)
         tried = routed.tried + [AttemptRecord(routed.route.deployment, result.code, 1)]
-        outs = self._dispatcher._terminal(routed, failure, tried, provider_ms)
-        return [self._mark(out, job, None) for out in outs]
+        names = ", ".join(f"{t.deployment} ({t.error_code})" for t in tried)
+        return outcomes.routed_failed(
+            routed, result.code, f"{result.message} (batch job {job.provider_job_id}); tried {names}",
+            result.code in RETRYABLE, at=self.clock(), tried=tried, provider_ms=provider_ms,
+            routed_model=self._first_model(routed), topics=self.topics,
+            batch_job=(job.job_id, len(job.items)))
 
-    def _mark(self, out: Out, job: BatchJob, cost: int | None) -> Out:
-        event = out.event
-        if isinstance(event, Usage):
-            event = event.replace(batch_id=job.job_id, batch_size=len(job.items),
-                                  **({"cost_nanos": cost} if cost is not None else {}))
-        elif isinstance(event, Response) and cost is not None:
-            event = event.replace(cost_nanos=cost)
-        return Out(out.topic, out.key, event, out.fmt, out.partition)
+    def _first_model(self, routed: RoutedRequest) -> str:
+        def model_of(dep_id: str) -> str | None:
+            dep = self.deployments.by_id.get(dep_id)
+            return dep.model if dep else None
+        return outcomes.first_model(routed, model_of)
 
     def _retry_live(self, job: BatchJob, routed: RoutedRequest, code: str, why: str) -> Out:
         now = self.clock()

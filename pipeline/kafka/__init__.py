@@ -8,6 +8,7 @@ from pipeline.kafka.topics import (
     apply_topics,
     default_topics_file,
     faust_partitions,
+    invalid_topic_name,
     load_topic_specs,
     prefixed,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "apply_topics",
     "default_topics_file",
     "faust_partitions",
+    "invalid_topic_name",
     "load_topic_specs",
     "prefixed",
 ]

@@ -40,6 +40,15 @@ _REQUIRED_TOPIC_KEYS = ("name", "partition_group", "key", "value_schema", "descr
 _FIELD_CONFIGS = {"retention_ms": "retention.ms", "cleanup_policy": "cleanup.policy"}
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _AVRO_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def invalid_topic_name(name: str) -> str | None:
+    """Why Kafka would refuse ``name`` as a topic name (kafka.common.internals.Topic), or
+    None when it would take it."""
+    if not isinstance(name, str) or not _TOPIC_NAME.match(name) or name in (".", ".."):
+        return (f"{str(name)[:80]!r} is not a valid Kafka topic name (1..249 characters of "
+                "A-Z a-z 0-9 . _ -)")
+    return None
 _TOPIC_ALREADY_EXISTS = 36
 
 
@@ -95,7 +104,7 @@ def prefixed(specs: Iterable[TopicSpec], prefix: str) -> list[TopicSpec]:
     """The same specs named ``prefix + name`` (the prefix is prepended verbatim)."""
     out = [replace(s, name=prefix + s.name) for s in specs]
     for spec in out:
-        if not _TOPIC_NAME.match(spec.name) or spec.name in {".", ".."}:
+        if invalid_topic_name(spec.name):
             raise ValueError(f"prefix {prefix!r} makes an invalid Kafka topic name {spec.name!r}")
     return out
 
@@ -250,7 +259,7 @@ class _Document:
         if not isinstance(entry, dict):
             raise ConfigError(path, f"topics[{index}]", "a mapping", entry)
         name = entry.get("name")
-        if not isinstance(name, str) or not _TOPIC_NAME.match(name) or name in {".", ".."}:
+        if invalid_topic_name(name):
             raise ConfigError(path, f"topics[{index}].name",
                               "a Kafka topic name (letters, digits, '.', '_', '-')", name)
         return name

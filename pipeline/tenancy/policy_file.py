@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from pipeline.catalog import Catalog
-from pipeline.delivery import invalid_topic_name
+from pipeline.kafka.topics import invalid_topic_name
 from pipeline.events.models import Budget, CanaryRule, TenantPolicy
 
 PERIODS = ("day", "week", "month")

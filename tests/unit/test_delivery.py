@@ -1,5 +1,5 @@
 """Publish failures: which are permanent, what replaces an output that can never be published,
-and the emitter's per-output isolation, retries and stall bound (pipeline/delivery.py,
+and the emitter's per-output isolation, retries and stall bound (pipeline/outputs/rescue.py,
 pipeline/agents/flow.py)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from aiokafka.errors import (InvalidTopicError, KafkaConnectionError, KafkaTimeo
                              MessageSizeTooLargeError, NotLeaderForPartitionError,
                              UnknownTopicOrPartitionError)
 
-from pipeline.agents.flow import Emitter
-from pipeline.delivery import (BAD_TOPIC, GAVE_UP, TOO_LARGE, UNENCODABLE, Rescuer,
+from pipeline.outputs import Emitter
+from pipeline.outputs.rescue import (BAD_TOPIC, GAVE_UP, TOO_LARGE, UNENCODABLE, Rescuer,
                                Unpublishable, check_record, classify, invalid_topic_name,
                                is_permanent)
 from pipeline.events.codec import Codec

@@ -701,7 +701,7 @@ async def test_worker_serves_guard_state_and_drops_guards_after_a_rebalance(monk
     from faust.types import TP
 
     from pipeline.agents.dispatch import register_dispatch
-    from pipeline.agents.flow import Emitter
+    from pipeline.outputs import Emitter
     from pipeline.runtime import build_runtime
     from pipeline.settings import Settings
 

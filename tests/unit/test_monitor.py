@@ -413,7 +413,7 @@ async def test_worker_registers_monitor_agents_timer_and_view(monkeypatch):
     import faust
     from aiohttp.test_utils import TestClient, TestServer
 
-    from pipeline.agents.flow import Emitter
+    from pipeline.outputs import Emitter
     from pipeline.agents.monitor import register_monitor
     from pipeline.kafka.topics import faust_partitions, load_topic_specs
     from pipeline.runtime import build_runtime

@@ -1,14 +1,22 @@
-"""How a request ends without an answer: one terminal error Response plus its Usage, built
-here for every path that ends one — intake refusing it, dispatch running out of deployments,
-and an output the broker can never take (pipeline/delivery.py). A request is billed once
-and its caller hears once, whichever path ended it."""
+"""How a request ends: its one Response plus its Usage, priced from the catalog, built here
+for every path that ends one — a live answer (dispatch), a Batch API result, intake refusing
+it, dispatch running out of deployments, and an output the broker can never take
+(pipeline/outputs/rescue.py). A request is billed once and its caller hears once, whichever
+path ended it."""
 
 from __future__ import annotations
 
-from pipeline.events.models import (ERROR, AttemptRecord, ErrorInfo, Request, Response,
+from typing import Callable
+
+from pipeline.catalog import Catalog
+from pipeline.events.models import (ERROR, OK, AttemptRecord, ErrorInfo, Request, Response,
                                     RoutedRequest, Usage)
-from pipeline.outputs import AVRO, Out
+from pipeline.outputs.out import AVRO, Out
+from pipeline.providers.base import Completion
 from pipeline.settings import Topics
+
+# (job id, items in the job) of a Batch API job whose result ends the request.
+BatchJobRef = tuple[str, int]
 
 # AttemptRecord codes of a hedge's losing call: a parallel call, not a hop along the chain.
 HEDGE_CODES = frozenset({"hedge_lost", "hedge_cancelled"})
@@ -64,9 +72,47 @@ def usage_out(routed: RoutedRequest, usage: Usage, topics: Topics) -> Out:
     return Out(topics.usage, usage.tenant, usage, partition=partition)
 
 
+def first_model(routed: RoutedRequest, model_of: Callable[[str], str | None]) -> str:
+    """The model routing chose first (before any failover); ``model_of`` maps a deployment
+    id to its model."""
+    if not routed.tried:
+        return routed.route.model
+    return model_of(routed.tried[0].deployment) or ""
+
+
+def answered(routed: RoutedRequest, c: Completion, *, catalog: Catalog, at: int, attempts: int,
+             provider_ms: int, routed_model: str, topics: Topics, extra_cost_nanos: int = 0,
+             batch_job: BatchJobRef | None = None) -> list[Out]:
+    """A routed request answered: Response + Usage at the catalog's price for the served
+    model — the Batch API price for an item of ``batch_job`` — plus ``extra_cost_nanos``
+    (a hedge's losing call, billed with the request). The baseline is always the live price
+    of the tenant's baseline model. ``attempts``: calls made on the last deployment."""
+    r, route = routed.request, routed.route
+    cost = catalog.cost_nanos(route.model, c.prompt_tokens, c.completion_tokens, c.cached_tokens,
+                              batch=batch_job is not None) + extra_cost_nanos
+    baseline = catalog.cost_nanos(routed.baseline_model or catalog.baseline_model,
+                                  c.prompt_tokens, c.completion_tokens, c.cached_tokens)
+    total_attempts = attempts + sum(t.attempts for t in routed.tried)
+    response = Response(
+        request_id=r.request_id, tenant=r.tenant, status=OK, completed_at_ms=at,
+        content=c.content, finish_reason=c.finish_reason, model=route.model,
+        deployment=route.deployment, prompt_tokens=c.prompt_tokens,
+        completion_tokens=c.completion_tokens, cached_tokens=c.cached_tokens, cost_nanos=cost,
+        attempts=total_attempts, tried=[t.deployment for t in routed.tried] + [route.deployment],
+        latency_ms=max(0, at - created_at(r, routed.received_at_ms)), metadata=r.metadata)
+    usage = routed_usage(routed, at, OK, "", total_attempts, provider_ms, routed_model).replace(
+        prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
+        cached_tokens=c.cached_tokens, cost_nanos=cost, baseline_cost_nanos=baseline,
+        price_version=catalog.price_version, served_model=route.model, provider=route.provider,
+        deployment=route.deployment, region=route.region, **_batch_fields(batch_job))
+    return [Out(routed.reply_topic, r.request_id, response, routed.reply_format),
+            usage_out(routed, usage, topics)]
+
+
 def routed_failed(routed: RoutedRequest, code: str, message: str, retryable: bool, *, at: int,
                   tried: list[AttemptRecord], provider_ms: int, routed_model: str,
-                  topics: Topics, reply_topic: str | None = None) -> list[Out]:
+                  topics: Topics, reply_topic: str | None = None,
+                  batch_job: BatchJobRef | None = None) -> list[Out]:
     """A routed request that ends in an error: ``tried`` names every deployment it went to."""
     r, route = routed.request, routed.route
     attempts = sum(t.attempts for t in tried)
@@ -76,6 +122,11 @@ def routed_failed(routed: RoutedRequest, code: str, message: str, retryable: boo
         deployment=route.deployment, attempts=attempts, tried=[t.deployment for t in tried],
         latency_ms=max(0, at - created_at(r, routed.received_at_ms)), metadata=r.metadata)
     usage = routed_usage(routed, at, ERROR, code, attempts, provider_ms, routed_model).replace(
-        deployment=route.deployment, provider=route.provider, region=route.region)
+        deployment=route.deployment, provider=route.provider, region=route.region,
+        **_batch_fields(batch_job))
     return [Out(reply_topic or routed.reply_topic, r.request_id, response, routed.reply_format),
             usage_out(routed, usage, topics)]
+
+
+def _batch_fields(batch_job: BatchJobRef | None) -> dict:
+    return {} if batch_job is None else {"batch_id": batch_job[0], "batch_size": batch_job[1]}

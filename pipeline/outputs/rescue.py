@@ -24,7 +24,6 @@ broken dead-letter topic, an operator's problem no retry fixes.
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -32,19 +31,18 @@ from typing import Callable
 from aiokafka.errors import (InvalidTopicError, MessageSizeTooLargeError, RecordTooLargeError,
                              TopicAuthorizationFailedError, UnsupportedForMessageFormatError)
 
-from pipeline import errors, terminal
+from pipeline import errors, outcomes
 from pipeline.clock import now_ms
 from pipeline.events.codec import Codec
 from pipeline.events.models import (ERROR, Batch, BatchJob, DeadLetter, ErrorInfo, Response,
                                     RoutedRequest, Usage)
 from pipeline.events.text import scrub
-from pipeline.outputs import Out
+from pipeline.kafka.topics import invalid_topic_name
+from pipeline.outputs.out import Out
 from pipeline.settings import Topics
 
 log = logging.getLogger("llmpipe.delivery")
 
-# Kafka's rule for topic names (kafka.common.internals.Topic).
-_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 # Bytes a record needs beside its key and value (record batch header, headers, varints).
 RECORD_OVERHEAD = 512
 # A dead letter's raw value is cut so that the record fits with this much room to spare.
@@ -66,14 +64,6 @@ class Unpublishable(Exception):
     def __init__(self, code: str, reason: str):
         super().__init__(reason)
         self.code, self.reason = code, reason
-
-
-def invalid_topic_name(name: str) -> str | None:
-    """Why Kafka would refuse ``name`` as a topic name, or None."""
-    if not _TOPIC_NAME.match(name) or name in (".", ".."):
-        return (f"{name[:80]!r} is not a valid Kafka topic name (1..249 characters of "
-                "A-Z a-z 0-9 . _ -)")
-    return None
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -147,7 +137,7 @@ class Rescuer:
         code = errors.INVALID_REQUEST if failure.code == TOO_LARGE else errors.INTERNAL_ERROR
         log.error("request_unpublishable request_id=%s tenant=%s topic=%s code=%s reason=%s",
                   r.request_id, r.tenant, out.topic, failure.code, failure.reason)
-        return terminal.routed_failed(
+        return outcomes.routed_failed(
             routed, code, f"the request could not be passed on ({failure.code}): {failure.reason}",
             False, at=self.clock(), tried=routed.tried, provider_ms=0,
             routed_model=routed.route.model if not routed.tried else "", topics=self.topics)
