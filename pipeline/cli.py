@@ -38,7 +38,7 @@ def _logging(level: str) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     import faust  # noqa: F401  (import early: faust patches logging)
 
-    from pipeline.app import create_app
+    from pipeline.agents.app import create_app
     from pipeline.kafka.topics import apply_topics, load_topic_specs, prefixed
     from pipeline.runtime import build_runtime
 

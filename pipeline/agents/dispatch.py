@@ -28,7 +28,7 @@ import faust.web
 
 from pipeline.agents.flow import process
 from pipeline.outputs import Emitter
-from pipeline.batching.hops import FinishedHops
+from pipeline.dispatch.hops import FinishedHops
 from pipeline.clock import now_ms
 from pipeline.dispatch import Dispatcher
 from pipeline.events.codec import DecodeError

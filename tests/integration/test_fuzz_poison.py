@@ -39,7 +39,7 @@ from pipeline.client import make_request
 from pipeline.events.codec import Codec, DecodeError
 from pipeline.events.models import DeadLetter, Request, Response
 from pipeline.kafka import clients
-from pipeline.validation import tenant_partition
+from pipeline.intake.validation import tenant_partition
 from tests.integration.conftest import make_stack
 
 codec = Codec()

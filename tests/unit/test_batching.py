@@ -426,7 +426,7 @@ async def test_batch_priority_goes_to_the_offload_when_it_takes_it(priority, off
 # --- finished hops: a re-read Batch does not call the provider again ------------------------------
 
 async def test_a_re_read_batch_skips_hops_already_finished_but_never_a_new_hop():
-    from pipeline.batching.hops import FinishedHops
+    from pipeline.dispatch.hops import FinishedHops
     from pipeline.events.models import AttemptRecord
     hops = FinishedHops({}, window_ms=60_000)
     items = [routed_request() for _ in range(3)]
@@ -453,7 +453,7 @@ async def test_a_re_read_batch_skips_hops_already_finished_but_never_a_new_hop()
 
 
 def test_finished_hops_are_forgotten_after_the_window_only_on_their_partition():
-    from pipeline.batching.hops import FinishedHops
+    from pipeline.dispatch.hops import FinishedHops
     table: dict = {}
     hops = FinishedHops(table, window_ms=10_000, sweep_every_ms=0)
     a, b = routed_request(), routed_request()

@@ -21,7 +21,7 @@ from pipeline.resilience.backoff import Backoff
 from pipeline.routing.policy import Router, load_routing
 from pipeline.secrets import Secret
 from pipeline.settings import Topics
-from pipeline.validation import RequestBounds
+from pipeline.intake.validation import RequestBounds
 
 catalog = load_catalog()
 deployments = load_deployments(catalog, env={})

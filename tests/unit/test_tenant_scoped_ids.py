@@ -8,7 +8,7 @@ import uuid
 
 from pipeline.batchapi.config import PollSettings
 from pipeline.batchapi.jobs import JobBook
-from pipeline.batching.hops import FinishedHops
+from pipeline.dispatch.hops import FinishedHops
 from pipeline.client import GatewayClient, make_request
 from pipeline.events.codec import Codec
 from pipeline.events.models import (BatchJob, ChatMessage, Request, Response, RouteDecision,

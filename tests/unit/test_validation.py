@@ -1,4 +1,4 @@
-"""Intake's bounds on every request field (pipeline/validation.py), and what a refused
+"""Intake's bounds on every request field (pipeline/intake/validation.py), and what a refused
 request's caller gets back: one error Response it can decode, on a topic it listens to, and
 one Usage row that the ledger can store."""
 
@@ -18,7 +18,7 @@ from pipeline.intake import Intake
 from pipeline.outputs import Origin
 from pipeline.routing.policy import Router, load_routing
 from pipeline.settings import Topics
-from pipeline.validation import RequestBounds, load_bounds, reply_topic_allowed, tenant_partition
+from pipeline.intake.validation import RequestBounds, load_bounds, reply_topic_allowed, tenant_partition
 
 catalog = load_catalog()
 deployments = load_deployments(catalog, env={})

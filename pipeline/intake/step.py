@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from typing import Callable
 
-from pipeline import errors, outcomes, validation
+from pipeline import errors, outcomes
+from pipeline.intake import validation
 from pipeline.catalog import Catalog
 from pipeline.clock import now_ms
 from pipeline.errors import Rejected
@@ -25,7 +26,7 @@ from pipeline.tenancy.canary import CANARY, arm_for, arm_label
 from pipeline.tenancy.state import TenantState, budget_alert
 from pipeline.routing.tokens import estimate_prompt_tokens
 from pipeline.settings import Topics
-from pipeline.validation import RequestBounds
+from pipeline.intake.validation import RequestBounds
 
 
 class Intake:
