@@ -110,7 +110,7 @@ def cmd_route(args: argparse.Namespace) -> int:
 
     from pipeline.catalog import load_catalog
     from pipeline.client import make_request
-    from pipeline.deployments import load_deployments
+    from pipeline.providers.deployments import load_deployments
     from pipeline.events.models import RoutingHints
     from pipeline.routing.classifier import RuleClassifier
     from pipeline.routing.policy import Router, load_routing

@@ -20,7 +20,7 @@ from typing import Any
 from pipeline.catalog import load_catalog
 from pipeline.client import GatewayClient, ResponseTimeout, make_request
 from pipeline.clock import now_ms
-from pipeline.deployments import Deployments, load_deployments
+from pipeline.providers.deployments import Deployments, load_deployments
 from pipeline.devstack import DevStack, Worker, write_config_dir
 from pipeline.embedded.broker import EmbeddedBroker
 from pipeline.paths import config_dir as default_config_dir

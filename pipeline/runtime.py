@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 
 from pipeline.catalog import Catalog, load_catalog
-from pipeline.deployments import Deployments, load_deployments
+from pipeline.providers.deployments import Deployments, load_deployments
 from pipeline.events.codec import Codec
 from pipeline.events.registry import LocalRegistry, SchemaRegistryClient
 from pipeline.routing.classifier import RuleClassifier

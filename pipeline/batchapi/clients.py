@@ -17,7 +17,7 @@ import httpx
 
 from pipeline import errors
 from pipeline.batchapi.jobs import CANCELED, ERRORED, EXPIRED, SUCCEEDED, ItemResult, JobStatus
-from pipeline.deployments import CallLimits, Deployment
+from pipeline.providers.deployments import CallLimits, Deployment
 from pipeline.errors import GatewayError
 from pipeline.events.models import RoutedRequest
 from pipeline.providers import make_adapter

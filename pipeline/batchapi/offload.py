@@ -31,7 +31,7 @@ from pipeline.batchapi.clients import CLIENT_CLASSES, BatchClient
 from pipeline.batchapi.config import BatchApiConfig
 from pipeline.batchapi.jobs import SUBMITTED, JobBook
 from pipeline.clock import now_ms
-from pipeline.deployments import Deployment
+from pipeline.providers.deployments import Deployment
 from pipeline.events.ids import request_key
 from pipeline.events.models import Batch, BatchJob, RoutedRequest
 from pipeline.outputs import Out

@@ -18,7 +18,7 @@ from typing import Callable
 from pipeline.batchapi.jobs import SUCCEEDED, ItemResult
 from pipeline.catalog import Catalog
 from pipeline.clock import now_ms
-from pipeline.deployments import Deployments
+from pipeline.providers.deployments import Deployments
 from pipeline import outcomes
 from pipeline.dispatch import NO_FAILOVER
 from pipeline.errors import RETRYABLE

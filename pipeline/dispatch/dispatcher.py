@@ -24,7 +24,7 @@ from pipeline import errors, outcomes
 from pipeline.catalog import Catalog
 from pipeline.clock import now_ms
 from pipeline.clock import Clock, MonotonicClock
-from pipeline.deployments import Deployments
+from pipeline.providers.deployments import Deployments
 from pipeline.errors import GatewayError
 from pipeline.events.models import (AttemptRecord, RouteDecision,
                                     RoutedRequest, Usage)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from pipeline.deployments import CallLimits, Deployment
+from pipeline.providers.deployments import CallLimits, Deployment
 from pipeline.providers.anthropic import AnthropicAdapter
 from pipeline.providers.base import Adapter, Completion
 from pipeline.providers.gemini import GeminiAdapter

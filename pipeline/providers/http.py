@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from pipeline import errors
-from pipeline.deployments import CallLimits, Deployment
+from pipeline.providers.deployments import CallLimits, Deployment
 from pipeline.errors import GatewayError
 from pipeline.events.models import RoutedRequest
 from pipeline.providers.base import Completion

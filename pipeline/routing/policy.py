@@ -12,7 +12,7 @@ from pathlib import Path
 from pipeline import errors
 from pipeline.catalog import Catalog
 from pipeline.config import ConfigError, Section, config_path, load_yaml
-from pipeline.deployments import Deployment, Deployments
+from pipeline.providers.deployments import Deployment, Deployments
 from pipeline.errors import Rejected
 from pipeline.events.models import ChatMessage, Request, RouteDecision
 from pipeline.routing.tokens import estimate_prompt_tokens

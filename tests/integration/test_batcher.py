@@ -25,7 +25,7 @@ import yaml
 
 from pipeline.catalog import load_catalog
 from pipeline.client import GatewayClient, make_request
-from pipeline.deployments import load_deployments
+from pipeline.providers.deployments import load_deployments
 from pipeline.devstack import DevStack, write_config_dir
 from pipeline.events.models import Batch, DeadLetter, RoutingHints
 from pipeline.resilience.health import percentile

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from pipeline.catalog import load_catalog
-from pipeline.deployments import ADAPTERS, Deployment, load_deployments
+from pipeline.providers.deployments import ADAPTERS, Deployment, load_deployments
 from pipeline.errors import GatewayError
 from pipeline.events.models import (ChatMessage, GenerationParams, Request, RouteDecision,
                                     RoutedRequest)

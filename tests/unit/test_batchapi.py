@@ -21,7 +21,7 @@ from pipeline.batchapi.poller import BatchPoller
 from pipeline.batchapi.results import LIVE_PRIORITY, RETRY_RULE, ResultBuilder
 from pipeline.catalog import load_catalog
 from pipeline.config import ConfigError
-from pipeline.deployments import load_deployments
+from pipeline.providers.deployments import load_deployments
 from pipeline.events.models import (Batch, BatchJob, ChatMessage, Request, Response, RouteDecision,
                                     RoutedRequest, RoutingHints, Usage)
 from pipeline.providers.base import Completion

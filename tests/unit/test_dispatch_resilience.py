@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from pipeline import errors
 from pipeline.catalog import load_catalog
 from pipeline.config import ConfigError
-from pipeline.deployments import Deployments, load_deployments
+from pipeline.providers.deployments import Deployments, load_deployments
 from pipeline.dispatch import DEGRADED, Dispatcher
 from pipeline.errors import GatewayError
 from pipeline.events.codec import Codec

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pipeline.catalog import load_catalog
-from pipeline.deployments import load_deployments
+from pipeline.providers.deployments import load_deployments
 from pipeline.devstack import DevStack, write_config_dir
 from pipeline.faultbench import (FAULT_CALLS, FAULT_DEPLOYMENTS, FAULT_RESILIENCE,
                                  REVOKED_KEY_ENV, SCENARIOS, table)

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from pipeline.catalog import load_catalog
-from pipeline.deployments import load_deployments
+from pipeline.providers.deployments import load_deployments
 from pipeline.dispatch import Dispatcher
 from pipeline.events.codec import Codec
 from pipeline.events.models import DeadLetter, Response, RoutedRequest, Usage

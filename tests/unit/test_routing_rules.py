@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 
 from pipeline.catalog import load_catalog
-from pipeline.deployments import Deployments, load_deployments
+from pipeline.providers.deployments import Deployments, load_deployments
 from pipeline.events.models import ChatMessage, GenerationParams, Request, RoutingHints
 from pipeline.routing.policy import Router, load_routing
 

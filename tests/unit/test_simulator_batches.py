@@ -15,7 +15,7 @@ from pipeline import errors
 from pipeline.batchapi.clients import AnthropicBatchClient, OpenAIBatchClient
 from pipeline.batchapi.jobs import CANCELED, ERRORED, EXPIRED, SUCCEEDED
 from pipeline.catalog import load_catalog
-from pipeline.deployments import load_deployments
+from pipeline.providers.deployments import load_deployments
 from pipeline.events.models import ChatMessage, Request, RouteDecision, RoutedRequest
 from pipeline.routing.tokens import estimate_prompt_tokens
 from pipeline.secrets import Secret

@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 
 from pipeline import errors
 from pipeline.catalog import load_catalog
-from pipeline.deployments import load_deployments
+from pipeline.providers.deployments import load_deployments
 from pipeline.events.codec import Codec
 from pipeline.events.models import (Alert, Budget, CanaryRule, ChatMessage, Request, Response,
                                     RoutedRequest, TenantPolicy, Usage)

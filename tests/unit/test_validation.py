@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from pipeline.catalog import load_catalog
-from pipeline.deployments import load_deployments
+from pipeline.providers.deployments import load_deployments
 from pipeline.events.codec import Codec
 from pipeline.events.models import Response, RoutedRequest, TenantPolicy, Usage
 from pipeline.intake import Intake
