@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from pipeline.client import GatewayClient, make_request
-from pipeline.devstack import DevStack
+from pipeline.dev.stack import DevStack
 from pipeline.resilience.health import percentile
 
 

@@ -220,7 +220,7 @@ def cmd_tenants(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from pipeline.devrun import run_dev
+    from pipeline.dev.run import run_dev
     return run_dev(args)
 
 

@@ -21,7 +21,7 @@ from pipeline.catalog import load_catalog
 from pipeline.client import GatewayClient, ResponseTimeout, make_request
 from pipeline.clock import now_ms
 from pipeline.providers.deployments import Deployments, load_deployments
-from pipeline.devstack import DevStack, Worker, write_config_dir
+from pipeline.dev.stack import DevStack, Worker, write_config_dir
 from pipeline.embedded.broker import EmbeddedBroker
 from pipeline.paths import config_dir as default_config_dir
 from pipeline.events.models import Alert, Request, Response

@@ -125,7 +125,7 @@ async def _publish(bootstrap: str, topic: str, usages: list[Usage]) -> None:
 
 def bench_kafka(data_dir: Path, broker, batch: int, usages: list[Usage], timeout: float,
                 flush_s: float = 0.5) -> Result:
-    from pipeline.devstack import DevStack, StackError
+    from pipeline.dev.stack import DevStack, StackError
 
     uid = uuid.uuid4().hex[:6]
     stack = DevStack(data_dir, topic_prefix=f"ingest{batch}{uid}.", app_id=f"llmpipe-ingest-{uid}",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pipeline.catalog import Catalog, load_catalog
 from pipeline.client import GatewayClient, make_request
-from pipeline.devstack import DevStack, Worker
+from pipeline.dev.stack import DevStack, Worker
 from pipeline.events.models import Request
 from pipeline.routing.evaluate import DEFAULT_DATA, load_examples
 from pipeline.routing.policy import load_routing

@@ -1,7 +1,7 @@
 """``python -m pipeline.batchapi.bench``: provider calls and cost per request for
 batch-priority traffic on the live path versus through the provider Batch APIs.
 
-The demo traffic mix (pipeline/demo.py) is routed by the real router; the requests that
+The demo traffic mix (pipeline/dev/demo.py) is routed by the real router; the requests that
 land on a deployment with a Batch API (OpenAI, Anthropic) are answered twice by an
 in-process provider simulator: once live (one chat call each) and once as batch jobs of up
 to ``--job-size`` requests per deployment, through the real BatchOffload, poller and result
@@ -27,7 +27,7 @@ from pipeline.batchapi.poller import BatchPoller
 from pipeline.batchapi.results import ResultBuilder
 from pipeline.catalog import nanos_to_usd
 from pipeline.clock import now_ms
-from pipeline.demo import demo_requests
+from pipeline.dev.demo import demo_requests
 from pipeline.events.models import Batch, RoutedRequest, Usage
 from pipeline.providers import make_adapter
 from pipeline.routing.tokens import estimate_prompt_tokens

@@ -8,7 +8,7 @@ window comes of age — so the figures are what the window logic does, not what 
 machine's event loop adds (the integration test `tests/integration/test_batcher.py`
 measures that on the embedded stack).
 
-Traffic mix: the demo traffic (`pipeline/demo.py`: four tenants, English and Chinese,
+Traffic mix: the demo traffic (`pipeline/dev/demo.py`: four tenants, English and Chinese,
 simple and complex prompts, routing hints) with priorities re-drawn as 20% interactive,
 60% standard, 20% batch; Poisson arrivals at each rate.
 
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pipeline.batching.config import BatchingConfig, load_batching
 from pipeline.batching.window import Flush, WindowKey, Windows
 from pipeline.catalog import nanos_to_usd
-from pipeline.demo import demo_requests
+from pipeline.dev.demo import demo_requests
 from pipeline.events.models import Request
 from pipeline.resilience.health import percentile
 from pipeline.routing.tokens import estimate_prompt_tokens

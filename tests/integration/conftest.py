@@ -25,7 +25,7 @@ def topic_prefix() -> str:
 
 # --- the pipeline on the embedded stack --------------------------------------------------
 
-from pipeline.devstack import DevStack  # noqa: E402
+from pipeline.dev.stack import DevStack  # noqa: E402
 
 
 def make_stack(broker, tmp_path_factory, name: str, simulator_args: list[str]) -> DevStack:

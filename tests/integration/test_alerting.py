@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from pipeline.client import GatewayClient, make_request
-from pipeline.devstack import DevStack, write_config_dir
+from pipeline.dev.stack import DevStack, write_config_dir
 
 WINDOW_S = 10                    # the rule's tumbling window ("1h" in production)
 THRESHOLD = Decimal("0.0008")    # USD: a few gpt-4.1 answers

@@ -20,7 +20,7 @@ import yaml
 from pipeline.catalog import load_catalog, nanos_to_usd
 from pipeline.client import GatewayClient, make_request
 from pipeline.batchapi.offload import partition_for
-from pipeline.devstack import DevStack, write_config_dir
+from pipeline.dev.stack import DevStack, write_config_dir
 from pipeline.events.models import BatchJob, Response, RoutingHints, Usage
 
 catalog = load_catalog()

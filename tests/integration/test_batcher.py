@@ -26,7 +26,7 @@ import yaml
 from pipeline.catalog import load_catalog
 from pipeline.client import GatewayClient, make_request
 from pipeline.providers.deployments import load_deployments
-from pipeline.devstack import DevStack, write_config_dir
+from pipeline.dev.stack import DevStack, write_config_dir
 from pipeline.events.models import Batch, DeadLetter, RoutingHints
 from pipeline.resilience.health import percentile
 from tests.integration.conftest import answers

@@ -11,7 +11,7 @@ from collections import defaultdict
 from decimal import Decimal
 
 from pipeline.client import GatewayClient
-from pipeline.demo import demo_requests
+from pipeline.dev.demo import demo_requests
 from pipeline.events.models import Usage
 from tests.integration.conftest import answers, make_stack
 

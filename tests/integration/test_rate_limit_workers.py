@@ -24,7 +24,7 @@ import time
 import uuid
 
 from pipeline.client import GatewayClient, ResponseTimeout, make_request
-from pipeline.devstack import DevStack, write_config_dir
+from pipeline.dev.stack import DevStack, write_config_dir
 
 DEPLOYMENT, MODEL = "openai-gpt-4o-mini", "gpt-4o-mini"
 RPM, BURST = 60, 5

@@ -14,7 +14,7 @@ import httpx
 from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.client import GatewayClient, make_request
-from pipeline.demo import demo_requests
+from pipeline.dev.demo import demo_requests
 from pipeline.kafka.clients import read_to_end
 from tests.integration.conftest import make_stack
 

@@ -11,7 +11,7 @@ import yaml
 
 from pipeline.catalog import load_catalog
 from pipeline.providers.deployments import load_deployments
-from pipeline.devstack import DevStack, write_config_dir
+from pipeline.dev.stack import DevStack, write_config_dir
 from pipeline.faultbench import (FAULT_CALLS, FAULT_DEPLOYMENTS, FAULT_RESILIENCE,
                                  REVOKED_KEY_ENV, SCENARIOS, table)
 from pipeline.paths import config_dir

@@ -393,7 +393,7 @@ def write_config_dir(dest: Path, *, calls: dict[str, Any] | None = None,
     for dep_id, changes in (deployments or {}).items():
         _merge(entries[dep_id], changes)
     (dest / "deployments.yaml").write_text(
-        f"# {source / 'deployments.yaml'} with test overrides (pipeline.devstack.write_config_dir)\n"
+        f"# {source / 'deployments.yaml'} with test overrides (pipeline.dev.stack.write_config_dir)\n"
         + yaml.safe_dump(data, sort_keys=False))
     return dest
 

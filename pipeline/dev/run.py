@@ -14,8 +14,8 @@ import httpx
 
 from pipeline.client import GatewayClient, ResponseTimeout
 from pipeline.clock import now_ms
-from pipeline.demo import demo_poison, demo_policies, demo_requests
-from pipeline.devstack import DevStack, StackError
+from pipeline.dev.demo import demo_poison, demo_policies, demo_requests
+from pipeline.dev.stack import DevStack, StackError
 from pipeline.events.models import Alert, DeadLetter, Response, TenantPolicy
 from pipeline.events.codec import Codec
 from pipeline.tenancy.directory import put_policy
