@@ -7,16 +7,12 @@
   llmpipe migrate             apply ClickHouse migrations
   llmpipe report NAME         analyst reports: cost, savings, latency, errors, routing, top
   llmpipe reprice             recompute a period's cost under another price file
-  llmpipe report-bench        time the report queries on N generated usage rows
   llmpipe simulate-provider   the provider simulator (OpenAI, Anthropic and Gemini shapes)
   llmpipe tenants ...         set | get | list | delete tenant policies on llm.tenants
   llmpipe send                send one request and print its response
   llmpipe kcat ARGS           Debian's kcat with a current librdkafka (see pipeline/embedded/kcat.py)
-  llmpipe bench               drive N requests through the embedded stack, print latencies
-  llmpipe bench batching      micro-batching: calls and cost per request, with and without
-  llmpipe bench-ingest        ledger ingest rows/s into chDB (and through Kafka) per batch size
-  llmpipe savings             replay the documented traffic mix: routed cost vs all-gpt-4.1
-  llmpipe faults              inject provider faults while requests flow; success, latency, breakers
+  llmpipe bench [NAME]        benchmarks (latency, batching, batchapi, ingest, reports,
+                              monitor, faults, savings, classifier, tokens); see pipeline/bench/
 """
 
 from __future__ import annotations
@@ -224,29 +220,6 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return run_dev(args)
 
 
-def cmd_savings(args: argparse.Namespace) -> int:
-    from pipeline.savings import run_savings
-    return run_savings(args)
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    if args.kind == "batching":
-        from pipeline.batching.bench import run_batching_bench
-        return run_batching_bench(args)
-    from pipeline.bench import run_bench
-    return run_bench(args)
-
-
-def cmd_bench_ingest(args: argparse.Namespace) -> int:
-    from pipeline.ingestbench import run_ingest_bench
-    return run_ingest_bench(args)
-
-
-def cmd_faults(args: argparse.Namespace) -> int:
-    from pipeline.faultbench import run_faults
-    return run_faults(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmpipe", description="Kafka-native LLM gateway")
     sub = p.add_subparsers(dest="command", required=True)
@@ -306,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     mig.set_defaults(func=cmd_migrate)
 
     from pipeline.analytics.report import add_parsers as add_report_parsers
-    add_report_parsers(sub)  # report, reprice, report-bench
+    add_report_parsers(sub)  # report, reprice
 
     sub.add_parser("kcat", add_help=False,
                    help="kcat with a librdkafka that speaks to the embedded broker")
@@ -323,49 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--bootstrap")
     send.set_defaults(func=cmd_send)
 
-    bench = sub.add_parser("bench", help="drive N requests through the embedded stack "
-                                         "(or: bench batching — micro-batching calls and cost)")
-    bench.add_argument("kind", nargs="?", choices=("latency", "batching"), default="latency")
-    bench.add_argument("--rates", help="batching: arrival rates in req/s, comma-separated")
-    bench.add_argument("--seed", type=int, default=7, help="batching: traffic and arrival seed")
-    bench.add_argument("--requests", type=int, default=2000)
-    bench.add_argument("--concurrency", type=int, default=200)
-    bench.add_argument("--provider-latency-ms", type=int, default=50)
-    bench.add_argument("--data-dir", default=".data/bench")
-    bench.set_defaults(func=cmd_bench)
-    savings = sub.add_parser("savings", help="replay the documented traffic mix and compare its "
-                                             "cost with sending everything to the baseline model")
-    savings.add_argument("--requests", type=int, default=400)
-    savings.add_argument("--concurrency", type=int, default=32)
-    savings.add_argument("--data-dir", default=".data/savings")
-    savings.set_defaults(func=cmd_savings)
-    faults = sub.add_parser("faults", help="inject provider faults into the simulator while "
-                                           "requests flow; print success, latency, attempts, "
-                                           "failovers and breaker transitions per scenario")
-    faults.add_argument("--requests", type=int, default=200, help="requests per scenario")
-    faults.add_argument("--scenario", default="all", metavar="NAME|all",
-                        help="one scenario (no_fault, rate_limit_storm, server_errors_30pct, "
-                             "hung_connections, provider_down, context_length, "
-                             "unauthorized_key) or all (default)")
-    faults.add_argument("--concurrency", type=int, default=16, help="requests in flight")
-    faults.add_argument("--data-dir", default=".data/faults")
-    faults.set_defaults(func=cmd_faults)
-    ingest = sub.add_parser("bench-ingest", help="ledger ingest rows/s: the batched writer into "
-                                                 "chDB (and, with --kafka, llm.usage -> ledger "
-                                                 "worker -> chDB) per insert batch size")
-    ingest.add_argument("--rows", type=int, default=200_000, help="most usage rows per writer run")
-    ingest.add_argument("--max-inserts", type=int, default=100,
-                        help="a writer run sends at most batch * this many rows")
-    ingest.add_argument("--batch-sizes", default="100,1000,10000", help="comma-separated")
-    ingest.add_argument("--kafka", action="store_true", help="also measure through Kafka")
-    ingest.add_argument("--kafka-batch-sizes", default="500,5000",
-                        help="LLMPIPE_LEDGER_FLUSH_ROWS per Kafka run (500 is the default)")
-    ingest.add_argument("--kafka-rows", type=int, default=10_000, help="usage rows per Kafka run")
-    ingest.add_argument("--kafka-flush-s", type=float, default=0.5,
-                        help="LLMPIPE_LEDGER_FLUSH_S for the Kafka runs (0.5 is the default)")
-    ingest.add_argument("--timeout", type=float, default=300.0, help="seconds per Kafka run")
-    ingest.add_argument("--data-dir", default=".data/bench-ingest")
-    ingest.set_defaults(func=cmd_bench_ingest)
+    sub.add_parser("bench", add_help=False,
+                   help="benchmarks: llmpipe bench [NAME] (latency, batching, batchapi, ingest, "
+                        "reports, monitor, faults, savings, classifier, tokens)")
     return p
 
 
@@ -373,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["simulate-provider"]:
         return cmd_simulate(argparse.Namespace(), argv[1:])
+    if argv[:1] == ["bench"]:
+        from pipeline.bench import main as bench_main
+        return bench_main(argv[1:])
     if argv[:1] == ["kcat"]:
         from pipeline.embedded.kcat import main as kcat_main
         return kcat_main(argv[1:])

@@ -1,7 +1,7 @@
 """Reports read back from the usage ledger: the dev/demo report, and the analyst commands.
 
 ``dev_report`` is what a dev/demo run cost and how it behaved. The second half of the file
-drives ``llmpipe report`` / ``reprice`` / ``report-bench`` (questions in
+drives ``llmpipe report`` / ``reprice`` (questions in
 :mod:`pipeline.analytics.queries`, rendering as table, CSV or JSON here).
 
 Every query reads ``usage FINAL``, so a request billed twice (re-delivery) counts once.
@@ -469,7 +469,7 @@ def run_reprice(args: Any) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    """Register ``report``, ``reprice`` and ``report-bench`` on the llmpipe subparsers."""
+    """Register ``report`` and ``reprice`` on the llmpipe subparsers."""
     dsn_help = "ClickHouse DSN (default: $LLMPIPE_CLICKHOUSE_DSN)"
     period = dict(help="ISO 8601 date or date-time, UTC when no offset is given")
     rep = sub.add_parser(
@@ -506,21 +506,3 @@ def add_parsers(sub: Any) -> None:
     rp.add_argument("--format", choices=("table", "csv", "json"), default="table")
     rp.add_argument("--dsn", help=dsn_help)
     rp.set_defaults(func=lambda args: run_reprice(args))
-
-    bench = sub.add_parser(
-        "report-bench", help="generate N usage rows in a scratch chDB and time every report "
-                             "query, raw vs rollup (docs/BENCHMARKS.md)")
-    bench.add_argument("--rows", type=int, default=10_000_000)
-    bench.add_argument("--repeat", type=int, default=5, help="timed runs per query")
-    bench.add_argument("--data-dir", default=".data/report-bench",
-                       help="scratch chDB directory (wiped first)")
-    bench.add_argument("--keep", action="store_true", help="keep the data directory afterwards")
-    bench.add_argument("--reuse", action="store_true",
-                       help="time the queries on the data a previous --keep run left "
-                            "(same --rows); skips the ingest and generation steps")
-    bench.set_defaults(func=lambda args: _run_bench(args))
-
-
-def _run_bench(args: Any) -> int:
-    from pipeline.analytics.reportbench import run_report_bench
-    return run_report_bench(args)

@@ -11,7 +11,7 @@ import json
 from typing import Callable
 
 from pipeline import errors, outcomes
-from pipeline.intake import validation
+import pipeline.intake.validation as validation
 from pipeline.catalog import Catalog
 from pipeline.clock import now_ms
 from pipeline.errors import Rejected

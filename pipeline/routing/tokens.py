@@ -14,7 +14,7 @@ BPE pre-tokenizer makes, and each kind costs what it costs on average in OpenAI'
   - any other character (accented letters, Cyrillic, emoji, symbols) 1 token;
 
 plus OpenAI's chat framing per message and for the reply. Calibrated against the real
-tokenizer by `python -m pipeline.routing.calibrate_tokens` (figures in docs/BENCHMARKS.md):
+tokenizer by `llmpipe bench tokens` (figures in docs/BENCHMARKS.md):
 against o200k_base the estimate is ~10% high on average (English and Chinese prompts, code,
 numbers) and under by more than 10% for ~2% of prompts (short ones, acronyms, math symbols).
 Not calibrated for cl100k_base (GPT-4, GPT-3.5; no such model in the catalog), whose

@@ -1,6 +1,6 @@
 """Provider faults on the embedded stack: the simulator injects one fault at a time while
 requests pinned to the faulty model flow through a worker, then the fault is cleared and
-the stack must recover. Runs the scenarios of `llmpipe faults` (pipeline/faultbench.py) on
+the stack must recover. Runs the scenarios of `llmpipe bench faults` (pipeline/bench/faults.py) on
 one stack, sequentially, with the configuration shortened there (2 s call timeout, 0.05 s
 backoff base, Retry-After capped at 1 s, breakers open for 2 s).
 
@@ -26,7 +26,7 @@ import uuid
 import pytest
 
 from pipeline.catalog import load_catalog
-from pipeline.faultbench import (FAULT_CALLS, FAULT_RESILIENCE, REVOKED_KEY_ENV, RETRY_AFTER_S,
+from pipeline.bench.faults import (FAULT_CALLS, FAULT_RESILIENCE, REVOKED_KEY_ENV, RETRY_AFTER_S,
                                  SCENARIOS, run_scenario, stack_deployments, start_fault_stack)
 from pipeline.simulator import key_fingerprint
 

@@ -16,7 +16,7 @@ from pipeline import errors
 from pipeline.client import DuplicateRequest, GatewayClient, make_request
 from pipeline.events.codec import Codec
 from pipeline.events.models import Alert, Budget, CanaryRule, TenantPolicy
-from pipeline.savings import replay
+from pipeline.bench.savings import replay
 from pipeline.tenancy.directory import put_policy
 from tests.integration.conftest import make_stack
 

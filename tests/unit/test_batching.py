@@ -467,7 +467,7 @@ def test_finished_hops_are_forgotten_after_the_window_only_on_their_partition():
 # --- the benchmark's simulation ----------------------------------------------------------------
 
 def test_bench_batches_more_as_traffic_grows_and_never_changes_live_cost():
-    from pipeline.batching.bench import simulate, traffic
+    from pipeline.bench.batching import simulate, traffic
     requests = traffic(300, seed=3)
     assert {r.priority for r in requests} == {"interactive", "standard", "batch"}
     slow, fast = (simulate(requests, rate, load_batching(), seed=3) for rate in (5, 500))
@@ -478,11 +478,15 @@ def test_bench_batches_more_as_traffic_grows_and_never_changes_live_cost():
     assert fast.items["standard"] / fast.batches["standard"] > 2
 
 
-def test_cli_parses_bench_batching_and_keeps_plain_bench():
-    from pipeline.cli import build_parser
-    args = build_parser().parse_args(["bench", "batching", "--rates", "10,100"])
-    assert (args.kind, args.rates) == ("batching", "10,100")
-    assert build_parser().parse_args(["bench", "--requests", "5"]).kind == "latency"
+def test_llmpipe_bench_names_a_benchmark_and_plain_bench_is_latency(capsys):
+    from pipeline.bench import main, resolve
+    assert resolve(["batching", "--rates", "10,100"]) == ("batching", ["--rates", "10,100"])
+    assert resolve(["--requests", "5"]) == ("latency", ["--requests", "5"])
+    assert resolve([]) == ("latency", [])
+    assert resolve(["nope"]) == (None, [])
+    assert main(["batching", "--rates", "10", "--requests", "40"]) == 0
+    assert "batched calls/request" in capsys.readouterr().out
+    assert main(["nope"]) == 2 and "tokens" in capsys.readouterr().out
 
 
 async def test_the_flush_timer_sleeps_until_the_next_window_is_due():

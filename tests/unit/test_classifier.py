@@ -12,7 +12,8 @@ import yaml
 from pipeline.config import ConfigError, config_path
 from pipeline.routing.classifier import (
     COMPLEX, MEDIUM, SIMPLE, Classification, Classifier, RuleClassifier, load_classifier_config)
-from pipeline.routing.evaluate import evaluate, format_report, main
+from pipeline.bench import main as bench
+from pipeline.bench.classifier import evaluate, format_report
 
 DATA = Path(__file__).parent / "data" / "classifier_eval.jsonl"
 config = load_classifier_config()
@@ -203,6 +204,6 @@ def test_report_and_cli(capsys, tmp_path):
     result = evaluate(rules, small)
     assert result.n == 2 and result.accuracy == 1.0
     assert result.confusion[SIMPLE][SIMPLE] == 1 and result.confusion[COMPLEX][COMPLEX] == 1
-    assert main(["--data", str(small)]) == 0
+    assert bench(["classifier", "--data", str(small)]) == 0
     out = capsys.readouterr().out
     assert "accuracy: 100.0%" in out and "true \\ predicted" in out and "confusion (zh)" in out

@@ -12,7 +12,7 @@ import yaml
 from pipeline.catalog import load_catalog
 from pipeline.providers.deployments import load_deployments
 from pipeline.dev.stack import DevStack, write_config_dir
-from pipeline.faultbench import (FAULT_CALLS, FAULT_DEPLOYMENTS, FAULT_RESILIENCE,
+from pipeline.bench.faults import (FAULT_CALLS, FAULT_DEPLOYMENTS, FAULT_RESILIENCE,
                                  REVOKED_KEY_ENV, SCENARIOS, table)
 from pipeline.paths import config_dir
 from pipeline.simulator import key_fingerprint, load_config

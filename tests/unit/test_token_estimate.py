@@ -1,5 +1,5 @@
 """Offline token estimate (pipeline/routing/tokens.py) against the real o200k_base tokenizer
-on the labelled prompt set and the synthetic texts of `pipeline.routing.calibrate_tokens`.
+on the labelled prompt set and the synthetic texts of `pipeline.bench.tokens`.
 
 The reference is quicktok (PyPI quicktok-v1, in the dev extra), which bundles OpenAI's rank
 files; without it the calibration tests skip and only the pure ones run.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.routing import calibrate_tokens as ct
+from pipeline.bench import tokens as ct
 from pipeline.routing.tokens import (
     PER_MESSAGE_OVERHEAD, REPLY_PRIMING, estimate_prompt_tokens, estimate_text_tokens)
 

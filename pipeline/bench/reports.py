@@ -1,4 +1,4 @@
-"""``llmpipe report-bench``: time every analyst report on N generated usage rows in chDB.
+"""``llmpipe bench reports``: time every analyst report on N generated usage rows in chDB.
 
 What it does, in a scratch chDB directory (wiped first, removed afterwards unless --keep):
 
@@ -196,11 +196,25 @@ def _ingest(client: Any, catalog: Catalog, start_ms: int, rows_total: int, out: 
               "(queries below run on merged parts)\n")
 
 
-def run_report_bench(args: Any) -> int:
+HELP = "generate N usage rows in a scratch chDB and time every report query, raw vs rollup"
+
+
+def add_arguments(p: Any) -> None:
+    p.add_argument("--rows", type=int, default=10_000_000)
+    p.add_argument("--repeat", type=int, default=5, help="timed runs per query")
+    p.add_argument("--data-dir", default=".data/report-bench",
+                   help="scratch chDB directory (wiped first)")
+    p.add_argument("--keep", action="store_true", help="keep the data directory afterwards")
+    p.add_argument("--reuse", action="store_true",
+                   help="time the queries on the data a previous --keep run left "
+                        "(same --rows); skips the ingest and generation steps")
+
+
+def main(args: Any) -> int:
     rows_total = int(args.rows)
     repeat = max(1, int(args.repeat))
     if rows_total < 1:
-        print("llmpipe report-bench: --rows must be at least 1", file=sys.stderr)
+        print("llmpipe bench reports: --rows must be at least 1", file=sys.stderr)
         return 2
     data = Path(args.data_dir).resolve()
     reuse = bool(getattr(args, "reuse", False)) and data.exists()
@@ -218,12 +232,12 @@ def run_report_bench(args: Any) -> int:
     client = connect(f"chdb://{data}?database=bench")
     try:
         apply_migrations(client)
-        out.write(f"report-bench: {rows_total:,} usage rows, 30 days "
+        out.write(f"llmpipe bench reports: {rows_total:,} usage rows, 30 days "
                   f"{since.date()} .. {until.date()}, chDB at {data}\n\n")
         if reuse:
             have = client.query("SELECT count(), min(created_at) FROM usage").result_rows[0]
             if int(have[0]) != rows_total:
-                print(f"llmpipe report-bench: --reuse: {data} holds {int(have[0]):,} rows, "
+                print(f"llmpipe bench reports: --reuse: {data} holds {int(have[0]):,} rows, "
                       f"not {rows_total:,}", file=sys.stderr)
                 return 2
             first = have[1].replace(tzinfo=timezone.utc)

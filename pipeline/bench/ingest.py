@@ -1,4 +1,4 @@
-"""`llmpipe bench-ingest`: how fast the ledger stores usage rows, per insert batch size.
+"""`llmpipe bench ingest`: how fast the ledger stores usage rows, per insert batch size.
 
 Two measurements, each on a fresh chDB path with every migration applied (so the rollup
 materialised views, if any, are part of the cost):
@@ -155,7 +155,26 @@ def bench_kafka(data_dir: Path, broker, batch: int, usages: list[Usage], timeout
     return Result("kafka", batch, len(usages), elapsed, state["inserts"])
 
 
-def run_ingest_bench(args: argparse.Namespace) -> int:
+HELP = ("ledger ingest rows/s: the batched writer into chDB (and, with --kafka, llm.usage -> "
+        "ledger worker -> chDB) per insert batch size")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rows", type=int, default=200_000, help="most usage rows per writer run")
+    p.add_argument("--max-inserts", type=int, default=100,
+                   help="a writer run sends at most batch * this many rows")
+    p.add_argument("--batch-sizes", default="100,1000,10000", help="comma-separated")
+    p.add_argument("--kafka", action="store_true", help="also measure through Kafka")
+    p.add_argument("--kafka-batch-sizes", default="500,5000",
+                   help="LLMPIPE_LEDGER_FLUSH_ROWS per Kafka run (500 is the default)")
+    p.add_argument("--kafka-rows", type=int, default=10_000, help="usage rows per Kafka run")
+    p.add_argument("--kafka-flush-s", type=float, default=0.5,
+                   help="LLMPIPE_LEDGER_FLUSH_S for the Kafka runs (0.5 is the default)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per Kafka run")
+    p.add_argument("--data-dir", default=".data/bench-ingest")
+
+
+def main(args: argparse.Namespace) -> int:
     batches = [int(b) for b in str(args.batch_sizes).split(",") if b.strip()]
     root = Path(args.data_dir).resolve()
     if root.exists():

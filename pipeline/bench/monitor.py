@@ -1,6 +1,6 @@
 """How fast the cost monitor evaluates: Usage events per second through
 ``Monitor.observe_usage`` with the packaged rules, state in dicts (the worker's Faust
-tables add their changelog writes on top). ``python -m pipeline.monitor.bench``."""
+tables add their changelog writes on top). ``llmpipe bench monitor``."""
 
 from __future__ import annotations
 
@@ -36,14 +36,15 @@ def run(events: int, tenants: int, rate_per_s: int) -> str:
             f"{len(monitor.buckets)} window rows, {alerts} alerts")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=50_000)
-    parser.add_argument("--tenants", type=int, default=50)
-    parser.add_argument("--rate", type=int, default=500, help="event-time rate (events/s)")
-    args = parser.parse_args()
+HELP = "the cost monitor's rule evaluation: events/s and microseconds per event"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--events", type=int, default=50_000)
+    p.add_argument("--tenants", type=int, default=50)
+    p.add_argument("--rate", type=int, default=500, help="event-time rate (events/s)")
+
+
+def main(args: argparse.Namespace) -> int:
     print(run(args.events, args.tenants, args.rate))
-
-
-if __name__ == "__main__":
-    main()
+    return 0

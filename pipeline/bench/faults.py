@@ -1,4 +1,4 @@
-"""`llmpipe faults`: provider faults injected into the simulator while requests flow through
+"""`llmpipe bench faults`: provider faults injected into the simulator while requests flow through
 the embedded stack, one scenario at a time, and what callers saw: success rate, end-to-end
 latency, attempts, failovers, and the breaker transitions published on llm.alerts. After
 each scenario the fault is cleared and requests are driven until the faulty deployments'
@@ -93,7 +93,7 @@ SCENARIOS: tuple[Scenario, ...] = (
              "401 for every call with it", "gpt-4o-mini", {}, ("openai-gpt-4o-mini",), True,
              revoked_key_env=REVOKED_KEY_ENV),
 )
-# `llmpipe faults` runs this first: the same traffic without a fault, for comparison.
+# `llmpipe bench faults` runs this first: the same traffic without a fault, for comparison.
 NO_FAULT = Scenario("no_fault", "no fault injected (the reference)", "gpt-4.1", {}, (), False)
 BY_NAME = {s.name: s for s in (NO_FAULT, *SCENARIOS)}
 
@@ -338,9 +338,23 @@ def table(runs: list[ScenarioRun]) -> str:
     return "\n".join(lines)
 
 
-def run_faults(args: argparse.Namespace) -> int:
+HELP = ("provider faults injected into the simulator while requests flow: success, latency, "
+        "attempts, failovers and breaker transitions per scenario")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--requests", type=int, default=200, help="requests per scenario")
+    p.add_argument("--scenario", default="all", metavar="NAME|all",
+                   help="one scenario (no_fault, rate_limit_storm, server_errors_30pct, "
+                        "hung_connections, provider_down, context_length, unauthorized_key) "
+                        "or all (default)")
+    p.add_argument("--concurrency", type=int, default=16, help="requests in flight")
+    p.add_argument("--data-dir", default=".data/faults")
+
+
+def main(args: argparse.Namespace) -> int:
     if args.scenario != "all" and args.scenario not in BY_NAME:
-        print(f"llmpipe faults: unknown scenario {args.scenario!r}; one of "
+        print(f"llmpipe bench faults: unknown scenario {args.scenario!r}; one of "
               f"{', '.join(BY_NAME)} or all")
         return 2
     names = list(BY_NAME) if args.scenario == "all" else [args.scenario]
