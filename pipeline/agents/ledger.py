@@ -34,7 +34,7 @@ from pipeline.analytics.ledger import (
     Sink,
 )
 from pipeline.analytics.migrate import apply_migrations
-from pipeline.analytics import report as reports
+from pipeline.analytics import devreport
 from pipeline.clock import now_ms
 from pipeline.events.codec import DecodeError
 from pipeline.events.models import Alert, DeadLetter, Usage
@@ -332,7 +332,7 @@ def register_ledger(app: faust.App, runtime: Runtime, source: faust.TopicT, emit
         async def post(self, request):
             body = await request.json()
             ids = [str(i) for i in body.get("request_ids", [])]
-            counts = await asyncio.to_thread(reports.count_usage, client, ids)
+            counts = await asyncio.to_thread(devreport.count_usage, client, ids)
             return self.json({"counts": counts, "pending": writer.pending})
 
     @app.page("/llmpipe/ledger/usage/")
@@ -348,7 +348,7 @@ def register_ledger(app: faust.App, runtime: Runtime, source: faust.TopicT, emit
     @app.page("/llmpipe/ledger/report/")
     async def dev_report(web, request):
         since = datetime.fromtimestamp(int(request.query.get("since_ms", "0")) / 1000, timezone.utc)
-        report = await asyncio.to_thread(lambda: reports.dev_report(client, since=since))
+        report = await asyncio.to_thread(lambda: devreport.dev_report(client, since=since))
         return web.json({"text": report.format_text(), "report": json.loads(report.to_json())})
 
 

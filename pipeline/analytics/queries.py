@@ -14,31 +14,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal, Sequence
+from typing import Any
 
 from pipeline.analytics.clickhouse import ClickHouse
-from pipeline.analytics.report import PERCENTILES, to_epoch_ms
-from pipeline.catalog import TOKENS_PER_MTOK, Catalog
+from pipeline.analytics.query import PERCENTILES, Query, Source, exact_decimal, list_price_usd
+from pipeline.catalog import Catalog
 
-Source = Literal["raw", "rollup"]
 
-#: ``--by`` dimensions: name -> (SQL over usage, SQL over a rollup, or None if it has none).
-#: Teams and end users are named within their tenant ("acme/search").
-DIMENSIONS: dict[str, tuple[str, str | None]] = {
-    "tenant": ("tenant", "tenant"),
-    "team": ("concat(tenant, '/', team)", "concat(tenant, '/', team)"),
-    "user": ("concat(tenant, '/', end_user)", None),
-    "model": ("served_model", "served_model"),
-    "provider": ("provider", "provider"),
-    "deployment": ("deployment", "deployment"),
-    "rule": ("route_rule", "route_rule"),
-    "day": ("toString(toDate(created_at))", "toString(toDate({time}))"),
-}
 
 _USD_ZERO = Decimal("0E-9")
-_NANO = Decimal(1).scaleb(-9)
 
 
 # --- rows ------------------------------------------------------------------------------------
@@ -135,14 +121,14 @@ def cost_by(client: ClickHouse, by: str = "tenant", *, since: datetime | None = 
             until: datetime | None = None, tenant: str | None = None,
             source: Source = "raw") -> list[CostRow]:
     """Cost, tokens and baseline cost per ``by`` group, biggest cost first."""
-    q = _Query(client, source, since, until, tenant)
+    q = Query(client, source, since, until, tenant)
     key = q.dimension(by)
     rows = q.run(f"""
         SELECT {key} AS key, {q.requests}, sum(prompt_tokens), sum(completion_tokens),
                sum(cached_tokens), sum(cost_usd), sum(baseline_cost_usd)
         FROM {q.table} WHERE {q.where}
         GROUP BY key ORDER BY sum(cost_usd) DESC, key""")
-    return [CostRow(str(k), int(n), int(p), int(c), int(ca), _usd(cost), _usd(base))
+    return [CostRow(str(k), int(n), int(p), int(c), int(ca), exact_decimal(cost), exact_decimal(base))
             for k, n, p, c, ca, cost, base in rows]
 
 
@@ -154,7 +140,7 @@ def savings(client: ClickHouse, catalog: Catalog, by: str | None = None, *,
     The batching part prices batched rows' tokens at ``catalog`` list prices (no batch
     discount); rows of models the catalog does not know claim no batching saving.
     """
-    q = _Query(client, "raw", since, until, tenant)
+    q = Query(client, "raw", since, until, tenant)
     key = q.dimension(by) if by else "'*'"
     rows = q.run(f"""
         SELECT {key} AS key, served_model, count(), countIf(cache = 'hit'),
@@ -175,10 +161,10 @@ def savings(client: ClickHouse, catalog: Catalog, by: str | None = None, *,
         a[0] += int(n)
         a[1] += int(hits)
         a[2] += int(batched)
-        a[3] += _usd(cost)
-        a[4] += _usd(base)
-        a[5] += _usd(hit_base) - _usd(hit_cost)
-        b_cost = _usd(b_cost)
+        a[3] += exact_decimal(cost)
+        a[4] += exact_decimal(base)
+        a[5] += exact_decimal(hit_base) - exact_decimal(hit_cost)
+        b_cost = exact_decimal(b_cost)
         if int(batched) and catalog.resolve(str(model)) is not None:
             a[6] += list_price_usd(catalog, str(model), int(b_in), int(b_cached),
                                    int(b_out)) - b_cost
@@ -198,7 +184,7 @@ def latency(client: ClickHouse, by: str | None = None, *, since: datetime | None
 
     Raw: exact (``quantilesExactInclusive``, linear between closest ranks, as dev_report).
     """
-    q = _Query(client, source, since, until, tenant)
+    q = Query(client, source, since, until, tenant)
     key = q.dimension(by) if by else "''"
     levels = ", ".join(str(p) for p in PERCENTILES)
     if source == "raw":
@@ -220,7 +206,7 @@ def error_rates(client: ClickHouse, by: str | None = None, *, since: datetime | 
                 until: datetime | None = None, tenant: str | None = None,
                 source: Source = "raw") -> list[ErrorRateRow]:
     """Errors per code (``(status)`` when an error has no code) and their rate per group."""
-    q = _Query(client, source, since, until, tenant)
+    q = Query(client, source, since, until, tenant)
     key = q.dimension(by) if by else "''"
     rows = q.run(f"""
         SELECT key, code, n_code, n_key FROM (
@@ -242,7 +228,7 @@ def routing_mix(client: ClickHouse, by: str | None = None, *, since: datetime | 
                 until: datetime | None = None, tenant: str | None = None,
                 source: Source = "raw") -> list[RoutingRow]:
     """Requests per (route rule, served model), with their share of the group's requests."""
-    q = _Query(client, source, since, until, tenant)
+    q = Query(client, source, since, until, tenant)
     key = q.dimension(by) if by else "''"
     rows = q.run(f"""
         SELECT {key} AS key, route_rule, served_model, {q.requests} AS n,
@@ -250,7 +236,7 @@ def routing_mix(client: ClickHouse, by: str | None = None, *, since: datetime | 
         FROM {q.table} WHERE {q.where}
         GROUP BY key, route_rule, served_model ORDER BY key, n DESC, route_rule, served_model""")
     return [RoutingRow(str(k) if by else None, str(rule), str(model), int(n), float(share),
-                       _usd(cost))
+                       exact_decimal(cost))
             for k, rule, model, n, share, cost in rows]
 
 
@@ -260,112 +246,27 @@ def top_spenders(client: ClickHouse, by: str = "tenant", *, limit: int = 10,
     """The ``limit`` biggest spenders by tenant, team or end user (``user``, raw only)."""
     if limit < 1:
         raise ValueError("limit must be at least 1")
-    q = _Query(client, source, since, until, tenant)
+    q = Query(client, source, since, until, tenant)
     key = q.dimension(by)
     rows = q.run(f"""
         SELECT key, n, cost, cost / nullIf(sum(cost) OVER (), 0) FROM (
             SELECT {key} AS key, {q.requests} AS n, sum(cost_usd) AS cost
             FROM {q.table} WHERE {q.where} GROUP BY key)
         ORDER BY cost DESC, key LIMIT {int(limit)}""")
-    return [SpenderRow(rank, str(k), int(n), _usd(cost), float(share or 0.0))
+    return [SpenderRow(rank, str(k), int(n), exact_decimal(cost), float(share or 0.0))
             for rank, (k, n, cost, share) in enumerate(rows, start=1)]
 
 
-def list_price_usd(catalog: Catalog, model: str, uncached_prompt_tokens: int,
-                   cached_tokens: int, completion_tokens: int) -> Decimal:
-    """Exact USD of summed tokens at ``model``'s list prices (no batch discount).
-
-    Pricing summed tokens equals summing per-request costs whenever every price has at most
-    three decimals per MTok (then each token is a whole number of nano-dollars); finer
-    prices can differ from per-request rounding by under one nano-dollar per request.
-    """
-    m = catalog.model(model)
-    return ((uncached_prompt_tokens * m.input_per_mtok + cached_tokens * m.cached_input_per_mtok
-             + completion_tokens * m.output_per_mtok) / TOKENS_PER_MTOK).quantize(
-        _NANO)
 
 
-# --- plumbing --------------------------------------------------------------------------------
-
-class _Query:
-    """Table, time filter and measures for one question over raw usage or a rollup."""
-
-    def __init__(self, client: ClickHouse, source: Source, since: datetime | None,
-                 until: datetime | None, tenant: str | None):
-        self.client = client
-        self.source = source
-        self.params: dict[str, Any] = {}
-        clauses = ["1"]
-        if source == "raw":
-            self.table, self.time, self.requests = "usage FINAL", "created_at", "count()"
-            for name, moment, op in (("since", since, ">="), ("until", until, "<")):
-                if moment is not None:
-                    clauses.append(f"created_at {op} "
-                                   f"fromUnixTimestamp64Milli(%({name}_ms)s, 'UTC')")
-                    self.params[f"{name}_ms"] = to_epoch_ms(moment)
-        elif source == "rollup":
-            self.requests = "sum(requests)"
-            if all(_whole_day(m) for m in (since, until)):
-                self.table, self.time = "usage_daily", "day"
-                for name, moment, op in (("since", since, ">="), ("until", until, "<")):
-                    if moment is not None:
-                        clauses.append(f"day {op} toDate(%({name})s)")
-                        self.params[name] = _utc_date(moment)
-            else:
-                self.table, self.time = "usage_minute", "minute"
-                for name, moment, op in (("since", since, ">="), ("until", until, "<")):
-                    if moment is not None:
-                        if not _whole_minute(moment):
-                            raise ValueError(f"{name}={moment.isoformat()}: the rollup source "
-                                             "needs whole minutes (or use source='raw')")
-                        clauses.append(f"minute {op} toDateTime(%({name}_s)s, 'UTC')")
-                        self.params[f"{name}_s"] = to_epoch_ms(moment) // 1000
-        else:
-            raise ValueError(f"source must be 'raw' or 'rollup', not {source!r}")
-        if tenant is not None:
-            clauses.append("tenant = %(tenant)s")
-            self.params["tenant"] = tenant
-        self.where = " AND ".join(clauses)
-
-    def dimension(self, by: str | None) -> str:
-        if by not in DIMENSIONS:
-            raise ValueError(f"unknown dimension {by!r}; expected one of {sorted(DIMENSIONS)}")
-        raw, rollup = DIMENSIONS[by]
-        if self.source == "raw":
-            return raw
-        if rollup is None:
-            raise ValueError(f"the rollups have no {by!r} dimension; use source='raw'")
-        return rollup.format(time=self.time)
-
-    def run(self, sql: str) -> Sequence[Sequence[Any]]:
-        return self.client.query(sql, self.params).result_rows
 
 
-def _whole_day(moment: datetime | None) -> bool:
-    if moment is None:
-        return True
-    to_epoch_ms(moment)  # refuses naive datetimes
-    return to_epoch_ms(moment) % 86_400_000 == 0
 
 
-def _whole_minute(moment: datetime) -> bool:
-    return to_epoch_ms(moment) % 60_000 == 0
 
 
-def _utc_date(moment: datetime) -> date:
-    return moment.astimezone(timezone.utc).date()
 
 
-def _usd(value: Any) -> Decimal:
-    # Decimal sums arrive as Decimal; never route money through float.
-    if isinstance(value, Decimal):
-        return value
-    if isinstance(value, int):
-        return Decimal(value)
-    raise TypeError(f"expected an exact decimal from ClickHouse, got {type(value).__name__}")
 
 
-def day_bounds(day: date) -> tuple[datetime, datetime]:
-    """[00:00, next 00:00) UTC of ``day``: a convenient period for one day."""
-    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
-    return start, start + timedelta(days=1)
+

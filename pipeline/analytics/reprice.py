@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from pipeline.analytics.clickhouse import ClickHouse
-from pipeline.analytics.queries import _Query, _usd, list_price_usd
+from pipeline.analytics.query import Query, exact_decimal, list_price_usd
 from pipeline.catalog import Catalog
 
 
@@ -59,7 +59,7 @@ class Repricing:
 def reprice(client: ClickHouse, catalog: Catalog, *, since: datetime | None = None,
             until: datetime | None = None, tenant: str | None = None) -> Repricing:
     """Old vs new cost per served model for ``since <= created_at < until``."""
-    q = _Query(client, "raw", since, until, tenant)
+    q = Query(client, "raw", since, until, tenant)
     rows = q.run(f"""
         SELECT served_model, count(), sum(prompt_tokens), sum(completion_tokens),
                sum(cached_tokens), sum(least(cached_tokens, prompt_tokens)),
@@ -69,7 +69,7 @@ def reprice(client: ClickHouse, catalog: Catalog, *, since: datetime | None = No
         GROUP BY served_model ORDER BY served_model""")
     lines: list[RepriceLine] = []
     for model, n, prompt, completion, cached, billable_cached, versions, old in rows:
-        old_usd: Decimal = _usd(old)
+        old_usd: Decimal = exact_decimal(old)
         known: Any = catalog.resolve(str(model)) if model else None
         new_usd = (list_price_usd(catalog, str(model), int(prompt) - int(billable_cached),
                                   int(billable_cached), int(completion))

@@ -32,7 +32,8 @@ from typing import Any, Callable
 from pipeline.analytics.clickhouse import connect
 from pipeline.analytics.ledger import insert_usage
 from pipeline.analytics.migrate import apply_migrations
-from pipeline.analytics.report import analyst_report, format_usd
+from pipeline.analytics.render import format_usd
+from pipeline.analytics.report import analyst_report
 from pipeline.catalog import Catalog, load_catalog
 from pipeline.events.models import Usage
 

@@ -20,7 +20,8 @@ from pipeline.analytics import queries as q
 from pipeline.analytics.clickhouse import ClickHouse
 from pipeline.analytics.ledger import USAGE_COLUMNS, insert_settings, insert_usage, usage_row
 from pipeline.analytics.migrate import apply_migrations
-from pipeline.analytics.report import analyst_report, render_rows
+from pipeline.analytics.render import render_rows
+from pipeline.analytics.report import analyst_report
 from pipeline.analytics.reprice import reprice
 from pipeline.catalog import Catalog, load_catalog
 from pipeline.cli import main

@@ -60,7 +60,8 @@ from pipeline.analytics.migrate import (
     default_directory,
     split_statements,
 )
-from pipeline.analytics.report import count_usage, dev_report, format_usd
+from pipeline.analytics.devreport import count_usage, dev_report
+from pipeline.analytics.render import format_usd
 from pipeline.events.codec import DecodeError
 from pipeline.events.models import Alert, DeadLetter, Usage
 from pipeline.resilience.backoff import Backoff
