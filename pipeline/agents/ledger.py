@@ -22,17 +22,8 @@ from pipeline.agents.acks import InOrderAcker, Ticket
 from pipeline.agents.flow import flow_paused, origin_of
 from pipeline.outputs import Emitter
 from pipeline.analytics.clickhouse import connect, redact_dsn
-from pipeline.analytics.ledger import (
-    ALERTS_SINK,
-    DEAD_LETTERS_SINK,
-    USAGE_SINK,
-    E,
-    InsertRetry,
-    LedgerFlushError,
-    LedgerWriter,
-    Refused,
-    Sink,
-)
+from pipeline.analytics.rows import ALERTS_SINK, DEAD_LETTERS_SINK, USAGE_SINK, E, Sink
+from pipeline.analytics.writer import InsertRetry, LedgerFlushError, LedgerWriter, Refused
 from pipeline.analytics.migrate import apply_migrations
 from pipeline.analytics import devreport
 from pipeline.clock import now_ms

@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any, Iterable, Sequence
 
 from pipeline.analytics.clickhouse import ClickHouse
-from pipeline.analytics.ledger import USAGE_TABLE
+from pipeline.analytics.rows import USAGE_TABLE
 from pipeline.analytics.query import PERCENTILES, exact_decimal, to_epoch_ms
 from pipeline.analytics.render import count_text, format_usd, iso, ms_text, plain, section
 

@@ -3,7 +3,7 @@
 Two measurements, each on a fresh chDB path with every migration applied (so the rollup
 materialised views, if any, are part of the cost):
 
-- **writer**: :class:`~pipeline.analytics.ledger.LedgerWriter` alone, in this process, fed
+- **writer**: :class:`~pipeline.analytics.writer.LedgerWriter` alone, in this process, fed
   from one partition so an INSERT carries exactly ``batch`` rows — row conversion, batching
   by offsets, idempotent inserts (token per batch). Rows/s from the first ``add`` to the
   last flush, then checked: ``usage FINAL`` holds exactly the rows sent, with their exact
@@ -32,7 +32,7 @@ from pathlib import Path
 import httpx
 
 from pipeline.analytics.clickhouse import connect
-from pipeline.analytics.ledger import LedgerWriter
+from pipeline.analytics.writer import LedgerWriter
 from pipeline.analytics.migrate import apply_migrations
 from pipeline.catalog import nanos_to_usd
 from pipeline.events.models import Usage

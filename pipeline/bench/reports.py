@@ -3,7 +3,7 @@
 What it does, in a scratch chDB directory (wiped first, removed afterwards unless --keep):
 
 1. applies the migrations (so the rollup views are live);
-2. times the ledger's own insert path (:func:`pipeline.analytics.ledger.insert_usage`, the
+2. times the ledger's own insert path (:func:`pipeline.analytics.rows.insert_usage`, the
    clickhouse-connect call the ledger sink makes) on ``min(200_000, N)`` Usage events in
    batches of 5,000 -- rows/s through Python objects, row conversion and the rollup views;
 3. bulk-generates the N rows server side (``INSERT ... SELECT FROM numbers()`` in chunks of
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.analytics.clickhouse import connect
-from pipeline.analytics.ledger import insert_usage
+from pipeline.analytics.rows import insert_usage
 from pipeline.analytics.migrate import apply_migrations
 from pipeline.analytics.render import format_usd
 from pipeline.analytics.report import analyst_report

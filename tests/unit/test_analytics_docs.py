@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.analytics import queries as q
 from pipeline.analytics.clickhouse import ClickHouse
-from pipeline.analytics.ledger import insert_usage
+from pipeline.analytics.rows import insert_usage
 from pipeline.analytics.migrate import apply_migrations, split_statements
 from pipeline.analytics.reprice import reprice
 from pipeline.catalog import Catalog, load_catalog

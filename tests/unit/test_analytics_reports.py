@@ -18,7 +18,7 @@ import yaml
 
 from pipeline.analytics import queries as q
 from pipeline.analytics.clickhouse import ClickHouse
-from pipeline.analytics.ledger import USAGE_COLUMNS, insert_settings, insert_usage, usage_row
+from pipeline.analytics.rows import USAGE_COLUMNS, insert_settings, insert_usage, usage_row
 from pipeline.analytics.migrate import apply_migrations
 from pipeline.analytics.render import render_rows
 from pipeline.analytics.report import analyst_report

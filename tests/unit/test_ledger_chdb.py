@@ -36,23 +36,9 @@ from pipeline.analytics.clickhouse import (
     connect,
     redact_dsn,
 )
-from pipeline.analytics.ledger import (
-    ALERT_COLUMNS,
-    ALERTS_SINK,
-    DEAD_LETTER_COLUMNS,
-    DEAD_LETTERS_SINK,
-    USAGE_COLUMNS,
-    USAGE_SINK,
-    InsertRetry,
-    LedgerBufferFull,
-    LedgerFlushError,
-    LedgerWriter,
-    insert_alerts,
-    insert_dead_letters,
-    insert_usage,
-    nanos_to_usd,
-    usage_row,
-)
+from pipeline.analytics.rows import ALERT_COLUMNS, ALERTS_SINK, DEAD_LETTER_COLUMNS, DEAD_LETTERS_SINK, USAGE_COLUMNS, USAGE_SINK, insert_alerts, insert_dead_letters, insert_usage, usage_row
+from pipeline.analytics.writer import InsertRetry, LedgerBufferFull, LedgerFlushError, LedgerWriter
+from pipeline.catalog import nanos_to_usd
 from pipeline.analytics.migrate import (
     ENV_DIRECTORY,
     MigrationError,

@@ -11,8 +11,8 @@ import pytest
 
 from pipeline.agents.ledger import SinkConsumer
 from pipeline.analytics.clickhouse import ClickHouse, ClickHouseError
-from pipeline.analytics.ledger import (DEAD_LETTERS_SINK, InsertRetry, LedgerFlushError,
-                                       LedgerWriter, refused_rows, usage_row)
+from pipeline.analytics.rows import DEAD_LETTERS_SINK, usage_row
+from pipeline.analytics.writer import InsertRetry, LedgerFlushError, LedgerWriter, refused_rows
 from pipeline.analytics.migrate import apply_migrations
 from pipeline.events.models import DeadLetter
 from pipeline.resilience.backoff import Backoff

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.analytics.clickhouse import ClickHouse
-from pipeline.analytics.ledger import LedgerWriter
+from pipeline.analytics.writer import LedgerWriter
 from pipeline.analytics.migrate import apply_migrations
 from pipeline.events.models import Usage
 

@@ -13,7 +13,8 @@ from pipeline.client import GatewayClient, make_request
 from pipeline.events.codec import Codec
 from pipeline.events.models import (BatchJob, ChatMessage, Request, Response, RouteDecision,
                                     RoutedRequest, Usage)
-from pipeline.analytics.ledger import USAGE_SINK, _Batch
+from pipeline.analytics.rows import USAGE_SINK
+from pipeline.analytics.writer import _Batch
 
 codec = Codec()
 RID = str(uuid.uuid4())
