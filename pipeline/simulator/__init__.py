@@ -4,8 +4,8 @@ deterministic answers and fault injection (``python -m pipeline.simulator``)."""
 
 from pipeline.simulator.profiles import (FaultKind, FaultSpec, ModelProfile, SimulatorConfig,
                                          load_config, parse_fault_flag)
-from pipeline.simulator.server import (LATENCY_HEADER, RunningSimulator, Simulator, build_app,
-                                       key_fingerprint, start_simulator)
+from pipeline.simulator.core import LATENCY_HEADER, Simulator, key_fingerprint
+from pipeline.simulator.server import RunningSimulator, build_app, start_simulator
 
 __all__ = [
     "LATENCY_HEADER", "FaultKind", "FaultSpec", "ModelProfile", "RunningSimulator", "Simulator",

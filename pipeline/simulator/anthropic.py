@@ -14,9 +14,10 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.simulator.server import (CallPlan, ChatRequest, InvalidRequest, Message,
-                                       NativeShape, Outcome, Simulator, _seconds,
-                                       claimed_completion_tokens, truncated_json)
+from pipeline.simulator.core import (CallPlan, ChatRequest, InvalidRequest, Message, Outcome,
+                                     Simulator, claimed_completion_tokens, retry_seconds,
+                                     truncated_json)
+from pipeline.simulator.shape import NativeShape
 
 API_VERSION_HEADER = "anthropic-version"
 _ROLES = frozenset({"user", "assistant"})
@@ -70,8 +71,8 @@ class AnthropicShape(NativeShape):
             return anthropic_error(
                 429, "rate_limit_error",
                 f"This request would exceed the rate limit for your organization of requests "
-                f"per minute for {plan.model}. Please retry after {_seconds(retry)} seconds.",
-                headers={**headers, "retry-after": _seconds(retry)})
+                f"per minute for {plan.model}. Please retry after {retry_seconds(retry)} seconds.",
+                headers={**headers, "retry-after": retry_seconds(retry)})
         if plan.outcome is Outcome.OUTPUT_TOO_LARGE:
             return anthropic_error(
                 400, "invalid_request_error",

@@ -26,9 +26,10 @@ from aiohttp import web
 
 from pipeline.simulator.anthropic import (AnthropicShape, anthropic_error, message_body,
                                           parse_messages_request)
-from pipeline.simulator.server import (ChatRequest, InvalidRequest, OpenAIShape, Outcome,
-                                       Simulator, _bearer_key, _missing_key, completion_body,
-                                       key_fingerprint, openai_error, parse_chat_request)
+from pipeline.simulator.core import (ChatRequest, InvalidRequest, Outcome, Simulator, bearer_key,
+                                     key_fingerprint)
+from pipeline.simulator.openai import (OpenAIShape, completion_body, missing_key, openai_error,
+                                       parse_chat_request)
 
 log = logging.getLogger("pipeline.simulator")
 
@@ -202,8 +203,8 @@ class OpenAIBatches:
         self.store = store
 
     async def upload(self, request: web.Request) -> web.Response:
-        if _bearer_key(request) is None:
-            return _missing_key()
+        if bearer_key(request) is None:
+            return missing_key()
         try:
             form = await request.post()
         except ValueError:
@@ -226,25 +227,25 @@ class OpenAIBatches:
                 "filename": name, "purpose": "batch"}
 
     async def file_info(self, request: web.Request) -> web.Response:
-        if _bearer_key(request) is None:
-            return _missing_key()
+        if bearer_key(request) is None:
+            return missing_key()
         file_id = request.match_info["file_id"]
         if file_id not in self.store.files:
             return openai_error(404, f"No such File object: {file_id}", "invalid_request_error")
         return web.json_response(self._file(file_id))
 
     async def file_content(self, request: web.Request) -> web.Response:
-        if _bearer_key(request) is None:
-            return _missing_key()
+        if bearer_key(request) is None:
+            return missing_key()
         file_id = request.match_info["file_id"]
         if file_id not in self.store.files:
             return openai_error(404, f"No such File object: {file_id}", "invalid_request_error")
         return web.Response(body=self.store.files[file_id][1], content_type="application/octet-stream")
 
     async def create(self, request: web.Request) -> web.Response:
-        api_key = _bearer_key(request)
+        api_key = bearer_key(request)
         if api_key is None:
-            return _missing_key()
+            return missing_key()
         try:
             body = json.loads(await request.read())
         except ValueError:
@@ -339,8 +340,8 @@ class OpenAIBatches:
             "metadata": metadata if isinstance(metadata, dict) else {}}
 
     def _find(self, request: web.Request) -> SimBatch | web.Response:
-        if _bearer_key(request) is None:
-            return _missing_key()
+        if bearer_key(request) is None:
+            return missing_key()
         batch = self.store.batches.get(request.match_info["batch_id"])
         if batch is None or batch.shape != "openai":
             return openai_error(404, f"No batch found with id '{request.match_info['batch_id']}'.",

@@ -14,9 +14,10 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.simulator.server import (CallPlan, ChatRequest, InvalidRequest, Message,
-                                       NativeShape, Outcome, Simulator, _seconds,
-                                       claimed_completion_tokens, truncated_json)
+from pipeline.simulator.core import (CallPlan, ChatRequest, InvalidRequest, Message, Outcome,
+                                     Simulator, claimed_completion_tokens, retry_seconds,
+                                     truncated_json)
+from pipeline.simulator.shape import NativeShape
 
 KEY_HEADER = "x-goog-api-key"
 API_VERSIONS = ("v1beta", "v1")
@@ -82,7 +83,7 @@ class GeminiShape(NativeShape):
                  "metadata": {"service": "generativelanguage.googleapis.com"}}],
                 headers=headers)
         if plan.outcome is Outcome.RATE_LIMITED:
-            retry = _seconds(plan.retry_after_s or 0.0)
+            retry = retry_seconds(plan.retry_after_s or 0.0)
             return google_error(
                 429, f"You exceeded your current quota, please check your plan and billing "
                 f"details. Please retry in {retry}s.",
