@@ -90,9 +90,9 @@ class OpenAIShape:
         if plan.outcome is Outcome.COMPLETION and chat.stream:
             return await self._stream(request, plan, headers, include_usage)
         await asyncio.sleep(plan.latency_ms / 1000)
-        return self._render(plan, headers, chat.stream, api_key)
+        return self.render(plan, headers, chat.stream, api_key)
 
-    def _render(self, plan: CallPlan, headers: dict[str, str], stream: bool,
+    def render(self, plan: CallPlan, headers: dict[str, str], stream: bool,
                 api_key: str | None = None) -> web.Response:
         if plan.outcome is Outcome.COMPLETION:
             return web.json_response(completion_body(plan), headers=headers)
