@@ -35,7 +35,6 @@ from pipeline.events.codec import DecodeError
 from pipeline.events.models import Batch, RoutedRequest
 from pipeline.outputs import Origin, Out, dead_letter
 from pipeline.providers import make_adapter
-from pipeline.resilience.backoff import Backoff
 from pipeline.runtime import Runtime
 
 log = logging.getLogger("llmpipe.dispatch")
@@ -108,7 +107,7 @@ def register_dispatch(app: faust.App, runtime: Runtime, source: faust.TopicT,
     adapters = {dep_id: make_adapter(dep, keys[dep_id], calls)
                 for dep_id, dep in runtime.deployments.by_id.items()}
     dispatcher = Dispatcher(runtime.catalog, runtime.deployments, adapters, s.topics,
-                            Backoff(calls.backoff_base_s, calls.backoff_cap_s, calls.jitter),
+                            calls.retry,
                             rng=runtime.rng)
     partition_of: dict[str, int] = {}   # deployment id -> the llm.batches partition it arrives on
     source_name = source.get_topic_name()

@@ -31,7 +31,7 @@ from pipeline.events.codec import DecodeError
 from pipeline.events.models import Alert, DeadLetter, Usage
 from pipeline.kafka.topics import faust_partitions, load_topic_specs, prefixed
 from pipeline.outputs import Out, dead_letter
-from pipeline.resilience.backoff import Backoff
+from pipeline.resilience.retry import RetryPolicy
 from pipeline.runtime import Runtime
 
 log = logging.getLogger("llmpipe.ledger")
@@ -231,8 +231,8 @@ def register_ledger(app: faust.App, runtime: Runtime, source: faust.TopicT, emit
         writer = LedgerWriter(client, max_rows=s.ledger_flush_rows, max_age_s=s.ledger_flush_s,
                               max_buffer=BUFFER_BATCHES * s.ledger_flush_rows,
                               token_prefix=f"{table.table}:{topic_name}", sink=table)
-        retry = InsertRetry(Backoff(base_s=min(0.5, s.ledger_retry_cap_s),
-                                    cap_s=s.ledger_retry_cap_s, jitter=0.2))
+        retry = InsertRetry(RetryPolicy(base_s=min(0.5, s.ledger_retry_cap_s),
+                                         cap_s=s.ledger_retry_cap_s, jitter=0.2))
         return SinkConsumer(name, writer, lambda value: runtime.codec.decode(value, cls),
                             retry, reject, stall_s=s.publish_stall_s, on_stall=insert_stalled)
 

@@ -147,7 +147,7 @@ def register_webhook(app: faust.App, runtime: Runtime, alerts_topic: faust.Topic
         return None
     sink = WebhookSink(url, httpx.AsyncClient(), config, rng=runtime.rng)
     log.info("alert_webhook_on url=%s min_severity=%s max_attempts=%d", redact_url(url),
-             config.min_severity, config.max_attempts)
+             config.min_severity, config.retry.max_attempts)
 
     async def step(value: bytes | None, origin: Origin) -> list[Out]:
         return await post_alert(sink, runtime.codec, s.topics.dead_letter, value, origin)

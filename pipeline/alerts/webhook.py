@@ -20,7 +20,7 @@ import httpx
 
 from pipeline.config import ConfigError, Section, config_path, load_yaml
 from pipeline.events.models import Alert
-from pipeline.resilience.backoff import Backoff
+from pipeline.resilience.retry import RetryPolicy, retry_after
 from pipeline.secrets import Secret
 
 log = logging.getLogger("llmpipe.alerts.webhook")
@@ -36,8 +36,7 @@ RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 class WebhookConfig:
     url_env: str = "LLMPIPE_ALERT_WEBHOOK_URL"
     timeout_s: float = 5.0
-    max_attempts: int = 5
-    backoff: Backoff = Backoff(0.5, 8.0, 0.2)
+    retry: RetryPolicy = RetryPolicy(0.5, 8.0, 0.2, max_attempts=5)
     min_severity: str = "info"
     remember: int = 10000          # alert ids already delivered (a re-delivery is not re-posted)
 
@@ -53,13 +52,13 @@ def load_webhook_config(path: Path | None = None) -> WebhookConfig:
     min_severity = s.raw("min_severity", d.min_severity)
     if min_severity not in SEVERITY_ORDER:
         raise ConfigError(path, "webhook.min_severity", "one of info, warning, critical", min_severity)
-    timeout_s, base, cap = (s.number("timeout_s", d.timeout_s), s.number("backoff_base_s", d.backoff.base_s),
-                            s.number("backoff_cap_s", d.backoff.cap_s))
+    timeout_s, base, cap = (s.number("timeout_s", d.timeout_s), s.number("backoff_base_s", d.retry.base_s),
+                            s.number("backoff_cap_s", d.retry.cap_s))
     if timeout_s <= 0 or base <= 0 or cap < base:
         raise ConfigError(path, "webhook", "timeout_s > 0 and 0 < backoff_base_s <= backoff_cap_s")
     return WebhookConfig(url_env=s.str("url_env", d.url_env), timeout_s=timeout_s,
-                         max_attempts=s.int("max_attempts", d.max_attempts, minimum=1),
-                         backoff=Backoff(base, cap, s.number("jitter", d.backoff.jitter)),
+                         retry=RetryPolicy(base, cap, s.number("jitter", d.retry.jitter),
+                                           s.int("max_attempts", d.retry.max_attempts, minimum=1)),
                          min_severity=min_severity,
                          remember=s.int("remember", d.remember, minimum=0))
 
@@ -166,9 +165,10 @@ class WebhookSink:
         if alert.alert_id in self._posted:
             return Delivery(True, 0, skipped="already posted")
         payload = slack_payload(alert)
-        reason = ""
-        for attempt in range(1, self.config.max_attempts + 1):
-            retry_after = None
+        reason, attempt, policy = "", 0, self.config.retry
+        while True:
+            attempt += 1
+            wait_for = None
             try:
                 resp = await self.client.post(self.url.reveal(), json=payload,
                                               timeout=self.config.timeout_s)
@@ -185,18 +185,10 @@ class WebhookSink:
                 reason = f"HTTP {resp.status_code} from {redact_url(self.url)}"
                 if resp.status_code not in RETRYABLE_STATUS:
                     return Delivery(False, attempt, f"webhook rejected the alert: {reason}")
-                retry_after = _retry_after(resp)
-            if attempt < self.config.max_attempts:
-                delay = self.config.backoff.delay(attempt - 1, self.rng, retry_after)
-                log.warning("alert_post_retry alert_id=%s attempt=%d reason=%r retry_in=%.2fs",
-                            alert.alert_id, attempt, reason, delay)
-                await self.sleep(delay)
-        return Delivery(False, self.config.max_attempts,
-                        f"webhook failed after {self.config.max_attempts} attempts: {reason}")
-
-
-def _retry_after(resp: httpx.Response) -> float | None:
-    try:
-        return float(resp.headers["retry-after"])
-    except (KeyError, ValueError):
-        return None
+                wait_for = retry_after(resp.headers.get("retry-after"))
+            nxt = policy.after(attempt, self.rng, retry_after_s=wait_for)
+            if not nxt.retry:
+                return Delivery(False, attempt, f"webhook failed after {attempt} attempts: {reason}")
+            log.warning("alert_post_retry alert_id=%s attempt=%d reason=%r retry_in=%.2fs",
+                        alert.alert_id, attempt, reason, nxt.delay_s)
+            await self.sleep(nxt.delay_s)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Generic
 
 from pipeline.analytics.clickhouse import ClickHouse, ClickHouseError
 from pipeline.analytics.rows import E, USAGE_SINK, Sink, insert_rows
-from pipeline.resilience.backoff import Backoff
+from pipeline.resilience.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -331,9 +331,9 @@ class InsertRetry:
     before flushing and reports the outcome with :meth:`failed` / :meth:`succeeded`.
     """
 
-    def __init__(self, backoff: Backoff = Backoff(base_s=0.5, cap_s=30.0, jitter=0.2), *,
+    def __init__(self, policy: RetryPolicy = RetryPolicy(base_s=0.5, cap_s=30.0, jitter=0.2), *,
                  clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None):
-        self.backoff = backoff
+        self.policy = policy
         self._clock = clock
         self._rng = rng or random.Random()
         #: Consecutive failed flushes (0: healthy).
@@ -361,7 +361,7 @@ class InsertRetry:
         now = self._clock()
         if self.failures == 0:
             self.outage_started = now
-        delay = self.backoff.delay(self.failures, self._rng)
+        delay = self.policy.delay(self.failures, self._rng)
         self.failures += 1
         self.total_failures += 1
         self.retry_at = now + delay

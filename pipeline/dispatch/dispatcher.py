@@ -30,8 +30,8 @@ from pipeline.events.models import (AttemptRecord, RouteDecision,
                                     RoutedRequest, Usage)
 from pipeline.outputs import Out
 from pipeline.providers.base import Adapter, Completion
-from pipeline.resilience.backoff import Backoff
 from pipeline.resilience.guard import DeploymentGuard, Guards, Refusal, breaker_alert
+from pipeline.resilience.retry import DEADLINE, RetryPolicy
 from pipeline.settings import Topics
 
 log = logging.getLogger("llmpipe.dispatch")
@@ -56,14 +56,14 @@ class _Hop:
 
 class Dispatcher:
     def __init__(self, catalog: Catalog, deployments: Deployments, adapters: Mapping[str, Adapter],
-                 topics: Topics, backoff: Backoff, rng: random.Random | None = None,
+                 topics: Topics, retry: RetryPolicy, rng: random.Random | None = None,
                  sleep: Callable[[float], Awaitable[None]] | None = None,
                  clock: Callable[[], int] = now_ms, monotonic: Clock | None = None):
         """``clock`` is wall time in epoch ms (event timestamps, the request deadline, which
         counts from ``received_at_ms``); ``monotonic`` drives breakers, buckets and health
         windows; ``sleep`` is every wait. Tests pass a manual clock and a sleep that moves it."""
         self.catalog, self.deployments, self.adapters = catalog, deployments, adapters
-        self.topics, self.backoff, self.clock = topics, backoff, clock
+        self.topics, self.retry, self.clock = topics, retry, clock
         self.rng = rng or random.Random()
         self.sleep = sleep or asyncio.sleep
         self.calls = deployments.calls
@@ -250,14 +250,16 @@ class Dispatcher:
             provider_ms += failure.elapsed_ms
             log.info("provider_call_failed request_id=%s tenant=%s deployment=%s attempt=%d code=%s",
                      r.request_id, r.tenant, dep_id, attempts, failure.code)
-            if not failure.retryable or attempts >= budget:
-                break
-            delay = self.backoff.delay(attempts - 1, self.rng, failure.retry_after_s)
-            if delay >= self._remaining_s(routed):
+            nxt = self.retry.after(attempts, self.rng, retryable=failure.retryable,
+                                   retry_after_s=failure.retry_after_s, max_attempts=budget,
+                                   remaining_s=self._remaining_s(routed))
+            if nxt.stop == DEADLINE:
                 log.info("retry_skipped_deadline request_id=%s deployment=%s delay_s=%.1f",
-                         r.request_id, dep_id, delay)
+                         r.request_id, dep_id, nxt.delay_s)
                 return _Hop(None, failure, attempts, provider_ms, deadline_cut=True)
-            await self.sleep(delay)
+            if not nxt.retry:
+                break
+            await self.sleep(nxt.delay_s)
         return _Hop(None, failure, attempts, provider_ms)
 
     def _demote(self, routed: RoutedRequest, guard: DeploymentGuard) -> Out | None:

@@ -18,7 +18,7 @@ from pipeline.events.models import Alert
 from pipeline.outputs.out import JSON, Origin, Out
 from pipeline.outputs.rescue import (GAVE_UP, Rescuer, Unpublishable, check_record, classify,
                                      is_permanent)
-from pipeline.resilience.backoff import Backoff
+from pipeline.resilience.retry import RetryPolicy
 from pipeline.settings import DEFAULT_MAX_MESSAGE_BYTES, Topics
 
 log = logging.getLogger("llmpipe.flow")
@@ -56,7 +56,7 @@ class Emitter:
 
     def __init__(self, send: Send, codec: Codec, topics: Topics | None = None, *,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 backoff: Backoff = Backoff(base_s=0.1, cap_s=5.0, jitter=0.2),
+                 retry: RetryPolicy = RetryPolicy(base_s=0.1, cap_s=5.0, jitter=0.2),
                  stall_s: float = 60.0, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
                  rng: random.Random | None = None):
@@ -64,7 +64,7 @@ class Emitter:
         self.topics = topics or Topics()
         self.max_message_bytes = max_message_bytes
         self.rescuer = Rescuer(self.topics, codec, max_message_bytes)
-        self.backoff, self.stall_s, self.clock, self.sleep = backoff, stall_s, clock, sleep
+        self.retry, self.stall_s, self.clock, self.sleep = retry, stall_s, clock, sleep
         self.rng = rng or random.Random()
         self.last_success = float("-inf")    # when some output last reached the broker
         self.rescued = 0                     # outputs replaced by a rescue
@@ -117,7 +117,7 @@ class Emitter:
                     stalled = True
                     self._stalled(retry, agent)
                 if retry:
-                    delay = self.backoff.delay(min(attempt, 30), self.rng)
+                    delay = self.retry.delay(attempt, self.rng)
                     attempt += 1
                     log.error("publish_failed agent=%s topics=%s error=%r retry_in=%.1fs", agent,
                               ",".join(sorted({i.out.topic for i in retry})), retry[0].error, delay)

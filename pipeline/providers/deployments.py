@@ -14,6 +14,7 @@ from pipeline.clock import ManualClock
 from pipeline.config import ConfigError, Section, config_path, expand_env, load_yaml
 from pipeline.resilience.guard import (BreakerSettings, DeploymentGuard, GuardSettings,
                                        HealthSettings, LimitSettings)
+from pipeline.resilience.retry import RetryPolicy
 
 ADAPTERS = ("openai", "anthropic", "gemini")
 
@@ -46,12 +47,13 @@ class CallLimits:
 
     connect_timeout_s: float
     total_timeout_s: float
-    max_attempts: int
-    backoff_base_s: float
-    backoff_cap_s: float
-    jitter: float
+    retry: RetryPolicy          # backoff, jitter, cap, Retry-After and max_attempts per deployment
     deadline_s: float
     hedge_after_ms: int = 0     # 0: no hedging; see Dispatcher._hedged
+
+    @property
+    def max_attempts(self) -> int:
+        return self.retry.max_attempts or 1
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,8 @@ def load_deployments(catalog: Catalog, path: Path | None = None,
     calls = CallLimits(
         connect_timeout_s=_positive(c, "connect_timeout_s"),
         total_timeout_s=_positive(c, "total_timeout_s"),
-        max_attempts=c.int("max_attempts", minimum=1), backoff_base_s=c.number("backoff_base_s"),
-        backoff_cap_s=c.number("backoff_cap_s"), jitter=c.number("jitter"),
+        retry=RetryPolicy(base_s=c.number("backoff_base_s"), cap_s=c.number("backoff_cap_s"),
+                          jitter=c.number("jitter"), max_attempts=c.int("max_attempts", minimum=1)),
         deadline_s=_positive(c, "deadline_s"),
         hedge_after_ms=c.int("hedge_after_ms", 0, minimum=0))
     return Deployments(by_id, calls)

@@ -19,7 +19,8 @@ from pipeline import errors
 from pipeline.errors import GatewayError
 from pipeline.events.models import RoutedRequest
 from pipeline.providers.base import Completion
-from pipeline.providers.http import HTTPAdapter, json_object, mentions, retry_after
+from pipeline.providers.http import HTTPAdapter, json_object, mentions
+from pipeline.resilience.retry import retry_after
 from pipeline.providers.turns import ASSISTANT, to_turns
 
 FINISH_REASONS = {

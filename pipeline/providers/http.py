@@ -4,7 +4,6 @@ provider's non-200 answer into a GatewayError. Each adapter supplies only its wi
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -15,6 +14,7 @@ from pipeline.providers.deployments import CallLimits, Deployment
 from pipeline.errors import GatewayError
 from pipeline.events.models import RoutedRequest
 from pipeline.providers.base import Completion
+from pipeline.resilience.retry import retry_after
 from pipeline.secrets import Secret
 
 MESSAGE_CHARS = 300      # how much of a provider's error message a GatewayError keeps
@@ -147,14 +147,3 @@ def json_object(resp: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (the delta-seconds form; a date is ignored)."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return max(0.0, seconds) if math.isfinite(seconds) else None

@@ -25,7 +25,7 @@ from pipeline.events.models import (Alert, ChatMessage, Request, Response, Route
                                     RoutedRequest, Usage)
 from pipeline.outputs import Out
 from pipeline.providers.base import Completion
-from pipeline.resilience.backoff import Backoff
+from pipeline.resilience.retry import RetryPolicy
 from pipeline.resilience.breaker import BreakerState
 from pipeline.clock import ManualClock
 from pipeline.resilience.guard import DeploymentGuard, GuardSettings, Refusal
@@ -128,11 +128,14 @@ def deployments_with(*, breaker=None, limits=None, health=None, calls=None,
     if regions:
         by_id[EAST] = dataclasses.replace(by_id[DEEPSEEK], id=EAST, region="cn-east", priority=2)
         by_id[SOUTH] = dataclasses.replace(by_id[DEEPSEEK], id=SOUTH, region="cn-south", priority=3)
-    return Deployments(by_id, dataclasses.replace(BASE.calls, **(calls or {})))
+    calls = dict(calls or {})
+    if "max_attempts" in calls:
+        calls["retry"] = dataclasses.replace(BASE.calls.retry, max_attempts=calls.pop("max_attempts"))
+    return Deployments(by_id, dataclasses.replace(BASE.calls, **calls))
 
 
 def make(time: FakeTime, deployments: Deployments, adapters: dict[str, FakeAdapter]) -> Dispatcher:
-    return Dispatcher(catalog, deployments, adapters, topics, Backoff(1, 60, 0.25),
+    return Dispatcher(catalog, deployments, adapters, topics, RetryPolicy(1, 60, 0.25),
                       rng=random.Random(7), sleep=time.sleep, clock=time.wall_ms,
                       monotonic=time.clock)
 

@@ -27,7 +27,7 @@ def fault_deployments(tmp_path: Path):
 
 def test_write_config_dir_merges_overrides_and_keeps_the_rest(tmp_path):
     deps = fault_deployments(tmp_path)
-    assert deps.calls.total_timeout_s == 2 and deps.calls.backoff_cap_s == 1
+    assert deps.calls.total_timeout_s == 2 and deps.calls.retry.cap_s == 1
     assert deps.calls.max_attempts == 3                          # untouched keys stay
     for dep in deps.by_id.values():
         assert dep.guard.breaker.open_s == 2

@@ -17,7 +17,7 @@ from pipeline.events.models import DeadLetter, Response, RoutedRequest, Usage
 from pipeline.intake import Intake
 from pipeline.outputs import Origin
 from pipeline.providers.openai import OpenAIAdapter
-from pipeline.resilience.backoff import Backoff
+from pipeline.resilience.retry import RetryPolicy
 from pipeline.routing.policy import Router, load_routing
 from pipeline.secrets import Secret
 from pipeline.settings import Topics
@@ -117,7 +117,7 @@ async def no_sleep(_):
 
 
 def dispatcher(adapters) -> Dispatcher:
-    return Dispatcher(catalog, deployments, adapters, topics, Backoff(1, 60, 0.25),
+    return Dispatcher(catalog, deployments, adapters, topics, RetryPolicy(1, 60, 0.25),
                       rng=random.Random(1), sleep=no_sleep, clock=lambda: 3_000)
 
 
@@ -182,15 +182,6 @@ async def test_malformed_body_and_timeouts_map_to_codes():
     assert outs[0].event.error.code == "provider_error"
     outs = await dispatcher({"openai-gpt-4.1": adapter_with(hang)}).handle(routed)
     assert outs[0].event.error.code == "timeout"
-
-
-def test_backoff_doubles_caps_and_honours_retry_after():
-    b, rng = Backoff(1, 60, 0.25), random.Random(3)
-    for attempt in range(10):
-        d = b.delay(attempt, rng)
-        raw = min(2 ** attempt, 60)
-        assert raw * 0.75 <= d <= raw * 1.25
-    assert b.delay(0, rng, retry_after_s=7) == 7
 
 
 class FixedClassifier:

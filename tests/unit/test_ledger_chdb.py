@@ -50,7 +50,7 @@ from pipeline.analytics.devreport import count_usage, dev_report
 from pipeline.analytics.render import format_usd
 from pipeline.events.codec import DecodeError
 from pipeline.events.models import Alert, DeadLetter, Usage
-from pipeline.resilience.backoff import Backoff
+from pipeline.resilience.retry import RetryPolicy
 
 REPO = Path(__file__).resolve().parents[2]
 MIGRATIONS = REPO / "schemas" / "clickhouse"
@@ -833,7 +833,7 @@ def test_fault_file_fails_inserts_like_an_unreachable_server(
 
 def test_insert_retry_backs_off_exponentially_up_to_a_cap_and_resets() -> None:
     clock = FakeClock(100.0)
-    retry = InsertRetry(Backoff(base_s=0.5, cap_s=3.0, jitter=0.0), clock=clock)
+    retry = InsertRetry(RetryPolicy(base_s=0.5, cap_s=3.0, jitter=0.0), clock=clock)
     assert retry.ready()
     delays = []
     for _ in range(5):
@@ -894,7 +894,7 @@ async def test_sink_rides_out_an_outage_without_losing_or_doubling_a_row(
             rejected.append(code)
 
         sink = SinkConsumer("usage", writer, _decode,
-                            InsertRetry(Backoff(0.5, 4.0, jitter=0.0), clock=clock), reject,
+                            InsertRetry(RetryPolicy(0.5, 4.0, jitter=0.0), clock=clock), reject,
                             sleep=sleep)
         values: list[Any] = [make_usage(f"r{i}") for i in range(10)]
         values.insert(3, b"garbage")

@@ -15,7 +15,7 @@ from pipeline.analytics.rows import DEAD_LETTERS_SINK, usage_row
 from pipeline.analytics.writer import InsertRetry, LedgerFlushError, LedgerWriter, refused_rows
 from pipeline.analytics.migrate import apply_migrations
 from pipeline.events.models import DeadLetter
-from pipeline.resilience.backoff import Backoff
+from pipeline.resilience.retry import RetryPolicy
 from tests.unit.test_ledger_chdb import MIGRATIONS, FakeClock, FakeEvent, _decode, make_usage
 
 NOW = int(time.time() * 1000)
@@ -142,7 +142,7 @@ async def test_a_long_outage_raises_one_alert_and_its_end_another(ledger):
     async def never(event: Any, code: str, reason: str) -> None:
         raise AssertionError("nothing is refused here")
 
-    retry = InsertRetry(Backoff(1.0, 8.0, jitter=0.0), clock=clock)
+    retry = InsertRetry(RetryPolicy(1.0, 8.0, jitter=0.0), clock=clock)
     sink = SinkConsumer("usage", writer, _decode, retry, never, stall_s=30.0, on_stall=on_stall)
     acks: list[tuple[int, int]] = []
     client.down = True

@@ -15,7 +15,7 @@ from pipeline.alerts.webhook import (WebhookConfig, WebhookSink, load_webhook_co
                                      slack_payload, webhook_url)
 from pipeline.config import ConfigError
 from pipeline.events.models import Alert
-from pipeline.resilience.backoff import Backoff
+from pipeline.resilience.retry import RetryPolicy
 from pipeline.secrets import Secret
 
 TOKEN = "T000/B000/XXXXsecretXXXXtoken"
@@ -41,14 +41,15 @@ class Recorder:
         return httpx.Response(status, headers=self.headers, text="ok")
 
 
-def sink_with(recorder: Recorder, **config) -> tuple[WebhookSink, list[float]]:
+def sink_with(recorder: Recorder, max_attempts: int = 5,
+              **config) -> tuple[WebhookSink, list[float]]:
     slept: list[float] = []
 
     async def sleep(s: float) -> None:
         slept.append(s)
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(recorder))
-    cfg = WebhookConfig(backoff=Backoff(0.5, 4.0, 0.0), **config)
+    cfg = WebhookConfig(retry=RetryPolicy(0.5, 4.0, 0.0, max_attempts=max_attempts), **config)
     return WebhookSink(Secret(URL), client, cfg, rng=random.Random(1), sleep=sleep), slept
 
 
@@ -132,7 +133,7 @@ def test_webhook_block_of_the_rules_file(tmp_path):
     path = tmp_path / "alert_rules.yaml"
     path.write_text("rules: []\nwebhook: {max_attempts: 2, backoff_base_s: 0.1, min_severity: warning}\n")
     cfg = load_webhook_config(path)
-    assert cfg.max_attempts == 2 and cfg.backoff.base_s == 0.1 and cfg.min_severity == "warning"
+    assert cfg.retry.max_attempts == 2 and cfg.retry.base_s == 0.1 and cfg.min_severity == "warning"
     path.write_text("rules: []\nwebhook: {min_severity: loud}\n")
     with pytest.raises(ConfigError) as info:
         load_webhook_config(path)
