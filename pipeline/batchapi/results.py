@@ -1,6 +1,6 @@
 """Turn an ended provider job into the pipeline's outputs, item by item:
 
-- succeeded: one Response + one Usage, built as for a live call (pipeline/outcomes.py) but
+- succeeded: one Response + one Usage, built as for a live call (pipeline/outputs/outcomes.py) but
   priced at the catalog's batch rate (``batch_discount``) and marked with the job
   (``Usage.batch_id``, ``batch_size``);
 - expired, canceled, missing from the results, or failed with an error another call may
@@ -19,7 +19,7 @@ from pipeline.batchapi.jobs import SUCCEEDED, ItemResult
 from pipeline.catalog import Catalog
 from pipeline.clock import now_ms
 from pipeline.providers.deployments import Deployments
-from pipeline import outcomes
+from pipeline.outputs import outcomes
 from pipeline.dispatch import NO_FAILOVER
 from pipeline.errors import RETRYABLE
 from pipeline.events.models import AttemptRecord, BatchJob, RoutedRequest

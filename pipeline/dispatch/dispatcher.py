@@ -20,15 +20,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping
 
-from pipeline import errors, outcomes
+from pipeline import errors
 from pipeline.catalog import Catalog
-from pipeline.clock import now_ms
-from pipeline.clock import Clock, MonotonicClock
+from pipeline.clock import Clock, MonotonicClock, now_ms
 from pipeline.providers.deployments import Deployments
 from pipeline.errors import GatewayError
 from pipeline.events.models import (AttemptRecord, RouteDecision,
                                     RoutedRequest, Usage)
-from pipeline.outputs import Out
+from pipeline.outputs import Out, outcomes
 from pipeline.providers.base import Adapter, Completion
 from pipeline.resilience.guard import DeploymentGuard, Guards, Refusal, breaker_alert
 from pipeline.resilience.retry import DEADLINE, RetryPolicy

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Callable
 
-from pipeline import errors, outcomes
+from pipeline import errors
 import pipeline.intake.validation as validation
 from pipeline.catalog import Catalog
 from pipeline.clock import now_ms
@@ -19,7 +19,7 @@ from pipeline.events.codec import Codec, DecodeError, is_json
 from pipeline.kafka.topics import invalid_topic_name
 from pipeline.events.models import ERROR, ErrorInfo, Request, Response, RoutedRequest, TenantPolicy
 from pipeline.events.text import scrub
-from pipeline.outputs import AVRO, JSON, Origin, Out, dead_letter
+from pipeline.outputs import AVRO, JSON, Origin, Out, dead_letter, outcomes
 from pipeline.routing.policy import Router, RoutingPolicy, TenantRules
 from pipeline.tenancy.admissions import DUPLICATE, REDELIVERY, REFUSED, Admission
 from pipeline.tenancy.canary import CANARY, arm_for, arm_label

@@ -1,5 +1,5 @@
-"""What a processing step asks to publish (``Out``: topic, key, event, format, partition)
-and how it gets published: every output on its own, and what is published in its place when
+"""What a processing step asks to publish (``Out``: topic, key, event, format, partition),
+how a request ends (outcomes.py: its Response and Usage), and how outputs get published: every output on its own, and what is published in its place when
 it never can be (pipeline/outputs/rescue.py), so every input ends in exactly one outcome."""
 
 from pipeline.outputs.emitter import Emitter, Send

@@ -31,7 +31,8 @@ from typing import Callable
 from aiokafka.errors import (InvalidTopicError, MessageSizeTooLargeError, RecordTooLargeError,
                              TopicAuthorizationFailedError, UnsupportedForMessageFormatError)
 
-from pipeline import errors, outcomes
+from pipeline import errors
+from pipeline.outputs import outcomes
 from pipeline.clock import now_ms
 from pipeline.events.codec import Codec
 from pipeline.events.models import (ERROR, Batch, BatchJob, DeadLetter, ErrorInfo, Response,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 
@@ -34,17 +35,26 @@ def make_stack(broker, tmp_path_factory, name: str, simulator_args: list[str]) -
                     app_id=f"llmpipe-{name}-{uid}", simulator_args=simulator_args).start(broker=broker)
 
 
+@contextlib.contextmanager
+def worker_stack(broker, tmp_path_factory, name: str, seed: int, latency_scale: str = "0.05",
+                 **worker) -> Iterator[DevStack]:
+    """A stack of its own (topic prefix, chDB path) with a fast, error-free simulator and one
+    worker started with ``worker`` settings; stopped on the way out."""
+    stack = make_stack(broker, tmp_path_factory, name, ["--latency-scale", latency_scale,
+                                                        "--no-base-errors", "--seed", str(seed)])
+    try:
+        stack.start_worker(**worker)
+        yield stack
+    finally:
+        stack.stop()
+
+
 @pytest.fixture(scope="module")
 def pipeline_stack(broker, tmp_path_factory):
     """A worker (intake + dispatch + ledger) on its own topic prefix and chDB path, with a
     fast, error-free provider simulator."""
-    stack = make_stack(broker, tmp_path_factory, "e2e",
-                       ["--latency-scale", "0.05", "--no-base-errors", "--seed", "11"])
-    try:
-        stack.start_worker()
+    with worker_stack(broker, tmp_path_factory, "e2e", seed=11) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 async def answers(gw, stack: DevStack, requests: list, timeout: float) -> dict:

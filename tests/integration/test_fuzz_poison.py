@@ -40,7 +40,7 @@ from pipeline.events.codec import Codec, DecodeError
 from pipeline.events.models import DeadLetter, Request, Response
 from pipeline.kafka import clients
 from pipeline.intake.validation import tenant_partition
-from tests.integration.conftest import make_stack
+from tests.integration.conftest import worker_stack
 
 codec = Codec()
 EXAMPLES = int(os.environ.get("LLMPIPE_FUZZ_EXAMPLES", "10"))
@@ -275,13 +275,8 @@ def decoded(record: Record) -> Request | None:
 
 @pytest.fixture(scope="module")
 def fuzz_stack(broker, tmp_path_factory):
-    stack = make_stack(broker, tmp_path_factory, "fuzz",
-                       ["--latency-scale", "0.02", "--no-base-errors", "--seed", "3"])
-    try:
-        stack.start_worker()
+    with worker_stack(broker, tmp_path_factory, "fuzz", seed=3, latency_scale="0.02") as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 TOTALS: Counter = Counter()

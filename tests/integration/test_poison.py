@@ -27,7 +27,7 @@ from pipeline.client import GatewayClient, make_request
 from pipeline.events.codec import Codec, DecodeError
 from pipeline.events.models import DeadLetter, Request, Response
 from pipeline.routing.tokens import estimate_prompt_tokens
-from tests.integration.conftest import make_stack
+from tests.integration.conftest import make_stack, worker_stack
 
 codec = Codec()
 
@@ -156,13 +156,8 @@ def responses_by_id(stack, ids: set[str]) -> Counter:
 def stack(broker, tmp_path_factory):
     """A worker with a fast, error-free simulator. The ledger flushes every 3 s, so the
     usage rows of one burst go to ClickHouse in one INSERT (case 5)."""
-    stack = make_stack(broker, tmp_path_factory, "poison",
-                       ["--latency-scale", "0.05", "--no-base-errors", "--seed", "17"])
-    try:
-        stack.start_worker(ledger_flush_s=3.0)
+    with worker_stack(broker, tmp_path_factory, "poison", seed=17, ledger_flush_s=3.0) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 async def test_lone_surrogate_is_refused_and_its_neighbours_are_answered(stack):

@@ -18,20 +18,15 @@ from pipeline.events.codec import Codec
 from pipeline.events.models import Alert, Budget, CanaryRule, TenantPolicy
 from pipeline.bench.savings import replay
 from pipeline.tenancy.directory import put_policy
-from tests.integration.conftest import make_stack
+from tests.integration.conftest import worker_stack
 
 codec = Codec()
 
 
 @pytest.fixture(scope="module")
 def stack(broker, tmp_path_factory):
-    s = make_stack(broker, tmp_path_factory, "tenancy",
-                   ["--latency-scale", "0.05", "--no-base-errors", "--seed", "5"])
-    try:
-        s.start_worker()
+    with worker_stack(broker, tmp_path_factory, "tenancy", seed=5) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def publish(stack, policy: TenantPolicy) -> None:

@@ -1,10 +1,10 @@
-"""The one place a request's ending is built (pipeline/outcomes.py): its Response and its
+"""The one place a request's ending is built (pipeline/outputs/outcomes.py): its Response and its
 Usage, priced from the catalog, for a live answer, a Batch API result, a routed failure and
 an intake refusal."""
 
 from __future__ import annotations
 
-from pipeline import outcomes
+from pipeline.outputs import outcomes
 from pipeline.catalog import load_catalog
 from pipeline.events.models import (AttemptRecord, ChatMessage, Request, Response, RouteDecision,
                                     RoutedRequest, Usage)
