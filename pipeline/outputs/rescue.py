@@ -32,7 +32,7 @@ from aiokafka.errors import (InvalidTopicError, MessageSizeTooLargeError, Record
                              TopicAuthorizationFailedError, UnsupportedForMessageFormatError)
 
 from pipeline import errors
-from pipeline.outputs import outcomes
+import pipeline.outputs.outcomes as outcomes
 from pipeline.clock import now_ms
 from pipeline.events.codec import Codec
 from pipeline.events.models import (ERROR, Batch, BatchJob, DeadLetter, ErrorInfo, Response,
