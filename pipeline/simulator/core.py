@@ -445,6 +445,14 @@ def bearer_key(request: web.Request) -> str | None:
     return key if scheme.lower() == "bearer" and key else None
 
 
+async def json_body(request: web.Request) -> Any:
+    """The request's body parsed as JSON, or None when it is not JSON."""
+    try:
+        return json.loads(await request.read())
+    except ValueError:
+        return None
+
+
 def retry_seconds(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 

@@ -11,10 +11,10 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.simulator.core import (CLIENT_CLOSED, DRAWN_LATENCY_HEADER, LATENCY_HEADER,
-                                     NO_MODEL, _ROLES, CallPlan, ChatRequest, ClientGone,
-                                     InvalidRequest, Message, Outcome, Simulator, bearer_key,
-                                     masked_key, retry_seconds, key_fingerprint, stream_pieces)
+from pipeline.simulator.core import (_ROLES, CLIENT_CLOSED, DRAWN_LATENCY_HEADER, LATENCY_HEADER,
+                                     NO_MODEL, CallPlan, ChatRequest, ClientGone, InvalidRequest,
+                                     Message, Outcome, Simulator, bearer_key, json_body,
+                                     key_fingerprint, masked_key, retry_seconds, stream_pieces)
 
 log = logging.getLogger("llmpipe.simulator")
 
@@ -46,11 +46,7 @@ class OpenAIShape:
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         api_key = bearer_key(request)
         fingerprint = key_fingerprint(api_key)
-        raw = await request.read()
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
+        body = await json_body(request)
         model = body.get("model") if isinstance(body, dict) else None
         with self.sim.stats.track(model if isinstance(model, str) else NO_MODEL,
                                   fingerprint) as call:

@@ -5,7 +5,6 @@ model and the request in its provider's terms and renders plans and refusals."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
@@ -13,7 +12,7 @@ from aiohttp import web
 
 from pipeline.simulator.core import (CLIENT_CLOSED, DRAWN_LATENCY_HEADER, LATENCY_HEADER,
                                      NO_MODEL, CallPlan, ChatRequest, ClientGone, InvalidRequest,
-                                     Simulator, key_fingerprint)
+                                     Simulator, json_body, key_fingerprint)
 
 log = logging.getLogger("llmpipe.simulator")
 
@@ -63,11 +62,7 @@ class NativeShape:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         api_key = self.api_key(request)
         fingerprint = key_fingerprint(api_key)
-        raw = await request.read()
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
+        body = await json_body(request)
         model = self.model_of(request, body)
         with self.sim.stats.track(model if isinstance(model, str) and model else NO_MODEL,
                                   fingerprint) as call:
