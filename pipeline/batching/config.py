@@ -12,7 +12,7 @@ PRIORITIES = ("interactive", "standard", "batch")
 DEFAULT_PRIORITY = "standard"
 # A window holds its requests un-acknowledged on llm.routed: keep every wait bounded.
 MAX_WAIT_MS_LIMIT = 300_000
-_FIELDS = ("max_batch_size", "max_batch_tokens", "max_wait_ms")
+_FIELDS = ("max_batch_size", "max_batch_tokens", "max_wait_ms", "close_when_quiet")
 
 
 @dataclass(frozen=True)
@@ -48,5 +48,6 @@ def load_batching(path: Path | None = None) -> BatchingConfig:
             raise ConfigError(path, s.where("max_wait_ms"), f"at most {MAX_WAIT_MS_LIMIT}", wait)
         priorities[name] = WindowLimits(max_batch_size=s.int("max_batch_size", minimum=1),
                                         max_batch_tokens=s.int("max_batch_tokens", minimum=1),
-                                        max_wait_ms=wait)
+                                        max_wait_ms=wait,
+                                        close_when_quiet=s.bool("close_when_quiet", False))
     return BatchingConfig(priorities)

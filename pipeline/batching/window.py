@@ -3,6 +3,13 @@ whichever limit comes first — ``max_batch_size`` requests, ``max_batch_tokens`
 ``max_wait_ms`` of age, or the bytes a Batch record may hold — or by a shutdown/rebalance,
 so no request waits forever and no Batch is too large for the broker.
 
+With ``close_when_quiet`` a window also closes as soon as waiting cannot fill it (the spirit
+of Kafka's ``linger.ms`` with a batch size): each key keeps a moving average of the gap
+between its arrivals; a window closes at once when the next request is expected after the
+window's deadline anyway, and half-way to the deadline when a gap has run past the average
+(the time already waited predicts as much again). A lone request then waits ~0 ms instead
+of ``max_wait_ms``, while dense traffic still fills windows by size or age.
+
 Plain Python with an injected clock (epoch ms): the batcher agent feeds it, asks for aged
 windows on a timer and publishes what it returns. Items are opaque to the window."""
 
@@ -14,8 +21,9 @@ from typing import Callable, Generic, Iterable, TypeVar
 T = TypeVar("T")
 
 FILL_SIZE, FILL_TOKENS, FILL_AGE, FILL_SHUTDOWN = "size", "tokens", "age", "shutdown"
-FILL_BYTES = "bytes"
-FILL_REASONS = (FILL_SIZE, FILL_TOKENS, FILL_AGE, FILL_SHUTDOWN, FILL_BYTES)
+FILL_BYTES, FILL_QUIET = "bytes", "quiet"
+FILL_REASONS = (FILL_SIZE, FILL_TOKENS, FILL_AGE, FILL_SHUTDOWN, FILL_BYTES, FILL_QUIET)
+GAP_WEIGHT = 0.25          # weight of the newest inter-arrival gap in a key's moving average
 
 
 @dataclass(frozen=True)
@@ -23,6 +31,7 @@ class WindowLimits:
     max_batch_size: int        # requests
     max_batch_tokens: int      # estimated prompt tokens
     max_wait_ms: int           # age of the window's first request; 0 = flush on arrival
+    close_when_quiet: bool = False   # close early when no request is expected in time
 
 
 @dataclass(frozen=True)
@@ -71,12 +80,15 @@ class Windows(Generic[T]):
         record; None: no limit)."""
         self.limits, self.clock, self.max_bytes = limits, clock, max_bytes
         self._open: dict[WindowKey, _Open[T]] = {}
+        # per key: (last arrival ms, moving average of the gap between arrivals in ms)
+        self._arrivals: dict[WindowKey, tuple[int, float | None]] = {}
 
     def add(self, key: WindowKey, item: T, tokens: int, size_bytes: int = 0) -> list[Flush[T]]:
         """Put ``item`` in its window; returns the windows this closed (none, the item's own
         window, and/or the window before it if the item would have overflowed its tokens
         or bytes)."""
         now = self.clock()
+        self._arrived(key, now)
         tokens = max(0, tokens)
         closed: list[Flush[T]] = []
         window = self._open.get(key)
@@ -99,13 +111,16 @@ class Windows(Generic[T]):
             closed.append(self._close(key, FILL_TOKENS, now))
         elif now >= window.due_at_ms:
             closed.append(self._close(key, FILL_AGE, now))
+        elif now >= self._closes_at_ms(key, window):
+            closed.append(self._close(key, FILL_QUIET, now))
         return closed
 
     def due(self) -> list[Flush[T]]:
-        """Close every window whose age reached its ``max_wait_ms``."""
+        """Close every window whose age reached its ``max_wait_ms``, or that waiting can no
+        longer fill (``close_when_quiet``)."""
         now = self.clock()
-        return [self._close(key, FILL_AGE, now)
-                for key, w in list(self._open.items()) if now >= w.due_at_ms]
+        return [self._close(key, FILL_AGE if now >= w.due_at_ms else FILL_QUIET, now)
+                for key, w in list(self._open.items()) if now >= self._closes_at_ms(key, w)]
 
     def flush_all(self, partitions: Iterable[int] | None = None) -> list[Flush[T]]:
         """Close every window (of ``partitions`` only, if given): shutdown or rebalance."""
@@ -116,7 +131,7 @@ class Windows(Generic[T]):
 
     def next_due_ms(self) -> int | None:
         """When the oldest window comes of age (epoch ms), or None if none is open."""
-        return min((w.due_at_ms for w in self._open.values()), default=None)
+        return min((self._closes_at_ms(k, w) for k, w in self._open.items()), default=None)
 
     def pending(self) -> int:
         """Requests waiting in open windows."""
@@ -128,6 +143,27 @@ class Windows(Generic[T]):
     def snapshot(self) -> list[tuple[WindowKey, int, int]]:
         """(key, requests, opened_at_ms) of every open window."""
         return [(key, len(w.items), w.opened_at_ms) for key, w in self._open.items()]
+
+    def _arrived(self, key: WindowKey, now: int) -> None:
+        last = self._arrivals.get(key)
+        if last is None:
+            self._arrivals[key] = (now, None)
+            return
+        gap = max(0, now - last[0])
+        avg = gap if last[1] is None else (1 - GAP_WEIGHT) * last[1] + GAP_WEIGHT * gap
+        self._arrivals[key] = (now, avg)
+
+    def _closes_at_ms(self, key: WindowKey, w: _Open[T]) -> int:
+        """When the window closes unless a request fills it first. Without an arrival
+        history (a key's first request) it waits its full ``max_wait_ms``."""
+        if not w.limits.close_when_quiet:
+            return w.due_at_ms
+        last, gap = self._arrivals.get(key, (w.opened_at_ms, None))
+        if gap is None:
+            return w.due_at_ms
+        if last + gap >= w.due_at_ms:      # the next request is expected too late to join
+            return last
+        return min(w.due_at_ms, (last + w.due_at_ms) // 2)
 
     def _close(self, key: WindowKey, reason: str, now: int) -> Flush[T]:
         w = self._open.pop(key)

@@ -124,13 +124,13 @@ def report(results: list[Result], n: int) -> str:
              "Poisson arrivals",
              "",
              "| arrivals/s | calls/request without batching | batched calls/request | mean batch size "
-             "(interactive / standard / batch) | fill size/tokens/age | added wait P99 ms "
+             "(interactive / standard / batch) | fill size/tokens/age/quiet | added wait P99 ms "
              "(interactive / standard / batch) | cost/request (live, with or without batching) |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
         size = " / ".join(f"{r.items[p] / r.batches[p]:.2f}" if r.batches[p] else "-" for p in MIX)
         wait = " / ".join(f"{percentile(r.waits[p], .99):.0f}" if r.waits.get(p) else "-" for p in MIX)
-        fill = "/".join(str(r.fill[k]) for k in ("size", "tokens", "age"))
+        fill = "/".join(str(r.fill[k]) for k in ("size", "tokens", "age", "quiet"))
         cost = nanos_to_usd(r.cost_nanos // max(1, r.requests))
         lines.append(f"| {r.rate:g} | 1.000 | {r.total_batches / r.requests:.3f} | {size} | {fill} | "
                      f"{wait} | ${cost:.6f} |")

@@ -75,6 +75,12 @@ class Section:
             raise ConfigError(self.path, self.where(name), f"an integer >= {minimum}", value)
         return value
 
+    def bool(self, name: str, default: Any = ...) -> bool:
+        value = self.raw(name, default)
+        if not isinstance(value, bool):
+            raise ConfigError(self.path, self.where(name), "true or false", value)
+        return value
+
     def number(self, name: str, default: Any = ...) -> float:
         value = self.raw(name, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -135,6 +135,52 @@ def test_zero_wait_flushes_on_arrival():
     assert flush.fill_reason == "age" and flush.waits_ms() == [0]
 
 
+QUIET = dataclasses.replace(STD, close_when_quiet=True)
+
+
+def test_a_lone_request_does_not_wait_a_window_nothing_can_fill():
+    clock = Clock()
+    w = windows(clock, lambda p: QUIET)
+    assert w.add(K, "first", 10) == []            # no arrival history yet: the full window
+    assert w.next_due_ms() == 1_000_100
+    clock.t = 1_000_100
+    (aged,) = w.due()
+    assert aged.fill_reason == "age"
+    clock.t += 400                                # the next one comes 500 ms after the first
+    (alone,) = w.add(K, "second", 10)
+    assert alone.fill_reason == "quiet" and alone.waits_ms() == [0]
+    without = windows(Clock(clock.t), lambda p: STD)
+    assert without.add(K, "x", 10) == [] and without.add(K, "y", 10) == []
+
+
+def test_dense_traffic_still_fills_windows_when_quiet_close_is_on():
+    clock = Clock()
+    w = windows(clock, lambda p: QUIET)
+    flushes = []
+    for i in range(24):                           # one every 2 ms: a window fills in 16 ms
+        flushes += w.add(K, i, 10)
+        clock.t += 2
+    assert [f.fill_reason for f in flushes] == ["size"] * 3
+    assert [len(f.items) for f in flushes] == [8, 8, 8]
+
+
+def test_a_window_closes_half_way_to_its_deadline_once_traffic_stops():
+    clock = Clock()
+    w = windows(clock, lambda p: QUIET)
+    for i in range(3):                            # gaps of 2 ms, then nothing
+        flushes = w.add(K, i, 10)
+        clock.t += 2
+    assert flushes == []
+    last, due = 1_000_004, 1_000_100              # the window opened with the first of the three
+    assert w.next_due_ms() == (last + due) // 2
+    clock.t = (last + due) // 2 - 1
+    assert w.due() == []
+    clock.t += 1
+    (f,) = w.due()
+    assert f.fill_reason == "quiet" and f.items == [0, 1, 2]
+    assert max(f.waits_ms()) < 100
+
+
 def test_shutdown_and_rebalance_flush_what_is_waiting():
     clock = Clock()
     w = windows(clock)
@@ -151,14 +197,15 @@ def test_shutdown_and_rebalance_flush_what_is_waiting():
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2), st.sampled_from(["interactive", "standard", "batch"]),
-                          st.integers(0, 5000), st.integers(0, 150)), max_size=120))
-def test_no_request_left_behind_and_no_limit_exceeded(ops):
+                          st.integers(0, 5000), st.integers(0, 150)), max_size=120),
+       st.booleans())
+def test_no_request_left_behind_and_no_limit_exceeded(ops, quiet):
     """Arrivals (partition, priority, tokens, ms since the previous one) with a timer that
     fires exactly when the oldest window comes of age: every request leaves exactly once,
     in arrival order within its window, within its priority's size and wait limits, and
-    over the token budget only when it travels alone."""
+    over the token budget only when it travels alone — with and without quiet close."""
     clock = Clock()
-    w = windows(clock)
+    w = windows(clock, lambda p: dataclasses.replace(LIMITS[p], close_when_quiet=quiet))
     flushed = []
 
     def advance(to: int) -> None:
@@ -188,7 +235,8 @@ def test_no_request_left_behind_and_no_limit_exceeded(ops):
 
 def test_shipped_config_matches_domain_defaults():
     cfg = load_batching()
-    assert cfg.limits("standard") == WindowLimits(8, 4000, 100)
+    assert cfg.limits("standard") == WindowLimits(8, 4000, 100, close_when_quiet=True)
+    assert not cfg.limits("batch").close_when_quiet     # Batch API windows exist to grow
     assert cfg.limits("interactive").max_wait_ms <= 10
     assert cfg.limits("batch").max_wait_ms > cfg.limits("standard").max_wait_ms
     assert cfg.priority_of("urgent-please") == "standard"
@@ -206,6 +254,8 @@ SHIPPED = load_batching.__globals__["config_path"]("batching.yaml").read_text()
      "priorities.standard.max_batch"),
     ("  batch:", "  bulk:", "priorities.bulk"),
     ("priorities:", "windows:", "windows"),
+    ("    close_when_quiet: true\n", "    close_when_quiet: yes please\n",
+     "priorities.interactive.close_when_quiet"),
 ])
 def test_bad_batching_config_names_file_and_key(tmp_path, old, new, key):
     path = tmp_path / "batching.yaml"
