@@ -1,6 +1,7 @@
-"""What every HTTP provider adapter shares: an httpx client with the deployment's timeouts,
-one timed POST whose transport failures become error codes, and the rules that turn a
-provider's non-200 answer into a GatewayError. Each adapter supplies only its wire shape."""
+"""What every HTTP provider adapter shares: an httpx client (sending over aiohttp, see
+transport.py) with the deployment's timeouts, one timed POST whose transport failures
+become error codes, and the rules that turn a provider's non-200 answer into a
+GatewayError. Each adapter supplies only its wire shape."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pipeline.providers.deployments import CallLimits, Deployment
 from pipeline.errors import GatewayError
 from pipeline.events.models import RoutedRequest
 from pipeline.providers.base import Completion
+from pipeline.providers.transport import AiohttpTransport
 from pipeline.resilience.retry import retry_after
 from pipeline.secrets import Secret
 
@@ -40,9 +42,9 @@ class HTTPAdapter:
         self.deployment = deployment
         self._key = key
         timeout = httpx.Timeout(limits.total_timeout_s, connect=limits.connect_timeout_s)
-        self._http = httpx.AsyncClient(
-            base_url=deployment.base_url, timeout=timeout, transport=transport,
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        pool = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+        self._http = httpx.AsyncClient(base_url=deployment.base_url, timeout=timeout,
+                                       transport=transport or AiohttpTransport(pool))
 
     # -- the wire shape, per provider
 
