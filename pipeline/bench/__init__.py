@@ -12,7 +12,8 @@ from typing import Sequence
 
 #: name -> one line on what it measures (kept here so `llmpipe bench --help` imports none)
 BENCHES = {
-    "latency": "requests through the embedded stack: throughput and added latency",
+    "latency": "requests through the embedded stack beside direct-HTTP and bare-broker floors",
+    "http": "provider-call HTTP clients side by side on the simulator: req/s, CPU per call",
     "batching": "micro-batching: calls and cost per request by arrival rate",
     "batchapi": "batch-priority traffic through the (simulated) Batch API: calls and cost",
     "ingest": "ledger ingest rows/s per insert batch size (chDB, and through Kafka)",

@@ -48,6 +48,7 @@ class Worker:
     process: subprocess.Popen
     web_port: int
     log_path: Path
+    agents: tuple[str, ...] = ("intake", "dispatch", "ledger", "monitor")
 
     @property
     def url(self) -> str:
@@ -331,7 +332,7 @@ class DevStack:
         process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"],
                                    env=self.worker_env(settings), stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
-        worker = Worker(name, process, settings.web_port, log_path)
+        worker = Worker(name, process, settings.web_port, log_path, tuple(agents))
         self.workers.append(worker)
         self.wait_web(worker)
         return worker
@@ -365,11 +366,20 @@ class DevStack:
         _terminate(worker.process)
         self.workers.remove(worker)
 
+    def start_split(self) -> tuple[Worker, Worker]:
+        """The request path and the ledger in two processes, as production runs them: a
+        front worker (intake, batcher, dispatch) and a ledger worker (ledger, monitor) in
+        its own consumer group, so chDB inserts never share the request path's CPU or GIL.
+        Returns (front, ledger)."""
+        ledger = self.start_worker("ledger", agents=("ledger", "monitor"),
+                                   app_id=f"{self.app_id}-ledger")
+        return self.start_worker("worker-1", agents=("intake", "dispatch")), ledger
+
     def ledger_worker(self) -> Worker:
         for w in self.workers:
-            if w.alive():
+            if w.alive() and "ledger" in w.agents:
                 return w
-        raise StackError("no worker is running")
+        raise StackError("no worker running the ledger")
 
 
 def write_config_dir(dest: Path, *, calls: dict[str, Any] | None = None,
