@@ -40,6 +40,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     _logging(settings.log_level)
+    if args.processes != 1:
+        from pipeline.agents.supervisor import SupervisorError, supervise
+        try:
+            return supervise(settings, args.processes)
+        except SupervisorError as exc:
+            print(f"llmpipe worker: {exc}", file=sys.stderr)
+            return 2
     report = asyncio.run(apply_topics(settings.kafka_bootstrap,
                                       prefixed(load_topic_specs(), settings.topics.prefix)))
     logging.getLogger("llmpipe.worker").info("topics %s", report.format().replace("\n", "; "))
@@ -236,7 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="simulator latency multiplier (0.1 = ten times faster)")
     dev.set_defaults(func=cmd_dev)
 
-    sub.add_parser("worker", help="run a pipeline worker").set_defaults(func=cmd_worker)
+    worker = sub.add_parser("worker", help="run a pipeline worker (settings from LLMPIPE_* variables)")
+    worker.add_argument("--processes", type=int, default=1,
+                        help="worker processes in one consumer group, each on its own web port "
+                             "(LLMPIPE_WEB_PORT + i); a worker is one core (default 1)")
+    worker.set_defaults(func=cmd_worker)
 
     route = sub.add_parser("route", help="explain how a prompt would be routed (offline)")
     route.add_argument("--explain", dest="prompt", required=True, metavar="PROMPT")

@@ -52,13 +52,15 @@ class Usage:
 
 
 class CpuClock:
-    """Samples the CPU time of a fixed set of named processes, e.g. ``{"worker": pid}``."""
+    """Samples the CPU time of a fixed set of named processes, e.g. ``{"worker": pid}``; a
+    name may stand for several processes (``{"worker": [pid1, pid2]}``): their sum."""
 
-    def __init__(self, pids: dict[str, int]):
-        self.pids = dict(pids)
+    def __init__(self, pids: dict[str, int | list[int]]):
+        self.pids = {name: [p] if isinstance(p, int) else list(p) for name, p in pids.items()}
 
     def sample(self) -> Sample:
-        return Sample(time.monotonic(), {name: cpu_ms(pid) for name, pid in self.pids.items()})
+        return Sample(time.monotonic(), {name: sum(map(cpu_ms, pids))
+                                         for name, pids in self.pids.items()})
 
     def since(self, before: Sample) -> Usage:
         now = self.sample()

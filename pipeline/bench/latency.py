@@ -234,6 +234,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=20, help="unmeasured requests before each phase")
     p.add_argument("--idle-seconds", type=float, default=5.0,
                    help="how long the idle worker's CPU is measured, after the warm-up")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="front worker processes in one consumer group (default 1; the worker "
+                        "CPU column is their sum); needs --ledger own beyond 1")
     p.add_argument("--ledger", choices=("own", "shared"), default="own",
                    help="own (default): the ledger and monitor in a worker process of their "
                         "own, as deployed; shared: every agent in one worker process")
@@ -247,17 +250,24 @@ def main(args: argparse.Namespace) -> int:
         stack.start()
         if args.ledger == "own":
             worker, ledger = stack.start_split()
+        elif args.workers > 1:
+            raise SystemExit("--workers beyond 1 needs --ledger own (chDB has one owner)")
         else:
             worker = ledger = stack.start_worker()
-        return asyncio.run(bench(stack, worker, ledger, args))
+        fronts = [worker] + [stack.start_worker(f"worker-{i}", agents=("intake", "dispatch"))
+                             for i in range(2, args.workers + 1)]
+        return asyncio.run(bench(stack, fronts, ledger, args))
     finally:
         stack.stop()
 
 
-async def bench(stack: DevStack, worker: Worker, ledger: Worker, args: argparse.Namespace) -> int:
+async def bench(stack: DevStack, fronts: list[Worker], ledger: Worker,
+                args: argparse.Namespace) -> int:
     assert stack.broker is not None and stack.broker.pid is not None and stack.simulator is not None
-    pids = {"worker": worker.process.pid, "broker": stack.broker.pid,
-            "sim": stack.simulator.pid, "client": os.getpid()}
+    worker = fronts[0]
+    pids: dict[str, int | list[int]] = {
+        "worker": [w.process.pid for w in fronts], "broker": stack.broker.pid,
+        "sim": stack.simulator.pid, "client": os.getpid()}
     if ledger is not worker:
         pids["ledger"] = ledger.process.pid
     clock = CpuClock(pids)
@@ -302,6 +312,13 @@ async def routed_deployment(stack: DevStack, worker: Worker, ledger: Worker, war
     return pipeline.deployments.most_common(1)[0][0]
 
 
+def pipeline_processes(args: argparse.Namespace) -> str:
+    if args.ledger == "shared":
+        return "one worker (intake, batcher, dispatch, ledger, monitor)"
+    fronts = "a front worker" if args.workers == 1 else f"{args.workers} front workers in one group"
+    return f"{fronts} (intake, batcher, dispatch) and a ledger worker (ledger, monitor)"
+
+
 def preamble(args: argparse.Namespace, direct: Direct, deployment: str, payload_bytes: int,
              partitions: int, idle: Usage) -> str:
     """What each phase is, and the idle worker's CPU, above the tables."""
@@ -314,7 +331,7 @@ def preamble(args: argparse.Namespace, direct: Direct, deployment: str, payload_
         f"{deployment}), {direct.body_bytes()}-byte body",
         f"bare broker: {args.hops} hops{path}; {echoes} echo task{'s' if echoes != 1 else ''} "
         f"in this process, {payload_bytes}-byte Avro request, {partitions} partitions per topic",
-        f"pipeline: {'a front worker (intake, batcher, dispatch) and a ledger worker (ledger, monitor)' if args.ledger == 'own' else 'one worker (intake, batcher, dispatch, ledger, monitor)'}, priority "
+        f"pipeline: {pipeline_processes(args)}, priority "
         f"{' and '.join(p for p in PRIORITIES if p in args.only) or '(none run)'}",
         f"idle, % of a core over {idle.elapsed_s:.0f}s: " + ", ".join(
             f"{name} {idle.share_of_core(name) * 100:.1f}%" for name in PROCESSES
