@@ -5,9 +5,10 @@ so no request waits forever and no Batch is too large for the broker.
 
 With ``close_when_quiet`` a window also closes as soon as waiting cannot fill it (the spirit
 of Kafka's ``linger.ms`` with a batch size): each key keeps a moving average of the gap
-between its arrivals; a window closes at once when the next request is expected after the
-window's deadline anyway, and half-way to the deadline when a gap has run past the average
-(the time already waited predicts as much again). A lone request then waits ~0 ms instead
+between its arrivals; a window closes at once when fewer than two more requests are
+expected before its deadline (waiting up to ``max_wait_ms`` for one more, or a coin flip on
+one, costs every request in it more than it saves), and half-way to the deadline when a
+gap has run past the average (the time already waited predicts as much again). A lone request then waits ~0 ms instead
 of ``max_wait_ms``, while dense traffic still fills windows by size or age.
 
 Plain Python with an injected clock (epoch ms): the batcher agent feeds it, asks for aged
@@ -161,7 +162,7 @@ class Windows(Generic[T]):
         last, gap = self._arrivals.get(key, (w.opened_at_ms, None))
         if gap is None:
             return w.due_at_ms
-        if last + gap >= w.due_at_ms:      # the next request is expected too late to join
+        if 2 * gap >= w.due_at_ms - last:  # fewer than two more expected in time: not worth it
             return last
         return min(w.due_at_ms, (last + w.due_at_ms) // 2)
 

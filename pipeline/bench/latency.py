@@ -237,6 +237,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=positive_int, default=1,
                    help="front worker processes in one consumer group (default 1; the worker "
                         "CPU column is their sum); needs --ledger own beyond 1")
+    p.add_argument("--fetch-max-wait-ms", type=int, default=None,
+                   help="the workers' LLMPIPE_FETCH_MAX_WAIT_MS (default: the setting's, 20): "
+                        "Tansu answers a fetch only when this runs out, so it trades latency "
+                        "per hop against idle CPU (docs/ARCHITECTURE.md)")
     p.add_argument("--ledger", choices=("own", "shared"), default="own",
                    help="own (default): the ledger and monitor in a worker process of their "
                         "own, as deployed; shared: every agent in one worker process")
@@ -248,13 +252,14 @@ def main(args: argparse.Namespace) -> int:
         "--fixed-latency-ms", str(args.provider_latency_ms), "--no-base-errors"])
     try:
         stack.start()
+        tuning = {} if args.fetch_max_wait_ms is None else {"fetch_max_wait_ms": args.fetch_max_wait_ms}
         if args.ledger == "own":
-            worker, ledger = stack.start_split()
+            worker, ledger = stack.start_split(**tuning)
         elif args.workers > 1:
             raise SystemExit("--workers beyond 1 needs --ledger own (chDB has one owner)")
         else:
-            worker = ledger = stack.start_worker()
-        fronts = [worker] + [stack.start_worker(f"worker-{i}", agents=("intake", "dispatch"))
+            worker = ledger = stack.start_worker(**tuning)
+        fronts = [worker] + [stack.start_worker(f"worker-{i}", agents=("intake", "dispatch"), **tuning)
                              for i in range(2, args.workers + 1)]
         return asyncio.run(bench(stack, fronts, ledger, args))
     finally:

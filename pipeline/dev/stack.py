@@ -366,14 +366,14 @@ class DevStack:
         _terminate(worker.process)
         self.workers.remove(worker)
 
-    def start_split(self) -> tuple[Worker, Worker]:
+    def start_split(self, **overrides) -> tuple[Worker, Worker]:
         """The request path and the ledger in two processes, as production runs them: a
         front worker (intake, batcher, dispatch) and a ledger worker (ledger, monitor) in
         its own consumer group, so chDB inserts never share the request path's CPU or GIL.
-        Returns (front, ledger)."""
+        ``overrides``: settings for both. Returns (front, ledger)."""
         ledger = self.start_worker("ledger", agents=("ledger", "monitor"),
-                                   app_id=f"{self.app_id}-ledger")
-        return self.start_worker("worker-1", agents=("intake", "dispatch")), ledger
+                                   **{"app_id": f"{self.app_id}-ledger", **overrides})
+        return self.start_worker("worker-1", agents=("intake", "dispatch"), **overrides), ledger
 
     def ledger_worker(self) -> Worker:
         for w in self.workers:
