@@ -27,8 +27,11 @@ from pipeline.settings import Settings
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    root_level = getattr(logging, level.upper(), logging.INFO)
+    logging.basicConfig(level=root_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # httpx logs every request at INFO: a line per provider call (1% of a busy worker's CPU
+    # and most of its log). Dispatch logs the calls that fail; DEBUG shows them all.
+    logging.getLogger("httpx").setLevel(max(root_level, logging.WARNING))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
