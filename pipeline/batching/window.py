@@ -8,8 +8,9 @@ of Kafka's ``linger.ms`` with a batch size): each key keeps a moving average of 
 between its arrivals; a window closes at once when fewer than two more requests are
 expected before its deadline (waiting up to ``max_wait_ms`` for one more, or a coin flip on
 one, costs every request in it more than it saves), and half-way to the deadline when a
-gap has run past the average (the time already waited predicts as much again). A lone request then waits ~0 ms instead
-of ``max_wait_ms``, while dense traffic still fills windows by size or age.
+gap has run past the average (the time already waited predicts as much again). A lone
+request then waits ~0 ms instead of ``max_wait_ms``, while dense traffic still fills
+windows by size or age.
 
 Plain Python with an injected clock (epoch ms): the batcher agent feeds it, asks for aged
 windows on a timer and publishes what it returns. Items are opaque to the window."""
@@ -32,7 +33,7 @@ class WindowLimits:
     max_batch_size: int        # requests
     max_batch_tokens: int      # estimated prompt tokens
     max_wait_ms: int           # age of the window's first request; 0 = flush on arrival
-    close_when_quiet: bool = False   # close early when no request is expected in time
+    close_when_quiet: bool = False   # close early when too few requests are expected in time
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ class Windows(Generic[T]):
                 if wanted is None or key.partition in wanted]
 
     def next_due_ms(self) -> int | None:
-        """When the oldest window comes of age (epoch ms), or None if none is open."""
+        """When the next window closes by age or quiet (epoch ms), or None if none is open."""
         return min((self._closes_at_ms(k, w) for k, w in self._open.items()), default=None)
 
     def pending(self) -> int:
