@@ -1,4 +1,5 @@
-"""Faust wiring of the intake step (llm.requests -> llm.routed | responses | dead letters),
+"""Faust wiring of the intake step (llm.requests -> llm.routed | llm.batches for windowless
+priorities | responses | dead letters),
 with the tenant's policy and its state (admissions, budgets, canary) on the same partition."""
 
 from __future__ import annotations
@@ -8,18 +9,21 @@ import faust
 from pipeline.agents.flow import process
 from pipeline.outputs import Emitter
 from pipeline.agents.tenancy import Tenancy
+from pipeline.batching.config import BatchingConfig, load_batching
 from pipeline.intake import Intake
 from pipeline.outputs import Origin
 from pipeline.runtime import Runtime
 
 
 def register_intake(app: faust.App, runtime: Runtime, tenancy: Tenancy, source: faust.TopicT,
-                    emitter: Emitter, partitions: int | None) -> None:
-    """``partitions``: llm.requests' partition count (a record must sit on its tenant's)."""
+                    emitter: Emitter, partitions: int | None,
+                    windows: BatchingConfig | None = None) -> None:
+    """``partitions``: llm.requests' partition count (a record must sit on its tenant's).
+    ``windows``: the micro-batch windows (default: pipeline/config/batching.yaml)."""
     s = runtime.settings
     intake = Intake(runtime.codec, runtime.catalog, runtime.router(), runtime.policy, s.topics,
                     policies=tenancy.directory.get, state=tenancy.state, bounds=runtime.bounds,
-                    partitions=partitions)
+                    partitions=partitions, windows=windows or load_batching())
 
     async def step(value: bytes | None, origin: Origin):
         return intake.handle(value, origin)

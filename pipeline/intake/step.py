@@ -1,6 +1,8 @@
 """Intake: decode, validate, normalise and route each request on llm.requests.
 
-A valid request becomes a RoutedRequest on llm.routed; a request intake refuses gets a
+A valid request becomes a RoutedRequest on llm.routed (or, at a priority without a
+micro-batch window, a Batch of one on llm.batches: pipeline/batching/alone.py); a request
+intake refuses gets a
 terminal error Response (and a Usage row, so errors are counted); bytes that are not a
 request become a DeadLetter with the raw bytes and the reason. Nothing here raises.
 """
@@ -12,6 +14,8 @@ from typing import Callable
 
 from pipeline import errors
 import pipeline.intake.validation as validation
+from pipeline.batching.alone import batch_of_one, windowless
+from pipeline.batching.config import BatchingConfig
 from pipeline.catalog import Catalog
 from pipeline.clock import now_ms
 from pipeline.errors import Rejected
@@ -36,12 +40,14 @@ class Intake:
                  topics: Topics, clock: Callable[[], int] = now_ms,
                  policies: Callable[[str], TenantPolicy | None] = lambda tenant: None,
                  state: TenantState | None = None, bounds: RequestBounds = RequestBounds(),
-                 partitions: int | None = None):
+                 partitions: int | None = None, windows: BatchingConfig | None = None):
         """``partitions``: llm.requests' partition count, to check that a record sits on its
-        tenant's partition (None: not checked)."""
+        tenant's partition (None: not checked). ``windows``: the micro-batch windows; a
+        request at a priority without one goes straight to llm.batches (None: every
+        request goes to llm.routed)."""
         self.codec, self.catalog, self.router, self.policy = codec, catalog, router, policy
         self.topics, self.clock, self.policies = topics, clock, policies
-        self.bounds, self.partitions = bounds, partitions
+        self.bounds, self.partitions, self.windows = bounds, partitions, windows
         self.state = state if state is not None else TenantState({})
 
     def handle(self, value: bytes | None, origin: Origin) -> list[Out]:
@@ -79,7 +85,14 @@ class Intake:
             return alerts + self._refused(request, fmt, exc, received, origin)
         finally:
             self.state.sweep(origin.partition, received)
-        return outs + [Out(self.topics.routed, routed.route.deployment, routed)]
+        return outs + [self._onward(routed)]
+
+    def _onward(self, routed: RoutedRequest) -> Out:
+        priority = windowless(self.windows, routed) if self.windows is not None else None
+        if priority is None:
+            return Out(self.topics.routed, routed.route.deployment, routed)
+        return Out(self.topics.batches, routed.route.deployment,
+                   batch_of_one(routed, priority, self.clock()))
 
     # --- admission: tenant policy, budgets, routing -----------------------------------
 

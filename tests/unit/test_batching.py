@@ -246,7 +246,7 @@ SHIPPED = load_batching.__globals__["config_path"]("batching.yaml").read_text()
 
 
 @pytest.mark.parametrize("old,new,key", [
-    ("    max_wait_ms: 5\n", "    max_wait_ms: -1\n", "priorities.interactive.max_wait_ms"),
+    ("    max_wait_ms: 0\n", "    max_wait_ms: -1\n", "priorities.interactive.max_wait_ms"),
     ("    max_wait_ms: 5000", "    max_wait_ms: 900000", "priorities.batch.max_wait_ms"),
     ("  standard:\n    max_batch_size: 8", "  standard:\n    max_batch_size: 0",
      "priorities.standard.max_batch_size"),
@@ -255,7 +255,7 @@ SHIPPED = load_batching.__globals__["config_path"]("batching.yaml").read_text()
     ("  batch:", "  bulk:", "priorities.bulk"),
     ("priorities:", "windows:", "windows"),
     ("    close_when_quiet: true\n", "    close_when_quiet: yes please\n",
-     "priorities.interactive.close_when_quiet"),
+     "priorities.standard.close_when_quiet"),
 ])
 def test_bad_batching_config_names_file_and_key(tmp_path, old, new, key):
     path = tmp_path / "batching.yaml"

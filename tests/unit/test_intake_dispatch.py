@@ -9,11 +9,12 @@ import uuid
 import httpx
 import pytest
 
+from pipeline.batching.config import load_batching
 from pipeline.catalog import load_catalog
 from pipeline.providers.deployments import load_deployments
 from pipeline.dispatch import Dispatcher
 from pipeline.events.codec import Codec
-from pipeline.events.models import DeadLetter, Response, RoutedRequest, Usage
+from pipeline.events.models import Batch, DeadLetter, Response, RoutedRequest, Usage
 from pipeline.intake import Intake
 from pipeline.outputs import Origin
 from pipeline.providers.openai import OpenAIAdapter
@@ -50,6 +51,23 @@ def test_valid_json_request_is_routed_and_remembers_json():
     assert out.key == out.event.route.deployment
     assert out.event.reply_format == "json" and out.event.max_tokens == policy.default_max_tokens
     assert out.event.fallbacks and out.event.fallbacks[0] == "openai-gpt-4o"
+
+
+def test_a_windowless_priority_goes_straight_to_batches_as_a_batch_of_one():
+    windows = load_batching()
+    assert windows.limits("interactive").max_wait_ms == 0
+    step = intake(windows=windows)
+    (fast,) = step.handle(body(hints={"priority": "interactive"}), ORIGIN)
+    assert fast.topic == topics.batches and isinstance(fast.event, Batch)
+    batch = fast.event
+    assert [i.request.tenant for i in batch.items] == ["acme"] and batch.priority == "interactive"
+    # keyed like the RoutedRequest it replaces: same partition in the `deployment` group
+    assert fast.key == batch.deployment == batch.items[0].route.deployment
+    assert batch.opened_at_ms == batch.flushed_at_ms == 2_000 and batch.fill_reason == "age"
+    (slow,) = step.handle(body(), ORIGIN)                 # standard has a window
+    assert slow.topic == topics.routed and isinstance(slow.event, RoutedRequest)
+    (old,) = intake().handle(body(hints={"priority": "interactive"}), ORIGIN)
+    assert old.topic == topics.routed                      # no windows given: as before
 
 
 @pytest.mark.parametrize("hints, model", [
