@@ -38,7 +38,8 @@ from pipeline.providers.transport import AiohttpTransport
 #   client → llm.requests → intake → llm.routed → batcher → llm.batches → dispatch →
 #   llm.responses → client
 # (pipeline/agents/intake.py, batcher.py, dispatch.py). llm.usage is published beside the
-# response, off the caller's path.
+# response, off the caller's path. That is a standard request's path; interactive has no
+# window and skips llm.routed (pipeline/batching/alone.py): `--hops 3` is its floor.
 PIPELINE_HOPS = ("llm.requests", "llm.routed", "llm.batches", "llm.responses")
 ECHO_TOPIC_PREFIX = "bench.echo."
 # As GatewayClient: the caller's producer lingers 1 ms, its response reader waits up to

@@ -328,7 +328,8 @@ def preamble(args: argparse.Namespace, direct: Direct, deployment: str, payload_
              partitions: int, idle: Usage) -> str:
     """What each phase is, and the idle worker's CPU, above the tables."""
     echoes = args.hops - 1
-    path = f" as the pipeline's: {' -> '.join(PIPELINE_HOPS)}" if args.hops == len(PIPELINE_HOPS) else ""
+    path = (f" as a standard request's: {' -> '.join(PIPELINE_HOPS)} (interactive skips "
+            f"llm.routed: 3)" if args.hops == len(PIPELINE_HOPS) else "")
     return "\n".join([
         f"simulator: fixed {args.provider_latency_ms} ms, no injected errors; "
         f"{args.warmup} warm-up requests before each phase",
