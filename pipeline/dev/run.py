@@ -65,6 +65,10 @@ def batching_summary(worker) -> str:
         lines.append(f"  {priority:<12} {p['requests']:>5} requests in {p['batches']:>4} batches "
                      f"(mean {p['mean_batch_size']}, max {p['max_batch_size']}; {reasons}); "
                      f"added wait p50 {_ms(wait.get('p50'))}, p99 {_ms(wait.get('p99'))}")
+    for priority, limits in sorted(stats.get("limits", {}).items()):
+        if limits.get("max_wait_ms") == 0:
+            lines.append(f"  {priority:<12} no window: intake sends each request straight to "
+                         f"dispatch (a Batch of one on llm.batches)")
     return "\n".join(lines) + "\n"
 
 
