@@ -112,13 +112,15 @@ async def test_standard_is_batched_interactive_skips_the_window_one_response_eac
           f"standard window wait p99 {percentile(std_waits, .99):.0f} ms")
     worker = stack.workers[0]
     body = worker.batcher_stats()
-    lag = body["loop_lag_ms"]["p99"]
-    print(f"worker loop lag p50/p99/max {body['loop_lag_ms']['p50']:.0f}/{lag:.0f}/"
-          f"{body['loop_lag_ms']['max']} ms")
-    median_lag = body["loop_lag_ms"]["p50"]
+    # Lag is sampled when the flush timer wakes for a due window; with interactive past the
+    # batcher and every standard window filled by size, there may be none: no lag to allow.
+    loop_lag = body["loop_lag_ms"] or {"p50": 0, "p99": 0, "max": 0}
+    lag, median_lag = loop_lag["p99"], loop_lag["p50"]
+    print(f"worker loop lag p50/p99/max {median_lag:.0f}/{lag:.0f}/{loop_lag['max']} ms "
+          f"({'measured' if body['loop_lag_ms'] else 'no timer-closed window'})")
     assert percentile(inter_waits, .5) <= 5 + median_lag + MEDIAN_SLACK_MS, (inter_waits, median_lag)
-    assert percentile(inter_waits, .99) <= 5 + lag + SLACK_MS, (inter_waits, body["loop_lag_ms"])
-    assert percentile(std_waits, .99) <= 100 + lag + SLACK_MS, (std_waits, body["loop_lag_ms"])
+    assert percentile(inter_waits, .99) <= 5 + lag + SLACK_MS, (inter_waits, loop_lag)
+    assert percentile(std_waits, .99) <= 100 + lag + SLACK_MS, (std_waits, loop_lag)
 
     assert worker.wait_for_usage(ids) == {rid: 1 for rid in ids}
     view = body["priorities"]
