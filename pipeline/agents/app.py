@@ -12,6 +12,7 @@ from pipeline.agents.dispatch import register_dispatch
 from pipeline.outputs import Emitter
 from pipeline.agents.intake import register_intake
 from pipeline.agents.tenancy import Tenancy, register_settle, register_views
+from pipeline.batching.config import load_batching
 from pipeline.agents.ledger import register_ledger
 from pipeline.agents.monitor import register_monitor
 from pipeline.batchapi.poller import register_batch_api
@@ -61,17 +62,18 @@ def create_app(runtime: Runtime) -> faust.App:
 
     emitter = Emitter(send, runtime.codec, s.topics, max_message_bytes=s.max_message_bytes,
                       stall_s=s.publish_stall_s)
+    windows = load_batching()        # intake (windowless priorities) and the batcher share it
     if "intake" in s.agents:
         # Reserve (intake) and settle (usage) meet on the tenant's partition: same worker.
         tenancy = Tenancy(app, runtime, partitions[s.topics.requests])
         register_intake(app, runtime, tenancy, topic(s.topics.requests), emitter,
-                        partitions.get(s.topics.requests))
+                        partitions.get(s.topics.requests), windows)
         register_settle(app, runtime, tenancy, topic(s.topics.usage), emitter)
         register_views(app, tenancy)
     if "batcher" in s.agents or "dispatch" in s.agents:
         # Dispatch reads only what the batcher publishes (llm.routed -> llm.batches, same
         # deployment partitions): naming dispatch runs its batcher too.
-        register_batcher(app, runtime, topic(s.topics.routed), emitter)
+        register_batcher(app, runtime, topic(s.topics.routed), emitter, windows)
     if "dispatch" in s.agents:
         # Batch-priority batches go to provider Batch APIs; the poller owns the job
         # partitions matching this worker's llm.batches partitions.

@@ -9,21 +9,20 @@ import faust
 from pipeline.agents.flow import process
 from pipeline.outputs import Emitter
 from pipeline.agents.tenancy import Tenancy
-from pipeline.batching.config import BatchingConfig, load_batching
+from pipeline.batching.config import BatchingConfig
 from pipeline.intake import Intake
 from pipeline.outputs import Origin
 from pipeline.runtime import Runtime
 
 
 def register_intake(app: faust.App, runtime: Runtime, tenancy: Tenancy, source: faust.TopicT,
-                    emitter: Emitter, partitions: int | None,
-                    windows: BatchingConfig | None = None) -> None:
+                    emitter: Emitter, partitions: int | None, windows: BatchingConfig) -> None:
     """``partitions``: llm.requests' partition count (a record must sit on its tenant's).
-    ``windows``: the micro-batch windows (default: pipeline/config/batching.yaml)."""
+    ``windows``: the micro-batch windows (windowless priorities skip the batcher)."""
     s = runtime.settings
     intake = Intake(runtime.codec, runtime.catalog, runtime.router(), runtime.policy, s.topics,
                     policies=tenancy.directory.get, state=tenancy.state, bounds=runtime.bounds,
-                    partitions=partitions, windows=windows or load_batching())
+                    partitions=partitions, windows=windows)
 
     async def step(value: bytes | None, origin: Origin):
         return intake.handle(value, origin)

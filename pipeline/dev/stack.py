@@ -48,7 +48,7 @@ class Worker:
     process: subprocess.Popen
     web_port: int
     log_path: Path
-    agents: tuple[str, ...] = ("intake", "dispatch", "ledger", "monitor")
+    agents: tuple[str, ...]
 
     @property
     def url(self) -> str:

@@ -1,8 +1,8 @@
 """An httpx transport that sends over aiohttp, for provider calls.
 
 httpx's own pool (httpcore) checks every pooled connection on every request — a socket
-poll per connection — so at 100 calls in flight it cost ~2.6 ms of CPU per call here,
-against ~0.4 ms through this transport and the same httpx client on top (`llmpipe bench
+poll per connection — so at 100 calls in flight it cost 6.7–8.3 ms of CPU per call here,
+against 0.4–0.5 ms through this transport and the same httpx client on top (`llmpipe bench
 http`, docs/BENCHMARKS.md). The adapters keep httpx's request/response API (and tests keep
 ``httpx.MockTransport``); only the wire moves. aiohttp's errors become the httpx errors the
 adapters already classify: timeouts as ``httpx.TimeoutException`` (the call timed out),
