@@ -16,6 +16,9 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
+GATEWAY_TOPIC_PREFIX = "llm.gateway."
+
+
 @dataclass(frozen=True)
 class Topics:
     prefix: str = ""
@@ -41,6 +44,20 @@ class Topics:
     def dead_letter(self) -> str: return self.name("llm.dead-letter")
     @property
     def tenants(self) -> str: return self.name("llm.tenants")
+    @property
+    def chunks(self) -> str: return self.name("llm.chunks")
+
+    def gateway_replies(self, instance: str) -> tuple[str, str]:
+        """The reply topics of one HTTP gateway instance: (responses, chunks). One partition
+        each, read only by that instance, so a replica never reads another's answers."""
+        base = self.name(f"{GATEWAY_TOPIC_PREFIX}{instance}")
+        return f"{base}.responses", f"{base}.chunks"
+
+    def is_gateway_reply(self, topic: str) -> bool:
+        """A gateway instance's reply topic: every tenant's requests may name one (the
+        gateway, not the caller, chooses it)."""
+        return topic.startswith(self.name(GATEWAY_TOPIC_PREFIX)) and \
+            topic.endswith((".responses", ".chunks"))
 
 
 @dataclass(frozen=True)

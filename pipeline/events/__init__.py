@@ -18,6 +18,7 @@ from pipeline.events.models import (
     Budget,
     CanaryRule,
     ChatMessage,
+    Chunk,
     DeadLetter,
     ErrorInfo,
     Event,
@@ -35,7 +36,7 @@ from pipeline.events.text import invalid_name, invalid_text, scrub, strings_of
 __all__ = [
     "ERROR", "EVENT_TYPES", "OK", "PRIORITIES", "ROLES", "SEP",
     "Alert", "AttemptRecord", "Batch", "BatchJob", "Budget", "CanaryRule", "ChatMessage",
-    "Codec", "DeadLetter", "DecodeError", "ErrorInfo", "Event", "GenerationParams", "Request",
-    "Response", "RouteDecision", "RoutedRequest", "RoutingHints", "TenantPolicy", "Usage",
+    "Chunk", "Codec", "DeadLetter", "DecodeError", "ErrorInfo", "Event", "GenerationParams",
+    "Request", "Response", "RouteDecision", "RoutedRequest", "RoutingHints", "TenantPolicy", "Usage",
     "invalid_name", "invalid_text", "is_json", "request_key", "scrub", "strings_of",
 ]

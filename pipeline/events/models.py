@@ -120,6 +120,8 @@ class Request(Event):
     hints: RoutingHints = field(default_factory=RoutingHints)
     reply_topic: Optional[str] = None
     metadata: dict[str, str] = field(default_factory=dict)
+    stream: bool = False
+    chunk_topic: Optional[str] = None
 
 
 # --- RoutedRequest -------------------------------------------------------------------
@@ -263,6 +265,18 @@ class Usage(Event):
     canary: str = ""
 
 
+@dataclass
+class Chunk(Event):
+    AVRO_NAME: ClassVar[str] = "Chunk"
+    request_id: str
+    tenant: str
+    stream_id: str
+    seq: int
+    delta: str
+    at_ms: int
+    model: Optional[str] = None
+
+
 # --- Alerts, dead letters, tenant policy -----------------------------------------------
 
 @dataclass
@@ -332,10 +346,11 @@ class TenantPolicy(Event):
     cache_ttl_s: int = 3600
     updated_at_ms: int = 0
     reply_topics: list[str] = field(default_factory=list)
+    api_keys: list[str] = field(default_factory=list)
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.AVRO_NAME: cls
-    for cls in (Request, RoutedRequest, Batch, BatchJob, Response, Usage, Alert, DeadLetter,
-                TenantPolicy)
+    for cls in (Request, RoutedRequest, Batch, BatchJob, Response, Chunk, Usage, Alert,
+                DeadLetter, TenantPolicy)
 }

@@ -62,7 +62,7 @@ class Intake:
             validation.check_request(request, received, self.bounds)
             validation.check_record(len(value or b""), origin.key, origin.partition,
                                     request.tenant, self.partitions, self.bounds, origin.topic)
-            validation.check_reply_topic(request, self.topics.responses, policy)
+            validation.check_reply_topics(request, self.topics, policy)
         except Rejected as exc:
             return self._refused(request, fmt, exc, received, origin)
         self.state.prepare(origin.partition)
@@ -162,7 +162,7 @@ class Intake:
                         if t is not None and validation.created_within(t, received, b)), None)
         reply = r.reply_topic
         if reply is not None and (invalid_topic_name(reply) or not validation.reply_topic_allowed(
-                reply, self.topics.responses, self.policies(r.tenant))):
+                reply, self.topics.responses, self.policies(r.tenant), self.topics)):
             reply = None
         try:
             validation.check_metadata(r.metadata, b)

@@ -16,6 +16,7 @@ from pipeline.errors import Rejected
 from pipeline.events.ids import SEP
 from pipeline.events.models import PRIORITIES, ROLES, Request, TenantPolicy
 from pipeline.events.text import invalid_name, invalid_text, strings_of
+from pipeline.settings import Topics
 
 # Names that mean something else: "*" is the global scope of alerts (tenant) and the
 # whole-tenant budget row (team).
@@ -67,10 +68,12 @@ def tenant_partition(tenant: str, partitions: int) -> int:
     return (murmur2(tenant.encode()) & 0x7FFFFFFF) % partitions
 
 
-def reply_topic_allowed(topic: str, default: str, policy: TenantPolicy | None) -> bool:
-    """The default responses topic, or one the tenant's policy lists (``prefix*`` entries
-    match by prefix)."""
-    if topic == default:
+def reply_topic_allowed(topic: str, default: str, policy: TenantPolicy | None,
+                        topics: Topics | None = None) -> bool:
+    """The default topic (responses, or chunks for a chunk topic), an HTTP gateway
+    instance's reply topic (given ``topics``), or one the tenant's policy lists
+    (``prefix*`` entries match by prefix)."""
+    if topic == default or topics is not None and topics.is_gateway_reply(topic):
         return True
     for entry in policy.reply_topics if policy else ():
         if topic == entry or entry.endswith("*") and topic.startswith(entry[:-1]):
@@ -135,15 +138,18 @@ def created_within(created_ms: int, received_ms: int, bounds: RequestBounds) -> 
     return -bounds.max_ahead_ms <= age <= bounds.max_age_ms
 
 
-def check_reply_topic(r: Request, default: str, policy: TenantPolicy | None) -> None:
-    if r.reply_topic is None:
-        return
-    why = invalid_topic_name(r.reply_topic)
-    if why:
-        raise Rejected(f"reply_topic {why}")
-    if not reply_topic_allowed(r.reply_topic, default, policy):
-        raise Rejected(f"reply_topic {r.reply_topic!r} is not allowed for tenant {r.tenant!r}: "
-                       f"use {default!r} or a topic listed in the tenant policy's reply_topics")
+def check_reply_topics(r: Request, topics: Topics, policy: TenantPolicy | None) -> None:
+    """``reply_topic`` and ``chunk_topic``: valid names the tenant may write to."""
+    for field, topic, default in (("reply_topic", r.reply_topic, topics.responses),
+                                  ("chunk_topic", r.chunk_topic, topics.chunks)):
+        if topic is None:
+            continue
+        why = invalid_topic_name(topic)
+        if why:
+            raise Rejected(f"{field} {why}")
+        if not reply_topic_allowed(topic, default, policy, topics):
+            raise Rejected(f"{field} {topic!r} is not allowed for tenant {r.tenant!r}: use "
+                           f"{default!r} or a topic listed in the tenant policy's reply_topics")
 
 
 def _name(field: str, value: str, bounds: RequestBounds) -> None:

@@ -157,3 +157,15 @@ def test_bounds_load_from_config_and_must_leave_room_under_the_message_size(tmp_
     assert load_bounds() == RequestBounds()
     with pytest.raises(Exception, match="at most 90% of the broker's message size"):
         load_bounds(max_message_bytes=500_000)
+
+
+def test_gateway_reply_topics_are_open_to_every_tenant_and_chunk_topics_are_checked():
+    responses, chunks = topics.gateway_replies("gw-1")
+    assert reply_topic_allowed(responses, topics.responses, None, topics)
+    assert reply_topic_allowed(chunks, topics.chunks, None, topics)
+    assert not reply_topic_allowed("llm.gateway.gw-1.usage", topics.responses, None, topics)
+    [routed] = send(reply_topic=responses, chunk_topic=chunks, stream=True)
+    assert routed.event.reply_topic == responses
+    assert routed.event.request.chunk_topic == chunks and routed.event.request.stream
+    _, response, _ = refusal(send(chunk_topic="llm.usage", stream=True))
+    assert "chunk_topic 'llm.usage' is not allowed" in response.error.message
