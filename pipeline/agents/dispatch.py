@@ -107,8 +107,8 @@ def register_dispatch(app: faust.App, runtime: Runtime, source: faust.TopicT,
     adapters = {dep_id: make_adapter(dep, keys[dep_id], calls)
                 for dep_id, dep in runtime.deployments.by_id.items()}
     dispatcher = Dispatcher(runtime.catalog, runtime.deployments, adapters, s.topics,
-                            calls.retry,
-                            rng=runtime.rng)
+                            calls.retry, rng=runtime.rng,
+                            publish=lambda outs: emitter.emit(outs, agent="dispatch"))
     partition_of: dict[str, int] = {}   # deployment id -> the llm.batches partition it arrives on
     source_name = source.get_topic_name()
 

@@ -30,7 +30,9 @@ from pipeline.events.models import (AttemptRecord, RouteDecision,
 from pipeline.outputs import Out, outcomes
 from pipeline.providers.base import Adapter, Completion
 from pipeline.resilience.guard import DeploymentGuard, Guards, Refusal, breaker_alert
+from pipeline.dispatch.stream import ChunkStream, Publish
 from pipeline.resilience.retry import DEADLINE, RetryPolicy
+from pipeline.routing.tokens import estimate_text_tokens
 from pipeline.settings import Topics
 
 log = logging.getLogger("llmpipe.dispatch")
@@ -57,12 +59,16 @@ class Dispatcher:
     def __init__(self, catalog: Catalog, deployments: Deployments, adapters: Mapping[str, Adapter],
                  topics: Topics, retry: RetryPolicy, rng: random.Random | None = None,
                  sleep: Callable[[float], Awaitable[None]] | None = None,
-                 clock: Callable[[], int] = now_ms, monotonic: Clock | None = None):
+                 clock: Callable[[], int] = now_ms, monotonic: Clock | None = None,
+                 publish: Publish | None = None):
         """``clock`` is wall time in epoch ms (event timestamps, the request deadline, which
         counts from ``received_at_ms``); ``monotonic`` drives breakers, buckets and health
-        windows; ``sleep`` is every wait. Tests pass a manual clock and a sleep that moves it."""
+        windows; ``sleep`` is every wait. Tests pass a manual clock and a sleep that moves it.
+        ``publish``: how a streamed request's chunks reach the broker (the agent's emitter);
+        without it every call is made unstreamed."""
         self.catalog, self.deployments, self.adapters = catalog, deployments, adapters
         self.topics, self.retry, self.clock = topics, retry, clock
+        self.publish = publish
         self.rng = rng or random.Random()
         self.sleep = sleep or asyncio.sleep
         self.calls = deployments.calls
@@ -118,6 +124,8 @@ class Dispatcher:
         demoted = self._demote(routed, guard)
         if demoted is not None:
             return [demoted]
+        if routed.request.stream and self.publish is not None:
+            return await self._streamed(routed, guard, adapter)
         hedge = self._hedge_target(routed)
         if hedge is not None:
             return await self._hedged(routed, guard, adapter, hedge)
@@ -125,6 +133,39 @@ class Dispatcher:
         if hop.completion is not None:
             return self._succeeded(routed, hop.completion, hop.attempts, hop.provider_ms)
         return self._failed(routed, hop)
+
+    # --- streaming -----------------------------------------------------------------------
+
+    async def _streamed(self, routed: RoutedRequest, guard: DeploymentGuard,
+                        adapter: Adapter) -> list[Out]:
+        """A call in streaming mode, its deltas published as Chunks while it runs. Until the
+        first delta a failure is retried and failed over as usual (the caller sees nothing
+        of it); after it, the request ends in an error that keeps the delivered text and
+        bills it. Never hedged: two streams cannot both reach one caller."""
+        assert self.publish is not None
+        stream = ChunkStream(routed, self.publish, self.topics, self.clock)
+        try:
+            hop = await self._attempts(routed, guard, adapter, stream)
+        finally:
+            await stream.finish()
+        if hop.completion is not None:
+            return self._succeeded(routed, hop.completion, hop.attempts, hop.provider_ms,
+                                   first_token_at_ms=stream.first_at_ms)
+        if not stream.started:
+            return self._failed(routed, hop)
+        failure = hop.failure
+        assert failure is not None
+        tried = routed.tried + [AttemptRecord(routed.route.deployment, failure.code, hop.attempts)]
+        log.info("stream_broken request_id=%s deployment=%s chunks=%d code=%s",
+                 routed.request.request_id, routed.route.deployment, stream.chunks, failure.code)
+        return outcomes.stream_broken(
+            routed, failure.code,
+            f"the answer's stream broke after {stream.chunks} chunks ({failure.message}); "
+            f"the text delivered so far is billed and was not retried", content=stream.delivered,
+            completion_tokens=estimate_text_tokens(stream.delivered),
+            first_token_at_ms=stream.first_at_ms, catalog=self.catalog, at=self.clock(),
+            tried=tried, provider_ms=hop.provider_ms, routed_model=self._first_model(routed),
+            topics=self.topics)
 
     # --- hedging -------------------------------------------------------------------------
 
@@ -204,9 +245,11 @@ class Dispatcher:
         rest = [d for d in routed.fallbacks if d != hedge_id]
         return self._failed(routed.replace(tried=tried, fallbacks=rest), hops[primary])
 
-    async def _attempts(self, routed: RoutedRequest, guard: DeploymentGuard, adapter: Adapter) -> _Hop:
+    async def _attempts(self, routed: RoutedRequest, guard: DeploymentGuard, adapter: Adapter,
+                        stream: ChunkStream | None = None) -> _Hop:
         """Call ``adapter`` until it answers, a non-retryable error, ``max_attempts`` for this
-        deployment (counting earlier visits of the request), or the deadline."""
+        deployment (counting earlier visits of the request), the deadline, or — streaming
+        into ``stream`` — a failure after the first delta."""
         r, dep_id = routed.request, routed.route.deployment
         earlier = [t for t in routed.tried if t.deployment == dep_id]
         budget = self.max_attempts - sum(t.attempts for t in earlier)
@@ -232,7 +275,9 @@ class Dispatcher:
             attempts += 1
             timeout_s = max(0.001, min(self.calls.total_timeout_s, self._remaining_s(routed)))
             try:
-                completion = await asyncio.wait_for(adapter.complete(routed), timeout_s)
+                call = (adapter.complete(routed) if stream is None
+                        else adapter.complete(routed, on_delta=stream.on_delta))
+                completion = await asyncio.wait_for(call, timeout_s)
             except GatewayError as exc:
                 failure = exc
             except asyncio.TimeoutError:
@@ -249,6 +294,8 @@ class Dispatcher:
             provider_ms += failure.elapsed_ms
             log.info("provider_call_failed request_id=%s tenant=%s deployment=%s attempt=%d code=%s",
                      r.request_id, r.tenant, dep_id, attempts, failure.code)
+            if stream is not None and stream.started:
+                break                       # the caller has text: no silent second attempt
             nxt = self.retry.after(attempts, self.rng, retryable=failure.retryable,
                                    retry_after_s=failure.retry_after_s, max_attempts=budget,
                                    remaining_s=self._remaining_s(routed))
@@ -291,12 +338,13 @@ class Dispatcher:
     # --- outcomes --------------------------------------------------------------------
 
     def _succeeded(self, routed: RoutedRequest, c: Completion, attempts: int, provider_ms: int,
-                   extra_cost_nanos: int = 0) -> list[Out]:
+                   extra_cost_nanos: int = 0, first_token_at_ms: int = 0) -> list[Out]:
         """``extra_cost_nanos``: a hedge's losing call, billed with the request."""
         return outcomes.answered(routed, c, catalog=self.catalog, at=self.clock(),
                                  attempts=attempts, provider_ms=provider_ms,
                                  routed_model=self._first_model(routed), topics=self.topics,
-                                 extra_cost_nanos=extra_cost_nanos)
+                                 extra_cost_nanos=extra_cost_nanos,
+                                 first_token_at_ms=first_token_at_ms)
 
     def _failed(self, routed: RoutedRequest, hop: _Hop) -> list[Out]:
         """Fail over to the next deployment of the chain, or end the request with one

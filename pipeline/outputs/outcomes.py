@@ -6,6 +6,7 @@ path ended it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 from pipeline.catalog import Catalog
@@ -82,7 +83,7 @@ def first_model(routed: RoutedRequest, model_of: Callable[[str], str | None]) ->
 
 def answered(routed: RoutedRequest, c: Completion, *, catalog: Catalog, at: int, attempts: int,
              provider_ms: int, routed_model: str, topics: Topics, extra_cost_nanos: int = 0,
-             batch_job: BatchJobRef | None = None) -> list[Out]:
+             batch_job: BatchJobRef | None = None, first_token_at_ms: int = 0) -> list[Out]:
     """A routed request answered: Response + Usage at the catalog's price for the served
     model — the Batch API price for an item of ``batch_job`` — plus ``extra_cost_nanos``
     (a hedge's losing call, billed with the request). The baseline is always the live price
@@ -104,7 +105,8 @@ def answered(routed: RoutedRequest, c: Completion, *, catalog: Catalog, at: int,
         prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
         cached_tokens=c.cached_tokens, cost_nanos=cost, baseline_cost_nanos=baseline,
         price_version=catalog.price_version, served_model=route.model, provider=route.provider,
-        deployment=route.deployment, region=route.region, **_batch_fields(batch_job))
+        deployment=route.deployment, region=route.region, first_token_at_ms=first_token_at_ms,
+        **_batch_fields(batch_job))
     return [Out(routed.reply_topic, r.request_id, response, routed.reply_format),
             usage_out(routed, usage, topics)]
 
@@ -126,6 +128,29 @@ def routed_failed(routed: RoutedRequest, code: str, message: str, retryable: boo
         **_batch_fields(batch_job))
     return [Out(reply_topic or routed.reply_topic, r.request_id, response, routed.reply_format),
             usage_out(routed, usage, topics)]
+
+
+def stream_broken(routed: RoutedRequest, code: str, message: str, *, content: str,
+                  completion_tokens: int, first_token_at_ms: int, catalog: Catalog, at: int,
+                  tried: list[AttemptRecord], provider_ms: int, routed_model: str,
+                  topics: Topics) -> list[Out]:
+    """A streamed answer cut after its first chunk: an error Response holding the text the
+    caller was sent, billed for what was delivered — the estimated prompt and
+    ``completion_tokens`` (estimated from the delivered text: a broken stream reports no
+    usage) at the served model's price."""
+    route = routed.route
+    prompt = routed.estimated_prompt_tokens
+    cost = catalog.cost_nanos(route.model, prompt, completion_tokens)
+    baseline = catalog.cost_nanos(routed.baseline_model or catalog.baseline_model, prompt,
+                                  completion_tokens)
+    reply, usage = routed_failed(routed, code, message, False, at=at, tried=tried,
+                                 provider_ms=provider_ms, routed_model=routed_model,
+                                 topics=topics)
+    billed = dict(prompt_tokens=prompt, completion_tokens=completion_tokens, cost_nanos=cost)
+    return [replace(reply, event=reply.event.replace(content=content, **billed)),
+            replace(usage, event=usage.event.replace(
+                baseline_cost_nanos=baseline, price_version=catalog.price_version,
+                served_model=route.model, first_token_at_ms=first_token_at_ms, **billed))]
 
 
 def _batch_fields(batch_job: BatchJobRef | None) -> dict:

@@ -1,0 +1,71 @@
+"""A streamed answer on its way to the caller: the provider's deltas as Chunk events on the
+request's chunk topic, in order, before its Response.
+
+The first delta is published at once (it is the time to first token); while a chunk is on
+its way to the broker the deltas that arrive meanwhile are gathered and go out together as
+the next chunk, so a fast provider costs a few Kafka records per answer, not one per token,
+and a slow one costs no added wait. :meth:`ChunkStream.finish` returns once every chunk is
+on the broker, so a request's Response never overtakes its chunks (call it on every path,
+success or failure: a caller billed for delivered text sees all of it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Awaitable, Callable
+
+from pipeline.events.models import Chunk, RoutedRequest
+from pipeline.outputs import Out
+from pipeline.settings import Topics
+
+Publish = Callable[[list[Out]], Awaitable[None]]
+
+
+class ChunkStream:
+    def __init__(self, routed: RoutedRequest, publish: Publish, topics: Topics,
+                 clock: Callable[[], int]):
+        r = routed.request
+        self.routed, self.publish, self.clock = routed, publish, clock
+        self.topic = r.chunk_topic or topics.chunks
+        self.stream_id = str(uuid.uuid4())
+        self.delivered = ""                 # text on the broker or on its way
+        self.first_at_ms = 0                # wall time of the first delta
+        self.chunks = 0
+        self._pending = ""
+        self._sender: asyncio.Task | None = None
+
+    @property
+    def started(self) -> bool:
+        """A delta reached the stream: the caller may have seen text, so the call can no
+        longer be retried or failed over without the caller noticing."""
+        return bool(self.delivered or self._pending)
+
+    async def on_delta(self, text: str) -> None:
+        if not text:
+            return
+        if not self.first_at_ms:
+            self.first_at_ms = self.clock()
+        self._pending += text
+        if self._sender is None or self._sender.done():
+            if self._sender is not None:
+                self._sender.result()       # a failed publish surfaces here, not silently
+            self._sender = asyncio.create_task(self._send())
+
+    async def _send(self) -> None:
+        while self._pending:
+            text, self._pending = self._pending, ""
+            r = self.routed.request
+            chunk = Chunk(request_id=r.request_id, tenant=r.tenant, stream_id=self.stream_id,
+                          seq=self.chunks, delta=text, at_ms=self.clock(),
+                          model=self.routed.route.model)
+            self.chunks += 1
+            self.delivered += text
+            await self.publish([Out(self.topic, r.request_id, chunk, self.routed.reply_format)])
+
+    async def finish(self) -> None:
+        """Every delta so far is on the broker."""
+        if self._sender is not None:
+            await self._sender
+        if self._pending:
+            await self._send()
