@@ -21,6 +21,8 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import socket
 import sys
 
 from pipeline.settings import Settings
@@ -189,6 +191,19 @@ def cmd_tenants(args: argparse.Namespace) -> int:
             show(await put_policy(bootstrap, topic, codec, policy, timeout_s=args.timeout))
             return 0
         policies = await read_policies(bootstrap, topic, codec, timeout_s=args.timeout)
+        if args.action == "key":
+            from pipeline.events.models import TenantPolicy
+            from pipeline.gateway.keys import hash_key, new_key
+            key = new_key()
+            policy = policies.get(args.tenant) or TenantPolicy(tenant=args.tenant)
+            kept = [] if args.replace else policy.api_keys
+            await put_policy(bootstrap, topic, codec,
+                             policy.replace(api_keys=kept + [hash_key(key)]), timeout_s=args.timeout)
+            print(key)
+            print(f"a new gateway API key for tenant {args.tenant} ({len(kept) + 1} key(s) now; "
+                  "only its hash is stored: keep the key, it cannot be shown again)",
+                  file=sys.stderr)
+            return 0
         if args.action == "list":
             if args.format == "json":
                 print(json.dumps([policy_to_mapping(p) for _, p in sorted(policies.items())],
@@ -225,6 +240,14 @@ def cmd_tenants(args: argparse.Namespace) -> int:
         return 3
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from pipeline.gateway.server import main as gateway_main
+
+    settings = Settings.from_env()
+    _logging(settings.log_level)
+    return gateway_main(settings, args.instance, args.host, args.port)
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from pipeline.dev.run import run_dev
     return run_dev(args)
@@ -251,6 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="worker processes in one consumer group, each on its own web port "
                              "(LLMPIPE_WEB_PORT + i); a worker is one core (default 1)")
     worker.set_defaults(func=cmd_worker)
+
+    gw = sub.add_parser("gateway", help="serve the OpenAI-compatible HTTP API "
+                                        "(settings from LLMPIPE_* variables)")
+    gw.add_argument("--host", default=os.environ.get("LLMPIPE_GATEWAY_HOST", "127.0.0.1"))
+    gw.add_argument("--port", type=int, default=int(os.environ.get("LLMPIPE_GATEWAY_PORT", "8080")),
+                    help="0: a free port (printed)")
+    gw.add_argument("--instance", default=os.environ.get("LLMPIPE_GATEWAY_ID") or socket.gethostname(),
+                    help="instance id, names its reply topics (default: $LLMPIPE_GATEWAY_ID or "
+                         "the host name)")
+    gw.set_defaults(func=cmd_gateway)
 
     route = sub.add_parser("route", help="explain how a prompt would be routed (offline)")
     route.add_argument("--explain", dest="prompt", required=True, metavar="PROMPT")
@@ -286,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     tlist.add_argument("--format", choices=("table", "json"), default="table")
     tdel = tensub.add_parser("delete", parents=[common], help="delete a tenant's policy (tombstone)")
     tdel.add_argument("tenant")
+    tkey = tensub.add_parser("key", parents=[common],
+                             help="make a gateway API key for a tenant (prints it once; stores its hash)")
+    tkey.add_argument("tenant")
+    tkey.add_argument("--replace", action="store_true", help="revoke the tenant's other keys")
     tenants.set_defaults(func=cmd_tenants)
 
     mig = sub.add_parser("migrate", help="apply ClickHouse migrations")

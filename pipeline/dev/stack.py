@@ -144,6 +144,7 @@ class DevStack:
     simulator: subprocess.Popen | None = None
     simulator_url: str = ""
     workers: list[Worker] = field(default_factory=list)
+    children: list[subprocess.Popen] = field(default_factory=list)   # gateways, stopped first
     provider_keys: dict[str, str] = field(default_factory=dict)
     owns_broker: bool = True
     # Workers read their YAML configuration here (LLMPIPE_CONFIG_DIR); None: the packaged
@@ -184,6 +185,9 @@ class DevStack:
         return report
 
     def stop(self) -> None:
+        for child in self.children:
+            _terminate(child)
+        self.children.clear()
         for worker in self.workers:
             _terminate(worker.process)
         self.workers.clear()

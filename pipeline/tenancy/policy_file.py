@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,7 @@ def policy_from_mapping(data: Any, catalog: Catalog, *, tenant: str | None = Non
         cache_ttl_s=_int(data, "cache_ttl_s", "", _POLICY_DEFAULTS.cache_ttl_s, minimum=1),
         updated_at_ms=_int(data, "updated_at_ms", "", 0, minimum=0, maximum=2**63 - 1),
         reply_topics=_reply_topics(data.get("reply_topics", [])),
+        api_keys=_api_keys(data.get("api_keys", [])),
     )
 
 
@@ -167,6 +169,19 @@ def _reply_topics(value: Any) -> list[str]:
         if why:
             raise PolicyError(f"reply_topics[{i}]", f"must be a topic name or a prefix ending in *: {why}")
     return list(value)
+
+
+def _api_keys(value: Any) -> list[str]:
+    """Key hashes only: a policy never holds a usable key (``llmpipe tenants key`` makes a
+    key and stores its hash)."""
+    if not isinstance(value, list):
+        raise PolicyError("api_keys", f"must be a list of key hashes, got {_kind(value)}")
+    for i, entry in enumerate(value):
+        if not isinstance(entry, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", entry):
+            raise PolicyError(f"api_keys[{i}]", "must be 'sha256:' + 64 lowercase hex digits "
+                              "(the hash of a key, never the key itself; `llmpipe tenants key "
+                              "TENANT` makes a key and stores its hash)")
+    return list(dict.fromkeys(value))
 
 
 def _budgets(value: Any) -> list[Budget]:

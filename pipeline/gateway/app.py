@@ -1,0 +1,280 @@
+"""The gateway's HTTP API (Starlette): ``POST /v1/chat/completions`` (plain and streamed),
+``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /healthz``.
+
+A call is authenticated by its API key (the key names the tenant; a ``tenant`` in the body
+is ignored), checked with intake's own bounds so a bad body is a 400 at once, published to
+llm.requests with this instance's reply topics, and answered from them. A streamed call
+does not send its status line until the first chunk or the Response is in: an error that
+comes before any text is a plain HTTP error in OpenAI's shape, with its status; one that
+comes after is an ``error`` event on the stream, never a silent cut.
+
+If the caller goes away the gateway stops waiting; the request itself still runs to its
+end (it is already durable on llm.requests) and is billed once, like any other."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from starlette.applications import Starlette
+from starlette.requests import Request as HttpRequest
+from starlette.responses import JSONResponse, Response as HttpResponse, StreamingResponse
+from starlette.routing import Route
+
+from pipeline import errors
+from pipeline.catalog import Catalog
+from pipeline.clock import now_ms
+from pipeline.errors import Rejected
+from pipeline.events.codec import Codec
+from pipeline.events.models import OK, Chunk, Response
+from pipeline.gateway import wire
+from pipeline.gateway.keys import KeyRing, bearer
+from pipeline.gateway.replies import Replies, Waiter
+from pipeline.intake import validation
+from pipeline.intake.validation import RequestBounds
+from pipeline.kafka import clients
+from pipeline.tenancy.directory import TenantDirectory
+
+log = logging.getLogger("llmpipe.gateway")
+
+
+@dataclass
+class Gateway:
+    """Everything one gateway instance holds; :meth:`start` / :meth:`stop` are the ASGI
+    lifespan."""
+    instance: str
+    bootstrap: str
+    requests_topic: str
+    reply_topics: tuple[str, str]          # (responses, chunks)
+    codec: Codec
+    catalog: Catalog
+    bounds: RequestBounds
+    directory: TenantDirectory
+    keys: KeyRing
+    replies: Replies
+    wait_s: float                          # how long a caller waits before a 504
+    tenants_ready_timeout_s: float = 10.0
+    producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        self.producer = clients.producer(self.bootstrap, linger_ms=0)
+        await self.producer.start()
+        await self.replies.start()
+        await self.directory.start()
+        if not await self.directory.wait_ready(self.tenants_ready_timeout_s):
+            log.warning("tenants_not_ready after %.0fs: keys load as the directory catches up "
+                        "(%s)", self.tenants_ready_timeout_s, self.directory.problem)
+        log.info("gateway_started instance=%s replies=%s keys=%d", self.instance,
+                 ",".join(self.reply_topics), len(self.keys))
+
+    async def stop(self) -> None:
+        await self.directory.stop()
+        await self.replies.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+
+    # --- routes ------------------------------------------------------------------------
+
+    async def healthz(self, request: HttpRequest) -> HttpResponse:
+        ready = self.producer is not None and self.replies.running and self.directory.ready
+        body = {"status": "ok" if ready else "starting", "instance": self.instance,
+                "tenants_ready": self.directory.ready, "keys": len(self.keys),
+                "waiting": self.replies.waiting, "reply_topics": list(self.reply_topics)}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def models(self, request: HttpRequest) -> HttpResponse:
+        if self._tenant(request) is None:
+            return _unauthorized()
+        return JSONResponse({"object": "list",
+                             "data": [_model(name) for name in sorted(self.catalog.models)]})
+
+    async def model(self, request: HttpRequest) -> HttpResponse:
+        if self._tenant(request) is None:
+            return _unauthorized()
+        name = self.catalog.resolve(request.path_params["model"])
+        if name is None:
+            return _error(errors.UNKNOWN_MODEL,
+                          f"The model {request.path_params['model']!r} does not exist", "model")
+        return JSONResponse(_model(name))
+
+    async def chat(self, request: HttpRequest) -> HttpResponse:
+        tenant = self._tenant(request)
+        if tenant is None:
+            return _unauthorized()
+        raw = await request.body()
+        if len(raw) > self.bounds.max_request_bytes:
+            return _error(errors.INVALID_REQUEST, f"the body is {len(raw):,} bytes; at most "
+                          f"{self.bounds.max_request_bytes:,} are accepted")
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            return _error(errors.INVALID_REQUEST, f"the body is not valid JSON: {exc}")
+        try:
+            chat = wire.parse_chat(body, tenant, reply_topic=self.reply_topics[0],
+                                   chunk_topic=self.reply_topics[1])
+            validation.check_request(chat.request, now_ms(), self.bounds)
+        except wire.BadRequest as exc:
+            return _error(errors.INVALID_REQUEST, exc.message, exc.param)
+        except Rejected as exc:
+            return _error(exc.code, exc.message)
+        r = chat.request
+        waiter = self.replies.expect(tenant, r.request_id)
+        try:
+            value = self.codec.encode(r, self.requests_topic)
+            assert self.producer is not None
+            await self.producer.send_and_wait(self.requests_topic, value, key=tenant.encode())
+        except (KafkaError, OSError) as exc:
+            self.replies.forget(waiter)
+            log.error("publish_failed request_id=%s tenant=%s error=%r", r.request_id, tenant, exc)
+            return _error(errors.OVERLOADED, "the gateway could not hand the request to the "
+                          "pipeline; it was not processed, retry it")
+        except BaseException:
+            self.replies.forget(waiter)
+            raise
+        deadline = time.monotonic() + self.wait_s
+        if not chat.stream:
+            try:
+                response = await waiter.response(self.wait_s)
+            except asyncio.TimeoutError:
+                return _timeout(self.wait_s)
+            finally:
+                self.replies.forget(waiter)
+            return _answer(response, r.model)
+        try:
+            first = await waiter.next(self.wait_s)
+        except asyncio.TimeoutError:
+            self.replies.forget(waiter)
+            return _timeout(self.wait_s)
+        except BaseException:
+            self.replies.forget(waiter)
+            raise
+        if isinstance(first, Response) and first.status != OK:
+            self.replies.forget(waiter)
+            return _answer(first, r.model)
+        stream = _sse(first, waiter, chat, deadline, self.replies.forget)
+        return StreamingResponse(stream, media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache",
+                                          "x-llmpipe-request-id": r.request_id})
+
+    def _tenant(self, request: HttpRequest) -> str | None:
+        return self.keys.tenant(bearer(request.headers.get("authorization")))
+
+    def app(self) -> Starlette:
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            await self.start()
+            try:
+                yield
+            finally:
+                await self.stop()
+
+        return Starlette(routes=[
+            Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/models/{model:path}", self.model, methods=["GET"]),
+            Route("/healthz", self.healthz, methods=["GET"]),
+        ], lifespan=asynccontextmanager(lifespan), exception_handlers={
+            404: lambda req, exc: _error("not_found", f"no route {req.method} {req.url.path}"),
+            405: lambda req, exc: _error(errors.INVALID_REQUEST,
+                                         f"{req.method} is not allowed on {req.url.path}"),
+        })
+
+
+async def _sse(first: Chunk | Response, waiter: Waiter, chat: wire.Chat, deadline: float,
+               forget) -> AsyncIterator[bytes]:
+    """The stream's events: the chunks of the first stream seen, then — from the Response,
+    which holds the whole text — whatever the chunks have not carried yet, the finish
+    reason, the usage if asked for, and ``[DONE]``."""
+    r = chat.request
+    created = int(time.time())
+    model = r.model or wire.AUTO
+    sent, stream_id, seq = "", None, 0
+    event: Chunk | Response = first
+    try:
+        yield wire.sse(wire.chunk_body(r.request_id, created, model,
+                                       {"role": "assistant", "content": ""}))
+        while True:
+            if isinstance(event, Chunk):
+                if stream_id is None:
+                    stream_id = event.stream_id
+                    model = wire.chunk_model(event, r.model)
+                if event.stream_id == stream_id and event.seq == seq:
+                    seq += 1
+                    sent += event.delta
+                    yield wire.sse(wire.chunk_body(r.request_id, created, model,
+                                                   {"content": event.delta}))
+            else:
+                for part in _ending(event, sent, created, model, chat.include_usage):
+                    yield part
+                return
+            try:
+                event = await waiter.next(deadline - time.monotonic())
+            except asyncio.TimeoutError:
+                yield wire.sse(wire.error_body(errors.TIMEOUT, "no complete answer in time"))
+                yield wire.sse("[DONE]")
+                return
+    finally:
+        forget(waiter)
+
+
+def _ending(response: Response, sent: str, created: int, model: str,
+            include_usage: bool) -> list[bytes]:
+    model = response.model or model
+    content = response.content or ""
+    if response.status != OK:
+        parts = []
+        if content.startswith(sent) and content[len(sent):]:
+            parts.append(wire.sse(wire.chunk_body(response.request_id, created, model,
+                                                  {"content": content[len(sent):]})))
+        assert response.error is not None
+        return parts + [wire.sse(wire.error_body(response.error.code, response.error.message)),
+                        wire.sse("[DONE]")]
+    if not content.startswith(sent):
+        # the chunks came from a call that was re-done after a crash: its text differs
+        return [wire.sse(wire.error_body(errors.PROVIDER_ERROR,
+                                         "the stream was interrupted (the call was re-done "
+                                         "after a worker restart); retry the request")),
+                wire.sse("[DONE]")]
+    parts = []
+    if content[len(sent):]:
+        parts.append(wire.sse(wire.chunk_body(response.request_id, created, model,
+                                              {"content": content[len(sent):]})))
+    parts.append(wire.sse(wire.chunk_body(response.request_id, created, model, {},
+                                          response.finish_reason or "stop")))
+    if include_usage:
+        parts.append(wire.sse(wire.usage_chunk(response, created, model)))
+    return parts + [wire.sse("[DONE]")]
+
+
+def _answer(response: Response, requested_model: str | None) -> HttpResponse:
+    headers = {"x-llmpipe-request-id": response.request_id}
+    if response.status == OK:
+        return JSONResponse(wire.completion_body(response, requested_model), headers=headers)
+    assert response.error is not None
+    return _error(response.error.code, response.error.message, headers=headers)
+
+
+def _error(code: str, message: str, param: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(wire.error_body(code, message, param), status_code=wire.status_of(code),
+                        headers=headers)
+
+
+def _unauthorized() -> JSONResponse:
+    return _error("invalid_api_key", "Incorrect API key provided: pass a gateway key as "
+                  "'Authorization: Bearer <key>' (see `llmpipe tenants key`)")
+
+
+def _timeout(wait_s: float) -> JSONResponse:
+    return _error(errors.TIMEOUT, f"no answer within {wait_s:g}s; the request may still "
+                  "complete and be billed")
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "llmpipe"}
