@@ -346,15 +346,18 @@ def register_ledger(app: faust.App, runtime: Runtime, source: faust.TopicT, emit
 USAGE_VIEW_COLUMNS = ("request_id", "tenant", "status", "error_code", "served_model", "deployment",
                       "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd",
                       "baseline_cost_usd", "price_version", "attempts", "provider_ms",
-                      "routed_model", "route_rule", "task_class", "canary")
+                      "routed_model", "route_rule", "task_class", "canary", "ttft_ms")
 
 
 def usage_rows(client, ids: tuple[str, ...]) -> list[dict]:
+    """The rows of ``ids`` as JSON-ready dicts: ints stay ints, NULL (``ttft_ms`` of a
+    non-streamed request) stays None, anything else (decimals, strings) becomes text."""
     if not ids:
         return []
     result = client.query(f"SELECT {', '.join(USAGE_VIEW_COLUMNS)} FROM usage FINAL "
                           "WHERE request_id IN %(ids)s", {"ids": ids})
-    return [{k: (str(v) if not isinstance(v, int) else v) for k, v in zip(USAGE_VIEW_COLUMNS, row)}
+    return [{k: (v if v is None or isinstance(v, int) else str(v))
+             for k, v in zip(USAGE_VIEW_COLUMNS, row)}
             for row in result.result_rows]
 
 

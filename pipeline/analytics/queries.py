@@ -6,8 +6,9 @@ in a new batch counts once. ``source="rollup"`` reads the materialised rollups i
 (``usage_daily`` when the period is whole UTC days, else ``usage_minute``, which keeps 35
 days): much faster on large ledgers, but rollups count inserted rows, so a re-delivery
 that slipped past the insert-token dedup counts twice there, and rollup latency quantiles
-come from a sampling state (exact up to 8,192 values per group). docs/analytics.md has the
-SQL behind each function.
+come from a sampling state (exact up to 8,192 values per group); the rollups' TTFT state
+holds the rows inserted since migration 007 (older rows are not backfilled into it).
+docs/analytics.md has the SQL behind each function.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class SavingsRow:
 
 @dataclass(frozen=True)
 class LatencyRow:
-    """P50/P95/P99 (ms) over ``samples`` ok requests of one provider and model."""
+    """P50/P95/P99 (ms) over ``samples`` ok requests of one provider and model, and time to
+    first token over the ``streamed`` ones with a known TTFT (None when there are none)."""
 
     key: str | None          # the --by group, None when not grouped
     provider: str
@@ -81,6 +83,10 @@ class LatencyRow:
     provider_p50_ms: float
     provider_p95_ms: float
     provider_p99_ms: float
+    streamed: int            # ok requests with a known ttft_ms (the TTFT samples)
+    ttft_p50_ms: float | None
+    ttft_p95_ms: float | None
+    ttft_p99_ms: float | None
 
 
 @dataclass(frozen=True)
@@ -180,9 +186,12 @@ def savings(client: ClickHouse, catalog: Catalog, by: str | None = None, *,
 def latency(client: ClickHouse, by: str | None = None, *, since: datetime | None = None,
             until: datetime | None = None, tenant: str | None = None,
             source: Source = "raw") -> list[LatencyRow]:
-    """End-to-end and provider latency percentiles of ok requests by provider and model.
+    """End-to-end, provider and time-to-first-token percentiles of ok requests by provider
+    and model. TTFT is over the rows whose ``ttft_ms`` is known (streamed, sane times; see
+    007_usage_ttft.sql); a group with none has ``streamed`` 0 and TTFT None.
 
     Raw: exact (``quantilesExactInclusive``, linear between closest ranks, as dev_report).
+    Rollup: merged states (``ttft_ms``, ``streamed_requests`` since migration 007).
     """
     q = Query(client, source, since, until, tenant)
     key = q.dimension(by) if by else "''"
@@ -191,15 +200,21 @@ def latency(client: ClickHouse, by: str | None = None, *, since: datetime | None
         e2e = (f"quantilesExactInclusive({levels})(toUnixTimestamp64Milli(completed_at)"
                " - toUnixTimestamp64Milli(created_at))")
         prov = f"quantilesExactInclusive({levels})(provider_ms)"
+        streamed = "countIf(ttft_ms IS NOT NULL)"
+        ttft = (f"quantilesExactInclusiveIf({levels})(assumeNotNull(ttft_ms),"
+                " ttft_ms IS NOT NULL)")
     else:
         e2e, prov = (f"quantilesMerge({levels})(e2e_ms)", f"quantilesMerge({levels})(provider_ms)")
+        streamed, ttft = "sum(streamed_requests)", f"quantilesMerge({levels})(ttft_ms)"
     rows = q.run(f"""
-        SELECT {key} AS key, provider, served_model, {q.requests}, {e2e}, {prov}
+        SELECT {key} AS key, provider, served_model, {q.requests}, {e2e}, {prov},
+               {streamed}, {ttft}
         FROM {q.table} WHERE {q.where} AND status = 'ok'
         GROUP BY key, provider, served_model ORDER BY key, provider, served_model""")
     return [LatencyRow(str(k) if by else None, str(p), str(m), int(n),
-                       *(float(v) for v in e), *(float(v) for v in pv))
-            for k, p, m, n, e, pv in rows]
+                       *(float(v) for v in e), *(float(v) for v in pv), int(sn),
+                       *((float(v) if sn else None) for v in t))
+            for k, p, m, n, e, pv, sn, t in rows]
 
 
 def error_rates(client: ClickHouse, by: str | None = None, *, since: datetime | None = None,

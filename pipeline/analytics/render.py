@@ -61,18 +61,18 @@ _DERIVED = ("saved_usd", "difference_usd")
 
 
 def row_dicts(rows: Sequence[Any]) -> list[dict[str, Any]]:
-    """Dataclass rows as ordered dicts (fields, then derived money); columns that are None
-    in every row (an ungrouped ``key``) are left out."""
+    """Dataclass rows as ordered dicts (fields, then derived money); the ``key`` column is
+    left out when it is None in every row (an ungrouped report). Other None values stay
+    (a latency row's TTFT when nothing streamed: ``-`` in a table, null in JSON), so the
+    columns of a report do not depend on its data."""
     dicts = []
     for row in rows:
         d = asdict(row)
         d.update({name: getattr(row, name) for name in _DERIVED if hasattr(row, name)})
         dicts.append(d)
-    if dicts:
-        empty = [k for k in dicts[0] if all(d[k] is None for d in dicts)]
+    if dicts and "key" in dicts[0] and all(d["key"] is None for d in dicts):
         for d in dicts:
-            for k in empty:
-                del d[k]
+            del d["key"]
     return dicts
 
 

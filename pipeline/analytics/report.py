@@ -87,6 +87,12 @@ def run_report(args: Any) -> int:
     scope = f"{iso(since) or '-inf'} .. {iso(until) or '+inf'}"
     title = f"{args.report}" + (f" by {args.by}" if args.by else "") + f" ({scope})"
     sys.stdout.write(render_rows(rows, args.format, title))
+    if args.report == "latency" and args.format == "table" and rows:
+        sys.stdout.write("  streamed: ok requests with a known time to first token "
+                         "(first_token_at - created_at); ttft_*: their percentiles, - when "
+                         "none streamed" + ("; rollups hold TTFT of rows inserted since "
+                                            "migration 007" if args.source == "rollup" else "")
+                         + "\n")
     return 0
 
 
@@ -148,7 +154,8 @@ def add_parsers(sub: Any) -> None:
                     "SQL of every report: docs/analytics.md.")
     rep.add_argument("report", choices=REPORTS,
                      help="cost: cost by --by (default tenant); savings: saved by routing, "
-                          "batching and cache; latency: P50/P95/P99 by provider and model; "
+                          "batching and cache; latency: P50/P95/P99 (end to end, provider, "
+                          "time to first token of streamed requests) by provider and model; "
                           "errors: error rates by code; routing: routing mix; top: top spenders")
     rep.add_argument("--by", choices=BY_CHOICES, help="group by this dimension")
     rep.add_argument("--from", "--since", dest="since", **period)

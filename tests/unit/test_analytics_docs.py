@@ -6,6 +6,7 @@ Each block starts with ``-- name: X``; the expected answers come from the report
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime
 from decimal import Decimal
@@ -97,14 +98,20 @@ def test_every_doc_query_runs_and_gives_the_known_answer(
     assert saving[6] + saving[7] + saving[8] == report.saved_usd
     assert saving[7] + saving[8] == report.saved_by_batching_usd + report.saved_by_routing_usd
 
+    def ttft(values: list[float]) -> list[float | None]:     # the SQL's nan: no TTFT known
+        return [None if math.isnan(v) else v for v in values]
+
     lat = run(client, sql["latency_by_provider_model"], params)
-    assert [(p, m, n, *e, *pv) for p, m, n, e, pv in lat] == [
+    reported = q.latency(client, **period)
+    assert [(p, m, n, *e, *pv, sn, *ttft(t)) for p, m, n, e, pv, sn, t in lat] == [
         (r.provider, r.model, r.samples, r.e2e_p50_ms, r.e2e_p95_ms, r.e2e_p99_ms,
-         r.provider_p50_ms, r.provider_p95_ms, r.provider_p99_ms) for r in q.latency(client, **period)]
+         r.provider_p50_ms, r.provider_p95_ms, r.provider_p99_ms, r.streamed, r.ttft_p50_ms,
+         r.ttft_p95_ms, r.ttft_p99_ms) for r in reported]
+    assert sum(r.streamed for r in reported) == 3      # the broken stream is not ok
     lat_rollup = run(client, sql["latency_rollup"], params)
-    assert [(p, m, n) for p, m, n, _, _ in lat_rollup] == [
-        (r.provider, r.model, r.samples)
-        for r in q.latency(client, **period, source="rollup")]
+    assert [(p, m, n, sn, *ttft(t)) for p, m, n, _, _, sn, t in lat_rollup] == [
+        (r.provider, r.model, r.samples, r.streamed, r.ttft_p50_ms, r.ttft_p95_ms,
+         r.ttft_p99_ms) for r in q.latency(client, **period, source="rollup")]
 
     errors = run(client, sql["error_rates"], params)
     assert errors == [(e.code, e.errors, e.requests, pytest.approx(e.rate))
@@ -142,3 +149,8 @@ def test_reconcile_finds_the_double_counted_day_and_rebuild_fixes_it(
             client.command(statement, params)
         assert run(client, sql["reconcile_daily"], params) == []
     assert client.query("SELECT sum(requests) FROM usage_daily").result_rows[0][0] == 12
+    # The rebuild carries every rollup column, TTFT included: the day's rollup = raw again.
+    period = {"since": params["since"], "until": params["until"]}
+    assert [(r.model, r.streamed, r.ttft_p50_ms, r.ttft_p99_ms)
+            for r in q.latency(client, **period, source="rollup")] == [
+        (r.model, r.streamed, r.ttft_p50_ms, r.ttft_p99_ms) for r in q.latency(client, **period)]

@@ -61,7 +61,8 @@ def at(ms: int) -> datetime:
 def usage(catalog: Catalog, request_id: str, created_at_ms: int, model: str, *,
           prompt: int = 0, completion: int = 0, cached: int = 0, batch: bool = False,
           status: str = "ok", error_code: str = "", cache: str = "miss", e2e_ms: int = 500,
-          provider_ms: int = 400, **fields: Any) -> Usage:
+          provider_ms: int = 400, ttft: int | None = None, **fields: Any) -> Usage:
+    """One Usage; ``ttft`` (ms after created_at) makes it a streamed request."""
     ok = status == "ok"
     cost = catalog.cost_nanos(model, prompt, completion, cached, batch=batch) if ok else 0
     baseline = catalog.cost_nanos("gpt-4.1", prompt, completion, cached) if ok else 0
@@ -75,7 +76,8 @@ def usage(catalog: Catalog, request_id: str, created_at_ms: int, model: str, *,
         batch_id="b1" if batch else "", batch_size=8 if batch else 0, cache=cache,
         prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached,
         cost_nanos=cost, baseline_cost_nanos=baseline, price_version=catalog.price_version,
-        provider_ms=provider_ms if cache != "hit" else 0)
+        provider_ms=provider_ms if cache != "hit" else 0,
+        first_token_at_ms=0 if ttft is None else created_at_ms + ttft)
     values.update(fields)
     return Usage(**values)
 
@@ -138,12 +140,14 @@ def test_reference_figures_of_domain_8(ledger: ClickHouse, catalog: Catalog,
 # --- a mixed data set: every report, redelivery, rollups ------------------------------------
 
 def mixed(catalog: Catalog, base_ms: int) -> list[Usage]:
-    """Two tenants, several models, errors, cache hits and a batch, within 10 minutes."""
+    """Two tenants, several models, errors, cache hits and a batch, within 10 minutes; four
+    requests streamed (two ok gpt-4.1, one deepseek, one that broke: status error)."""
     rows: list[Usage] = []
     spec = [  # (tenant, team, model, prompt, completion, cached, extra)
-        ("acme", "search", "gpt-4.1", 1200, 300, 0, {}),
-        ("acme", "search", "gpt-4.1", 800, 200, 200, {}),
-        ("acme", "ads", "deepseek-v3.2", 1500, 600, 0, {"route_rule": "simple->cheap"}),
+        ("acme", "search", "gpt-4.1", 1200, 300, 0, {"ttft": 70}),
+        ("acme", "search", "gpt-4.1", 800, 200, 200, {"ttft": 90}),
+        ("acme", "ads", "deepseek-v3.2", 1500, 600, 0, {"route_rule": "simple->cheap",
+                                                        "ttft": 60}),
         ("acme", "ads", "gemini-2.5-flash", 2000, 700, 0, {"route_rule": "simple->cheap"}),
         ("acme", "ads", "gpt-4.1", 2000, 700, 0, {"cache": "hit"}),
         ("acme", "search", "gpt-4.1", 4000, 1000, 0, {"batch": True}),
@@ -155,7 +159,8 @@ def mixed(catalog: Catalog, base_ms: int) -> list[Usage]:
                                                "error_code": "rate_limited"}),
         ("acme", "search", "gpt-4.1", 0, 0, 0, {"status": "rejected",
                                                 "error_code": "budget_exceeded"}),
-        ("acme", "search", "gpt-4.1", 0, 0, 0, {"status": "error", "error_code": ""}),
+        ("acme", "search", "gpt-4.1", 0, 0, 0, {"status": "error", "error_code": "",
+                                                "ttft": 30}),   # a stream that broke
     ]
     for i, (tenant, team, model, p, c, cached, extra) in enumerate(spec):
         rows.append(usage(catalog, f"m{i:02d}", base_ms + i * 45_000, model, prompt=p,
@@ -252,8 +257,10 @@ def test_rollups_agree_with_raw(ledger: ClickHouse, catalog: Catalog) -> None:
             rolled = analyst_report(ledger, name, since=since, until=until, source="rollup",
                                     **kw)
             if name == "latency":
-                assert [(r.provider, r.model, r.samples) for r in raw] == [
-                    (r.provider, r.model, r.samples) for r in rolled]
+                assert [(r.provider, r.model, r.samples, r.streamed) for r in raw] == [
+                    (r.provider, r.model, r.samples, r.streamed) for r in rolled]
+                assert [(r.ttft_p50_ms, r.ttft_p95_ms, r.ttft_p99_ms) for r in raw] == [
+                    (r.ttft_p50_ms, r.ttft_p95_ms, r.ttft_p99_ms) for r in rolled]
                 # Under 8,192 samples the rollup's state holds every value: same answer.
                 for a, b in zip(raw, rolled):
                     assert (a.e2e_p50_ms, a.e2e_p95_ms, a.e2e_p99_ms, a.provider_p99_ms) == \
@@ -287,6 +294,13 @@ def test_report_contents_on_the_mixed_set(ledger: ClickHouse, catalog: Catalog) 
     assert gpt.e2e_p50_ms == pytest.approx((e2e[1] + e2e[2]) / 2)
     # provider ms 80, 170, 0 (the hit), 530: h = 3 * 0.99 between 170 and 530.
     assert gpt.provider_p99_ms == pytest.approx(170 + 0.97 * (530 - 170))
+    # TTFT over the streamed ok rows only (70 and 90 ms; the broken stream is an error).
+    assert gpt.streamed == 2
+    assert (gpt.ttft_p50_ms, gpt.ttft_p95_ms, gpt.ttft_p99_ms) == pytest.approx((80, 89, 89.8))
+    deepseek = lat[("deepseek", "deepseek-v3.2")]
+    assert (deepseek.samples, deepseek.streamed, deepseek.ttft_p99_ms) == (2, 1, 60.0)
+    claude = lat[("claude", "claude-sonnet-4.5")]
+    assert (claude.streamed, claude.ttft_p50_ms, claude.ttft_p99_ms) == (0, None, None)
 
     top = q.top_spenders(ledger, "user", limit=1)
     assert top[0].key == "globex/u9"
@@ -333,6 +347,91 @@ def test_report_command_errors_are_clean(ledger: ClickHouse, chdb_database: str,
     assert "whole minutes" in capsys.readouterr().err
     assert main(["report", "top", "--dsn", chdb_database]) == 0
     assert "(no rows)" in capsys.readouterr().out
+
+
+# --- time to first token (007) ---------------------------------------------------------------
+
+def test_ttft_is_known_only_for_streamed_rows_with_sane_times(
+        ledger: ClickHouse, catalog: Catalog, chdb_database: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    base = today_ms() - DAY_MS + 600_000
+    rows = [usage(catalog, f"s{i}", base + i, "gpt-4.1", ttft=t, e2e_ms=900)
+            for i, t in enumerate((100, 200, 300, 400, 0))]             # 0: first delta at once
+    rows += [
+        usage(catalog, "plain", base, "gpt-4.1"),                       # not streamed
+        usage(catalog, "skewed", base, "gpt-4.1", ttft=-50),            # before created_at
+        usage(catalog, "late", base, "gpt-4.1", ttft=950, e2e_ms=900),  # after completed_at
+        usage(catalog, "moved", 1_000, "gpt-4.1", completed_at_ms=base + 900,
+              first_token_at_ms=base + 100),                            # created_at moved (006)
+        usage(catalog, "broken", base, "gpt-4.1", ttft=10, status="error"),
+        usage(catalog, "claude-plain", base, "claude-sonnet-4.5"),
+    ]
+    insert_usage(ledger, rows, dedup_token="ttft")
+    stored = dict(ledger.query("SELECT request_id, ttft_ms FROM usage FINAL").result_rows)
+    assert stored == {"s0": 100, "s1": 200, "s2": 300, "s3": 400, "s4": 0, "plain": None,
+                      "skewed": None, "late": None, "moved": None, "broken": 10,
+                      "claude-plain": None}
+    (kind, typ), = ledger.query(
+        "SELECT default_kind, type FROM system.columns WHERE database = currentDatabase() "
+        "AND table = 'usage' AND name = 'ttft_ms'").result_rows
+    assert (kind, typ) == ("MATERIALIZED", "Nullable(UInt32)")
+
+    for source in ("raw", "rollup"):
+        claude, gpt = q.latency(ledger, source=source)  # type: ignore[arg-type]
+        assert (gpt.samples, gpt.streamed) == (9, 5), source
+        # 0, 100, 200, 300, 400: h = 4p, linear between closest ranks
+        assert (gpt.ttft_p50_ms, gpt.ttft_p95_ms, gpt.ttft_p99_ms) == pytest.approx(
+            (200, 380, 396)), source
+        assert (claude.model, claude.streamed, claude.ttft_p50_ms) == (
+            "claude-sonnet-4.5", 0, None), source
+
+    assert main(["report", "latency", "--dsn", chdb_database]) == 0
+    table = capsys.readouterr().out.splitlines()
+    header = table[2].split()
+    assert header[-4:] == ["streamed", "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms"]
+    assert table[3].split()[-4:] == ["0", "-", "-", "-"]                 # claude
+    assert table[4].split()[-4:] == ["5", "200.0", "380.0", "396.0"]     # gpt-4.1
+    assert "streamed: ok requests with a known time to first token" in table[-1]
+    assert main(["report", "latency", "--format", "json", "--source", "rollup",
+                 "--dsn", chdb_database]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [(d["model"], d["streamed"], d["ttft_p50_ms"]) for d in doc] == [
+        ("claude-sonnet-4.5", 0, None), ("gpt-4.1", 5, 200.0)]
+    assert main(["report", "latency", "--format", "csv", "--dsn", chdb_database]) == 0
+    csv_lines = capsys.readouterr().out.splitlines()
+    assert csv_lines[0].endswith(",streamed,ttft_p50_ms,ttft_p95_ms,ttft_p99_ms")
+    assert csv_lines[1].endswith(",0,,,")
+
+
+def test_ttft_migration_on_a_ledger_that_has_rows(chdb_client: ClickHouse, catalog: Catalog,
+                                                  tmp_path: Path) -> None:
+    """007 over existing rows: usage computes their ttft_ms on read; the rollups' new
+    columns count only what is inserted after it (documented); re-running 007 changes
+    nothing, and the views still write every measure once."""
+    from pipeline.analytics.migrate import load_migrations
+    early = tmp_path / "early"
+    early.mkdir()
+    for path in sorted(MIGRATIONS.glob("00[1-6]_*.sql")):
+        (early / path.name).write_bytes(path.read_bytes())
+    apply_migrations(chdb_client, early)
+    base = today_ms() - DAY_MS + 600_000
+    insert_usage(chdb_client, [usage(catalog, "old", base, "gpt-4.1", ttft=120)], "before-007")
+    assert apply_migrations(chdb_client, MIGRATIONS) == ["007_usage_ttft"]
+    (ttft,) = [m for m in load_migrations(MIGRATIONS) if m.name == "007_usage_ttft"]
+    for statement in ttft.statements:                     # as after a half-failed first run
+        chdb_client.command(statement)
+    insert_usage(chdb_client, [usage(catalog, "new", base, "gpt-4.1", ttft=80)], "after-007")
+    assert dict(chdb_client.query("SELECT request_id, ttft_ms FROM usage FINAL").result_rows
+                ) == {"old": 120, "new": 80}
+    (raw,) = q.latency(chdb_client)
+    assert (raw.samples, raw.streamed, raw.ttft_p50_ms) == (2, 2, 100.0)
+    for table in ("usage_minute", "usage_daily"):
+        assert chdb_client.query(
+            f"SELECT sum(requests), sum(streamed_requests), "
+            f"quantilesMerge(0.5, 0.95, 0.99)(ttft_ms) FROM {table}").result_rows[0] == (
+            2, 1, [80.0, 80.0, 80.0]), table
+    (rolled,) = q.latency(chdb_client, source="rollup")
+    assert (rolled.samples, rolled.streamed, rolled.ttft_p50_ms) == (2, 1, 80.0)
 
 
 # --- re-pricing ------------------------------------------------------------------------------
@@ -434,13 +533,19 @@ def test_rollup_migration_backfills_existing_rows_once(chdb_client: ClickHouse,
 
     insert_before_006(rows, "before-005")
     insert_before_006(rows[:5], "redelivered-before-005")  # FINAL: once
-    assert "005_usage_rollups" in apply_migrations(chdb_client, MIGRATIONS)
+    (rollups,) = [m for m in load_migrations(MIGRATIONS) if m.name == "005_usage_rollups"]
+    (early / rollups.path.name).write_bytes(rollups.path.read_bytes())
+    assert apply_migrations(chdb_client, early) == ["005_usage_rollups"]
     expected = (12, sum((Decimal(u.cost_nanos).scaleb(-9) for u in rows), Decimal(0)))
     assert rollup_totals(chdb_client) == [expected, expected]
-    # A re-run of 005 (as after a half-failed first run) must not backfill again.
-    (rollups,) = [m for m in load_migrations(MIGRATIONS) if m.name == "005_usage_rollups"]
+    # A re-run of 005 (as after a half-failed first run, so before any later migration:
+    # its backfill is a positional INSERT of the rollups' 005 columns) must not backfill
+    # again.
     for statement in rollups.statements:
         chdb_client.command(statement)
+    assert rollup_totals(chdb_client) == [expected, expected]
+    later = apply_migrations(chdb_client, MIGRATIONS)
+    assert later[0] == "006_usage_claimed_created_at" and "007_usage_ttft" in later
     assert rollup_totals(chdb_client) == [expected, expected]
     assert [r.cost_usd for r in q.cost_by(chdb_client, source="rollup")] == [
         r.cost_usd for r in q.cost_by(chdb_client)]

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import pytest
 
-from pipeline.agents.ledger import SinkConsumer, count_by
+from pipeline.agents.ledger import USAGE_VIEW_COLUMNS, SinkConsumer, count_by, usage_rows
 from pipeline.analytics.clickhouse import (
     FAULT_FILE_ENV,
     ClickHouse,
@@ -271,8 +271,10 @@ def test_usage_table_has_a_column_for_every_usage_field(ledger: ClickHouse) -> N
     ledger_only = ["claimed_created_at_ms"]      # what the ledger adds (006)
     assert sorted([column_for(f.name) for f in fields(Usage)] + ledger_only) == sorted(USAGE_COLUMNS)
     assert len(USAGE_COLUMNS) == len(fields(Usage)) + len(ledger_only)
-    assert list(columns) == [*USAGE_COLUMNS, "inserted_at"]
+    # ttft_ms (007) is MATERIALIZED from the stored times: never inserted, so not a USAGE_COLUMN.
+    assert list(columns) == [*USAGE_COLUMNS, "ttft_ms", "inserted_at"]
     assert columns["claimed_created_at_ms"] == "Int64"
+    assert columns["ttft_ms"] == "Nullable(UInt32)"
     assert columns["cost_usd"] == columns["baseline_cost_usd"] == "Decimal(18, 9)"
     for name in ("created_at", "routed_at", "first_token_at", "completed_at"):
         assert columns[name] == "DateTime64(3, 'UTC')"
@@ -334,6 +336,26 @@ def test_usage_round_trip_is_exact(ledger: ClickHouse) -> None:
     assert cost == Decimal("12000.000000000") and str(cost) == "12000.000000000"
     assert baseline == Decimal("0.000000001")
     assert format_usd(cost) == "$12,000.000000"
+
+
+def test_ttft_ms_is_first_token_minus_created_and_null_when_not_streamed(
+        ledger: ClickHouse) -> None:
+    streamed = make_usage("streamed", created_at_ms=T0 + 20, first_token_at_ms=T0 + 270)
+    plain = make_usage("plain")                                  # first_token_at_ms 0
+    skewed = make_usage("skewed", first_token_at_ms=T0 - 1)      # before created_at
+    insert_usage(ledger, [streamed, plain, skewed], dedup_token=None)
+    assert dict(ledger.query("SELECT request_id, ttft_ms FROM usage FINAL").result_rows) == {
+        "streamed": 250, "plain": None, "skewed": None}
+    assert ledger.query("SELECT count() FROM usage WHERE ttft_ms < 0").result_rows[0][0] == 0
+
+    # The worker's /llmpipe/ledger/usage/ view: an int, or JSON null (never the text "None").
+    rows = {r["request_id"]: r for r in usage_rows(ledger, ("streamed", "plain", "skewed"))}
+    assert "ttft_ms" in USAGE_VIEW_COLUMNS
+    assert (rows["streamed"]["ttft_ms"], rows["plain"]["ttft_ms"]) == (250, None)
+    doc = json.loads(json.dumps(rows))
+    assert doc["plain"]["ttft_ms"] is None and doc["skewed"]["ttft_ms"] is None
+    assert doc["streamed"]["cost_usd"] == "0.000600000"              # decimals stay text
+    assert doc["streamed"]["attempts"] == 0 and doc["streamed"]["error_code"] == ""
 
 
 def test_money_sums_stay_exact_where_floats_would_drift(ledger: ClickHouse) -> None:
