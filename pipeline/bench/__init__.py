@@ -13,6 +13,7 @@ from typing import Sequence
 #: name -> one line on what it measures (kept here so `llmpipe bench --help` imports none)
 BENCHES = {
     "latency": "requests through the embedded stack beside direct-HTTP and bare-broker floors",
+    "gateway": "the OpenAI-compatible HTTP gateway end to end beside direct calls: added latency and TTFT",
     "http": "provider-call HTTP clients side by side on the simulator: req/s, CPU per call",
     "batching": "micro-batching: calls and cost per request by arrival rate",
     "batchapi": "batch-priority traffic through the (simulated) Batch API: calls and cost",

@@ -91,6 +91,7 @@ class Direct:
 
     def __init__(self, url: str, api_key: str, provider_model: str, timeout_s: float):
         self.url, self.provider_model, self.timeout_s = url, provider_model, timeout_s
+        self.api_key = api_key
         self._headers = {"Authorization": f"Bearer {api_key}"}
         self._http: httpx.AsyncClient | None = None
 

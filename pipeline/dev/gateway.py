@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,3 +69,45 @@ def issue_key(stack: DevStack, tenant: str, policy: TenantPolicy | None = None) 
 
     _run_sync(put())
     return key
+
+
+def demo_calls(gateway: GatewayProcess, key: str, model: str = "gpt-4o-mini"
+               ) -> tuple[list[str], list[str]]:
+    """A few calls through the gateway as an OpenAI client makes them: plain, streamed,
+    a bad key, an unknown model. Returns lines to print and the request ids answered."""
+    auth = {"authorization": f"Bearer {key}"}
+    url = f"{gateway.base_url}/chat/completions"
+    prompt = [{"role": "user", "content": "Explain in two sentences why caching saves money."}]
+    lines, ids = [], []
+    started = time.monotonic()
+    resp = httpx.post(url, json={"model": model, "messages": prompt}, headers=auth, timeout=60)
+    took = (time.monotonic() - started) * 1000
+    if resp.status_code == 200:
+        ids.append(resp.headers["x-llmpipe-request-id"])
+        usage = resp.json()["usage"]
+        lines.append(f"  plain     200 in {took:,.0f} ms, {usage['prompt_tokens']} + "
+                     f"{usage['completion_tokens']} tokens")
+    else:
+        lines.append(f"  plain     {resp.status_code}: {resp.text[:200]}")
+    started = time.monotonic()
+    first_ms, events = None, 0
+    body = {"model": model, "messages": prompt, "stream": True}
+    with httpx.stream("POST", url, json=body, headers=auth, timeout=60) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: ") and '"content":"' in line.replace(" ", "") and \
+                    '"content":""' not in line.replace(" ", ""):
+                first_ms = first_ms or (time.monotonic() - started) * 1000
+                events += 1
+        if stream.status_code == 200:
+            ids.append(stream.headers["x-llmpipe-request-id"])
+    total = (time.monotonic() - started) * 1000
+    lines.append(f"  streamed  {stream.status_code}: {events} content events, first after "
+                 f"{first_ms or 0:,.0f} ms, done after {total:,.0f} ms")
+    for what, headers, payload in (
+            ("bad key", {"authorization": "Bearer sk-llmp-wrong"}, {"model": model}),
+            ("unknown model", auth, {"model": "gpt-9"})):
+        resp = httpx.post(url, json={**payload, "messages": prompt}, headers=headers, timeout=60)
+        error = resp.json().get("error", {})
+        lines.append(f"  {what:<9} {resp.status_code} {error.get('code')}: "
+                     f"{error.get('message', '')[:80]}")
+    return lines, ids

@@ -15,12 +15,14 @@ import httpx
 from pipeline.client import GatewayClient, ResponseTimeout
 from pipeline.clock import now_ms
 from pipeline.dev.demo import demo_poison, demo_policies, demo_requests
+from pipeline.dev.gateway import demo_calls, issue_key, start_gateway
 from pipeline.dev.stack import DevStack, StackError
 from pipeline.events.models import Alert, DeadLetter, Response, TenantPolicy
 from pipeline.events.codec import Codec
 from pipeline.tenancy.directory import put_policy
 
 CODEC = Codec()
+DEMO_KEY_TENANT = "demo"     # the tenant the printed gateway key belongs to
 
 
 def say(text: str = "") -> None:
@@ -157,9 +159,18 @@ def run_dev(args: argparse.Namespace) -> int:
         say(f"  worker             pid {worker.process.pid}, agents {'+'.join(worker.health()['agents'])}, "
             f"web {worker.url}, log {worker.log_path}")
         asyncio.run(publish_policies(stack))
+        key = issue_key(stack, DEMO_KEY_TENANT)
+        gateway = start_gateway(stack, "dev")
+        say(f"  gateway (OpenAI)   {gateway.base_url} (pid {gateway.process.pid}), demo key for "
+            f"tenant {DEMO_KEY_TENANT}: {key}")
         since_ms = now_ms() - 60_000
         responses, ids, poison_ok = asyncio.run(drive(stack, args.demo_requests, args.seed,
                                                       args.timeout))
+        say("Through the HTTP gateway (as the OpenAI SDK calls it)")
+        lines, gateway_ids = demo_calls(gateway, key)
+        say("\n".join(lines) + "\n")
+        ids += gateway_ids
+        responses.update(dict.fromkeys(gateway_ids))      # answered over HTTP
         counts = worker.wait_for_usage(ids, timeout=60)
         say()
         say(worker.report(since_ms))
@@ -176,8 +187,10 @@ def run_dev(args: argparse.Namespace) -> int:
             say(f"MISSING: {len(missing_resp)} without response, {len(bad_rows)} without exactly one usage row")
         if args.exit:
             return 0 if ok else 1
-        say("\nrunning; send requests with `llmpipe send --bootstrap "
-            f"{stack.bootstrap} 'your prompt'` — Ctrl-C stops everything")
+        say(f"\nrunning; the OpenAI SDK works against it as is:\n"
+            f"  OpenAI(base_url=\"{gateway.base_url}\", api_key=\"{key}\")\n"
+            f"or send requests over Kafka with `llmpipe send --bootstrap {stack.bootstrap} "
+            "'your prompt'` — Ctrl-C stops everything")
         while all(w.alive() for w in stack.workers):
             time.sleep(1)
         say("a worker exited; stopping")

@@ -381,7 +381,8 @@ class Dispatcher:
         return outcomes.routed_failed(
             routed, failure.code, f"{failure.message}; tried {names}{note}", failure.retryable,
             at=self.clock(), tried=tried, provider_ms=provider_ms,
-            routed_model=self._first_model(routed), topics=self.topics)
+            routed_model=self._first_model(routed), topics=self.topics,
+            retry_after_s=failure.retry_after_s)
 
     def _reroute(self, routed: RoutedRequest, dep_id: str, fallbacks: list[str],
                  tried: list[AttemptRecord], rule: str, reason: str) -> Out:

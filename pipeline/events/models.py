@@ -203,6 +203,7 @@ class ErrorInfo(Event):
     code: str
     message: str
     retryable: bool = False
+    retry_after_ms: Optional[int] = None
 
 
 @dataclass

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -257,6 +258,8 @@ def _answer(response: Response, requested_model: str | None) -> HttpResponse:
     if response.status == OK:
         return JSONResponse(wire.completion_body(response, requested_model), headers=headers)
     assert response.error is not None
+    if response.error.retry_after_ms is not None:
+        headers["retry-after"] = str(max(1, math.ceil(response.error.retry_after_ms / 1000)))
     return _error(response.error.code, response.error.message, headers=headers)
 
 

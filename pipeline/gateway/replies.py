@@ -1,7 +1,8 @@
 """One gateway instance's answers: its two reply topics (responses and chunks), one
 partition each, read from their end by this instance alone, so replicas never read each
-other's answers and a fetch names a single partition (the embedded broker wakes those at
-once; see docs/ARCHITECTURE.md "Embedded stack facts").
+other's answers. Each fetch waits at most ``fetch_max_wait_ms`` (LLMPIPE_FETCH_MAX_WAIT_MS,
+as the workers): on the embedded broker that wait is what an answer waits on average
+about half of (see docs/ARCHITECTURE.md "Embedded stack facts").
 
 Answers are handed to the waiter of their (tenant, request id); an answer nobody waits
 for (its caller left, or a redelivered repeat) is dropped. Chunks and Responses come on
@@ -59,7 +60,7 @@ async def create_reply_topics(bootstrap: str, names: tuple[str, str], template: 
 
 class Replies:
     def __init__(self, bootstrap: str, topics: tuple[str, str], codec: Codec, *,
-                 fetch_max_wait_ms: int = 500):
+                 fetch_max_wait_ms: int = 20):
         self.bootstrap, self.codec = bootstrap, codec
         self.response_topic, self.chunk_topic = topics
         self.fetch_max_wait_ms = fetch_max_wait_ms

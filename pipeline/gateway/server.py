@@ -37,7 +37,8 @@ def build_gateway(settings: Settings, instance: str) -> Gateway:
         instance=instance, bootstrap=settings.kafka_bootstrap, requests_topic=topics.requests,
         reply_topics=reply_topics, codec=runtime.codec, catalog=runtime.catalog,
         bounds=runtime.bounds, directory=directory, keys=keys,
-        replies=Replies(settings.kafka_bootstrap, reply_topics, runtime.codec),
+        replies=Replies(settings.kafka_bootstrap, reply_topics, runtime.codec,
+                        fetch_max_wait_ms=settings.fetch_max_wait_ms),
         wait_s=runtime.deployments.calls.deadline_s + WAIT_GRACE_S,
         tenants_ready_timeout_s=settings.tenants_ready_timeout_s)
 

@@ -114,13 +114,16 @@ def answered(routed: RoutedRequest, c: Completion, *, catalog: Catalog, at: int,
 def routed_failed(routed: RoutedRequest, code: str, message: str, retryable: bool, *, at: int,
                   tried: list[AttemptRecord], provider_ms: int, routed_model: str,
                   topics: Topics, reply_topic: str | None = None,
-                  batch_job: BatchJobRef | None = None) -> list[Out]:
-    """A routed request that ends in an error: ``tried`` names every deployment it went to."""
+                  batch_job: BatchJobRef | None = None,
+                  retry_after_s: float | None = None) -> list[Out]:
+    """A routed request that ends in an error: ``tried`` names every deployment it went to;
+    ``retry_after_s``: what the last provider said about trying again, if anything."""
     r, route = routed.request, routed.route
     attempts = sum(t.attempts for t in tried)
     response = Response(
         request_id=r.request_id, tenant=r.tenant, status=ERROR, completed_at_ms=at,
-        error=ErrorInfo(code, message, retryable), model=route.model,
+        error=ErrorInfo(code, message, retryable, None if retry_after_s is None
+                        else int(retry_after_s * 1000)), model=route.model,
         deployment=route.deployment, attempts=attempts, tried=[t.deployment for t in tried],
         latency_ms=max(0, at - created_at(r, routed.received_at_ms)), metadata=r.metadata)
     usage = routed_usage(routed, at, ERROR, code, attempts, provider_ms, routed_model).replace(

@@ -22,12 +22,17 @@ def test_dev_runs_demo_prints_report_and_ctrl_c_stops_every_child(tmp_path):
             assert dev.poll() is None, log.read_text()
             time.sleep(0.5)
         text = log.read_text()
-        assert "accounted for: 12/12 responses, 12/12 with exactly one usage row" in text, text
+        # 12 over Kafka, 2 through the HTTP gateway (plain and streamed)
+        assert "accounted for: 14/14 responses, 14/14 with exactly one usage row" in text, text
+        assert re.search(r"plain     200 in [\d,]+ ms", text), text
+        assert re.search(r"streamed  200: \d+ content events", text), text
+        assert "bad key   401 invalid_api_key" in text and "unknown model 404" in text, text
+        assert re.search(r"base_url=\"http://127.0.0.1:\d+/v1\", api_key=\"sk-llmp-", text), text
         assert "Model mix" in text and "Cost (USD)" in text and "p99" in text
         assert "garbage bytes                        -> dead letter (undecodable)" in text, text
         assert text.count("-> invalid_request: ") == 3 and "MISSING" not in text, text
         children = [int(p) for p in re.findall(r"pid (\d+)", text)]
-        assert len(children) == 3, text              # broker, simulator, worker
+        assert len(children) == 4, text              # broker, simulator, worker, gateway
         dev.send_signal(signal.SIGINT)
         assert dev.wait(30) == 0
         time.sleep(0.5)

@@ -803,3 +803,13 @@ async def test_when_both_hedged_calls_fail_the_chain_continues_past_both():
     assert moved.route.deployment == MINI and moved.fallbacks == []
     assert sorted((t.deployment, t.error_code) for t in moved.tried) == [
         (GPT41, errors.OVERLOADED), (GPT4O, errors.RATE_LIMITED)]
+
+
+async def test_a_providers_retry_after_reaches_the_terminal_error():
+    """The gateway turns it into a Retry-After header on its 429."""
+    time = FakeTime()
+    deps = deployments_with()
+    gpt = FakeAdapter(time, default=(errors.RATE_LIMITED, 2.0))
+    outs = await make(time, deps, {GPT41: gpt}).handle(routed(time, deps, fallbacks=()))
+    error = response(outs).error
+    assert error.code == errors.RATE_LIMITED and error.retry_after_ms == 2000
