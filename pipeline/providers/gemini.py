@@ -6,6 +6,13 @@ The key travels in the ``x-goog-api-key`` header, never as ``?key=`` (URLs end u
 logs). Gemini's ``candidatesTokenCount`` leaves out a thinking model's thought tokens,
 which are billed as output, so ``completion_tokens`` adds ``thoughtsTokenCount``;
 ``promptTokenCount`` already includes ``cachedContentTokenCount``.
+
+Streamed, the call goes to ``:streamGenerateContent?alt=sse``: each event is a whole
+GenerateContentResponse holding the next piece of text. Usage metadata may ride on every
+event and the last one with counts is the answer's (Vertex sends some without counts,
+which change nothing); there is no closing event, so the stream is complete once a
+candidate carries its finish reason (or the prompt was blocked). An ``error`` object in
+an event is classified as Google's error body would be.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ from pipeline import errors
 from pipeline.errors import GatewayError
 from pipeline.events.models import RoutedRequest
 from pipeline.providers.base import Completion
-from pipeline.providers.http import HTTPAdapter, json_object, mentions
+from pipeline.providers.http import (HTTPAdapter, StreamError, StreamReader, code_for_status,
+                                     event_json, json_object, mentions)
 from pipeline.resilience.retry import retry_after
 from pipeline.providers.turns import ASSISTANT, to_turns
 
@@ -51,8 +59,20 @@ RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 
 class GeminiAdapter(HTTPAdapter):
     def path(self) -> str:
+        return f"{self._model_path()}:generateContent"
+
+    def stream_path(self) -> str:
+        return f"{self._model_path()}:streamGenerateContent?alt=sse"
+
+    def _model_path(self) -> str:
         model = self.deployment.provider_model.removeprefix("models/")
-        return f"/models/{quote(model, safe='')}:generateContent"
+        return f"/models/{quote(model, safe='')}"
+
+    def stream_payload(self, routed: RoutedRequest) -> dict:
+        return self.payload(routed)     # the path says "stream", not the body
+
+    def stream_reader(self) -> StreamReader:
+        return GeminiStream()
 
     def auth_headers(self) -> dict[str, str]:
         return {"x-goog-api-key": self._key.reveal()}
@@ -80,25 +100,22 @@ class GeminiAdapter(HTTPAdapter):
         return body
 
     def completion(self, data: dict[str, Any], provider_ms: int) -> Completion:
-        usage = data["usageMetadata"]
+        prompt, completion, cached = usage_counts(data["usageMetadata"])
         candidates = data.get("candidates") or []
         if candidates:
             candidate = candidates[0]
-            parts = (candidate.get("content") or {}).get("parts") or []
-            text = "".join(part.get("text", "") for part in parts if not part.get("thought"))
+            text = _text(candidate)
             finish_reason = _finish_reason(candidate.get("finishReason"))
         else:
-            # The prompt itself was blocked: no candidates, only the reason why.
-            if not (data.get("promptFeedback") or {}).get("blockReason"):
+            if not _blocked(data):
                 raise KeyError("candidates")
             text, finish_reason = "", CONTENT_FILTER
         return Completion(
             content=text,
             finish_reason=finish_reason,
-            prompt_tokens=int(usage["promptTokenCount"]),
-            completion_tokens=int(usage.get("candidatesTokenCount") or 0)
-            + int(usage.get("thoughtsTokenCount") or 0),
-            cached_tokens=int(usage.get("cachedContentTokenCount") or 0),
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cached_tokens=cached,
             provider_ms=provider_ms)
 
     def error(self, resp: httpx.Response) -> GatewayError:
@@ -106,12 +123,66 @@ class GeminiAdapter(HTTPAdapter):
         detail = body.get("error") if isinstance(body.get("error"), dict) else {}
         message = self.excerpt(detail.get("message") if body else resp.text[:200])
         details = [d for d in detail.get("details") or [] if isinstance(d, dict)]
-        code = STATUSES.get(str(detail.get("status") or ""))
-        if any(d.get("reason") == KEY_INVALID_REASON for d in details):
-            code = errors.AUTH_ERROR
-        elif code is None and resp.status_code == 400 and mentions(message, CONTEXT_MARKERS):
-            code = errors.CONTEXT_LENGTH_EXCEEDED
+        code = _error_code(detail, details, resp.status_code, message)
         return self.failure(resp, message, code, _retry_delay(details))
+
+
+class GeminiStream(StreamReader):
+    def read(self, event: str, data: str) -> str:
+        body = event_json(data)
+        if isinstance(body.get("error"), dict):
+            raise _stream_error(body["error"])
+        usage = body.get("usageMetadata") or {}
+        if "promptTokenCount" in usage:
+            self.prompt_tokens, self.completion_tokens, self.cached_tokens = usage_counts(usage)
+        candidates = body.get("candidates") or []
+        if not candidates:
+            if _blocked(body):
+                self.finish_reason, self.finished = CONTENT_FILTER, True
+            return ""
+        candidate = candidates[0]
+        if candidate.get("finishReason"):
+            self.finish_reason = _finish_reason(candidate["finishReason"])
+            self.finished = True
+        return _text(candidate)
+
+
+def usage_counts(usage: dict[str, Any]) -> tuple[int, int, int]:
+    """(prompt, completion, cached) tokens, thought tokens counted as output."""
+    return (int(usage["promptTokenCount"]),
+            int(usage.get("candidatesTokenCount") or 0) + int(usage.get("thoughtsTokenCount") or 0),
+            int(usage.get("cachedContentTokenCount") or 0))
+
+
+def _text(candidate: dict[str, Any]) -> str:
+    """A candidate's answer text, without a thinking model's thoughts."""
+    parts = (candidate.get("content") or {}).get("parts") or []
+    return "".join(part.get("text", "") for part in parts if not part.get("thought"))
+
+
+def _blocked(data: dict[str, Any]) -> bool:
+    """The prompt itself was blocked: no candidates, only the reason why."""
+    return bool((data.get("promptFeedback") or {}).get("blockReason"))
+
+
+def _error_code(detail: dict[str, Any], details: list[dict], status: int,
+                message: str) -> str | None:
+    """The code Google's error body settles; None leaves it to the HTTP status."""
+    if any(d.get("reason") == KEY_INVALID_REASON for d in details):
+        return errors.AUTH_ERROR
+    code = STATUSES.get(str(detail.get("status") or ""))
+    if code is None and status == 400 and mentions(message, CONTEXT_MARKERS):
+        return errors.CONTEXT_LENGTH_EXCEEDED
+    return code
+
+
+def _stream_error(detail: dict[str, Any]) -> StreamError:
+    """An error object inside the stream: its ``code`` is the HTTP status it stands for."""
+    details = [d for d in detail.get("details") or [] if isinstance(d, dict)]
+    message = str(detail.get("message") or "")
+    status = detail.get("code") if isinstance(detail.get("code"), int) else 500
+    return StreamError(_error_code(detail, details, status, message) or code_for_status(status),
+                       message)
 
 
 def _finish_reason(reason: str | None) -> str | None:

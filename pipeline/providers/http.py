@@ -1,11 +1,21 @@
 """What every HTTP provider adapter shares: an httpx client (sending over aiohttp, see
 transport.py) with the deployment's timeouts, one timed POST whose transport failures
 become error codes, and the rules that turn a provider's non-200 answer into a
-GatewayError. Each adapter supplies only its wire shape."""
+GatewayError. Each adapter supplies only its wire shape.
+
+A call made with ``on_delta`` is streamed: the same request in the provider's streaming
+mode, its server-sent events read as they arrive and each piece of text handed to
+``on_delta`` at once. It ends in the same Completion, with the usage the stream reported
+(0 for any count it left out) and the time to the first text. A stream is trusted only
+once it ends with the provider's final event: one cut short, one with an event that cannot
+be read, or one whose connection fails part-way raises, so a half answer never passes for
+a whole one."""
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -14,7 +24,7 @@ from pipeline import errors
 from pipeline.providers.deployments import CallLimits, Deployment
 from pipeline.errors import GatewayError
 from pipeline.events.models import RoutedRequest
-from pipeline.providers.base import Completion
+from pipeline.providers.base import Completion, OnDelta
 from pipeline.providers.transport import AiohttpTransport
 from pipeline.resilience.retry import retry_after
 from pipeline.secrets import Secret
@@ -35,7 +45,9 @@ class HTTPAdapter:
     """One provider call over HTTP. Subclasses say where to POST (``path``), how to
     authenticate (``auth_headers``), what to send (``payload``), how to read a 200
     (``completion``, which may raise KeyError/TypeError/... on an unexpected body) and
-    how to classify anything else (``error``)."""
+    how to classify anything else (``error``); for streamed calls, where and what to send
+    in streaming mode (``stream_path``, ``stream_payload``) and how to read the events
+    (``stream_reader``)."""
 
     def __init__(self, deployment: Deployment, key: Secret, limits: CallLimits,
                  transport: httpx.AsyncBaseTransport | None = None):
@@ -63,12 +75,25 @@ class HTTPAdapter:
     def error(self, resp: httpx.Response) -> GatewayError:
         raise NotImplementedError
 
+    def stream_path(self) -> str:
+        return self.path()
+
+    def stream_payload(self, routed: RoutedRequest) -> dict:
+        return {**self.payload(routed), "stream": True}
+
+    def stream_reader(self) -> StreamReader:
+        raise NotImplementedError
+
     # -- the call
 
-    async def complete(self, routed: RoutedRequest) -> Completion:
+    async def complete(self, routed: RoutedRequest, on_delta: OnDelta | None = None) -> Completion:
+        """The provider's answer; streamed when ``on_delta`` is given, which is then
+        awaited with each non-empty piece of text in order, before the call returns."""
         started = time.monotonic()
         try:
-            return await self._complete(routed, started)
+            if on_delta is None:
+                return await self._complete(routed, started)
+            return await self._stream(routed, started, on_delta)
         except GatewayError as exc:
             exc.elapsed_ms = int((time.monotonic() - started) * 1000)
             raise
@@ -77,12 +102,8 @@ class HTTPAdapter:
         try:
             resp = await self._http.post(self.path(), json=self.payload(routed),
                                          headers=self.auth_headers())
-        except httpx.TimeoutException as exc:
-            raise GatewayError(f"{self.deployment.id}: {type(exc).__name__} after "
-                               f"{time.monotonic() - started:.1f}s", errors.TIMEOUT) from None
         except httpx.HTTPError as exc:
-            raise GatewayError(f"{self.deployment.id}: connection failed ({type(exc).__name__})",
-                               errors.PROVIDER_ERROR) from None
+            raise self._transport_failure(exc, started) from None
         provider_ms = int((time.monotonic() - started) * 1000)
         if resp.status_code != 200:
             raise self.error(resp)
@@ -94,6 +115,56 @@ class HTTPAdapter:
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise GatewayError(f"{self.deployment.id}: malformed response body "
                                f"({type(exc).__name__})", errors.PROVIDER_ERROR) from None
+
+    async def _stream(self, routed: RoutedRequest, started: float, on_delta: OnDelta) -> Completion:
+        stream = self.stream_reader()
+        try:
+            async with self._http.stream("POST", self.stream_path(),
+                                         json=self.stream_payload(routed),
+                                         headers=self.auth_headers()) as resp:
+                if resp.status_code != 200:
+                    await resp.aread()
+                    raise self.error(resp)
+                stream.opened = True
+                async for event, data in sse_events(resp.aiter_lines()):
+                    text = self._read_event(stream, event, data)
+                    if text:
+                        stream.received(text)
+                        await on_delta(text)
+        except httpx.HTTPError as exc:
+            raise self._transport_failure(exc, started, stream) from None
+        if not stream.finished:
+            raise GatewayError(f"{self.deployment.id}: stream ended after {stream.deltas} "
+                               f"deltas without its final event", errors.PROVIDER_ERROR)
+        return stream.completion(started)
+
+    def _read_event(self, stream: StreamReader, event: str, data: str) -> str:
+        try:
+            return stream.read(event, data)
+        except StreamError as exc:
+            text = _PLAIN_MESSAGES.get(exc.code) or self.excerpt(exc.message)
+            raise GatewayError(f"{self.deployment.id}: stream error after {stream.deltas} "
+                               f"deltas: {text}", exc.code) from None
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise GatewayError(f"{self.deployment.id}: malformed stream event after "
+                               f"{stream.deltas} deltas ({type(exc).__name__})",
+                               errors.PROVIDER_ERROR) from None
+
+    def _transport_failure(self, exc: httpx.HTTPError, started: float,
+                           stream: StreamReader | None = None) -> GatewayError:
+        """A timeout is the call's, anything else on the connection the provider's; a
+        stream that had begun says how far it got."""
+        timed_out = isinstance(exc, httpx.TimeoutException)
+        code = errors.TIMEOUT if timed_out else errors.PROVIDER_ERROR
+        cause = type(exc).__name__
+        if timed_out:
+            cause += f" after {time.monotonic() - started:.1f}s"
+        if stream is not None and stream.opened:
+            return GatewayError(f"{self.deployment.id}: stream broken after {stream.deltas} "
+                                f"deltas ({cause})", code)
+        if timed_out:
+            return GatewayError(f"{self.deployment.id}: {cause}", code)
+        return GatewayError(f"{self.deployment.id}: connection failed ({cause})", code)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -149,3 +220,80 @@ def json_object(resp: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+# -- streamed calls
+
+class StreamError(Exception):
+    """An error event inside a provider's stream: the code its kind maps to, and the
+    provider's message (excerpted and redacted before any GatewayError carries it)."""
+
+    def __init__(self, code: str, message: Any):
+        super().__init__(code)
+        self.code, self.message = code, message
+
+
+class StreamReader:
+    """One streamed answer, read event by event. A subclass per provider turns each event
+    into the text it adds (``read``) and keeps the finish reason, the usage so far (the
+    last report wins) and whether the provider's final event has come (``finished``)."""
+
+    def __init__(self) -> None:
+        self.opened = False            # the provider answered 200 and the events began
+        self.finished = False
+        self.finish_reason: str | None = None
+        self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
+        self._texts: list[str] = []
+        self._first_at: float | None = None
+
+    def read(self, event: str, data: str) -> str:
+        """The text this event adds ("" for none). StreamError for an error event;
+        ValueError, KeyError, TypeError... for an event that cannot be read."""
+        raise NotImplementedError
+
+    @property
+    def deltas(self) -> int:
+        return len(self._texts)
+
+    def received(self, text: str) -> None:
+        if self._first_at is None:
+            self._first_at = time.monotonic()
+        self._texts.append(text)
+
+    def completion(self, started: float) -> Completion:
+        """At least 1 ms to the first text when there was one, so 0 keeps meaning "none"."""
+        ttft_ms = 0 if self._first_at is None else max(1, int((self._first_at - started) * 1000))
+        return Completion(content="".join(self._texts), finish_reason=self.finish_reason,
+                          prompt_tokens=self.prompt_tokens,
+                          completion_tokens=self.completion_tokens,
+                          cached_tokens=self.cached_tokens,
+                          provider_ms=int((time.monotonic() - started) * 1000), ttft_ms=ttft_ms)
+
+
+def event_json(data: str) -> dict[str, Any]:
+    """An event's data as the JSON object every provider sends; ValueError otherwise."""
+    body = json.loads(data)
+    if not isinstance(body, dict):
+        raise ValueError("the event is not a JSON object")
+    return body
+
+
+async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
+    """Server-sent events as (event name, data), ``data:`` lines joined by newlines and
+    comments skipped. An event the body stops in the middle of is still handed on, so a
+    cut shows as the malformed event it is rather than silently vanishing."""
+    event, data = "", []
+    async for line in lines:
+        if not line:
+            if data:
+                yield event or "message", "\n".join(data)
+            event, data = "", []
+            continue
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "event":
+            event = value
+        elif field == "data":
+            data.append(value)
+    if data:
+        yield event or "message", "\n".join(data)

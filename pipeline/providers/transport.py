@@ -8,11 +8,16 @@ http`, docs/BENCHMARKS.md). The adapters keep httpx's request/response API (and 
 adapters already classify: timeouts as ``httpx.TimeoutException`` (the call timed out),
 everything else on the connection as ``httpx.TransportError`` (the provider failed).
 
-Bodies are read whole: provider answers here are single JSON documents."""
+Bodies are handed to httpx as they arrive, not read whole first: a streamed answer's
+events must reach the adapter while the provider is still generating. A plain
+``client.post`` still reads the body whole (httpx does), so nothing changes there; the
+same error mapping applies to reads mid-body."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import httpx
@@ -36,23 +41,47 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout = request.extensions.get("timeout", {})
-        try:
-            async with self._open().request(
-                    request.method, str(request.url), headers=request.headers.multi_items(),
-                    data=request.content or None, allow_redirects=False, compress=False,
-                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout.get("connect"),
-                                                  sock_read=timeout.get("read"))) as resp:
-                body = await resp.read()
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise httpx.ReadTimeout(f"{type(exc).__name__}: {exc}", request=request) from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise httpx.ConnectError(str(exc), request=request) from exc
-        except aiohttp.ClientError as exc:      # disconnects, bad payloads, protocol errors
-            raise httpx.ReadError(f"{type(exc).__name__}: {exc}", request=request) from exc
+        with httpx_errors(request):
+            resp = await self._open().request(
+                request.method, str(request.url), headers=request.headers.multi_items(),
+                data=request.content or None, allow_redirects=False, compress=False,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout.get("connect"),
+                                              sock_read=timeout.get("read")))
         # Still encoded (auto_decompress off): httpx decodes by Content-Encoding as it would.
-        return httpx.Response(resp.status, headers=resp.raw_headers, content=body,
-                              request=request)
+        return httpx.Response(resp.status, headers=resp.raw_headers,
+                              stream=AiohttpBody(resp, request), request=request)
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+class AiohttpBody(httpx.AsyncByteStream):
+    """An aiohttp response's body, chunk by chunk as the socket delivers it. Closing it
+    hands the connection back to the pool once the body was read to the end (aiohttp
+    closes it instead when it was not, so a half-read stream is never reused)."""
+
+    def __init__(self, resp: aiohttp.ClientResponse, request: httpx.Request):
+        self._resp = resp
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with httpx_errors(self._request):
+            async for chunk in self._resp.content.iter_any():
+                yield chunk
+
+    async def aclose(self) -> None:
+        self._resp.release()
+
+
+@contextlib.contextmanager
+def httpx_errors(request: httpx.Request) -> Iterator[None]:
+    """aiohttp's failures, sending or reading, as the httpx errors the adapters classify."""
+    try:
+        yield
+    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise httpx.ReadTimeout(f"{type(exc).__name__}: {exc}", request=request) from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise httpx.ConnectError(str(exc), request=request) from exc
+    except aiohttp.ClientError as exc:      # disconnects, bad payloads, protocol errors
+        raise httpx.ReadError(f"{type(exc).__name__}: {exc}", request=request) from exc

@@ -5,11 +5,18 @@ Cached prompt tokens follow the simulator's automatic prompt cache (real Anthrop
 only prefixes marked with cache_control) and are reported as ``cache_read_input_tokens``,
 with ``input_tokens`` the rest of the prompt, as Anthropic counts them. An overloaded
 server error (status 503 in the fault) answers 529 ``overloaded_error``, Anthropic's
-status for it. Streaming is not simulated for this shape.
+status for it.
+
+Streamed (``"stream": true``), the answer is Anthropic's event sequence: ``message_start``
+(usage with the input tokens), ``content_block_start``, ``ping``, a ``content_block_delta``
+per piece of text, ``content_block_stop``, ``message_delta`` (stop reason, output tokens)
+and ``message_stop``. Refusals come before the stream, as statuses; a malformed fault cuts
+the stream part-way.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
@@ -17,7 +24,7 @@ from aiohttp import web
 from pipeline.simulator.core import (CallPlan, ChatRequest, InvalidRequest, Message, Outcome,
                                      Simulator, claimed_completion_tokens, retry_seconds,
                                      truncated_json)
-from pipeline.simulator.shape import NativeShape
+from pipeline.simulator.shape import NativeShape, PacedStream
 
 API_VERSION_HEADER = "anthropic-version"
 _ROLES = frozenset({"user", "assistant"})
@@ -86,6 +93,32 @@ class AnthropicShape(NativeShape):
             return anthropic_error(529, "overloaded_error", "Overloaded", headers=headers)
         return anthropic_error(plan.status, "api_error", "Internal server error", headers=headers)
 
+    async def stream(self, stream: PacedStream) -> None:
+        plan = stream.plan
+        opening = {**message_body(plan), "content": [], "stop_reason": None}
+        opening["usage"] = {**opening["usage"], "output_tokens": 1}
+        await stream.send(event("message_start", message=opening))
+        await stream.send(event("content_block_start", index=0,
+                                content_block={"type": "text", "text": ""}))
+        await stream.send(event("ping"))
+        async for piece, _ in stream.pieces():
+            await stream.send(event("content_block_delta", index=0,
+                                    delta={"type": "text_delta", "text": piece}))
+        block_stop = event("content_block_stop", index=0)
+        if stream.cut:
+            return await stream.cut_short(block_stop)
+        await stream.send(block_stop)
+        await stream.send(event("message_delta",
+                                delta={"stop_reason": _STOP_REASONS[plan.finish_reason],
+                                       "stop_sequence": None},
+                                usage={"output_tokens": plan.completion_tokens}))
+        await stream.send(event("message_stop"))
+
+
+def event(kind: str, **fields: Any) -> str:
+    """One server-sent event as Anthropic frames it: named, its data typed the same."""
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, **fields})}\n\n"
+
 
 def parse_messages_request(body: dict[str, Any]) -> ChatRequest:
     model = body.get("model")
@@ -102,8 +135,9 @@ def parse_messages_request(body: dict[str, Any]) -> ChatRequest:
                                     or not isinstance(temperature, (int, float))
                                     or not 0 <= temperature <= 1):
         raise InvalidRequest("temperature: range: 0..1")
-    if body.get("stream"):
-        raise InvalidRequest("stream: streaming is not simulated for the Messages API")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequest("stream: Input should be a valid boolean")
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
         raise InvalidRequest("messages: at least one message is required")
@@ -119,7 +153,7 @@ def parse_messages_request(body: dict[str, Any]) -> ChatRequest:
             raise InvalidRequest(f"messages.{i}: all messages must have non-empty content "
                                  f"except for the optional final assistant message")
         messages.append(Message(raw["role"], text))
-    return ChatRequest(model, tuple(messages), max_tokens)
+    return ChatRequest(model, tuple(messages), max_tokens, bool(stream))
 
 
 def _text(content: Any, where: str) -> str:

@@ -4,12 +4,19 @@ candidates, usage metadata and error bodies.
 
 As Google does, an invalid key is a 400 ``INVALID_ARGUMENT`` whose details carry the
 reason ``API_KEY_INVALID`` (a missing one a 403), and a rate limit says when to retry in a
-``RetryInfo`` detail rather than a Retry-After header. Streaming
-(``streamGenerateContent``) is not simulated.
+``RetryInfo`` detail rather than a Retry-After header.
+
+``:streamGenerateContent?alt=sse`` streams the answer as Gemini 2.x does: one ``data:``
+event per piece of text, each a whole response whose usage metadata counts the prompt;
+the last carries the finish reason and the full usage. Events end in CRLF pairs, as
+Google's do. Without ``alt=sse`` Google streams a JSON array instead, which is not
+simulated (400). Refusals come before the stream, as statuses; a malformed fault cuts the
+stream part-way.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
@@ -17,10 +24,12 @@ from aiohttp import web
 from pipeline.simulator.core import (CallPlan, ChatRequest, InvalidRequest, Message, Outcome,
                                      Simulator, claimed_completion_tokens, retry_seconds,
                                      truncated_json)
-from pipeline.simulator.shape import NativeShape
+from pipeline.simulator.shape import NativeShape, PacedStream
 
 KEY_HEADER = "x-goog-api-key"
 API_VERSIONS = ("v1beta", "v1")
+METHODS = ("generateContent", "streamGenerateContent")
+STREAM_METHOD = ":streamGenerateContent"
 _ROLES = {"user": "user", "model": "assistant"}
 _FINISH_REASONS = {"stop": "STOP", "length": "MAX_TOKENS"}
 _STATUS_NAMES = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
@@ -32,8 +41,8 @@ RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 
 def gemini_routes(sim: Simulator) -> list[web.RouteDef]:
     shape = GeminiShape(sim)
-    return [web.post(f"/{version}/models/{{model}}:generateContent", shape.handle)
-            for version in API_VERSIONS]
+    return [web.post(f"/{version}/models/{{model}}:{method}", shape.handle)
+            for version in API_VERSIONS for method in METHODS]
 
 
 def google_error(status: int, message: str, details: list[dict[str, Any]] | None = None,
@@ -54,7 +63,11 @@ class GeminiShape(NativeShape):
         return request.match_info["model"]
 
     def parse(self, request: web.Request, body: dict[str, Any], model: str | None) -> ChatRequest:
-        return parse_generate_request(body, model or "")
+        stream = request.path.endswith(STREAM_METHOD)
+        if stream and request.query.get("alt") != "sse":
+            raise InvalidRequest("streamGenerateContent without alt=sse (a JSON array) is not "
+                                 "simulated; add ?alt=sse")
+        return parse_generate_request(body, model or "", stream)
 
     def missing_key(self) -> web.Response:
         return google_error(403, "Method doesn't allow unregistered callers (callers without "
@@ -103,8 +116,25 @@ class GeminiShape(NativeShape):
                             "report in https://developers.generativeai.google/guide/"
                             "troubleshooting", headers=headers)
 
+    async def stream(self, stream: PacedStream) -> None:
+        plan = stream.plan
+        response_id = plan.call_id.partition("-")[2]
+        async for piece, last in stream.pieces():
+            finish = {"finishReason": _FINISH_REASONS[plan.finish_reason]} if last else {}
+            candidate = {"content": {"parts": [{"text": piece}], "role": "model"}, **finish,
+                         "index": 0}
+            await stream.send(sse({"candidates": [candidate],
+                                   "usageMetadata": usage_metadata(plan, final=last),
+                                   "modelVersion": plan.model, "responseId": response_id}))
+        if stream.cut:
+            await stream.cut_short(sse(generate_body(plan)))
 
-def parse_generate_request(body: dict[str, Any], model: str) -> ChatRequest:
+
+def sse(body: dict[str, Any]) -> str:
+    return f"data: {json.dumps(body)}\r\n\r\n"
+
+
+def parse_generate_request(body: dict[str, Any], model: str, stream: bool = False) -> ChatRequest:
     raw_contents = body.get("contents")
     if not isinstance(raw_contents, list) or not raw_contents:
         raise InvalidRequest("* GenerateContentRequest.contents: contents is not specified")
@@ -132,7 +162,7 @@ def parse_generate_request(body: dict[str, Any], model: str) -> ChatRequest:
                                     or not 0 <= temperature <= 2):
         raise InvalidRequest("* GenerateContentRequest.generation_config.temperature: "
                              "temperature must be between 0 and 2")
-    return ChatRequest(model, tuple(messages), max_tokens)
+    return ChatRequest(model, tuple(messages), max_tokens, stream)
 
 
 def _parts_text(content: Any, where: str) -> str:
@@ -144,22 +174,27 @@ def _parts_text(content: Any, where: str) -> str:
 
 
 def generate_body(plan: CallPlan) -> dict[str, Any]:
-    usage: dict[str, Any] = {
-        "promptTokenCount": plan.prompt_tokens,
-        "candidatesTokenCount": plan.completion_tokens,
-        "totalTokenCount": plan.prompt_tokens + plan.completion_tokens,
-        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": plan.prompt_tokens}],
-    }
-    if plan.cached_tokens:
-        usage["cachedContentTokenCount"] = plan.cached_tokens
     return {
         "candidates": [{"content": {"parts": [{"text": plan.content}], "role": "model"},
                         "finishReason": _FINISH_REASONS[plan.finish_reason],
                         "index": 0}],
-        "usageMetadata": usage,
+        "usageMetadata": usage_metadata(plan),
         "modelVersion": plan.model,
         "responseId": plan.call_id.partition("-")[2],
     }
+
+
+def usage_metadata(plan: CallPlan, final: bool = True) -> dict[str, Any]:
+    """The call's usage; mid-stream (``final`` False) only the prompt is counted yet."""
+    completion = plan.completion_tokens if final else 0
+    usage: dict[str, Any] = {"promptTokenCount": plan.prompt_tokens}
+    if final:
+        usage["candidatesTokenCount"] = completion
+    usage["totalTokenCount"] = plan.prompt_tokens + completion
+    usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": plan.prompt_tokens}]
+    if plan.cached_tokens:
+        usage["cachedContentTokenCount"] = plan.cached_tokens
+    return usage
 
 
 def context_length_message(plan: CallPlan) -> str:

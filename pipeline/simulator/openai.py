@@ -1,9 +1,12 @@
 """OpenAI chat completions (``POST /v1/chat/completions``, ``GET /v1/models``) over the
-simulator's core: request parsing, bodies, usage and OpenAI's error shape."""
+simulator's core: request parsing, bodies, usage and OpenAI's error shape, and streamed
+answers (``"stream": true``) as ``chat.completion.chunk`` events ending in ``[DONE]``,
+with a usage chunk before it when ``stream_options.include_usage`` asks for one."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -14,7 +17,8 @@ from aiohttp import web
 from pipeline.simulator.core import (_ROLES, CLIENT_CLOSED, DRAWN_LATENCY_HEADER, LATENCY_HEADER,
                                      NO_MODEL, CallPlan, ChatRequest, ClientGone, InvalidRequest,
                                      Message, Outcome, Simulator, bearer_key, json_body,
-                                     key_fingerprint, masked_key, retry_seconds, stream_pieces)
+                                     key_fingerprint, masked_key, retry_seconds, truncated_json)
+from pipeline.simulator.shape import STREAMED, PacedStream
 
 log = logging.getLogger("llmpipe.simulator")
 
@@ -83,22 +87,21 @@ class OpenAIShape:
             return openai_error(503, "The server is shutting down.", "server_error")
         headers = {LATENCY_HEADER: str(plan.reported_latency_ms),
                    DRAWN_LATENCY_HEADER: str(round(plan.drawn_latency_ms))}
-        if plan.outcome is Outcome.COMPLETION and chat.stream:
-            return await self._stream(request, plan, headers, include_usage)
+        if chat.stream and plan.outcome in STREAMED:
+            return await PacedStream(request, plan, headers).answer(
+                functools.partial(stream_events, include_usage=include_usage))
         await asyncio.sleep(plan.latency_ms / 1000)
         return self.render(plan, headers, chat.stream, api_key)
 
     def render(self, plan: CallPlan, headers: dict[str, str], stream: bool,
-                api_key: str | None = None) -> web.Response:
+               api_key: str | None = None) -> web.Response:
+        """Every outcome but a hang or a stream. ``stream`` is unused: streamed answers,
+        cut ones included, are written by ``stream_events``; it stays because
+        batchstore.py passes it."""
         if plan.outcome is Outcome.COMPLETION:
             return web.json_response(completion_body(plan), headers=headers)
         if plan.outcome is Outcome.MALFORMED:
-            text = json.dumps(completion_body(plan))
-            if stream:      # an event stream cut off mid-chunk
-                return web.Response(body=f"data: {text[:len(text) // 2]}".encode(),
-                                    content_type="text/event-stream", headers=headers)
-            return web.Response(body=text[:len(text) // 2].encode(),
-                                content_type="application/json", headers=headers)
+            return truncated_json(completion_body(plan), headers)
         if plan.outcome is Outcome.UNAUTHORIZED:
             # Like OpenAI: the key masked but for its head and last four characters.
             return openai_error(401, f"Incorrect API key provided: {masked_key(api_key)}. You can "
@@ -126,44 +129,32 @@ class OpenAIShape:
                    else "The server had an error while processing your request. Sorry about that!")
         return openai_error(plan.status, message, "server_error", headers=headers)
 
-    async def _stream(self, request: web.Request, plan: CallPlan, headers: dict[str, str],
-                      include_usage: bool) -> web.StreamResponse:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await asyncio.sleep(plan.ttft_ms / 1000)
-        response = web.StreamResponse(status=200, headers={
-            **headers, "content-type": "text/event-stream; charset=utf-8",
-            "cache-control": "no-cache"})
-        await response.prepare(request)
-        base = {"id": plan.call_id, "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": plan.model, "system_fingerprint": "fp_simulator"}
 
-        async def send(delta: dict[str, Any], finish: str | None = None) -> None:
-            chunk = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                          "finish_reason": finish}]}
-            if include_usage:
-                chunk["usage"] = None
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
 
-        try:
-            await send({"role": "assistant", "content": "", "refusal": None})
-            pieces = stream_pieces(plan.content)
-            gap_s = max(plan.latency_ms - plan.ttft_ms, 0.0) / 1000 / max(len(pieces), 1)
-            for i, piece in enumerate(pieces, 1):
-                # Paced against deadlines so many tiny gaps still add up to the planned total.
-                delay = started + plan.ttft_ms / 1000 + i * gap_s - loop.time()
-                if delay > 0.001:
-                    await asyncio.sleep(delay)
-                await send({"content": piece})
-            await send({}, plan.finish_reason)
-            if include_usage:
-                final = {**base, "choices": [], "usage": usage_body(plan)}
-                await response.write(f"data: {json.dumps(final)}\n\n".encode())
-            await response.write(b"data: [DONE]\n\n")
-            await response.write_eof()
-        except ConnectionResetError:
-            raise ClientGone(response) from None
-        return response
+async def stream_events(stream: PacedStream, include_usage: bool) -> None:
+    """A role chunk, a chunk per piece, the finish, then usage (if asked) and ``[DONE]``."""
+    plan = stream.plan
+    base = {"id": plan.call_id, "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": plan.model, "system_fingerprint": "fp_simulator"}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        body = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                     "finish_reason": finish}]}
+        if include_usage:
+            body["usage"] = None
+        return f"data: {json.dumps(body)}\n\n"
+
+    await stream.send(chunk({"role": "assistant", "content": "", "refusal": None}))
+    async for piece, _ in stream.pieces():
+        await stream.send(chunk({"content": piece}))
+    finish = chunk({}, plan.finish_reason)
+    if stream.cut:
+        return await stream.cut_short(finish)
+    await stream.send(finish)
+    if include_usage:
+        final = {**base, "choices": [], "usage": usage_body(plan)}
+        await stream.send(f"data: {json.dumps(final)}\n\n")
+    await stream.send("data: [DONE]\n\n")
 
 
 def parse_chat_request(body: dict[str, Any]) -> tuple[ChatRequest, bool]:

@@ -1,21 +1,82 @@
 """The call flow every native provider shape shares over the core (see anthropic.py,
 gemini.py): stats, the plan, hangs and latency are the same; a subclass reads the key, the
-model and the request in its provider's terms and renders plans and refusals."""
+model and the request in its provider's terms and renders plans and refusals. Also the
+pacing of streamed answers, which every shape (openai.py too) writes through
+``PacedStream`` in its own events."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from pipeline.simulator.core import (CLIENT_CLOSED, DRAWN_LATENCY_HEADER, LATENCY_HEADER,
                                      NO_MODEL, CallPlan, ChatRequest, ClientGone, InvalidRequest,
-                                     Simulator, json_body, key_fingerprint)
+                                     Outcome, Simulator, json_body, key_fingerprint,
+                                     stream_pieces)
 
 log = logging.getLogger("llmpipe.simulator")
 
+# The outcomes a streamed call answers with a stream; refusals come before it, as statuses.
+STREAMED = frozenset({Outcome.COMPLETION, Outcome.MALFORMED})
+SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
+
+
+# ------------------------------------------------------------ streamed answers
+
+class PacedStream:
+    """One streamed answer, paced as a provider paces it: nothing until the first token
+    (``plan.ttft_ms``), then the content's pieces (about a token each) spread so the last
+    lands at ``plan.latency_ms``. A shape writes its own events around the pieces.
+
+    A MALFORMED plan is a stream cut mid-answer (``cut``): only the first half of the
+    pieces, then half of the next event and the end of the body, no final event."""
+
+    def __init__(self, request: web.Request, plan: CallPlan, headers: dict[str, str]):
+        self.plan = plan
+        self.response = web.StreamResponse(status=200, headers={**headers, **SSE_HEADERS})
+        self._request = request
+        self._loop = asyncio.get_running_loop()
+        self._first_s = self._loop.time() + plan.ttft_ms / 1000
+
+    @property
+    def cut(self) -> bool:
+        return self.plan.outcome is Outcome.MALFORMED
+
+    async def answer(self, write: Callable[[PacedStream], Awaitable[None]]) -> web.StreamResponse:
+        """Open the stream at the first token, let ``write`` send the events, end it."""
+        try:
+            await asyncio.sleep(max(self._first_s - self._loop.time(), 0.0))
+            await self.response.prepare(self._request)
+            await write(self)
+            await self.response.write_eof()
+        except ConnectionResetError:
+            raise ClientGone(self.response) from None
+        return self.response
+
+    async def send(self, event: str) -> None:
+        await self.response.write(event.encode())
+
+    async def pieces(self) -> AsyncIterator[tuple[str, bool]]:
+        """(piece, whether it is the answer's last) at each piece's time; an empty answer
+        is one empty piece, so every stream has a last one to carry the finish."""
+        pieces = stream_pieces(self.plan.content) or [""]
+        gap_s = (max(self.plan.latency_ms - self.plan.ttft_ms, 0.0) / 1000
+                 / max(len(pieces) - 1, 1))
+        sent = pieces[:len(pieces) // 2] if self.cut else pieces
+        for i, piece in enumerate(sent):
+            # Paced against deadlines so many tiny gaps still add up to the planned total.
+            delay = self._first_s + i * gap_s - self._loop.time()
+            if delay > 0.001:
+                await asyncio.sleep(delay)
+            yield piece, i == len(pieces) - 1
+
+    async def cut_short(self, event: str) -> None:
+        """Half of ``event``: where the connection dropped."""
+        await self.send(event[:len(event) // 2])
 
 
 # ------------------------------------------------------- shared by the native shapes
@@ -57,6 +118,10 @@ class NativeShape:
         """Every outcome but a hang (handled before): completion, malformed body, refusals."""
         raise NotImplementedError
 
+    async def stream(self, stream: PacedStream) -> None:
+        """The events of a streamed answer (``stream.cut``: one cut short)."""
+        raise NotImplementedError
+
     # -- the flow
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -96,5 +161,7 @@ class NativeShape:
             return self.shutting_down()
         headers = {LATENCY_HEADER: str(plan.reported_latency_ms),
                    DRAWN_LATENCY_HEADER: str(round(plan.drawn_latency_ms))}
+        if chat.stream and plan.outcome in STREAMED:
+            return await PacedStream(request, plan, headers).answer(self.stream)
         await asyncio.sleep(plan.latency_ms / 1000)
         return self.render(plan, headers)
