@@ -14,6 +14,8 @@ OVERLOADED = "overloaded"
 UNKNOWN_MODEL = "unknown_model"
 MODEL_NOT_ALLOWED = "model_not_allowed"
 DUPLICATE = "duplicate"
+# The caller went away (an HTTP client disconnected) and the request was stopped.
+CANCELLED = "cancelled"
 # The gateway could not pass the request or its answer on (an output the broker refused);
 # the message says why. Not retryable as it is.
 INTERNAL_ERROR = "internal_error"

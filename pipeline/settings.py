@@ -46,6 +46,8 @@ class Topics:
     def tenants(self) -> str: return self.name("llm.tenants")
     @property
     def chunks(self) -> str: return self.name("llm.chunks")
+    @property
+    def cancels(self) -> str: return self.name("llm.cancels")
 
     def gateway_replies(self, instance: str) -> tuple[str, str]:
         """The reply topics of one HTTP gateway instance: (responses, chunks). One partition

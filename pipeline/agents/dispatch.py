@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import faust
 import faust.web
 
+from pipeline.agents.cancels import read_cancels
 from pipeline.agents.flow import process
 from pipeline.outputs import Emitter
 from pipeline.dispatch.hops import FinishedHops
@@ -142,6 +143,10 @@ def register_dispatch(app: faust.App, runtime: Runtime, source: faust.TopicT,
         await process(stream, step, emitter, agent="dispatch",
                       dead_letter_topic=s.topics.dead_letter, concurrency=s.dispatch_concurrency,
                       after=published)
+
+    @app.task
+    async def cancels():
+        await read_cancels(s.kafka_bootstrap, s.topics.cancels, runtime.codec, dispatcher)
 
     @app.timer(interval=ALERT_TICK_S)
     async def breaker_alerts():

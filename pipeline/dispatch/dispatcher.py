@@ -17,6 +17,7 @@ import asyncio
 import logging
 import random
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -25,8 +26,7 @@ from pipeline.catalog import Catalog
 from pipeline.clock import Clock, MonotonicClock, now_ms
 from pipeline.providers.deployments import Deployments
 from pipeline.errors import GatewayError
-from pipeline.events.models import (AttemptRecord, RouteDecision,
-                                    RoutedRequest, Usage)
+from pipeline.events.models import AttemptRecord, RouteDecision, RoutedRequest
 from pipeline.outputs import Out, outcomes
 from pipeline.providers.base import Adapter, Completion
 from pipeline.resilience.guard import DeploymentGuard, Guards, Refusal, breaker_alert
@@ -38,7 +38,8 @@ from pipeline.settings import Topics
 log = logging.getLogger("llmpipe.dispatch")
 
 # Errors another deployment cannot fix: the request itself is wrong.
-NO_FAILOVER = frozenset({errors.INVALID_REQUEST})
+NO_FAILOVER = frozenset({errors.INVALID_REQUEST, errors.CANCELLED})
+CANCELS_REMEMBERED = 10_000     # cancels of requests not (yet) seen, oldest forgotten first
 # AttemptRecord code of a deployment passed over, without a call, because it is degraded.
 DEGRADED = "degraded"
 FAILOVER_RULE, DEMOTED_RULE = "failover", "demoted"
@@ -75,6 +76,9 @@ class Dispatcher:
         self.max_attempts = deployments.calls.max_attempts
         self.guards = Guards(lambda dep: deployments.by_id[dep].guard,
                              monotonic or MonotonicClock())
+        # (tenant, request id) -> when its caller gave up; and the provider calls in flight
+        self._cancelled: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._calls: dict[tuple[str, str], set[asyncio.Future]] = {}
 
     async def handle(self, routed: RoutedRequest) -> list[Out]:
         """The request's outputs: terminal Response + Usage, or a re-route. Breaker
@@ -98,6 +102,20 @@ class Dispatcher:
             outs.append(Out(self.topics.alerts, ALERT_KEY, alert))
         return outs
 
+    def cancel(self, tenant: str, request_id: str) -> bool:
+        """The request's caller went away: stop its provider calls now, or — not here yet —
+        end it without a call when it comes (remembered for the last ``CANCELS_REMEMBERED``
+        cancels). True if a call was stopped."""
+        key = (tenant, request_id)
+        self._cancelled[key] = self.clock()
+        self._cancelled.move_to_end(key)
+        while len(self._cancelled) > CANCELS_REMEMBERED:
+            self._cancelled.popitem(last=False)
+        calls = [c for c in self._calls.get(key, ()) if not c.done()]
+        for call in calls:
+            call.cancel()
+        return bool(calls)
+
     def health(self) -> dict[str, Any]:
         """Per-deployment guard state for the worker's health view."""
         return {"deployments": self.guards.snapshot()}
@@ -120,6 +138,10 @@ class Dispatcher:
             failure = GatewayError(f"{dep_id}: not called, the request's deadline had passed",
                                    errors.TIMEOUT)
             return self._failed(routed, _Hop(None, failure, 0, 0, deadline_cut=True))
+        if (routed.request.tenant, routed.request.request_id) in self._cancelled:
+            failure = GatewayError("the caller went away before the request was dispatched; "
+                                   "no provider call was made", errors.CANCELLED)
+            return self._failed(routed, _Hop(None, failure, 0, 0))
         guard = self.guards.get(dep_id)
         demoted = self._demote(routed, guard)
         if demoted is not None:
@@ -158,12 +180,23 @@ class Dispatcher:
         tried = routed.tried + [AttemptRecord(routed.route.deployment, failure.code, hop.attempts)]
         log.info("stream_broken request_id=%s deployment=%s chunks=%d code=%s",
                  routed.request.request_id, routed.route.deployment, stream.chunks, failure.code)
+        what = (f"the caller went away after {stream.chunks} chunks"
+                if failure.code == errors.CANCELLED else
+                f"the answer's stream broke after {stream.chunks} chunks ({failure.message})")
+        return self._billed_failure(routed, failure, tried, hop, stream.delivered,
+                                    f"{what}; the text delivered so far is billed and was not "
+                                    "retried", stream.first_at_ms)
+
+    def _billed_failure(self, routed: RoutedRequest, failure: GatewayError,
+                        tried: list[AttemptRecord], hop: _Hop, delivered: str, message: str,
+                        first_token_at_ms: int = 0) -> list[Out]:
+        """A request ended after a provider call had started (a broken or cancelled stream,
+        a stopped call): billed for what the provider charges — the estimated prompt and
+        the text delivered."""
         return outcomes.stream_broken(
-            routed, failure.code,
-            f"the answer's stream broke after {stream.chunks} chunks ({failure.message}); "
-            f"the text delivered so far is billed and was not retried", content=stream.delivered,
-            completion_tokens=estimate_text_tokens(stream.delivered),
-            first_token_at_ms=stream.first_at_ms, catalog=self.catalog, at=self.clock(),
+            routed, failure.code, message, content=delivered,
+            completion_tokens=estimate_text_tokens(delivered),
+            first_token_at_ms=first_token_at_ms, catalog=self.catalog, at=self.clock(),
             tried=tried, provider_ms=hop.provider_ms, routed_model=self._first_model(routed),
             topics=self.topics)
 
@@ -273,10 +306,15 @@ class Dispatcher:
                 return _Hop(None, failure or GatewayError(permit.message, permit.code),
                             attempts, provider_ms)
             attempts += 1
-            timeout_s = max(0.001, min(self.calls.total_timeout_s, self._remaining_s(routed)))
+            # a stream is cut by the deadline only (httpx's per-read timeout ends a stall)
+            total_s = self.calls.total_timeout_s if stream is None else float("inf")
+            timeout_s = max(0.001, min(total_s, self._remaining_s(routed)))
+            key = (r.tenant, r.request_id)
+            call = asyncio.ensure_future(adapter.complete(routed) if stream is None
+                                         else adapter.complete(routed, on_delta=stream.on_delta))
+            self._calls.setdefault(key, set()).add(call)
+            started = self.clock()
             try:
-                call = (adapter.complete(routed) if stream is None
-                        else adapter.complete(routed, on_delta=stream.on_delta))
                 completion = await asyncio.wait_for(call, timeout_s)
             except GatewayError as exc:
                 failure = exc
@@ -284,12 +322,24 @@ class Dispatcher:
                 failure = GatewayError(f"{dep_id}: no complete answer within {timeout_s:.1f}s",
                                        errors.TIMEOUT)
                 failure.elapsed_ms = int(timeout_s * 1000)
+            except asyncio.CancelledError:
+                permit.abandoned()
+                current = asyncio.current_task()
+                if key not in self._cancelled or (current is not None and current.cancelling()):
+                    raise                   # this worker is stopping, not the caller
+                log.info("call_cancelled request_id=%s tenant=%s deployment=%s", r.request_id,
+                         r.tenant, dep_id)
+                failure = GatewayError(f"{dep_id}: the caller went away; the call was stopped",
+                                       errors.CANCELLED)
+                return _Hop(None, failure, attempts, provider_ms + self.clock() - started)
             except BaseException:
                 permit.abandoned()
                 raise
             else:
                 permit.succeeded(completion.prompt_tokens + completion.completion_tokens)
                 return _Hop(completion, None, attempts, provider_ms + completion.provider_ms)
+            finally:
+                self._forget_call(key, call)
             permit.failed(failure.code)
             provider_ms += failure.elapsed_ms
             log.info("provider_call_failed request_id=%s tenant=%s deployment=%s attempt=%d code=%s",
@@ -307,6 +357,13 @@ class Dispatcher:
                 break
             await self.sleep(nxt.delay_s)
         return _Hop(None, failure, attempts, provider_ms)
+
+    def _forget_call(self, key: tuple[str, str], call: asyncio.Future) -> None:
+        calls = self._calls.get(key)
+        if calls is not None:
+            calls.discard(call)
+            if not calls:
+                del self._calls[key]
 
     def _demote(self, routed: RoutedRequest, guard: DeploymentGuard) -> Out | None:
         """A re-route to a healthy deployment of the same model when this one is degraded
@@ -353,6 +410,9 @@ class Dispatcher:
         failure = hop.failure
         assert failure is not None
         tried = routed.tried + [AttemptRecord(route.deployment, failure.code, hop.attempts)]
+        if failure.code == errors.CANCELLED and hop.attempts:
+            return self._billed_failure(routed, failure, tried, hop, "", f"{failure.message}; "
+                                        "billed the estimated prompt a started call costs")
         if failure.code in NO_FAILOVER:
             return self._terminal(routed, failure, tried, hop.provider_ms)
         if self._remaining_s(routed) <= 0:
@@ -434,8 +494,3 @@ class Dispatcher:
     def _model_of(self, deployment_id: str) -> str | None:
         dep = self.deployments.by_id.get(deployment_id)
         return dep.model if dep else None
-
-    def _usage(self, routed: RoutedRequest, at: int, status: str, code: str, attempts: int,
-               provider_ms: int) -> Usage:
-        return outcomes.routed_usage(routed, at, status, code, attempts, provider_ms,
-                                     self._first_model(routed))

@@ -16,6 +16,7 @@ from pipeline.events.models import (
     Batch,
     BatchJob,
     Budget,
+    Cancel,
     CanaryRule,
     ChatMessage,
     Chunk,
@@ -35,7 +36,7 @@ from pipeline.events.text import invalid_name, invalid_text, scrub, strings_of
 
 __all__ = [
     "ERROR", "EVENT_TYPES", "OK", "PRIORITIES", "ROLES", "SEP",
-    "Alert", "AttemptRecord", "Batch", "BatchJob", "Budget", "CanaryRule", "ChatMessage",
+    "Alert", "AttemptRecord", "Batch", "BatchJob", "Budget", "Cancel", "CanaryRule", "ChatMessage",
     "Chunk", "Codec", "DeadLetter", "DecodeError", "ErrorInfo", "Event", "GenerationParams",
     "Request", "Response", "RouteDecision", "RoutedRequest", "RoutingHints", "TenantPolicy", "Usage",
     "invalid_name", "invalid_text", "is_json", "request_key", "scrub", "strings_of",

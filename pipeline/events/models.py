@@ -278,6 +278,15 @@ class Chunk(Event):
     model: Optional[str] = None
 
 
+@dataclass
+class Cancel(Event):
+    AVRO_NAME: ClassVar[str] = "Cancel"
+    request_id: str
+    tenant: str
+    at_ms: int
+    reason: str = ""
+
+
 # --- Alerts, dead letters, tenant policy -----------------------------------------------
 
 @dataclass
@@ -352,6 +361,6 @@ class TenantPolicy(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.AVRO_NAME: cls
-    for cls in (Request, RoutedRequest, Batch, BatchJob, Response, Chunk, Usage, Alert,
-                DeadLetter, TenantPolicy)
+    for cls in (Request, RoutedRequest, Batch, BatchJob, Response, Chunk, Cancel, Usage,
+                Alert, DeadLetter, TenantPolicy)
 }

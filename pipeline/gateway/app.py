@@ -19,8 +19,8 @@ import logging
 import math
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -34,7 +34,7 @@ from pipeline.catalog import Catalog
 from pipeline.clock import now_ms
 from pipeline.errors import Rejected
 from pipeline.events.codec import Codec
-from pipeline.events.models import OK, Chunk, Response
+from pipeline.events.models import OK, Cancel, Chunk, Response
 from pipeline.gateway import wire
 from pipeline.gateway.keys import KeyRing, bearer
 from pipeline.gateway.replies import Replies, Waiter
@@ -61,8 +61,10 @@ class Gateway:
     keys: KeyRing
     replies: Replies
     wait_s: float                          # how long a caller waits before a 504
+    cancels_topic: str = "llm.cancels"
     tenants_ready_timeout_s: float = 10.0
     producer: AIOKafkaProducer | None = None
+    _background: set[asyncio.Future] = field(default_factory=set)
 
     async def start(self) -> None:
         self.producer = clients.producer(self.bootstrap, linger_ms=0)
@@ -140,29 +142,47 @@ class Gateway:
             self.replies.forget(waiter)
             raise
         deadline = time.monotonic() + self.wait_s
-        if not chat.stream:
-            try:
-                response = await waiter.response(self.wait_s)
-            except asyncio.TimeoutError:
-                return _timeout(self.wait_s)
-            finally:
-                self.replies.forget(waiter)
-            return _answer(response, r.model)
         try:
-            first = await waiter.next(self.wait_s)
+            first = await _unless_gone(request, waiter.response(self.wait_s) if not chat.stream
+                                       else waiter.next(self.wait_s))
         except asyncio.TimeoutError:
             self.replies.forget(waiter)
             return _timeout(self.wait_s)
+        except ClientGone:
+            self.replies.forget(waiter)
+            self.cancel(r.tenant, r.request_id, "the HTTP client disconnected while waiting")
+            return HttpResponse(status_code=499)     # nobody reads it: nginx's "client closed"
         except BaseException:
             self.replies.forget(waiter)
             raise
-        if isinstance(first, Response) and first.status != OK:
+        if not chat.stream or isinstance(first, Response) and first.status != OK:
             self.replies.forget(waiter)
             return _answer(first, r.model)
-        stream = _sse(first, waiter, chat, deadline, self.replies.forget)
+        stream = _sse(first, waiter, chat, deadline, self.replies.forget,
+                      lambda: self.cancel(r.tenant, r.request_id,
+                                          "the HTTP client disconnected mid-stream"))
         return StreamingResponse(stream, media_type="text/event-stream",
                                  headers={"cache-control": "no-cache",
                                           "x-llmpipe-request-id": r.request_id})
+
+    def cancel(self, tenant: str, request_id: str, reason: str) -> None:
+        """Tell dispatch the caller went away (llm.cancels), without waiting: the caller is
+        gone already, and a cancel that does not arrive only costs the rest of the call."""
+        cancel = Cancel(request_id=request_id, tenant=tenant, at_ms=now_ms(),
+                        reason=f"{reason} (gateway {self.instance})")
+
+        async def publish() -> None:
+            try:
+                assert self.producer is not None
+                await self.producer.send_and_wait(self.cancels_topic, self.codec.encode(
+                    cancel, self.cancels_topic), key=tenant.encode())
+            except Exception as exc:
+                log.warning("cancel_not_published request_id=%s error=%r", request_id, exc)
+
+        task = asyncio.ensure_future(publish())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        log.info("client_gone request_id=%s tenant=%s", request_id, tenant)
 
     def _tenant(self, request: HttpRequest) -> str | None:
         return self.keys.tenant(bearer(request.headers.get("authorization")))
@@ -187,16 +207,43 @@ class Gateway:
         })
 
 
+class ClientGone(Exception):
+    """The HTTP client disconnected before its answer was in."""
+
+
+async def _unless_gone(request: HttpRequest, answer: Awaitable[Any]) -> Any:
+    """``answer``'s result, or ClientGone as soon as the client disconnects (its body is
+    read, so the next ASGI message is the disconnect)."""
+    waiting = asyncio.ensure_future(answer)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not waiting.done():
+            waiting.cancel()
+    if waiting.done() and not waiting.cancelled():
+        return waiting.result()
+    raise ClientGone()
+
+
+async def _disconnect(request: HttpRequest) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def _sse(first: Chunk | Response, waiter: Waiter, chat: wire.Chat, deadline: float,
-               forget) -> AsyncIterator[bytes]:
+               forget, on_gone) -> AsyncIterator[bytes]:
     """The stream's events: the chunks of the first stream seen, then — from the Response,
     which holds the whole text — whatever the chunks have not carried yet, the finish
-    reason, the usage if asked for, and ``[DONE]``."""
+    reason, the usage if asked for, and ``[DONE]``. If the client goes away first (Starlette
+    cancels the stream), ``on_gone`` is called."""
     r = chat.request
     created = int(time.time())
     model = r.model or wire.AUTO
     sent, stream_id, seq = "", None, 0
     event: Chunk | Response = first
+    finished = False
     try:
         yield wire.sse(wire.chunk_body(r.request_id, created, model,
                                        {"role": "assistant", "content": ""}))
@@ -211,17 +258,21 @@ async def _sse(first: Chunk | Response, waiter: Waiter, chat: wire.Chat, deadlin
                     yield wire.sse(wire.chunk_body(r.request_id, created, model,
                                                    {"content": event.delta}))
             else:
+                finished = True
                 for part in _ending(event, sent, created, model, chat.include_usage):
                     yield part
                 return
             try:
                 event = await waiter.next(deadline - time.monotonic())
             except asyncio.TimeoutError:
+                finished = True
                 yield wire.sse(wire.error_body(errors.TIMEOUT, "no complete answer in time"))
                 yield wire.sse("[DONE]")
                 return
     finally:
         forget(waiter)
+        if not finished:
+            on_gone()
 
 
 def _ending(response: Response, sent: str, created: int, model: str,

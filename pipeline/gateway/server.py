@@ -39,7 +39,7 @@ def build_gateway(settings: Settings, instance: str) -> Gateway:
         bounds=runtime.bounds, directory=directory, keys=keys,
         replies=Replies(settings.kafka_bootstrap, reply_topics, runtime.codec,
                         fetch_max_wait_ms=settings.fetch_max_wait_ms),
-        wait_s=runtime.deployments.calls.deadline_s + WAIT_GRACE_S,
+        wait_s=runtime.deployments.calls.deadline_s + WAIT_GRACE_S, cancels_topic=topics.cancels,
         tenants_ready_timeout_s=settings.tenants_ready_timeout_s)
 
 

@@ -41,9 +41,11 @@ class CallLimits:
 
     ``connect_timeout_s`` bounds the TCP/TLS connect; ``total_timeout_s`` bounds one whole
     attempt (httpx applies it per read as well, and the dispatcher cuts the attempt at that
-    total). Calls are not streamed, so the first byte of the answer arrives with the whole
-    completion: time to first token is bounded by the same total. ``deadline_s`` bounds a
-    request from intake (``received_at_ms``) across every attempt, wait and failover."""
+    total). A streamed call (``stream: true``) is cut only by the request's deadline as a
+    whole, so a long answer that keeps coming is not cut at the total; httpx's per-read
+    timeout still ends a stream that stalls (or never starts) for ``total_timeout_s``.
+    ``deadline_s`` bounds a request from intake (``received_at_ms``) across every attempt,
+    wait and failover."""
 
     connect_timeout_s: float
     total_timeout_s: float

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from decimal import Decimal
 
@@ -14,7 +15,7 @@ import openai
 import pytest
 
 from pipeline.dev.gateway import issue_key, start_gateway
-from pipeline.events.models import Budget, Chunk, Response, TenantPolicy
+from pipeline.events.models import Budget, Cancel, Chunk, Response, TenantPolicy
 from tests.integration.conftest import worker_stack
 
 pytestmark = pytest.mark.integration
@@ -192,3 +193,34 @@ def test_the_readme_snippet_works_as_written(gw, capsys):
     code = code.replace("sk-llmp-...", keys["acme"])
     exec(compile(code, "README.md", "exec"), {})
     assert capsys.readouterr().out.strip()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_goes_away_cancels_its_call_downstream(gw, stream):
+    """The provider hangs until its caller leaves; the HTTP client gives up after 1.5 s.
+    The gateway publishes a Cancel, dispatch stops the call at once (not at the 30 s call
+    timeout) and the request ends cancelled, billed its prompt, with one usage row."""
+    stack, gateway, keys = gw
+    stack.set_faults({"gpt-4.1": {"kind": "hang", "rate": 1.0}})
+    try:
+        body = {"model": "gpt-4.1", "messages": PROMPT, "stream": stream}
+        started, since_ms = time.monotonic(), int(time.time() * 1000)
+        with pytest.raises(httpx.ReadTimeout):
+            with httpx.stream("POST", f"{gateway.base_url}/chat/completions", json=body,
+                              timeout=httpx.Timeout(60, read=1.5),
+                              headers={"authorization": f"Bearer {keys['acme']}"}) as resp:
+                resp.read()
+        deadline = time.monotonic() + 20
+        cancels = []
+        while not cancels and time.monotonic() < deadline:
+            cancels = [c for c in stack.read_events(stack.topics.cancels, Cancel)
+                       if c.at_ms >= since_ms and c.tenant == "acme"]
+            time.sleep(0.2)
+        assert cancels, "the gateway published a Cancel"
+        rid = cancels[-1].request_id
+        (row,) = usage_of(gw, [rid]).values()
+        assert row["error_code"] == "cancelled" and row["tenant"] == "acme"
+        assert float(row["cost_usd"]) > 0
+        assert time.monotonic() - started < 20, "stopped well before the call timeout"
+    finally:
+        stack.clear_faults()

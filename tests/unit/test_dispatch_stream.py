@@ -1,12 +1,15 @@
 """Streamed dispatch: deltas become ordered Chunk events before the Response; a failure
 before the first delta is retried and failed over unseen, one after it ends the request
-with the delivered text, billed. Driven by the manual clock and scripted fakes of
+with the delivered text, billed. And a caller that goes away (Dispatcher.cancel): its call
+is stopped, or never made. Driven by the manual clock and scripted fakes of
 test_dispatch_resilience (nothing sleeps)."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+
+import pytest
 
 from pipeline import errors
 from pipeline.dispatch import Dispatcher
@@ -22,7 +25,7 @@ from tests.unit.test_dispatch_resilience import (GPT4O, GPT41, FakeTime, catalog
 class StreamingFake:
     """Each call plays a script: the deltas it streams, then "ok" or an error code."""
 
-    def __init__(self, time: FakeTime, *plays: tuple[list[str], str]):
+    def __init__(self, time: FakeTime, *plays: tuple[list[str], str | asyncio.Future]):
         self.time, self.plays = time, list(plays)
         self.calls: list[bool] = []           # whether each call was streamed
 
@@ -33,6 +36,8 @@ class StreamingFake:
             self.time.clock.advance(0.01)
             await on_delta(delta)
             await asyncio.sleep(0)
+        if isinstance(end, asyncio.Future):
+            end = await end                 # a call that hangs until the test says
         if end != "ok":
             raise GatewayError(f"fake {end}", end)
         return Completion("".join(deltas), "stop", 10, len(deltas), 0, 30)
@@ -144,3 +149,68 @@ async def test_unstreamed_requests_and_dispatchers_without_publish_call_plainly(
     await make(time, deps, {GPT41: fake}, Broker()).handle(routed(time, deps))
     await make(time, deps, {GPT41: fake}, None).handle(streamed(time, deps))
     assert fake.calls == [False, False]
+
+
+async def test_a_request_cancelled_before_it_arrives_ends_without_a_call():
+    time, deps = FakeTime(), deployments_with()
+    fake = StreamingFake(time, (["never"], "ok"))
+    d = make(time, deps, {GPT41: fake}, Broker())
+    r = streamed(time, deps)
+    assert d.cancel(r.request.tenant, r.request.request_id) is False
+    outs = await d.handle(r)
+    (resp,) = of(outs, Response)
+    (usage,) = of(outs, Usage)
+    assert fake.calls == [] and resp.error.code == errors.CANCELLED
+    assert usage.cost_nanos == 0 and not [o for o in outs if o.topic == topics.routed]
+    # another tenant's request with the same id is not touched
+    other = r.replace(request=r.request.replace(tenant="globex"))
+    fake.plays.append((["fine"], "ok"))
+    assert of(await d.handle(other), Response)[0].status == "ok"
+
+
+async def test_a_call_in_flight_is_stopped_and_billed_its_prompt():
+    time, deps = FakeTime(), deployments_with()
+    hang = asyncio.get_running_loop().create_future()
+    d = make(time, deps, {GPT41: StreamingFake(time, ([], hang))}, Broker())
+    r = routed(time, deps)
+    task = asyncio.create_task(d.handle(r))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert d.cancel(r.request.tenant, r.request.request_id) is True
+    outs = await task
+    (resp,) = of(outs, Response)
+    (usage,) = of(outs, Usage)
+    assert resp.error.code == errors.CANCELLED and "went away" in resp.error.message
+    assert usage.prompt_tokens == 100 and usage.completion_tokens == 0 and usage.cost_nanos > 0
+    assert not [o for o in outs if o.topic == topics.routed], "no failover for a cancel"
+
+
+async def test_a_stream_cancelled_mid_way_keeps_and_bills_what_was_sent():
+    time, broker, deps = FakeTime(), Broker(), deployments_with()
+    hang = asyncio.get_running_loop().create_future()
+    d = make(time, deps, {GPT41: StreamingFake(time, (["Once", " upon"], hang))}, broker)
+    r = streamed(time, deps)
+    task = asyncio.create_task(d.handle(r))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    d.cancel(r.request.tenant, r.request.request_id)
+    outs = await task
+    (resp,) = of(outs, Response)
+    (usage,) = of(outs, Usage)
+    assert resp.error.code == errors.CANCELLED and resp.content == "Once upon"
+    assert "".join(c.delta for c in broker.chunks()) == "Once upon"
+    assert usage.completion_tokens > 0
+
+
+async def test_a_stopping_worker_is_not_mistaken_for_a_cancel():
+    time, deps = FakeTime(), deployments_with()
+    hang = asyncio.get_running_loop().create_future()
+    d = make(time, deps, {GPT41: StreamingFake(time, ([], hang))}, Broker())
+    r = routed(time, deps)
+    d.cancel("someone-else", r.request.request_id)
+    task = asyncio.create_task(d.handle(r))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

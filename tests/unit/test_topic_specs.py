@@ -26,6 +26,7 @@ DESIGN_TOPICS = {
     "llm.batch-jobs": ("job id", "BatchJob"),   # issue 5: Batch API job state
     "llm.responses": ("request id", "Response"),
     "llm.chunks": ("request id", "Chunk"),      # issue 13: streamed answers
+    "llm.cancels": ("tenant id", "Cancel"),     # issue 13: callers that went away
     "llm.usage": ("tenant id", "Usage"),
     "llm.alerts": ("tenant id", "Alert"),
     "llm.dead-letter": ("source key", "DeadLetter"),
