@@ -35,7 +35,7 @@ HELP = ("the HTTP gateway end to end beside direct calls to the simulator: req/s
         "latency, added time to first token, CPU per request per process")
 DEPLOYMENT = "openai-gpt-4o-mini"
 MODEL = "gpt-4o-mini"
-TENANT = "bench-gw"
+TENANTS = 8             # as `llmpipe bench latency`: one key each, used in turn
 CALL_TIMEOUT_S = 60.0
 PROCESSES = ("gateway", "worker", "ledger", "broker", "sim", "client")
 
@@ -44,11 +44,11 @@ class HttpTarget:
     """The bench body POSTed to ``url`` (plain or streamed), one HTTP call each. A streamed
     call's TTFT is the time to its first non-empty content delta."""
 
-    def __init__(self, name: str, url: str, key: str, model: str, stream: bool,
+    def __init__(self, name: str, url: str, keys: list[str], model: str, stream: bool,
                  ledger: Worker | None = None):
         self.name, self.url, self.model, self.stream = name, url, model, stream
         self.ledger = ledger
-        self._headers = {"authorization": f"Bearer {key}"}
+        self._headers = [{"authorization": f"Bearer {key}"} for key in keys]
         self._http: httpx.AsyncClient | None = None
         self.ttft_ms: dict[str, float] = {}
 
@@ -69,14 +69,15 @@ class HttpTarget:
         assert self._http is not None
         started = time.perf_counter()
         if not self.stream:
-            resp = await self._http.post(self.url, json=self.body(i), headers=self._headers)
+            resp = await self._http.post(self.url, json=self.body(i),
+                                         headers=self._headers[i % len(self._headers)])
             if resp.status_code != 200:
                 raise CallFailed(f"HTTP {resp.status_code}")
             resp.json()["choices"][0]["message"]
             return resp.headers.get("x-llmpipe-request-id", str(i))
         first = None
         async with self._http.stream("POST", self.url, json=self.body(i),
-                                     headers=self._headers) as resp:
+                                     headers=self._headers[i % len(self._headers)]) as resp:
             if resp.status_code != 200:
                 raise CallFailed(f"HTTP {resp.status_code}")
             ref = resp.headers.get("x-llmpipe-request-id", str(i))
@@ -161,6 +162,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="per phase (default 200 x concurrency, at most 2000)")
     p.add_argument("--warmup", type=positive_int, default=20)
     p.add_argument("--provider-latency-ms", type=positive_int, default=50)
+    p.add_argument("--fetch-max-wait-ms", type=positive_int, default=None,
+                   help="LLMPIPE_FETCH_MAX_WAIT_MS for the workers and the gateway (default: "
+                        "the setting's default, 20): what each Kafka hop waits at most on the "
+                        "embedded broker, which does not wake multi-partition fetches")
     p.add_argument("--data-dir", default=".data/bench-gateway")
 
 
@@ -169,17 +174,19 @@ def main(args: argparse.Namespace) -> int:
         "--fixed-latency-ms", str(args.provider_latency_ms), "--no-base-errors"])
     try:
         stack.start()
-        worker, ledger = stack.start_split()
-        key = issue_key(stack, TENANT)
-        gateway = start_gateway(stack, "bench")
-        return asyncio.run(bench(stack, worker, ledger, gateway, key, args))
+        tuning = {} if args.fetch_max_wait_ms is None else {"fetch_max_wait_ms": args.fetch_max_wait_ms}
+        worker, ledger = stack.start_split(**tuning)
+        keys = [issue_key(stack, f"bench-{i}") for i in range(TENANTS)]
+        gateway = start_gateway(stack, "bench", **tuning)
+        return asyncio.run(bench(stack, worker, ledger, gateway, keys, args))
     finally:
         stack.stop()
 
 
-async def bench(stack: DevStack, worker: Worker, ledger: Worker, gateway, key: str,
+async def bench(stack: DevStack, worker: Worker, ledger: Worker, gateway, keys: list[str],
                 args: argparse.Namespace) -> int:
     assert stack.broker is not None and stack.simulator is not None
+    tuning = {} if args.fetch_max_wait_ms is None else {"fetch_max_wait_ms": args.fetch_max_wait_ms}
     clock = CpuClock({"gateway": gateway.process.pid, "worker": worker.process.pid,
                       "ledger": ledger.process.pid, "broker": stack.broker.pid,
                       "sim": stack.simulator.pid, "client": os.getpid()})
@@ -187,16 +194,18 @@ async def bench(stack: DevStack, worker: Worker, ledger: Worker, gateway, key: s
     url = f"{gateway.base_url}/chat/completions"
 
     def targets() -> list[HttpTarget]:
-        return [HttpTarget("direct", direct.url, direct.api_key, direct.provider_model, False),
-                HttpTarget("direct-stream", direct.url, direct.api_key, direct.provider_model, True),
-                HttpTarget("gateway", url, key, MODEL, False, ledger),
-                HttpTarget("gateway-stream", url, key, MODEL, True, ledger)]
+        provider = [direct.api_key]
+        return [HttpTarget("direct", direct.url, provider, direct.provider_model, False),
+                HttpTarget("direct-stream", direct.url, provider, direct.provider_model, True),
+                HttpTarget("gateway", url, keys, MODEL, False, ledger),
+                HttpTarget("gateway-stream", url, keys, MODEL, True, ledger)]
 
     print(f"simulator: fixed {args.provider_latency_ms} ms, no injected errors; "
           f"{args.warmup} warm-up calls before each phase\n"
           f"direct: POST {direct.url} (model {direct.provider_model}); gateway: POST {url} "
-          f"(model {MODEL}, interactive, tenant {TENANT}) -> {DEPLOYMENT}\n"
-          f"pipeline: a front worker (intake, dispatch) and a ledger worker, one gateway")
+          f"(model {MODEL}, interactive, {TENANTS} tenants in turn) -> {DEPLOYMENT}\n"
+          f"pipeline: a front worker (intake, dispatch) and a ledger worker, one gateway; "
+          f"fetch wait {stack.settings(**tuning).fetch_max_wait_ms} ms")
     failed = 0
     for concurrency in args.concurrency:
         n = requests_at(concurrency, args.requests)

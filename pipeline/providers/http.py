@@ -25,7 +25,7 @@ from pipeline.providers.deployments import CallLimits, Deployment
 from pipeline.errors import GatewayError
 from pipeline.events.models import RoutedRequest
 from pipeline.providers.base import Completion, OnDelta
-from pipeline.providers.transport import AiohttpTransport
+from pipeline.providers.transport import STREAM_BODY, AiohttpTransport
 from pipeline.resilience.retry import retry_after
 from pipeline.secrets import Secret
 
@@ -121,7 +121,8 @@ class HTTPAdapter:
         try:
             async with self._http.stream("POST", self.stream_path(),
                                          json=self.stream_payload(routed),
-                                         headers=self.auth_headers()) as resp:
+                                         headers=self.auth_headers(),
+                                         extensions={STREAM_BODY: True}) as resp:
                 if resp.status_code != 200:
                     await resp.aread()
                     raise self.error(resp)

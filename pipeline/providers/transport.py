@@ -8,10 +8,11 @@ http`, docs/BENCHMARKS.md). The adapters keep httpx's request/response API (and 
 adapters already classify: timeouts as ``httpx.TimeoutException`` (the call timed out),
 everything else on the connection as ``httpx.TransportError`` (the provider failed).
 
-Bodies are handed to httpx as they arrive, not read whole first: a streamed answer's
-events must reach the adapter while the provider is still generating. A plain
-``client.post`` still reads the body whole (httpx does), so nothing changes there; the
-same error mapping applies to reads mid-body."""
+A request marked with the ``STREAM_BODY`` extension gets its body handed to httpx as it
+arrives: a streamed answer's events must reach the adapter while the provider is still
+generating. Any other body is read whole first, as one piece, as before streaming came:
+a single JSON document gains nothing from httpx's chunk-by-chunk machinery, and the hot
+path should not pay for it. The same error mapping applies to reads mid-body."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import httpx
 
+
+# httpx request extension: hand this response's body over as it arrives (a stream)
+STREAM_BODY = "llmpipe.stream_body"
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """One aiohttp session (its connection pool) per transport, opened on first use in the
@@ -47,9 +51,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 data=request.content or None, allow_redirects=False, compress=False,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout.get("connect"),
                                               sock_read=timeout.get("read")))
-        # Still encoded (auto_decompress off): httpx decodes by Content-Encoding as it would.
-        return httpx.Response(resp.status, headers=resp.raw_headers,
-                              stream=AiohttpBody(resp, request), request=request)
+            # Still encoded (auto_decompress off): httpx decodes by Content-Encoding.
+            if request.extensions.get(STREAM_BODY):
+                return httpx.Response(resp.status, headers=resp.raw_headers,
+                                      stream=AiohttpBody(resp, request), request=request)
+            async with resp:
+                body = await resp.read()
+        return httpx.Response(resp.status, headers=resp.raw_headers, content=body,
+                              request=request)
 
     async def aclose(self) -> None:
         if self._session is not None:
