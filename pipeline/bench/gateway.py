@@ -28,7 +28,7 @@ from pipeline.bench.latency import (LEDGER_WAIT_S, QUANTILES, Phase, positive_in
                                     run_phase)
 from pipeline.dev.gateway import issue_key, start_gateway
 from pipeline.dev.stack import DevStack, Worker
-from pipeline.providers.transport import AiohttpTransport
+from pipeline.providers.transport import STREAM_BODY, AiohttpTransport
 from pipeline.resilience.health import percentile
 
 HELP = ("the HTTP gateway end to end beside direct calls to the simulator: req/s, added "
@@ -77,7 +77,8 @@ class HttpTarget:
             return resp.headers.get("x-llmpipe-request-id", str(i))
         first = None
         async with self._http.stream("POST", self.url, json=self.body(i),
-                                     headers=self._headers[i % len(self._headers)]) as resp:
+                                     headers=self._headers[i % len(self._headers)],
+                                     extensions={STREAM_BODY: True}) as resp:
             if resp.status_code != 200:
                 raise CallFailed(f"HTTP {resp.status_code}")
             ref = resp.headers.get("x-llmpipe-request-id", str(i))
