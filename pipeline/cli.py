@@ -190,20 +190,15 @@ def cmd_tenants(args: argparse.Namespace) -> int:
                 return 2
             show(await put_policy(bootstrap, topic, codec, policy, timeout_s=args.timeout))
             return 0
-        policies = await read_policies(bootstrap, topic, codec, timeout_s=args.timeout)
         if args.action == "key":
-            from pipeline.events.models import TenantPolicy
-            from pipeline.gateway.keys import hash_key, new_key
-            key = new_key()
-            policy = policies.get(args.tenant) or TenantPolicy(tenant=args.tenant)
-            kept = [] if args.replace else policy.api_keys
-            await put_policy(bootstrap, topic, codec,
-                             policy.replace(api_keys=kept + [hash_key(key)]), timeout_s=args.timeout)
+            from pipeline.gateway.keys import add_key
+            key, count = await add_key(bootstrap, topic, codec, args.tenant,
+                                       replace=args.replace, timeout_s=args.timeout)
             print(key)
-            print(f"a new gateway API key for tenant {args.tenant} ({len(kept) + 1} key(s) now; "
-                  "only its hash is stored: keep the key, it cannot be shown again)",
-                  file=sys.stderr)
+            print(f"a new gateway API key for tenant {args.tenant} ({count} key(s) now; only "
+                  "its hash is stored: keep the key, it cannot be shown again)", file=sys.stderr)
             return 0
+        policies = await read_policies(bootstrap, topic, codec, timeout_s=args.timeout)
         if args.action == "list":
             if args.format == "json":
                 print(json.dumps([policy_to_mapping(p) for _, p in sorted(policies.items())],

@@ -24,8 +24,8 @@ import httpx
 
 from pipeline.bench.cpu import CpuClock
 from pipeline.bench.floors import HTTP_LIMITS, CallFailed, bench_request, direct_to, openai_body
-from pipeline.bench.latency import (LEDGER_WAIT_S, QUANTILES, Phase, positive_int, requests_at,
-                                    run_phase)
+from pipeline.bench.latency import (LEDGER_WAIT_S, QUANTILES, Phase, failure_lines, positive_int,
+                                    requests_at, run_phase)
 from pipeline.dev.gateway import issue_key, start_gateway
 from pipeline.dev.stack import DevStack, Worker
 from pipeline.providers.transport import STREAM_BODY, AiohttpTransport
@@ -140,11 +140,7 @@ def format_table(concurrency: int, n: int, phases: list[Phase], ttft: dict[str, 
                      f"{_added(q, base.quantiles() if base else None)}{tcells}"
                      f"{_added(t, tbase) if p.name == 'gateway-stream' else '-':>16}"
                      f"{'':>14}{cpu}")
-    for p in phases:
-        if p.failures:
-            reasons = ", ".join(f"{r} x{c}" for r, c in p.failures.most_common())
-            lines.append(f"  {p.name}: {sum(p.failures.values())} failed ({reasons})")
-    return "\n".join(lines)
+    return "\n".join(lines + failure_lines(phases))
 
 
 LEGEND = """\

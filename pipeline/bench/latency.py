@@ -168,11 +168,17 @@ def format_table(concurrency: int, requests: int, phases: list[Phase]) -> str:
                      f"{_pair(_minus(q, direct)) if pipeline else '-':>16}"
                      f"{_pair(p.ledger_added()) if pipeline else '-':>18}"
                      f"{'':>14}{cpu}{p.cpu.share_of_core('client') * 100:13.0f}%")
+    return "\n".join(lines + failure_lines(phases))
+
+
+def failure_lines(phases: list[Phase]) -> list[str]:
+    """One line per phase with failed calls: how many, and why."""
+    lines = []
     for p in phases:
         if p.failures:
             reasons = ", ".join(f"{reason} x{count}" for reason, count in p.failures.most_common())
             lines.append(f"  {p.name}: {sum(p.failures.values())} failed ({reasons})")
-    return "\n".join(lines)
+    return lines
 
 
 LEGEND = """\

@@ -14,8 +14,7 @@ import httpx
 from pipeline.dev.stack import DevStack, StackError, _run_sync
 from pipeline.events.codec import Codec
 from pipeline.events.models import TenantPolicy
-from pipeline.gateway.keys import hash_key, new_key
-from pipeline.tenancy.directory import put_policy, read_policies
+from pipeline.gateway.keys import add_key
 
 
 @dataclass
@@ -57,17 +56,8 @@ def start_gateway(stack: DevStack, instance: str = "gw-1", **overrides) -> Gatew
 def issue_key(stack: DevStack, tenant: str, policy: TenantPolicy | None = None) -> str:
     """A new API key for ``tenant``, its hash added to the tenant's policy (``policy``
     replaces the stored one, keeping its keys)."""
-    key = new_key()
-
-    async def put() -> None:
-        codec = Codec()
-        stored = (await read_policies(stack.bootstrap, stack.topics.tenants, codec)).get(tenant)
-        base = policy or stored or TenantPolicy(tenant=tenant)
-        keys = (stored.api_keys if stored else []) + base.api_keys
-        await put_policy(stack.bootstrap, stack.topics.tenants, codec,
-                         base.replace(api_keys=list(dict.fromkeys(keys + [hash_key(key)]))))
-
-    _run_sync(put())
+    key, _ = _run_sync(add_key(stack.bootstrap, stack.topics.tenants, Codec(), tenant,
+                               policy=policy))
     return key
 
 

@@ -10,7 +10,9 @@ import hashlib
 import logging
 import secrets
 
+from pipeline.events.codec import Codec
 from pipeline.events.models import TenantPolicy
+from pipeline.tenancy.directory import put_policy, read_policies
 
 log = logging.getLogger("llmpipe.gateway")
 
@@ -71,3 +73,20 @@ def bearer(header: str | None) -> str | None:
     scheme, _, key = (header or "").partition(" ")
     key = key.strip()
     return key if scheme.lower() == "bearer" and key else None
+
+
+async def add_key(bootstrap: str, topic: str, codec: Codec, tenant: str, *,
+                  policy: TenantPolicy | None = None, replace: bool = False,
+                  timeout_s: float = 30.0) -> tuple[str, int]:
+    """A new key for ``tenant``, its hash added to the tenant's policy on the tenants topic
+    (a policy with only the key if it has none; ``policy`` replaces the stored one, keeping
+    its keys; ``replace`` revokes the others). Returns the key, which exists nowhere else,
+    and how many keys the tenant now has."""
+    key = new_key()
+    stored = (await read_policies(bootstrap, topic, codec, timeout_s=timeout_s)).get(tenant)
+    base = policy or stored or TenantPolicy(tenant=tenant)
+    kept = [] if replace else list(dict.fromkeys((stored.api_keys if stored else [])
+                                                 + base.api_keys))
+    keys = kept + [hash_key(key)]
+    await put_policy(bootstrap, topic, codec, base.replace(api_keys=keys), timeout_s=timeout_s)
+    return key, len(keys)

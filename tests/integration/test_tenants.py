@@ -248,3 +248,22 @@ def test_cli_without_the_topic_says_how_to_create_it(broker, topic_prefix):
     assert missing.returncode == 3
     assert f"topic {topic_prefix}llm.tenants does not exist" in missing.stderr
     assert "llmpipe topics apply" in missing.stderr
+
+
+def test_cli_key_prints_a_key_once_and_stores_only_its_hash(broker, topic, topic_prefix):
+    from pipeline.gateway.keys import hash_key
+
+    env = {"LLMPIPE_TOPIC_PREFIX": topic_prefix}
+    at = ("--bootstrap", broker.bootstrap)
+    first = llmpipe("tenants", "key", "acme", *at, env=env)
+    assert first.returncode == 0, first.stderr
+    key1 = first.stdout.strip()
+    assert key1.startswith("sk-llmp-") and "1 key(s) now" in first.stderr
+    key2 = llmpipe("tenants", "key", "acme", *at, env=env).stdout.strip()
+    stored = json.loads(llmpipe("tenants", "get", "acme", "--format", "json", *at, env=env).stdout)
+    assert stored["api_keys"] == [hash_key(key1), hash_key(key2)]
+    assert key1 not in json.dumps(stored) and key2 not in json.dumps(stored)
+    third = llmpipe("tenants", "key", "acme", "--replace", *at, env=env)
+    assert "1 key(s) now" in third.stderr
+    stored = json.loads(llmpipe("tenants", "get", "acme", "--format", "json", *at, env=env).stdout)
+    assert stored["api_keys"] == [hash_key(third.stdout.strip())]
