@@ -71,6 +71,7 @@ class DevReport:
     end_to_end: Latency               # completed_at - created_at
     provider: Latency                 # provider_ms
     pipeline: Latency                 # pipeline_ms
+    first_token: Latency = Latency(0, None, None, None)   # ttft_ms, streamed requests only
 
     def to_dict(self) -> dict[str, Any]:
         return plain(asdict(self))
@@ -119,7 +120,8 @@ class DevReport:
         out += section("Latency (ms, ok requests)", ["", "n", "p50", "p95", "p99"], [
             [name, count_text(lat.samples), ms_text(lat.p50_ms), ms_text(lat.p95_ms), ms_text(lat.p99_ms)]
             for name, lat in (("end to end", self.end_to_end), ("provider", self.provider),
-                              ("pipeline", self.pipeline))])
+                              ("pipeline", self.pipeline), ("first token", self.first_token))
+            if lat.samples or name != "first token"])
         return "\n".join(out) + "\n"
 
 
@@ -149,12 +151,14 @@ def dev_report(client: ClickHouse, *, since: datetime | None = None,
         FROM {src}
         GROUP BY served_model ORDER BY n DESC, served_model""", params).result_rows
     levels = ", ".join(str(p) for p in PERCENTILES)
-    (samples, e2e, provider, pipeline), = client.query(f"""
+    (samples, e2e, provider, pipeline, streamed, ttft), = client.query(f"""
         SELECT count(),
                quantilesExactInclusive({levels})(
                    toUnixTimestamp64Milli(completed_at) - toUnixTimestamp64Milli(created_at)),
                quantilesExactInclusive({levels})(provider_ms),
-               quantilesExactInclusive({levels})(pipeline_ms)
+               quantilesExactInclusive({levels})(pipeline_ms),
+               countIf(ttft_ms IS NOT NULL),
+               quantilesExactInclusiveIf({levels})(assumeNotNull(ttft_ms), ttft_ms IS NOT NULL)
         FROM {src} AND status = 'ok'""", params).result_rows
 
     return DevReport(
@@ -168,7 +172,7 @@ def dev_report(client: ClickHouse, *, since: datetime | None = None,
         prompt_tokens=int(prompt), completion_tokens=int(completion), cached_tokens=int(cached),
         cost_usd=exact_decimal(cost), baseline_cost_usd=exact_decimal(baseline),
         end_to_end=_latency(samples, e2e), provider=_latency(samples, provider),
-        pipeline=_latency(samples, pipeline),
+        pipeline=_latency(samples, pipeline), first_token=_latency(streamed, ttft),
     )
 
 
