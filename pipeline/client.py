@@ -8,6 +8,8 @@ another tenant's response to the same id is never handed over). Delivery is at-l
 so a response may be delivered twice after a worker crash; the client hands each request's
 first response to its caller and drops repeats. Only this client's own pending requests are
 surfaced.
+With ``GatewayClient(..., streams=True)``, ``async for event in gw.stream(request)`` yields
+the answer's Chunks as the provider streams them, then the Response.
 Re-sending a request id the gateway has seen is answered with a duplicate notice: while the
 original is in flight the caller keeps waiting for its response; once it has completed the
 caller gets DuplicateRequest. Either way the copy is not processed or billed.
@@ -19,7 +21,7 @@ import asyncio
 import logging
 import uuid
 from collections import OrderedDict
-from typing import Any
+from typing import Any, AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -28,7 +30,8 @@ from pipeline.kafka import clients
 from pipeline import errors
 from pipeline.clock import now_ms
 from pipeline.events.codec import Codec, DecodeError
-from pipeline.events.models import ChatMessage, GenerationParams, Request, Response, RoutingHints
+from pipeline.events.models import (ChatMessage, Chunk, GenerationParams, Request, Response,
+                                    RoutingHints)
 from pipeline.settings import Topics
 
 log = logging.getLogger("llmpipe.client")
@@ -65,12 +68,15 @@ def make_request(tenant: str, prompt: str | list[ChatMessage], *, model: str | N
 
 class GatewayClient:
     def __init__(self, bootstrap: str, topics: Topics | None = None, *, codec: Codec | None = None,
-                 fmt: str = "avro", reply_topic: str | None = None):
+                 fmt: str = "avro", reply_topic: str | None = None, streams: bool = False):
+        """``streams``: also read the chunk topic (llm.chunks), for :meth:`stream`."""
         if fmt not in ("avro", "json"):
             raise ValueError("fmt must be 'avro' or 'json'")
         self.bootstrap, self.topics = bootstrap, topics or Topics()
         self.codec, self.fmt = codec or Codec(), fmt
         self.reply_topic = reply_topic or self.topics.responses
+        self.chunk_topic = self.topics.chunks if streams else None
+        self._streams: dict[tuple[str, str], asyncio.Queue] = {}
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         # keyed by (tenant, request id)
@@ -91,11 +97,13 @@ class GatewayClient:
     async def start(self) -> None:
         self._producer = clients.producer(self.bootstrap, linger_ms=1)
         await self._producer.start()
-        partitions = await self._producer.partitions_for(self.reply_topic)
         self._consumer = clients.consumer(self.bootstrap, auto_offset_reset="latest",
                                           fetch_max_wait_ms=20)
         await self._consumer.start()
-        tps = [TopicPartition(self.reply_topic, p) for p in sorted(partitions)]
+        tps = []
+        for topic in filter(None, (self.reply_topic, self.chunk_topic)):
+            partitions = await self._producer.partitions_for(topic)
+            tps += [TopicPartition(topic, p) for p in sorted(partitions)]
         self._consumer.assign(tps)
         await self._consumer.seek_to_end(*tps)
         for tp in tps:                       # resolve positions now, before anything is sent
@@ -154,9 +162,65 @@ class GatewayClient:
         assert self._consumer
         while True:
             batches = await self._consumer.getmany(timeout_ms=200)
-            for records in batches.values():
+            for tp, records in batches.items():
                 for record in records:
-                    self._on_record(record.value)
+                    if tp.topic == self.chunk_topic:
+                        self._on_chunk(record.value)
+                    else:
+                        self._on_record(record.value)
+
+    async def stream(self, request: Request, timeout: float = 30.0
+                     ) -> AsyncIterator[Chunk | Response]:
+        """Publish ``request`` streamed and yield its Chunks as dispatch publishes them (the
+        first provider stream seen, in order), then its Response, last, which holds the
+        whole text. Chunks and Responses travel on two topics, so the Response can arrive
+        before the last chunks: the text they had not carried yet is then yielded as one
+        more Chunk made from the Response, so the deltas always add up to its content
+        (unless a call re-done after a crash answered differently: trust the Response).
+        ResponseTimeout if no Response within ``timeout``. Needs
+        ``GatewayClient(streams=True)``."""
+        if self.chunk_topic is None:
+            raise RuntimeError("create the client with streams=True to read chunks")
+        request = request.replace(stream=True, chunk_topic=self.chunk_topic)
+        key = (request.tenant, request.request_id)
+        events = self._streams[key] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self.expect(request)
+        stream_id, seq, sent = None, 0, ""
+        try:
+            await self.send(request)
+            while True:
+                try:
+                    event = await asyncio.wait_for(events.get(), max(deadline - loop.time(), 0))
+                except asyncio.TimeoutError:
+                    raise ResponseTimeout(request.request_id, timeout) from None
+                if isinstance(event, Response):
+                    rest = (event.content or "")[len(sent):]
+                    if rest and (event.content or "").startswith(sent):
+                        yield Chunk(request_id=event.request_id, tenant=event.tenant,
+                                    stream_id=stream_id or "response", seq=seq, delta=rest,
+                                    at_ms=event.completed_at_ms, model=event.model)
+                    yield event
+                    return
+                stream_id = stream_id or event.stream_id
+                if event.stream_id == stream_id and event.seq == seq:
+                    seq += 1
+                    sent += event.delta
+                    yield event
+        finally:
+            self._streams.pop(key, None)
+            self._pending.pop(key, None)
+
+    def _on_chunk(self, value: bytes | None) -> None:
+        try:
+            chunk = self.codec.decode(value, Chunk)
+        except DecodeError as exc:
+            log.warning("undecodable_chunk reason=%s", exc.reason)
+            return
+        events = self._streams.get((chunk.tenant, chunk.request_id))
+        if events is not None:
+            events.put_nowait(chunk)
 
     def _on_record(self, value: bytes | None) -> None:
         try:
@@ -177,6 +241,8 @@ class GatewayClient:
             while len(self._done) > self.remember:
                 self._done.popitem(last=False)
             fut.set_result(response)
+            if key in self._streams:
+                self._streams[key].put_nowait(response)
 
     def _on_duplicate_notice(self, notice: Response) -> None:
         """A copy of a request id was refused. While the original is in flight its response

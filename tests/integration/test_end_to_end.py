@@ -183,3 +183,22 @@ def test_plain_json_from_kcat_gets_a_json_response(pipeline_stack):
     response = json.loads(seen.split("\t", 1)[1])      # the reply is JSON, like the request
     assert response["request_id"] == rid and response["status"] == "ok"
     assert Response.from_dict(response).tenant == "kcat-tenant"
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-sonnet-4.5"])
+async def test_a_kafka_caller_streams_chunks_then_the_response(pipeline_stack, model):
+    """stream=True over Kafka: the SDK yields the answer's Chunks in order as dispatch
+    publishes them, then the Response, whose text they add up to; one usage row."""
+    stack = pipeline_stack
+    async with GatewayClient(stack.bootstrap, stack.topics, streams=True) as gw:
+        req = make_request("acme", "Tell me about the sea in three sentences.", model=model,
+                           max_tokens=80)
+        events = [e async for e in gw.stream(req, timeout=TIMEOUT)]
+    *chunks, response = events
+    assert isinstance(response, Response) and response.status == "ok", response
+    assert chunks and [c.seq for c in chunks] == list(range(len(chunks)))
+    assert chunks[0].stream_id != "response", "the first chunk came from dispatch's stream"
+    assert len({c.stream_id for c in chunks}) == 1
+    assert "".join(c.delta for c in chunks) == response.content
+    counts = stack.workers[0].wait_for_usage([req.request_id])
+    assert counts[req.request_id] == 1
