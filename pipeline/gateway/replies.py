@@ -65,38 +65,35 @@ class Replies:
         self.response_topic, self.chunk_topic = topics
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self._waiters: dict[Key, Waiter] = {}
-        self._consumers: list[AIOKafkaConsumer] = []
-        self._tasks: list[asyncio.Task] = []
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task | None = None
         self.dropped = 0                 # answers nobody was waiting for
         self.undecodable = 0
 
     async def start(self) -> None:
         """Read both topics from their current end; returns once the positions are fixed,
         so nothing published after it is missed."""
-        for topic, cls in ((self.response_topic, Response), (self.chunk_topic, Chunk)):
-            consumer = clients.consumer(self.bootstrap, auto_offset_reset="latest",
-                                        fetch_max_wait_ms=self.fetch_max_wait_ms)
-            await consumer.start()
-            self._consumers.append(consumer)
-            tp = TopicPartition(topic, 0)
-            consumer.assign([tp])
-            await consumer.seek_to_end(tp)
+        consumer = self._consumer = clients.consumer(
+            self.bootstrap, auto_offset_reset="latest", fetch_max_wait_ms=self.fetch_max_wait_ms)
+        await consumer.start()
+        tps = [TopicPartition(self.response_topic, 0), TopicPartition(self.chunk_topic, 0)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
             await consumer.position(tp)
-            self._tasks.append(asyncio.create_task(self._read(consumer, cls),
-                                                   name=f"gateway-replies:{topic}"))
+        self._task = asyncio.create_task(self._read(consumer), name="gateway-replies")
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for consumer in self._consumers:
-            await consumer.stop()
-        self._tasks.clear()
-        self._consumers.clear()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+        self._task = self._consumer = None
 
     @property
     def running(self) -> bool:
-        return bool(self._tasks) and not any(t.done() for t in self._tasks)
+        return self._task is not None and not self._task.done()
 
     def expect(self, tenant: str, request_id: str) -> Waiter:
         """Register before publishing, so a fast answer is not missed."""
@@ -111,7 +108,8 @@ class Replies:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    async def _read(self, consumer: AIOKafkaConsumer, cls: type[Event]) -> None:
+    async def _read(self, consumer: AIOKafkaConsumer) -> None:
+        """One consumer for both topics: one fetch per wait, not two."""
         while True:
             try:
                 batches = await consumer.getmany(timeout_ms=1000)
@@ -121,7 +119,8 @@ class Replies:
                 log.warning("reply_read_failed error=%r", exc)
                 await asyncio.sleep(0.5)
                 continue
-            for records in batches.values():
+            for tp, records in batches.items():
+                cls = Chunk if tp.topic == self.chunk_topic else Response
                 for record in records:
                     self._deliver(record.value, cls)
 
