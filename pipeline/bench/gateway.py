@@ -24,8 +24,8 @@ import httpx
 
 from pipeline.bench.cpu import CpuClock
 from pipeline.bench.floors import HTTP_LIMITS, CallFailed, bench_request, direct_to, openai_body
-from pipeline.bench.latency import (LEDGER_WAIT_S, QUANTILES, Phase, failure_lines, positive_int,
-                                    requests_at, run_phase)
+from pipeline.bench.latency import (LEDGER_WAIT_S, QUANTILES, Phase, failure_lines,
+                                    fetch_tuning, positive_int, requests_at, run_phase)
 from pipeline.dev.gateway import issue_key, start_gateway
 from pipeline.dev.stack import DevStack, Worker
 from pipeline.providers.transport import STREAM_BODY, AiohttpTransport
@@ -171,7 +171,7 @@ def main(args: argparse.Namespace) -> int:
         "--fixed-latency-ms", str(args.provider_latency_ms), "--no-base-errors"])
     try:
         stack.start()
-        tuning = {} if args.fetch_max_wait_ms is None else {"fetch_max_wait_ms": args.fetch_max_wait_ms}
+        tuning = fetch_tuning(args)
         worker, ledger = stack.start_split(**tuning)
         keys = [issue_key(stack, f"bench-{i}") for i in range(TENANTS)]
         gateway = start_gateway(stack, "bench", **tuning)
@@ -183,7 +183,6 @@ def main(args: argparse.Namespace) -> int:
 async def bench(stack: DevStack, worker: Worker, ledger: Worker, gateway, keys: list[str],
                 args: argparse.Namespace) -> int:
     assert stack.broker is not None and stack.simulator is not None
-    tuning = {} if args.fetch_max_wait_ms is None else {"fetch_max_wait_ms": args.fetch_max_wait_ms}
     clock = CpuClock({"gateway": gateway.process.pid, "worker": worker.process.pid,
                       "ledger": ledger.process.pid, "broker": stack.broker.pid,
                       "sim": stack.simulator.pid, "client": os.getpid()})
@@ -202,7 +201,7 @@ async def bench(stack: DevStack, worker: Worker, ledger: Worker, gateway, keys: 
           f"direct: POST {direct.url} (model {direct.provider_model}); gateway: POST {url} "
           f"(model {MODEL}, interactive, {TENANTS} tenants in turn) -> {DEPLOYMENT}\n"
           f"pipeline: a front worker (intake, dispatch) and a ledger worker, one gateway; "
-          f"fetch wait {stack.settings(**tuning).fetch_max_wait_ms} ms")
+          f"fetch wait {stack.settings(**fetch_tuning(args)).fetch_max_wait_ms} ms")
     failed = 0
     for concurrency in args.concurrency:
         n = requests_at(concurrency, args.requests)

@@ -253,12 +253,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=".data/bench")
 
 
+def fetch_tuning(args: argparse.Namespace) -> dict[str, int]:
+    """The worker settings ``--fetch-max-wait-ms`` asks for (none: the defaults)."""
+    return {} if args.fetch_max_wait_ms is None else {"fetch_max_wait_ms": args.fetch_max_wait_ms}
+
+
 def main(args: argparse.Namespace) -> int:
     stack = DevStack(Path(args.data_dir), simulator_args=[
         "--fixed-latency-ms", str(args.provider_latency_ms), "--no-base-errors"])
     try:
         stack.start()
-        tuning = {} if args.fetch_max_wait_ms is None else {"fetch_max_wait_ms": args.fetch_max_wait_ms}
+        tuning = fetch_tuning(args)
         if args.ledger == "own":
             worker, ledger = stack.start_split(**tuning)
         elif args.workers > 1:

@@ -93,16 +93,18 @@ class Gateway:
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def models(self, request: HttpRequest) -> HttpResponse:
-        if self._tenant(request) is None:
+        tenant = self._tenant(request)
+        if tenant is None:
             return _unauthorized()
-        return JSONResponse({"object": "list",
-                             "data": [_model(name) for name in sorted(self.catalog.models)]})
+        return JSONResponse({"object": "list", "data": [
+            _model(name) for name in sorted(self.catalog.models) if self._allows(tenant, name)]})
 
     async def model(self, request: HttpRequest) -> HttpResponse:
-        if self._tenant(request) is None:
+        tenant = self._tenant(request)
+        if tenant is None:
             return _unauthorized()
         name = self.catalog.resolve(request.path_params["model"])
-        if name is None:
+        if name is None or not self._allows(tenant, name):
             return _error(errors.UNKNOWN_MODEL,
                           f"The model {request.path_params['model']!r} does not exist", "model")
         return JSONResponse(_model(name))
@@ -111,10 +113,10 @@ class Gateway:
         tenant = self._tenant(request)
         if tenant is None:
             return _unauthorized()
-        raw = await request.body()
-        if len(raw) > self.bounds.max_request_bytes:
-            return _error(errors.INVALID_REQUEST, f"the body is {len(raw):,} bytes; at most "
-                          f"{self.bounds.max_request_bytes:,} are accepted")
+        raw = await _body(request, self.bounds.max_request_bytes)
+        if raw is None:
+            return _error(wire.TOO_LARGE, f"the body is over {self.bounds.max_request_bytes:,} "
+                          "bytes, the most a request may be")
         try:
             body = json.loads(raw)
         except ValueError as exc:
@@ -184,6 +186,14 @@ class Gateway:
         task.add_done_callback(self._background.discard)
         log.info("client_gone request_id=%s tenant=%s", request_id, tenant)
 
+    def _allows(self, tenant: str, model: str) -> bool:
+        """Whether the tenant's policy lets it use ``model`` (what /v1/models lists)."""
+        policy = self.directory.get(tenant)
+        if policy is None:
+            return True
+        allowed = not policy.allowed_models or model in policy.allowed_models
+        return allowed and model not in policy.denied_models
+
     def _tenant(self, request: HttpRequest) -> str | None:
         return self.keys.tenant(bearer(request.headers.get("authorization")))
 
@@ -205,6 +215,21 @@ class Gateway:
             405: lambda req, exc: _error(errors.INVALID_REQUEST,
                                          f"{req.method} is not allowed on {req.url.path}"),
         })
+
+
+async def _body(request: HttpRequest, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to pass ``limit`` bytes (from its
+    Content-Length, or while reading): an oversize body is never held whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            return None
+        parts.append(part)
+    return b"".join(parts)
 
 
 class ClientGone(Exception):

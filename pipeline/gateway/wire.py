@@ -231,6 +231,8 @@ def sse(data: dict[str, Any] | str) -> bytes:
 
 # --- errors -------------------------------------------------------------------------------
 
+TOO_LARGE = "payload_too_large"      # the gateway's own: a body over the request bound
+
 # error code -> (HTTP status, OpenAI error type)
 STATUS: dict[str, tuple[int, str]] = {
     errors.INVALID_REQUEST: (400, "invalid_request_error"),
@@ -241,6 +243,7 @@ STATUS: dict[str, tuple[int, str]] = {
     errors.UNKNOWN_MODEL: (404, "invalid_request_error"),
     "not_found": (404, "invalid_request_error"),
     errors.DUPLICATE: (409, "invalid_request_error"),
+    TOO_LARGE: (413, "invalid_request_error"),
     errors.RATE_LIMITED: (429, "rate_limit_error"),
     errors.INTERNAL_ERROR: (500, "server_error"),
     errors.PROVIDER_ERROR: (502, "server_error"),

@@ -30,7 +30,9 @@ def gw(broker, tmp_path_factory):
     with worker_stack(broker, tmp_path_factory, "gw", seed=13) as stack:
         keys = {"acme": issue_key(stack, "acme"), "globex": issue_key(stack, "globex"),
                 "broke": issue_key(stack, "broke", TenantPolicy(
-                    tenant="broke", budgets=[Budget("day", hard_usd=Decimal("0"))]))}
+                    tenant="broke", budgets=[Budget("day", hard_usd=Decimal("0"))])),
+                "narrow": issue_key(stack, "narrow", TenantPolicy(
+                    tenant="narrow", allowed_models=["gpt-4o-mini"]))}
         gateway = start_gateway(stack, "gw-1")
         yield stack, gateway, keys
 
@@ -148,7 +150,19 @@ def test_models_are_listed_and_unknown_routes_answer_in_openai_shape(gw):
     resp = httpx.get(f"{gateway.url}/v1/nothing", headers={"authorization": f"Bearer {keys['acme']}"})
     assert resp.status_code == 404 and resp.json()["error"]["type"] == "invalid_request_error"
     health = httpx.get(f"{gateway.url}/healthz").json()
-    assert health["status"] == "ok" and health["keys"] >= 3
+    assert health["status"] == "ok" and health["keys"] >= 4
+    narrow = client(gw, "narrow")
+    assert [m.id for m in narrow.models.list()] == ["gpt-4o-mini"]
+    with pytest.raises(openai.NotFoundError):
+        narrow.models.retrieve("gpt-4.1")
+
+
+def test_an_oversize_body_is_refused_before_it_is_read_whole(gw):
+    _, gateway, keys = gw
+    big = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 1_000_000}]}
+    resp = httpx.post(f"{gateway.base_url}/chat/completions", json=big, timeout=30,
+                      headers={"authorization": f"Bearer {keys['acme']}"})
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "payload_too_large"
 
 
 def test_raw_sse_stream(gw):

@@ -81,7 +81,8 @@ def test_answers_in_openai_shapes():
 @pytest.mark.parametrize("code, status", [
     (errors.INVALID_REQUEST, 400), (errors.CONTEXT_LENGTH_EXCEEDED, 400),
     ("invalid_api_key", 401), (errors.BUDGET_EXCEEDED, 402), (errors.MODEL_NOT_ALLOWED, 403),
-    (errors.UNKNOWN_MODEL, 404), (errors.DUPLICATE, 409), (errors.RATE_LIMITED, 429),
+    (errors.UNKNOWN_MODEL, 404), (errors.DUPLICATE, 409), (wire.TOO_LARGE, 413),
+    (errors.RATE_LIMITED, 429),
     (errors.PROVIDER_ERROR, 502), (errors.OVERLOADED, 503), (errors.BREAKER_OPEN, 503),
     (errors.TIMEOUT, 504), ("something_new", 500)])
 def test_error_codes_map_to_statuses(code, status):
