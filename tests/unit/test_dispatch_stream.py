@@ -214,3 +214,24 @@ async def test_a_stopping_worker_is_not_mistaken_for_a_cancel():
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_deltas_are_gathered_between_chunks_and_finish_does_not_wait_to_gather():
+    """After the first chunk the stream gathers deltas for its interval: a burst of 50
+    deltas costs a couple of records, not 50; and the call's end sends the rest at once."""
+    import time as wall
+
+    from pipeline.dispatch.stream import ChunkStream
+
+    time, broker, deps = FakeTime(), Broker(), deployments_with()
+    stream = ChunkStream(streamed(time, deps), broker.publish, topics, time.wall_ms,
+                         interval_s=1.0)
+    for i in range(50):
+        await stream.on_delta(f"w{i} ")
+        await asyncio.sleep(0)
+    started = wall.monotonic()
+    await stream.finish()
+    assert wall.monotonic() - started < 0.5, "finish cut the gathering short"
+    chunks = broker.chunks()
+    assert 2 <= len(chunks) <= 3 and [c.seq for c in chunks] == list(range(len(chunks)))
+    assert "".join(c.delta for c in chunks) == "".join(f"w{i} " for i in range(50))
