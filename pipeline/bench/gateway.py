@@ -25,11 +25,11 @@ import httpx
 from pipeline.bench.cpu import CpuClock
 from pipeline.bench.floors import HTTP_LIMITS, CallFailed, bench_request, direct_to, openai_body
 from pipeline.bench.latency import (LEDGER_WAIT_S, QUANTILES, Phase, failure_lines,
-                                    fetch_tuning, positive_int, requests_at, run_phase)
+                                    fetch_tuning, positive_int, quantiles_of, requests_at,
+                                    run_phase)
 from pipeline.dev.gateway import issue_key, start_gateway
 from pipeline.dev.stack import DevStack, Worker
 from pipeline.providers.transport import STREAM_BODY, AiohttpTransport
-from pipeline.resilience.health import percentile
 
 HELP = ("the HTTP gateway end to end beside direct calls to the simulator: req/s, added "
         "latency, added time to first token, CPU per request per process")
@@ -105,11 +105,6 @@ def _has_text(line: str) -> bool:
     return '"content":"' in compact and '"content":""' not in compact
 
 
-def _quantiles(values: list[float]) -> list[float] | None:
-    values = sorted(values)
-    return [percentile(values, q) for q in QUANTILES] if values else None
-
-
 def _cells(q: list[float] | None) -> str:
     return "".join(f"{v:8.1f}" for v in q) if q else f"{'-':>8}" * len(QUANTILES)
 
@@ -129,17 +124,14 @@ def format_table(concurrency: int, n: int, phases: list[Phase], ttft: dict[str, 
     floor = {"gateway": "direct", "gateway-stream": "direct-stream"}
     for p in phases:
         q = p.quantiles()
-        rate = p.completed / p.wall_s if p.wall_s > 0 else 0.0
         base = by_name.get(floor.get(p.name, ""))
-        t = _quantiles(ttft.get(p.name, []))
-        tbase = _quantiles(ttft.get(floor.get(p.name, ""), []))
+        t = quantiles_of(ttft.get(p.name, []))
+        tbase = quantiles_of(ttft.get(floor.get(p.name, ""), []))
         tcells = f"{t[0]:10.1f}{t[2]:10.1f}" if t else f"{'-':>10}{'-':>10}"
-        cpu = "".join(f"{p.cpu.per_request(name, p.completed):8.2f}" if name in p.cpu.cpu_ms
-                      else f"{'-':>8}" for name in PROCESSES)
-        lines.append(f"{p.name:<16}{rate:8.1f}{_cells(q)}"
+        lines.append(f"{p.name:<16}{p.rate:8.1f}{_cells(q)}"
                      f"{_added(q, base.quantiles() if base else None)}{tcells}"
                      f"{_added(t, tbase) if p.name == 'gateway-stream' else '-':>16}"
-                     f"{'':>14}{cpu}")
+                     f"{'':>14}{p.cpu_cells(PROCESSES, 8)}")
     return "\n".join(lines + failure_lines(phases))
 
 

@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from pipeline.bench.cpu import CpuClock, Usage
 from pipeline.bench.floors import (PIPELINE_HOPS, BrokerEcho, CallFailed, Direct, Target,
@@ -56,15 +56,29 @@ class Phase:
     def completed(self) -> int:
         return len(self.latencies_ms)
 
+    @property
+    def rate(self) -> float:
+        """Completed calls per second of the phase's load."""
+        return self.completed / self.wall_s if self.wall_s > 0 else 0.0
+
     def quantiles(self) -> list[float] | None:
-        lat = sorted(self.latencies_ms.values())
-        return [percentile(lat, q) for q in QUANTILES] if lat else None
+        return quantiles_of(self.latencies_ms.values())
 
     def ledger_added(self) -> list[float] | None:
         """Per request, end to end minus the provider time the ledger recorded."""
-        added = sorted(ms - self.provider_ms[ref] for ref, ms in self.latencies_ms.items()
-                       if ref in self.provider_ms)
-        return [percentile(added, q) for q in QUANTILES] if added else None
+        return quantiles_of(ms - self.provider_ms[ref] for ref, ms in self.latencies_ms.items()
+                            if ref in self.provider_ms)
+
+    def cpu_cells(self, names: tuple[str, ...], width: int) -> str:
+        """CPU ms per completed request of each named process ("-" where not measured)."""
+        return "".join(f"{self.cpu.per_request(name, self.completed):{width}.2f}"
+                       if name in self.cpu.cpu_ms else f"{'-':>{width}}" for name in names)
+
+
+def quantiles_of(values: Iterable[float]) -> list[float] | None:
+    """``QUANTILES`` of ``values`` by linear interpolation, or None when there are none."""
+    ordered = sorted(values)
+    return [percentile(ordered, q) for q in QUANTILES] if ordered else None
 
 
 class Pipeline:
@@ -160,11 +174,9 @@ def format_table(concurrency: int, requests: int, phases: list[Phase]) -> str:
     for p in phases:
         q = p.quantiles()
         cells = [f"{v:8.1f}" for v in q] if q else [f"{'-':>8}"] * len(QUANTILES)
-        rate = p.completed / p.wall_s if p.wall_s > 0 else 0.0
         pipeline = p.name in PRIORITIES
-        cpu = "".join(f"{p.cpu.per_request(name, p.completed):7.2f}" if name in p.cpu.cpu_ms
-                      else f"{'-':>7}" for name in PROCESSES)
-        lines.append(f"{p.name:<12}{rate:8.1f}{''.join(cells)}"
+        cpu = p.cpu_cells(PROCESSES, 7)
+        lines.append(f"{p.name:<12}{p.rate:8.1f}{''.join(cells)}"
                      f"{_pair(_minus(q, direct)) if pipeline else '-':>16}"
                      f"{_pair(p.ledger_added()) if pipeline else '-':>18}"
                      f"{'':>14}{cpu}{p.cpu.share_of_core('client') * 100:13.0f}%")
