@@ -193,7 +193,7 @@ class Dispatcher:
         """A request ended after a provider call had started (a broken or cancelled stream,
         a stopped call): billed for what the provider charges — the estimated prompt and
         the text delivered."""
-        return outcomes.stream_broken(
+        return outcomes.cut_short(
             routed, failure.code, message, content=delivered,
             completion_tokens=estimate_text_tokens(delivered),
             first_token_at_ms=first_token_at_ms, catalog=self.catalog, at=self.clock(),

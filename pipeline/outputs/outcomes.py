@@ -133,14 +133,15 @@ def routed_failed(routed: RoutedRequest, code: str, message: str, retryable: boo
             usage_out(routed, usage, topics)]
 
 
-def stream_broken(routed: RoutedRequest, code: str, message: str, *, content: str,
-                  completion_tokens: int, first_token_at_ms: int, catalog: Catalog, at: int,
-                  tried: list[AttemptRecord], provider_ms: int, routed_model: str,
-                  topics: Topics) -> list[Out]:
-    """A streamed answer cut after its first chunk: an error Response holding the text the
-    caller was sent, billed for what was delivered — the estimated prompt and
-    ``completion_tokens`` (estimated from the delivered text: a broken stream reports no
-    usage) at the served model's price."""
+def cut_short(routed: RoutedRequest, code: str, message: str, *, content: str,
+              completion_tokens: int, first_token_at_ms: int, catalog: Catalog, at: int,
+              tried: list[AttemptRecord], provider_ms: int, routed_model: str,
+              topics: Topics) -> list[Out]:
+    """A provider call that ended early after it had started — a stream broken after its
+    first chunk, a call stopped because its caller went away: an error Response holding
+    the text the caller was sent (``content``, maybe empty), billed for what the provider
+    charges — the estimated prompt and ``completion_tokens`` (estimated from the delivered
+    text: such a call reports no usage) at the served model's price."""
     route = routed.route
     prompt = routed.estimated_prompt_tokens
     cost = catalog.cost_nanos(route.model, prompt, completion_tokens)
