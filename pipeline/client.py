@@ -196,8 +196,8 @@ class GatewayClient:
                 except asyncio.TimeoutError:
                     raise ResponseTimeout(request.request_id, timeout) from None
                 if isinstance(event, Response):
-                    rest = (event.content or "")[len(sent):]
-                    if rest and (event.content or "").startswith(sent):
+                    rest = event.rest_after(sent)
+                    if rest:
                         yield Chunk(request_id=event.request_id, tenant=event.tenant,
                                     stream_id=stream_id or "response", seq=seq, delta=rest,
                                     at_ms=event.completed_at_ms, model=event.model)

@@ -227,6 +227,13 @@ class Response(Event):
     latency_ms: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
 
+    def rest_after(self, sent: str) -> str | None:
+        """The answer's text a stream that carried ``sent`` has not carried yet ("" when
+        none); None when ``sent`` is not the start of it (a call re-done after a crash
+        answered differently)."""
+        content = self.content or ""
+        return content[len(sent):] if content.startswith(sent) else None
+
 
 @dataclass
 class Usage(Event):

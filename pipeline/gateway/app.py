@@ -303,29 +303,22 @@ async def _sse(first: Chunk | Response, waiter: Waiter, chat: wire.Chat, deadlin
 def _ending(response: Response, sent: str, created: int, model: str,
             include_usage: bool) -> list[bytes]:
     model = response.model or model
-    content = response.content or ""
+    rest = response.rest_after(sent)
+    parts = [wire.sse(wire.chunk_body(response.request_id, created, model, {"content": rest}))
+             ] if rest else []
     if response.status != OK:
-        parts = []
-        if content.startswith(sent) and content[len(sent):]:
-            parts.append(wire.sse(wire.chunk_body(response.request_id, created, model,
-                                                  {"content": content[len(sent):]})))
         assert response.error is not None
-        return parts + [wire.sse(wire.error_body(response.error.code, response.error.message)),
-                        wire.sse("[DONE]")]
-    if not content.startswith(sent):
+        parts.append(wire.sse(wire.error_body(response.error.code, response.error.message)))
+    elif rest is None:
         # the chunks came from a call that was re-done after a crash: its text differs
-        return [wire.sse(wire.error_body(errors.PROVIDER_ERROR,
-                                         "the stream was interrupted (the call was re-done "
-                                         "after a worker restart); retry the request")),
-                wire.sse("[DONE]")]
-    parts = []
-    if content[len(sent):]:
-        parts.append(wire.sse(wire.chunk_body(response.request_id, created, model,
-                                              {"content": content[len(sent):]})))
-    parts.append(wire.sse(wire.chunk_body(response.request_id, created, model, {},
-                                          response.finish_reason or "stop")))
-    if include_usage:
-        parts.append(wire.sse(wire.usage_chunk(response, created, model)))
+        parts.append(wire.sse(wire.error_body(
+            errors.PROVIDER_ERROR, "the stream was interrupted (the call was re-done after a "
+            "worker restart); retry the request")))
+    else:
+        parts.append(wire.sse(wire.chunk_body(response.request_id, created, model, {},
+                                              response.finish_reason or "stop")))
+        if include_usage:
+            parts.append(wire.sse(wire.usage_chunk(response, created, model)))
     return parts + [wire.sse("[DONE]")]
 
 

@@ -107,3 +107,12 @@ def test_keys_are_stored_as_hashes_and_name_their_tenant():
     ring.update("globex", None)
     assert ring.tenant(key) is None and len(ring) == 0
     assert bearer(f"Bearer {key}") == key and bearer("Basic x") is None and bearer(None) is None
+
+
+def test_the_rest_of_an_answer_after_what_a_stream_carried():
+    r = Response(request_id="r1", tenant="acme", status="ok", completed_at_ms=1,
+                 content="Hello there")
+    assert r.rest_after("") == "Hello there" and r.rest_after("Hello") == " there"
+    assert r.rest_after("Hello there") == ""
+    assert r.rest_after("Howdy") is None, "a different answer: nothing to splice"
+    assert r.replace(content=None).rest_after("") == ""
