@@ -20,6 +20,9 @@ OK = "ok"
 ERROR = "error"
 PRIORITIES = ("interactive", "standard", "batch")
 ROLES = ("system", "user", "assistant", "tool")
+TEXT, IMAGE_URL = "text", "image_url"                   # ContentPart.type
+TOOL_CHOICE_MODES = ("none", "auto", "required", "function")
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 
 
 class Event:
@@ -83,10 +86,39 @@ def _from_plain(tp: Any, value: Any) -> Any:
 # --- Request -------------------------------------------------------------------------
 
 @dataclass
+class ContentPart(Event):
+    type: str
+    text: str = ""
+    url: Optional[str] = None
+    detail: Optional[str] = None
+
+
+@dataclass
+class ToolCall(Event):
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass
 class ChatMessage(Event):
     role: str
     content: str
     name: Optional[str] = None
+    parts: list[ContentPart] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_call_id: Optional[str] = None
+
+    @property
+    def text(self) -> str:
+        """The message's text: its content, or its text parts joined by newlines."""
+        if not self.parts:
+            return self.content
+        return "\n".join(p.text for p in self.parts if p.type == TEXT)
+
+    @property
+    def images(self) -> list[ContentPart]:
+        return [p for p in self.parts if p.type == IMAGE_URL]
 
 
 @dataclass
@@ -96,6 +128,39 @@ class GenerationParams(Event):
     top_p: Optional[float] = None
     stop: list[str] = field(default_factory=list)
     seed: Optional[int] = None
+    n: int = 1
+    presence_penalty: Optional[float] = None
+    frequency_penalty: Optional[float] = None
+    logprobs: bool = False
+    top_logprobs: Optional[int] = None
+
+
+@dataclass
+class Tool(Event):
+    name: str
+    description: Optional[str] = None
+    parameters: str = "{}"
+    strict: bool = False
+
+
+@dataclass
+class ToolChoice(Event):
+    mode: str
+    name: Optional[str] = None
+
+
+@dataclass
+class ResponseFormat(Event):
+    type: str
+    name: Optional[str] = None
+    schema: Optional[str] = None
+    strict: bool = False
+
+
+@dataclass
+class EmbeddingInput(Event):
+    inputs: list[str]
+    dimensions: Optional[int] = None
 
 
 @dataclass
@@ -122,6 +187,11 @@ class Request(Event):
     metadata: dict[str, str] = field(default_factory=dict)
     stream: bool = False
     chunk_topic: Optional[str] = None
+    tools: list[Tool] = field(default_factory=list)
+    tool_choice: Optional[ToolChoice] = None
+    parallel_tool_calls: Optional[bool] = None
+    response_format: Optional[ResponseFormat] = None
+    embedding: Optional[EmbeddingInput] = None
 
 
 # --- RoutedRequest -------------------------------------------------------------------
@@ -207,6 +277,16 @@ class ErrorInfo(Event):
 
 
 @dataclass
+class Choice(Event):
+    index: int
+    content: Optional[str] = None
+    finish_reason: Optional[str] = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    refusal: Optional[str] = None
+    logprobs: Optional[str] = None
+
+
+@dataclass
 class Response(Event):
     AVRO_NAME: ClassVar[str] = "Response"
     request_id: str
@@ -226,6 +306,11 @@ class Response(Event):
     tried: list[str] = field(default_factory=list)
     latency_ms: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    refusal: Optional[str] = None
+    logprobs: Optional[str] = None
+    more_choices: list[Choice] = field(default_factory=list)
+    embeddings: list[list[float]] = field(default_factory=list)
 
     def rest_after(self, sent: str) -> str | None:
         """The answer's text a stream that carried ``sent`` has not carried yet ("" when
@@ -274,6 +359,14 @@ class Usage(Event):
 
 
 @dataclass
+class ToolCallDelta(Event):
+    index: int
+    id: Optional[str] = None
+    name: Optional[str] = None
+    arguments: str = ""
+
+
+@dataclass
 class Chunk(Event):
     AVRO_NAME: ClassVar[str] = "Chunk"
     request_id: str
@@ -283,6 +376,7 @@ class Chunk(Event):
     delta: str
     at_ms: int
     model: Optional[str] = None
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
 
 
 @dataclass

@@ -17,7 +17,9 @@ from pipeline.events.codec import Codec, DecodeError
 from pipeline.events.models import (EVENT_TYPES, AttemptRecord, Batch, ChatMessage, DeadLetter,
                                     GenerationParams, Request, Response, RouteDecision,
                                     RoutedRequest, RoutingHints, TenantPolicy, Budget, Usage, Alert,
-                                    ErrorInfo, CanaryRule)
+                                    ErrorInfo, CanaryRule, Choice, Chunk, ContentPart,
+                                    EmbeddingInput, ResponseFormat, Tool, ToolCall, ToolCallDelta,
+                                    ToolChoice)
 from pipeline.events.registry import LocalRegistry
 
 codec = Codec()
@@ -54,7 +56,35 @@ def samples():
         DeadLetter("llm.requests", 3, 99, "undecodable", "bad", "intake", 8, key=b"k", value=b"\x00\xff"),
         TenantPolicy("acme", budgets=[Budget("day", hard_usd=Decimal("100.000000000"))],
                      canary=CanaryRule("c1", 10, "deepseek-v3.2")),
+        a_chat_request_with_everything(),
+        Request(str(uuid.uuid4()), "acme", [], model="text-embedding-3-small",
+                embedding=EmbeddingInput(["一", "two"], dimensions=256)),
+        Response(req.request_id, "acme", "ok", 5, content=None, finish_reason="tool_calls",
+                 tool_calls=[ToolCall("call_1", "get_weather", '{"city": "Paris"}')],
+                 refusal=None, logprobs='{"content": []}',
+                 more_choices=[Choice(1, "two", "stop"), Choice(2, None, "tool_calls",
+                                                               [ToolCall("c", "f", "{}")])]),
+        Response(req.request_id, "acme", "ok", 5, embeddings=[[0.5, -0.25], [1.0, 0.0]]),
+        Chunk(req.request_id, "acme", "s", 0, "", 9,
+              tool_calls=[ToolCallDelta(0, "call_1", "get_weather", '{"ci'),
+                          ToolCallDelta(0, arguments='ty": "Paris"}')]),
     ]
+
+
+def a_chat_request_with_everything() -> Request:
+    """Every chat feature the contract carries (issue 19)."""
+    return a_request(
+        messages=[ChatMessage("system", "be brief"),
+                  ChatMessage("user", "", parts=[ContentPart("text", "what is this?"),
+                                                 ContentPart("image_url", url="https://x/a.png",
+                                                             detail="low")]),
+                  ChatMessage("assistant", "", tool_calls=[ToolCall("call_1", "look", "{}")]),
+                  ChatMessage("tool", "a cat", tool_call_id="call_1")],
+        params=GenerationParams(max_tokens=64, n=2, presence_penalty=0.5, frequency_penalty=-0.5,
+                                logprobs=True, top_logprobs=3),
+        tools=[Tool("look", "looks", '{"type": "object", "properties": {}}', strict=True)],
+        tool_choice=ToolChoice("function", "look"), parallel_tool_calls=False,
+        response_format=ResponseFormat("json_schema", "answer", '{"type": "object"}', True))
 
 
 @pytest.mark.parametrize("event", samples(), ids=lambda e: type(e).__name__)
@@ -147,3 +177,22 @@ def test_json_response_round_trip():
 
 def test_every_event_type_has_a_schema():
     assert set(EVENT_TYPES) == {name for name, version in registry.versions if version == 0}
+
+
+def test_a_request_written_with_an_older_schema_still_decodes():
+    """Producers on request.v1 / v2 (before tools, parts, n, embeddings) keep working: the
+    new fields take their defaults."""
+    import fastavro
+    old = registry.versions[("Request", 1)]
+    record = {k: v for k, v in a_request(stream=False).to_dict().items()
+              if k in {f["name"] for f in old.schema["fields"]}}
+    record["messages"] = [{"role": "user", "content": "hi", "name": None}]
+    record["params"] = {k: record["params"][k] for k in
+                        ("max_tokens", "temperature", "top_p", "stop", "seed")}
+    buf = io.BytesIO()
+    buf.write(struct.pack(">bI", 0, old.schema_id))
+    fastavro.schemaless_writer(buf, old.parsed, record)
+    decoded = codec.decode(buf.getvalue(), Request)
+    assert decoded.messages == [ChatMessage("user", "hi")]
+    assert decoded.params.n == 1 and decoded.tools == [] and decoded.embedding is None
+    assert decoded.response_format is None and decoded.tool_choice is None
