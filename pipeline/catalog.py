@@ -13,6 +13,14 @@ from pathlib import Path
 
 from pipeline.config import ConfigError, Section, config_path, load_yaml
 
+CHAT, EMBEDDING = "chat", "embedding"           # Model.kind
+# What a chat request may need of its model (routing only picks a model that has them all):
+# tools and tool calls, json_object / json_schema response formats, image parts, n > 1
+# (served by fanning out where the provider has no n), logprobs, parallel_tool_calls,
+# presence/frequency penalties.
+FEATURES = ("tools", "json_object", "json_schema", "vision", "n", "logprobs",
+            "parallel_tool_calls", "penalties")
+
 NANOS_PER_USD = 10**9
 TOKENS_PER_MTOK = 10**6
 
@@ -28,6 +36,13 @@ class Model:
     max_output_tokens: int
     quality: float
     typical_latency_ms: int
+    kind: str = CHAT
+    features: frozenset[str] = frozenset()
+    dimensions: int = 0              # an embedding model's vector size
+
+    def lacks(self, needed: frozenset[str]) -> list[str]:
+        """The features of ``needed`` this model does not have, sorted."""
+        return sorted(needed - self.features)
 
 
 @dataclass(frozen=True)
@@ -86,7 +101,13 @@ def load_catalog(path: Path | None = None) -> Catalog:
             max_output_tokens=s.int("max_output_tokens", minimum=1),
             quality=s.number("quality"),
             typical_latency_ms=s.int("typical_latency_ms", minimum=0),
+            kind=_kind(path, name, s.raw("kind", CHAT)),
+            features=frozenset(_features(path, name, s.raw("features", []) or [])),
+            dimensions=s.int("dimensions", 0, minimum=0),
         )
+        if model.kind == EMBEDDING and model.dimensions < 1:
+            raise ConfigError(path, f"models.{name}.dimensions", "the vector size of an "
+                              "embedding model", model.dimensions)
         if not Decimal(0) <= model.batch_discount <= 1:
             raise ConfigError(path, f"models.{name}.batch_discount", "a fraction 0..1",
                               str(model.batch_discount))
@@ -103,3 +124,16 @@ def load_catalog(path: Path | None = None) -> Catalog:
         raise ConfigError(path, "baseline_model", f"one of the models {sorted(models)}", baseline)
     return Catalog(models, aliases, root.str("price_version"), str(root.raw("effective_date")),
                    baseline)
+
+
+def _features(path: Path, name: str, raw: object) -> list[str]:
+    if not isinstance(raw, list) or any(f not in FEATURES for f in raw):
+        raise ConfigError(path, f"models.{name}.features", f"a list of {', '.join(FEATURES)}",
+                          raw)
+    return raw
+
+
+def _kind(path: Path, name: str, raw: object) -> str:
+    if raw not in (CHAT, EMBEDDING):
+        raise ConfigError(path, f"models.{name}.kind", f"{CHAT} or {EMBEDDING}", raw)
+    return str(raw)

@@ -122,7 +122,7 @@ def cmd_route(args: argparse.Namespace) -> int:
     from pipeline.events.models import RoutingHints
     from pipeline.routing.classifier import RuleClassifier
     from pipeline.routing.policy import Router, load_routing
-    from pipeline.routing.tokens import estimate_prompt_tokens
+    from pipeline.routing.tokens import estimate_request_tokens
 
     catalog = load_catalog()
     policy = load_routing(catalog)
@@ -130,7 +130,7 @@ def cmd_route(args: argparse.Namespace) -> int:
     hints = RoutingHints(required_quality=args.quality, max_latency_ms=args.max_latency_ms,
                          budget_per_mtok=Decimal(args.budget) if args.budget else None)
     req = make_request("cli", args.prompt, model=args.model, hints=hints, max_tokens=args.max_tokens)
-    tokens = estimate_prompt_tokens(m.content for m in req.messages)
+    tokens = estimate_request_tokens(req)
     route = router.route(req, tokens)
     d = route.decision
     score = f"{d.complexity:.2f}" if d.complexity is not None else "-"

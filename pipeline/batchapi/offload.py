@@ -30,6 +30,7 @@ from aiokafka.partitioner import murmur2
 from pipeline.batchapi.clients import CLIENT_CLASSES, BatchClient
 from pipeline.batchapi.config import BatchApiConfig
 from pipeline.batchapi.jobs import SUBMITTED, JobBook
+from pipeline.catalog import CHAT, Catalog
 from pipeline.clock import now_ms
 from pipeline.providers.deployments import Deployment
 from pipeline.events.ids import request_key
@@ -144,18 +145,19 @@ def _unique(items: list[RoutedRequest]) -> list[RoutedRequest]:
     return list(seen.values())
 
 
-def batch_capable(dep: Deployment, config: BatchApiConfig) -> bool:
-    """Served by a provider whose Batch API is enabled, through that provider's own API
-    (an OpenAI-compatible DeepSeek or relay deployment has no /batches)."""
+def batch_capable(dep: Deployment, config: BatchApiConfig, catalog: Catalog) -> bool:
+    """A chat model (the clients send chat completions; embeddings are dispatched live)
+    served by a provider whose Batch API is enabled, through that provider's own API (an
+    OpenAI-compatible DeepSeek or relay deployment has no /batches)."""
     return dep.provider in config.providers and dep.adapter == dep.provider \
-        and dep.provider in CLIENT_CLASSES
+        and dep.provider in CLIENT_CLASSES and catalog.models[dep.model].kind == CHAT
 
 
 def make_clients(runtime: Runtime, config: BatchApiConfig) -> dict[str, BatchClient]:
-    """A Batch API client for every deployment whose provider has one enabled."""
+    """A Batch API client for every deployment that can use one (``batch_capable``)."""
     keys = runtime.load_keys()
     limits = runtime.deployments.calls
     return {dep_id: CLIENT_CLASSES[dep.adapter](dep, keys[dep_id], limits, config.http_timeout_s,
                                                 config.completion_window)
             for dep_id, dep in runtime.deployments.by_id.items()
-            if batch_capable(dep, config)}
+            if batch_capable(dep, config, runtime.catalog)}

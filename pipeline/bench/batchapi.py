@@ -59,7 +59,7 @@ async def measure(n: int, job_size: int, seed: int) -> dict:
     for r in demo_requests(n, seed=seed):
         tokens = estimate_prompt_tokens(m.content for m in r.messages)
         route = router.route(r, tokens)
-        if not batch_capable(deps.by_id[route.decision.deployment], config):
+        if not batch_capable(deps.by_id[route.decision.deployment], config, runtime.catalog):
             continue
         routed.append(RoutedRequest(request=r, route=route.decision, max_tokens=route.max_tokens,
                                     reply_topic="llm.responses", received_at_ms=0, routed_at_ms=0))

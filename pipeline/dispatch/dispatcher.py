@@ -28,7 +28,7 @@ from pipeline.providers.deployments import Deployments
 from pipeline.errors import GatewayError
 from pipeline.events.models import AttemptRecord, RouteDecision, RoutedRequest
 from pipeline.outputs import Out, outcomes
-from pipeline.providers.base import Adapter, Completion
+from pipeline.providers.base import Adapter, Completion, provider_call
 from pipeline.resilience.guard import DeploymentGuard, Guards, Refusal, breaker_alert
 from pipeline.dispatch.stream import ChunkStream, Publish
 from pipeline.resilience.retry import DEADLINE, RetryPolicy
@@ -310,8 +310,8 @@ class Dispatcher:
             total_s = self.calls.total_timeout_s if stream is None else float("inf")
             timeout_s = max(0.001, min(total_s, self._remaining_s(routed)))
             key = (r.tenant, r.request_id)
-            call = asyncio.ensure_future(adapter.complete(routed) if stream is None
-                                         else adapter.complete(routed, on_delta=stream.on_delta))
+            call = asyncio.ensure_future(
+                provider_call(adapter, routed, None if stream is None else stream.on_delta))
             self._calls.setdefault(key, set()).add(call)
             started = self.clock()
             try:

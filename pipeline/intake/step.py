@@ -28,8 +28,9 @@ from pipeline.routing.policy import Router, RoutingPolicy, TenantRules
 from pipeline.tenancy.admissions import DUPLICATE, REDELIVERY, REFUSED, Admission
 from pipeline.tenancy.canary import CANARY, arm_for, arm_label
 from pipeline.tenancy.state import TenantState, budget_alert
-from pipeline.routing.tokens import estimate_prompt_tokens
+from pipeline.routing.tokens import estimate_request_tokens
 from pipeline.settings import Topics
+from pipeline.intake.features import check_embedding_reply
 from pipeline.intake.validation import RequestBounds
 
 
@@ -118,12 +119,15 @@ class Intake:
 
     def _route(self, request: Request, fmt: str, origin: Origin, received: int,
                policy: TenantPolicy | None, economise: bool) -> tuple[RoutedRequest, int]:
-        prompt_tokens = estimate_prompt_tokens(m.content for m in request.messages)
+        prompt_tokens = estimate_request_tokens(request)
         if prompt_tokens > self.policy.max_prompt_tokens:
             raise Rejected(f"prompt of ~{prompt_tokens} tokens exceeds the gateway limit of "
                            f"{self.policy.max_prompt_tokens}", errors.CONTEXT_LENGTH_EXCEEDED)
         rules, canary = tenant_rules(policy, request, self.state, economise)
         route = self.router.route(request, prompt_tokens, rules)
+        if request.embedding is not None:
+            check_embedding_reply(request.embedding, self.catalog.models[route.decision.model],
+                                  fmt, self.bounds)
         if route.decision.rule != "canary" and canary.endswith(":canary"):
             canary = ""             # the canary model could not take it (pinned, policy, window)
         if route.messages != list(request.messages):

@@ -16,6 +16,7 @@ from pipeline.errors import Rejected
 from pipeline.events.ids import SEP
 from pipeline.events.models import PRIORITIES, ROLES, Request, TenantPolicy
 from pipeline.events.text import invalid_name, invalid_text, strings_of
+from pipeline.intake.features import check_chat, check_embedding, has_content
 from pipeline.settings import Topics
 
 # Names that mean something else: "*" is the global scope of alerts (tenant) and the
@@ -34,6 +35,10 @@ class RequestBounds:
     max_name_length: int = 128
     max_metadata_entries: int = 64
     max_metadata_bytes: int = 16_384
+    max_choices: int = 8
+    max_tools: int = 128
+    max_parts: int = 64
+    max_embedding_inputs: int = 2048
 
 
 def load_bounds(path: Path | None = None, *, max_message_bytes: int | None = None) -> RequestBounds:
@@ -41,7 +46,8 @@ def load_bounds(path: Path | None = None, *, max_message_bytes: int | None = Non
     path = path or config_path("intake.yaml")
     s = Section(path, "", load_yaml(path))
     known = {"max_request_bytes", "created_at", "max_messages", "max_stop_sequences",
-             "max_stop_length", "max_name_length", "max_metadata_entries", "max_metadata_bytes"}
+             "max_stop_length", "max_name_length", "max_metadata_entries", "max_metadata_bytes",
+             "max_choices", "max_tools", "max_parts", "max_embedding_inputs"}
     unknown = set(s.data) - known
     if unknown:
         raise ConfigError(path, sorted(unknown)[0], f"one of {sorted(known)}")
@@ -55,7 +61,12 @@ def load_bounds(path: Path | None = None, *, max_message_bytes: int | None = Non
         max_stop_length=s.int("max_stop_length", minimum=1),
         max_name_length=s.int("max_name_length", minimum=1),
         max_metadata_entries=s.int("max_metadata_entries", minimum=0),
-        max_metadata_bytes=s.int("max_metadata_bytes", minimum=0))
+        max_metadata_bytes=s.int("max_metadata_bytes", minimum=0),
+        max_choices=s.int("max_choices", RequestBounds.max_choices, minimum=1),
+        max_tools=s.int("max_tools", RequestBounds.max_tools, minimum=0),
+        max_parts=s.int("max_parts", RequestBounds.max_parts, minimum=1),
+        max_embedding_inputs=s.int("max_embedding_inputs", RequestBounds.max_embedding_inputs,
+                                   minimum=1))
     if max_message_bytes is not None and bounds.max_request_bytes > max_message_bytes * 0.9:
         raise ConfigError(path, "max_request_bytes",
                           f"at most 90% of the broker's message size ({max_message_bytes:,} "
@@ -117,6 +128,11 @@ def check_request(r: Request, received_ms: int, bounds: RequestBounds) -> None:
         raise Rejected(f"created_at_ms {r.created_at_ms} is {_span(age)} intake's clock "
                            f"({received_ms}); it must be within {bounds.max_age_ms // 1000:,} s "
                            f"before and {bounds.max_ahead_ms // 1000:,} s after")
+    check_metadata(r.metadata, bounds)
+    _params(r, bounds)
+    if r.embedding is not None:
+        check_embedding(r, bounds)
+        return
     if not r.messages:
         raise Rejected("messages must contain at least one message")
     if len(r.messages) > bounds.max_messages:
@@ -127,10 +143,9 @@ def check_request(r: Request, received_ms: int, bounds: RequestBounds) -> None:
             raise Rejected(f"messages[{i}].role {m.role[:40]!r} is not one of {', '.join(ROLES)}")
         if m.name is not None:
             _name(f"messages[{i}].name", m.name, bounds)
-    if not any(m.content.strip() for m in r.messages):
+    check_chat(r, bounds)
+    if not any(has_content(m) for m in r.messages):
         raise Rejected("every message is empty")
-    check_metadata(r.metadata, bounds)
-    _params(r, bounds)
 
 
 def created_within(created_ms: int, received_ms: int, bounds: RequestBounds) -> bool:

@@ -100,7 +100,9 @@ def answered(routed: RoutedRequest, c: Completion, *, catalog: Catalog, at: int,
         deployment=route.deployment, prompt_tokens=c.prompt_tokens,
         completion_tokens=c.completion_tokens, cached_tokens=c.cached_tokens, cost_nanos=cost,
         attempts=total_attempts, tried=[t.deployment for t in routed.tried] + [route.deployment],
-        latency_ms=max(0, at - created_at(r, routed.received_at_ms)), metadata=r.metadata)
+        latency_ms=max(0, at - created_at(r, routed.received_at_ms)), metadata=r.metadata,
+        tool_calls=list(c.tool_calls), refusal=c.refusal, logprobs=c.logprobs,
+        more_choices=list(c.more_choices), embeddings=[list(v) for v in c.embeddings])
     usage = routed_usage(routed, at, OK, "", total_attempts, provider_ms, routed_model).replace(
         prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
         cached_tokens=c.cached_tokens, cost_nanos=cost, baseline_cost_nanos=baseline,

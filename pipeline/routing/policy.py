@@ -4,18 +4,19 @@ matching rule wins, and attach the fallback chain. Plain Python, no Kafka."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 from decimal import Decimal
 from pathlib import Path
 
 from pipeline import errors
-from pipeline.catalog import Catalog
+from pipeline.catalog import CHAT, EMBEDDING, Catalog
 from pipeline.config import ConfigError, Section, config_path, load_yaml
 from pipeline.providers.deployments import Deployment, Deployments
 from pipeline.errors import Rejected
 from pipeline.events.models import ChatMessage, Request, RouteDecision
-from pipeline.routing.tokens import estimate_prompt_tokens
+from pipeline.routing.features import describe, needed
+from pipeline.routing.tokens import estimate_messages_tokens, estimate_text_tokens
 
 TASK_CLASSES = ("simple", "medium", "complex")
 CONDITIONS = ("required_quality_at_least", "budget_per_mtok_below", "max_latency_ms_below")
@@ -50,6 +51,7 @@ class RoutingPolicy:
     fallback_chains: dict[str, tuple[str, ...]]
     class_models: dict[str, str]          # rule 5: task class -> model
     quality_floors: dict[str, float] = field(default_factory=dict)   # task class -> lowest quality
+    default_embedding_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,9 +106,14 @@ def load_routing(catalog: Catalog, path: Path | None = None) -> RoutingPolicy:
         if not isinstance(floor, (int, float)) or not 0 <= floor <= 1:
             raise ConfigError(path, f"quality_floors.{task_class}", "a number in 0..1", floor)
         floors[task_class] = float(floor)
+    embedding = root.raw("default_embedding_model", None)
+    if embedding is not None and (model_at(embedding, "default_embedding_model")
+                                  and catalog.models[embedding].kind != EMBEDDING):
+        raise ConfigError(path, "default_embedding_model", "a model of kind embedding", embedding)
     return RoutingPolicy(tuple(rules), model_at(root.str("default_model"), "default_model"),
                          root.int("default_max_tokens", minimum=1),
-                         root.int("max_prompt_tokens", minimum=1), chains, class_models, floors)
+                         root.int("max_prompt_tokens", minimum=1), chains, class_models, floors,
+                         embedding)
 
 
 class Classification(Protocol):
@@ -128,9 +135,11 @@ class TenantRules:
     canary_model: str | None = None            # the request is in a canary arm
     economise: bool = False                    # a soft budget is crossed: cheapest model meeting the floor
     truncation_allowed: bool = False
+    unfit: frozenset[str] = frozenset()        # models that cannot serve this request (features, kind)
 
     def permits(self, model: str) -> bool:
-        return model not in self.denied and (not self.allowed or model in self.allowed)
+        return (model not in self.unfit and model not in self.denied
+                and (not self.allowed or model in self.allowed))
 
 
 OPEN = TenantRules()
@@ -144,10 +153,16 @@ class Router:
         self.classifier = classifier
 
     def route(self, request: Request, prompt_tokens: int, tenant: TenantRules = OPEN) -> Route:
-        classification = (self.classifier.classify([(m.role, m.content) for m in request.messages])
+        if request.embedding is not None:
+            return self._route_embedding(request, prompt_tokens, tenant)
+        needs = needed(request)
+        tenant = replace(tenant, unfit=frozenset(
+            m.name for m in self.catalog.models.values()
+            if m.kind != CHAT or m.lacks(frozenset(needs))))
+        classification = (self.classifier.classify([(m.role, m.text) for m in request.messages])
                            if self.classifier else None)
         wanted = request.params.max_tokens or self.policy.default_max_tokens
-        choice = self._choose_model(request, classification, tenant)
+        choice = self._choose_model(request, classification, tenant, needs)
         floor = self._floor(request, classification, tenant)
         pinned = choice.rule == "pinned"
         if tenant.canary_model and not pinned and tenant.permits(tenant.canary_model):
@@ -159,20 +174,28 @@ class Router:
                 choice.switch(cheaper, f"{choice.rule}+budget",
                               f"soft budget crossed: downgraded to {cheaper}, the cheapest model "
                               f"with quality >= {floor:g}")
-        if not tenant.permits(choice.model):
-            choice.switch(self._permitted_instead(choice, floor, prompt_tokens, wanted, tenant),
+        if choice.model in tenant.unfit:
+            lacking = self.catalog.models[choice.model].lacks(frozenset(needs))
+            choice.switch(self._permitted_instead(choice, floor, prompt_tokens, wanted, tenant,
+                                                  needs),
+                          f"{choice.rule}+features",
+                          f"{choice.model} lacks {describe(lacking, needs)}")
+        elif not tenant.permits(choice.model):
+            choice.switch(self._permitted_instead(choice, floor, prompt_tokens, wanted, tenant,
+                                                  needs),
                           f"{choice.rule}+policy", f"{choice.model} is not allowed for this tenant")
         messages = list(request.messages)
         if not self._fits(choice.model, prompt_tokens, wanted):
+            extra = prompt_tokens - estimate_messages_tokens(messages)   # tools, schema
             if pinned and tenant.truncation_allowed:
-                messages, prompt_tokens = self._truncate(choice, messages, wanted)
+                messages, prompt_tokens = self._truncate(choice, messages, wanted, extra)
             else:
                 fitted = self._fitting(choice.model, prompt_tokens, wanted, tenant)
                 if fitted:
                     choice.switch(fitted, f"{choice.rule}+context",
                                   f"{prompt_tokens} prompt tokens do not fit {choice.model}")
                 elif tenant.truncation_allowed:
-                    messages, prompt_tokens = self._truncate(choice, messages, wanted)
+                    messages, prompt_tokens = self._truncate(choice, messages, wanted, extra)
                 else:
                     raise Rejected(f"prompt of ~{prompt_tokens} tokens does not fit the context window "
                                    f"of any model this tenant may use, and the tenant's policy does "
@@ -189,6 +212,51 @@ class Router:
         return Route(decision, fallbacks, min(wanted, model.max_output_tokens), messages,
                      prompt_tokens, floor)
 
+    def _route_embedding(self, request: Request, prompt_tokens: int,
+                         tenant: TenantRules) -> Route:
+        """An embedding request goes to its pinned model or the default embedding model, and
+        fails over only to other deployments of that model: another model's vectors live in
+        another space, so they would be wrong, not just different."""
+        if request.model:
+            model = self.catalog.resolve(request.model)
+            if model is None:
+                raise Rejected(f"unknown model {request.model!r}; embedding models: "
+                               f"{', '.join(self._embedding_models())}", errors.UNKNOWN_MODEL)
+            rule, reason = "pinned", f"pinned model {request.model} -> {model}"
+        elif self.policy.default_embedding_model:
+            model, rule, reason = self.policy.default_embedding_model, "default", \
+                "no model named; default embedding model"
+        else:
+            raise Rejected("an embedding request must name its model (no default embedding "
+                           "model is configured)", errors.INVALID_REQUEST)
+        m = self.catalog.models[model]
+        if m.kind != EMBEDDING:
+            raise Rejected(f"{model} is a {m.kind} model; embeddings need an embedding model: "
+                           f"{', '.join(self._embedding_models())}", errors.INVALID_REQUEST)
+        if not tenant.permits(model):
+            raise Rejected(f"model {model} is not allowed for this tenant",
+                           errors.MODEL_NOT_ALLOWED)
+        e = request.embedding
+        assert e is not None
+        if e.dimensions is not None and e.dimensions > m.dimensions:
+            raise Rejected(f"embedding.dimensions {e.dimensions} is more than {model}'s "
+                           f"{m.dimensions}", errors.INVALID_REQUEST)
+        for i, text in enumerate(e.inputs):
+            tokens = estimate_text_tokens(text)
+            if tokens > m.context_window:
+                raise Rejected(f"embedding.inputs[{i}] is ~{tokens} tokens; {model} takes at "
+                               f"most {m.context_window} per input",
+                               errors.CONTEXT_LENGTH_EXCEEDED)
+        deployment = self._pick_deployment(model)
+        decision = RouteDecision(deployment=deployment.id, model=model,
+                                 provider=deployment.provider, rule=rule,
+                                 region=deployment.region, candidates=[model], reason=reason)
+        fallbacks = [d.id for d in self.deployments.for_model(model) if d.id != deployment.id]
+        return Route(decision, fallbacks, 0, [], prompt_tokens)
+
+    def _embedding_models(self) -> list[str]:
+        return sorted(n for n, m in self.catalog.models.items() if m.kind == EMBEDDING)
+
     def estimate_nanos(self, route: Route) -> int:
         """Worst-case cost of a routed request: estimated prompt plus the full max_tokens."""
         return self._estimate(route.decision.model, route.prompt_tokens, route.max_tokens)
@@ -196,13 +264,16 @@ class Router:
     # --- model choice ----------------------------------------------------------------
 
     def _choose_model(self, request: Request, classification: Classification | None,
-                      tenant: TenantRules = OPEN) -> "_Choice":
+                      tenant: TenantRules = OPEN, needs: dict[str, str] | None = None
+                      ) -> "_Choice":
         denied_pin = ""
         if request.model:
             pinned = self.catalog.resolve(request.model)
             if pinned is None:
                 raise Rejected(f"unknown model {request.model!r}; known models: "
                                f"{', '.join(sorted(self.catalog.models))}", errors.UNKNOWN_MODEL)
+            if pinned in tenant.unfit:
+                raise Rejected(self._unfit_reason(pinned, needs or {}), errors.INVALID_REQUEST)
             if tenant.permits(pinned):
                 return _Choice(pinned, "pinned", [f"pinned model {request.model} -> {pinned}"], [pinned])
             denied_pin = f"pinned model {pinned} is not allowed for this tenant; "
@@ -245,8 +316,18 @@ class Router:
         return min(options, key=lambda n: (self._estimate(n, prompt_tokens, max_tokens), n),
                    default=None)
 
+    def _unfit_reason(self, model: str, needs: dict[str, str]) -> str:
+        m = self.catalog.models[model]
+        if m.kind != CHAT:
+            return (f"{model} is an {m.kind} model; a chat request needs a chat model")
+        capable = sorted(n for n, x in self.catalog.models.items()
+                         if x.kind == CHAT and not x.lacks(frozenset(needs)))
+        return (f"model {model} does not support {describe(m.lacks(frozenset(needs)), needs)}; "
+                f"models that do: {', '.join(capable) or 'none'}")
+
     def _permitted_instead(self, choice: "_Choice", floor: float, prompt_tokens: int,
-                           max_tokens: int, tenant: TenantRules) -> str:
+                           max_tokens: int, tenant: TenantRules,
+                           needs: dict[str, str] | None = None) -> str:
         for other in [choice.alternative] + list(self.policy.fallback_chains.get(choice.model, ())):
             if other and tenant.permits(other):
                 return other
@@ -255,6 +336,9 @@ class Router:
             return best
         anything = sorted((m for m in self.catalog.models.values() if tenant.permits(m.name)),
                           key=lambda m: -m.quality)
+        if not anything and needs:
+            raise Rejected(f"no model this tenant may use supports "
+                           f"{describe(sorted(needs), needs)}", errors.INVALID_REQUEST)
         if not anything:
             raise Rejected("the tenant's policy allows no model in the catalog",
                            errors.MODEL_NOT_ALLOWED)
@@ -276,15 +360,16 @@ class Router:
                         key=lambda m: (-m.quality, m.output_per_mtok))
         return larger[0].name if larger else None
 
-    def _truncate(self, choice: "_Choice", messages: list[ChatMessage], max_tokens: int
-                  ) -> tuple[list[ChatMessage], int]:
+    def _truncate(self, choice: "_Choice", messages: list[ChatMessage], max_tokens: int,
+                  extra: int = 0) -> tuple[list[ChatMessage], int]:
+        """``extra``: prompt tokens that are not messages (tools, a response schema)."""
         m = self.catalog.models[choice.model]
-        room = m.context_window - min(max_tokens, m.max_output_tokens)
+        room = m.context_window - min(max_tokens, m.max_output_tokens) - extra
         kept, dropped = truncate_to_fit(messages, room, choice.model)
         if kept is None:
             raise Rejected(f"the latest message alone does not fit {choice.model}'s context window "
                            f"of {m.context_window} tokens", errors.CONTEXT_LENGTH_EXCEEDED)
-        tokens = estimate_prompt_tokens(x.content for x in kept)
+        tokens = estimate_messages_tokens(kept) + extra
         choice.note(f"truncated: dropped the {dropped} oldest message(s) to fit {choice.model} "
                     f"({tokens} prompt tokens kept)")
         choice.rule += "+truncated"
@@ -342,8 +427,10 @@ def truncate_to_fit(messages: list[ChatMessage], room_tokens: int, model: str
     system = [m for m in messages if m.role == "system"]
     others = [m for m in messages if m.role != "system"]
     for dropped in range(0, len(others)):
+        if others[dropped].role == "tool":
+            continue            # a tool result needs the call before it: never cut between
         note = [ChatMessage("system", TRUNCATION_NOTE.format(dropped=dropped, model=model))] if dropped else []
         kept = system + note + others[dropped:]
-        if estimate_prompt_tokens(m.content for m in kept) <= room_tokens:
+        if estimate_messages_tokens(kept) <= room_tokens:
             return kept, dropped
     return None, len(others)

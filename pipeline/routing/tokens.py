@@ -26,9 +26,19 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.events.models import ChatMessage, Request
 
 PER_MESSAGE_OVERHEAD = 4     # OpenAI chat framing: 3 per message + 1 for the role
 REPLY_PRIMING = 3            # <|start|>assistant<|message|>
+# An image's size is not known without fetching it: a low-detail image costs OpenAI 85
+# tokens, any other is counted as a 1024x1024 high-detail one (4 tiles of 170 + 85).
+IMAGE_TOKENS = {"low": 85}
+IMAGE_TOKENS_DEFAULT = 765
+PER_TOOL_OVERHEAD = 8        # function framing around each tool's JSON
+PER_CALL_OVERHEAD = 4        # the same around each tool call in the history
 
 CJK_TOKENS_PER_CHAR = 0.8
 CJK_PUNCT_TOKENS_PER_CHAR = 1.0
@@ -90,4 +100,36 @@ def estimate_prompt_tokens(contents: Iterable[str]) -> int:
     total = REPLY_PRIMING
     for content in contents:
         total += PER_MESSAGE_OVERHEAD + estimate_text_tokens(content)
+    return total
+
+
+def estimate_message_tokens(m: "ChatMessage") -> int:
+    """One message: its text, its images, and the calls it made, with framing."""
+    tokens = PER_MESSAGE_OVERHEAD + estimate_text_tokens(m.text)
+    for image in m.images:
+        tokens += IMAGE_TOKENS.get(image.detail or "auto", IMAGE_TOKENS_DEFAULT)
+    for call in m.tool_calls:
+        tokens += (PER_CALL_OVERHEAD + estimate_text_tokens(call.name)
+                   + estimate_text_tokens(call.arguments))
+    return tokens
+
+
+def estimate_messages_tokens(messages: Iterable["ChatMessage"]) -> int:
+    return REPLY_PRIMING + sum(estimate_message_tokens(m) for m in messages)
+
+
+def estimate_request_tokens(request: "Request") -> int:
+    """The whole prompt a provider bills for: messages (text, images, tool calls), the
+    tools' definitions and a response schema, which providers put in the prompt; for an
+    embedding request, its inputs."""
+    if request.embedding is not None:
+        return sum(estimate_text_tokens(text) for text in request.embedding.inputs)
+    total = estimate_messages_tokens(request.messages)
+    for tool in request.tools:
+        total += (PER_TOOL_OVERHEAD + estimate_text_tokens(tool.name)
+                  + estimate_text_tokens(tool.description or "")
+                  + estimate_text_tokens(tool.parameters))
+    fmt = request.response_format
+    if fmt is not None and fmt.schema:
+        total += PER_TOOL_OVERHEAD + estimate_text_tokens(fmt.schema)
     return total

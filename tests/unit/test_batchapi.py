@@ -129,7 +129,7 @@ def test_config_errors_name_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match="batch_api.poll.initial_s"):
         load_batchapi_config(path)
     assert load_batchapi_config().providers == ("openai", "anthropic")
-    capable = {d for d, dep in deployments.by_id.items() if batch_capable(dep, BatchApiConfig())}
+    capable = {d for d, dep in deployments.by_id.items() if batch_capable(dep, BatchApiConfig(), catalog)}
     assert capable == {"openai-gpt-4.1", "openai-gpt-4o", "openai-gpt-4o-mini",
                        "anthropic-claude-sonnet-4.5"}          # not Gemini, not DeepSeek
 

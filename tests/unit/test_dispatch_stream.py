@@ -14,7 +14,7 @@ import pytest
 from pipeline import errors
 from pipeline.dispatch import Dispatcher
 from pipeline.errors import GatewayError
-from pipeline.events.models import Chunk, Response, Usage
+from pipeline.events.models import Chunk, Response, ToolCall, ToolCallDelta, Usage
 from pipeline.outputs import Out
 from pipeline.providers.base import Completion
 from pipeline.resilience.retry import RetryPolicy
@@ -235,3 +235,30 @@ async def test_deltas_are_gathered_between_chunks_and_finish_does_not_wait_to_ga
     chunks = broker.chunks()
     assert 2 <= len(chunks) <= 3 and [c.seq for c in chunks] == list(range(len(chunks)))
     assert "".join(c.delta for c in chunks) == "".join(f"w{i} " for i in range(50))
+
+
+class ToolStreamingFake(StreamingFake):
+    """Streams one function call in pieces, as OpenAI does, then answers with it whole."""
+
+    async def complete(self, routed, on_delta=None) -> Completion:
+        self.calls.append(on_delta is not None)
+        pieces = [ToolCallDelta(0, "call_1", "get_weather", ""), ToolCallDelta(0, arguments='{"ci'),
+                  ToolCallDelta(0, arguments='ty": "Paris"}')]
+        for piece in pieces:
+            self.time.clock.advance(0.001)
+            await on_delta("", [piece])
+        call = ToolCall("call_1", "get_weather", '{"city": "Paris"}')
+        return Completion("", "tool_calls", 10, 8, 0, 30, tool_calls=(call,))
+
+
+async def test_tool_call_pieces_are_streamed_and_the_response_carries_the_whole_call():
+    time, broker, deps = FakeTime(), Broker(), deployments_with()
+    outs = await make(time, deps, {GPT41: ToolStreamingFake(time)}, broker).handle(
+        streamed(time, deps))
+    pieces = [p for c in broker.chunks() for p in c.tool_calls]
+    assert pieces[0].id == "call_1" and pieces[0].name == "get_weather"
+    assert "".join(p.arguments for p in pieces) == '{"city": "Paris"}'
+    assert len(pieces) <= 3                     # later pieces of one call are joined
+    response = of(outs, Response)[0]
+    assert response.finish_reason == "tool_calls"
+    assert response.tool_calls == [ToolCall("call_1", "get_weather", '{"city": "Paris"}')]
