@@ -12,27 +12,51 @@ from typing import Any
 
 from pipeline import errors
 from pipeline.clock import now_ms
-from pipeline.events.models import (PRIORITIES, ChatMessage, Chunk, GenerationParams, Request,
-                                    Response, RoutingHints)
+from pipeline.events.models import (PRIORITIES, Choice, Chunk, GenerationParams, Request,
+                                    Response, RoutingHints, ToolCall, ToolCallDelta)
+from pipeline.gateway import fields
+from pipeline.gateway.fields import BadRequest, absent, number
+from pipeline.gateway.messages import parse_messages
+from pipeline.gateway.tools import parse_response_format, parse_tool_choice, parse_tools
+
 
 # The model name that lets the router choose.
 AUTO = "auto"
 DEFAULT_PRIORITY = "interactive"        # an HTTP caller is waiting: no batch window
+MAX_CHOICES = 8                         # n: each choice is a whole answer, billed
+MAX_TOP_LOGPROBS = 20                   # OpenAI's own bound
 
-# Fields that change the answer and that the pipeline cannot carry yet: refused, never
-# dropped, so a caller learns at once rather than from a wrong answer (issue 19).
-UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "parallel_tool_calls",
-               "audio", "prediction", "logit_bias", "top_logprobs")
+# The top-level fields of a chat body, in three lists; any other field is a 400 naming it
+# (OpenAI answers "Unrecognized request argument supplied"), so nothing is dropped unseen.
+# Carried into the Request:
+CARRIED = frozenset({
+    "messages", "model", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+    "temperature", "top_p", "stop", "seed", "n", "presence_penalty", "frequency_penalty",
+    "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls",
+    "response_format", "metadata", "user", "safety_identifier", "llmpipe"})
+# Read past: they change nothing in the answer. ``store`` asks OpenAI to keep the
+# completion (ours are kept in the ledger, not at OpenAI); ``service_tier`` and the
+# ``prompt_cache_*`` fields are latency and caching hints to OpenAI (our own priority is
+# ``llmpipe.priority``); ``tenant`` comes from the API key, never the body; ``modalities``
+# is accepted when it asks for text only.
+IGNORED = frozenset({"store", "service_tier", "prompt_cache_key", "prompt_cache_retention",
+                     "prompt_cache_options", "tenant", "modalities"})
+# Refused with a 400 naming the feature when given (not null): each would change the answer
+# and the pipeline cannot carry it. ``functions``/``function_call`` are the legacy form of
+# tools.
+REFUSED = {
+    "functions": "functions are deprecated: use tools",
+    "function_call": "function_call is deprecated: use tool_choice",
+    "audio": "audio output is not supported by this gateway",
+    "prediction": "predicted outputs (prediction) are not supported by this gateway",
+    "logit_bias": "logit_bias is not supported by this gateway",
+    "web_search_options": "web search (web_search_options) is not supported by this gateway",
+    "reasoning_effort": "reasoning_effort is not supported by this gateway yet",
+    "verbosity": "verbosity is not supported by this gateway yet",
+    "moderation": "moderation is not supported by this gateway",
+}
 # Our own options, in the body's ``llmpipe`` object (the SDKs pass it via ``extra_body``).
 OPTIONS = {"team", "priority", "required_quality", "max_latency_ms", "budget_per_mtok"}
-
-
-class BadRequest(ValueError):
-    """A body the gateway refuses before publishing (400)."""
-
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.message, self.param = message, param
 
 
 @dataclass(frozen=True)
@@ -46,91 +70,51 @@ class Chat:
 def parse_chat(body: Any, tenant: str, *, reply_topic: str, chunk_topic: str) -> Chat:
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
-    for name in UNSUPPORTED:
-        if body.get(name) not in (None, [], {}):
-            raise BadRequest(f"{name} is not supported by this gateway yet", name)
-    if body.get("n") not in (None, 1):
-        raise BadRequest("n must be 1: several choices are not supported yet", "n")
-    if body.get("logprobs"):
-        raise BadRequest("logprobs are not supported yet", "logprobs")
-    fmt = body.get("response_format")
-    if fmt not in (None, {"type": "text"}):
-        raise BadRequest("response_format other than text is not supported yet", "response_format")
-    stream = _bool(body, "stream")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise BadRequest("stream_options must be an object", "stream_options")
-    include_usage = bool(options and options.get("include_usage"))
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise BadRequest("model must be a string", "model")
-    ours = _options(body.get("llmpipe"))
+    for key in body:
+        if key in REFUSED:
+            if not absent(body[key]):
+                raise BadRequest(REFUSED[key], key)
+        elif key not in CARRIED and key not in IGNORED:
+            raise BadRequest(f"Unrecognized request argument supplied: {key}", key)
+    modalities = body.get("modalities")
+    if modalities not in (None, ["text"]):
+        raise BadRequest("modalities other than [\"text\"] (audio output) are not supported by "
+                         "this gateway", "modalities")
+    stream = bool(fields.boolean(body.get("stream"), "stream"))
+    stream_options = body.get("stream_options")
+    if stream_options is not None:
+        fields.known_keys(fields.obj(stream_options, "stream_options"), "stream_options",
+                          {"include_usage", "include_obfuscation"})
+    include_usage = bool(stream_options and fields.boolean(stream_options.get("include_usage"),
+                                                            "stream_options.include_usage"))
+    model = fields.string(body.get("model"), "model", optional=True)
+    ours = options(body.get("llmpipe"))
     metadata = body.get("metadata") or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise BadRequest("metadata must be an object of strings", "metadata")
-    user = body.get("user")
-    if user is not None and not isinstance(user, str):
-        raise BadRequest("user must be a string", "user")
+    user = fields.string(body.get("user"), "user", optional=True)
+    safety_id = fields.string(body.get("safety_identifier"), "safety_identifier", optional=True)
+    params = _params(body)
+    if stream and params.n > 1:
+        raise BadRequest(f"n={params.n} cannot be streamed: this gateway streams one choice; "
+                         "ask for n=1 or set stream to false", "n")
+    tools = parse_tools(body.get("tools"))
     request = Request(
-        request_id=str(uuid.uuid4()), tenant=tenant, messages=_messages(body.get("messages")),
-        team=ours.get("team"), end_user=user, created_at_ms=now_ms(),
-        model=None if model in (None, "", AUTO) else model, params=_params(body),
+        request_id=str(uuid.uuid4()), tenant=tenant, messages=parse_messages(body.get("messages")),
+        team=ours.get("team"), end_user=user if user is not None else safety_id,
+        created_at_ms=now_ms(), model=None if model in (None, "", AUTO) else model,
+        params=params,
         hints=RoutingHints(required_quality=ours.get("required_quality"),
                            max_latency_ms=ours.get("max_latency_ms"),
                            budget_per_mtok=ours.get("budget_per_mtok"),
                            priority=ours.get("priority", DEFAULT_PRIORITY)),
         reply_topic=reply_topic, metadata=dict(metadata), stream=stream,
-        chunk_topic=chunk_topic if stream else None)
+        chunk_topic=chunk_topic if stream else None,
+        tools=tools, tool_choice=parse_tool_choice(body.get("tool_choice"), tools),
+        parallel_tool_calls=fields.boolean(body.get("parallel_tool_calls"),
+                                           "parallel_tool_calls"),
+        response_format=parse_response_format(body.get("response_format")))
     return Chat(request, stream, include_usage)
-
-
-def _bool(body: dict, name: str) -> bool:
-    value = body.get(name)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise BadRequest(f"{name} must be true or false", name)
-    return value
-
-
-def _messages(raw: Any) -> list[ChatMessage]:
-    if not isinstance(raw, list) or not raw:
-        raise BadRequest("messages must be a non-empty array", "messages")
-    out = []
-    for i, m in enumerate(raw):
-        if not isinstance(m, dict):
-            raise BadRequest(f"messages[{i}] must be an object", f"messages[{i}]")
-        role = m.get("role")
-        if role == "developer":
-            role = "system"                 # OpenAI's newer name for the system role
-        if not isinstance(role, str):
-            raise BadRequest(f"messages[{i}].role must be a string", f"messages[{i}].role")
-        if m.get("tool_calls") or m.get("tool_call_id"):
-            raise BadRequest("tool calls are not supported by this gateway yet",
-                             f"messages[{i}]")
-        name = m.get("name")
-        if name is not None and not isinstance(name, str):
-            raise BadRequest(f"messages[{i}].name must be a string", f"messages[{i}].name")
-        out.append(ChatMessage(role, _content(m.get("content"), i), name))
-    return out
-
-
-def _content(content: Any, i: int) -> str:
-    """Text content: a string, or a list of text parts (joined)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for j, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text" or \
-                    not isinstance(part.get("text"), str):
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise BadRequest(f"messages[{i}].content[{j}]: only text parts are supported "
-                                 f"yet (got {kind!r})", f"messages[{i}].content")
-            texts.append(part["text"])
-        return "\n".join(texts)
-    raise BadRequest(f"messages[{i}].content must be a string or a list of text parts",
-                     f"messages[{i}].content")
 
 
 def _params(body: dict) -> GenerationParams:
@@ -140,23 +124,25 @@ def _params(body: dict) -> GenerationParams:
         stop = [stop]
     if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)):
         raise BadRequest("stop must be a string or an array of strings", "stop")
+    n = number(body.get("n"), "n", int, low=1, high=MAX_CHOICES)
+    logprobs = bool(fields.boolean(body.get("logprobs"), "logprobs"))
+    top = number(body.get("top_logprobs"), "top_logprobs", int, low=0, high=MAX_TOP_LOGPROBS)
+    if top is not None and not logprobs:
+        raise BadRequest("top_logprobs requires logprobs to be true", "top_logprobs")
     return GenerationParams(
-        max_tokens=_number(max_tokens, "max_tokens", int),
-        temperature=_number(body.get("temperature"), "temperature", float),
-        top_p=_number(body.get("top_p"), "top_p", float),
-        stop=stop or [], seed=_number(body.get("seed"), "seed", int))
+        max_tokens=number(max_tokens, "max_tokens", int),
+        temperature=number(body.get("temperature"), "temperature"),
+        top_p=number(body.get("top_p"), "top_p"),
+        stop=stop or [], seed=number(body.get("seed"), "seed", int),
+        n=1 if n is None else n,
+        presence_penalty=number(body.get("presence_penalty"), "presence_penalty", low=-2, high=2),
+        frequency_penalty=number(body.get("frequency_penalty"), "frequency_penalty",
+                                 low=-2, high=2),
+        logprobs=logprobs, top_logprobs=top)
 
 
-def _number(value: Any, name: str, kind: type) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            kind is int and not float(value).is_integer():
-        raise BadRequest(f"{name} must be {'an integer' if kind is int else 'a number'}", name)
-    return kind(value)
-
-
-def _options(raw: Any) -> dict[str, Any]:
+def options(raw: Any) -> dict[str, Any]:
+    """The body's ``llmpipe`` object: our own options."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -176,9 +162,9 @@ def _options(raw: Any) -> dict[str, Any]:
                              "llmpipe.priority")
         out["priority"] = raw["priority"]
     if raw.get("required_quality") is not None:
-        out["required_quality"] = _number(raw["required_quality"], "llmpipe.required_quality", float)
+        out["required_quality"] = number(raw["required_quality"], "llmpipe.required_quality")
     if raw.get("max_latency_ms") is not None:
-        out["max_latency_ms"] = _number(raw["max_latency_ms"], "llmpipe.max_latency_ms", int)
+        out["max_latency_ms"] = number(raw["max_latency_ms"], "llmpipe.max_latency_ms", int)
     if raw.get("budget_per_mtok") is not None:
         try:
             out["budget_per_mtok"] = Decimal(str(raw["budget_per_mtok"]))
@@ -201,21 +187,66 @@ def usage_body(r: Response) -> dict[str, Any]:
 
 
 def completion_body(r: Response, requested_model: str | None) -> dict[str, Any]:
+    """Every choice: choice 0 from the Response's own fields, then ``more_choices``."""
+    first = Choice(0, r.content, r.finish_reason, r.tool_calls, r.refusal, r.logprobs)
     return {
         "id": completion_id(r.request_id), "object": "chat.completion",
         "created": r.completed_at_ms // 1000, "model": r.model or requested_model or AUTO,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": r.content or "",
-                                             "refusal": None},
-                     "finish_reason": r.finish_reason or "stop", "logprobs": None}],
+        "choices": [choice_body(c) for c in sorted([first, *r.more_choices],
+                                                   key=lambda c: c.index)],
         "usage": usage_body(r), "system_fingerprint": None}
 
 
+def choice_body(c: Choice) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        # OpenAI's content is null when the turn is only tool calls or a refusal
+        "content": c.content or (None if c.tool_calls or c.refusal else ""),
+        "refusal": c.refusal}
+    if c.tool_calls:
+        message["tool_calls"] = [tool_call_body(t) for t in c.tool_calls]
+    return {"index": c.index, "message": message,
+            "finish_reason": finish_reason(c.finish_reason, c.tool_calls),
+            "logprobs": logprobs_body(c.logprobs)}
+
+
+def tool_call_body(t: ToolCall) -> dict[str, Any]:
+    return {"id": t.id, "type": "function",
+            "function": {"name": t.name, "arguments": t.arguments}}
+
+
+def finish_reason(reason: str | None, tool_calls: list[ToolCall]) -> str:
+    return reason or ("tool_calls" if tool_calls else "stop")
+
+
+def logprobs_body(text: str | None) -> dict[str, Any] | None:
+    """The choice's logprobs object, carried as JSON text in the Response."""
+    return json.loads(text) if text else None
+
+
 def chunk_body(request_id: str, created_s: int, model: str, delta: dict[str, Any],
-               finish_reason: str | None = None) -> dict[str, Any]:
+               finish_reason: str | None = None,
+               logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"id": completion_id(request_id), "object": "chat.completion.chunk",
             "created": created_s, "model": model, "system_fingerprint": None,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None,
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
                          "finish_reason": finish_reason}]}
+
+
+def tool_call_deltas(pieces: list[ToolCallDelta]) -> list[dict[str, Any]]:
+    """Pieces of tool calls in OpenAI's streaming shape: id, type and name come with a
+    call's first piece only; later pieces carry more of its arguments."""
+    out = []
+    for p in pieces:
+        delta: dict[str, Any] = {"index": p.index}
+        function: dict[str, Any] = {"arguments": p.arguments}
+        if p.id is not None:
+            delta["id"], delta["type"] = p.id, "function"
+        if p.name is not None:
+            function["name"] = p.name
+        delta["function"] = function
+        out.append(delta)
+    return out
 
 
 def usage_chunk(r: Response, created_s: int, model: str) -> dict[str, Any]:

@@ -3,10 +3,13 @@ in OpenAI's shapes, error codes as HTTP statuses, and API keys kept only as hash
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pipeline import errors
-from pipeline.events.models import ErrorInfo, Response, TenantPolicy
+from pipeline.events.models import (ErrorInfo, Response, ResponseFormat, TenantPolicy, ToolCall,
+                                    ToolChoice)
 from pipeline.gateway import wire
 from pipeline.gateway.keys import KeyRing, bearer, hash_key, new_key, valid_hash
 
@@ -40,28 +43,237 @@ def test_defaults_auto_model_interactive_and_text_parts():
     r = chat.request
     assert r.model is None and r.hints.priority == "interactive" and not r.stream
     assert r.chunk_topic is None
-    assert [(m.role, m.content) for m in r.messages] == [("system", "be brief"), ("user", "a\nb")]
+    assert [(m.role, m.content, m.parts) for m in r.messages] == \
+        [("system", "be brief", []), ("user", "a\nb", [])]
+    assert r.params.n == 1 and not r.params.logprobs and r.tools == [] and r.tool_choice is None
+    assert r.response_format is None and r.parallel_tool_calls is None and r.embedding is None
+
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}},
+           "required": ["city"], "additionalProperties": False}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather now",
+                                           "parameters": WEATHER, "strict": True}},
+         {"type": "function", "function": {"name": "noop"}}]
+CONVERSATION = [
+    {"role": "system", "content": [{"type": "text", "text": "You help."}]},
+    {"role": "user", "name": "ann", "content": [
+        {"type": "text", "text": "What is here, and the weather?"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]},
+    {"role": "assistant", "content": None, "refusal": None, "tool_calls": [
+        {"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "12C"}]},
+    {"role": "assistant", "content": None, "refusal": "I cannot say more."},
+    {"role": "user", "content": "Thanks"}]
+
+
+def test_every_field_of_the_chat_api_reaches_the_request():
+    r = parse(model="gpt-4o", messages=CONVERSATION, tools=TOOLS,
+              tool_choice={"type": "function", "function": {"name": "get_weather"}},
+              parallel_tool_calls=False, n=3, presence_penalty=0.5, frequency_penalty=-1,
+              logprobs=True, top_logprobs=5, top_p=0.9, max_tokens=20,
+              response_format={"type": "json_schema", "json_schema": {
+                  "name": "Answer", "description": "the reply", "strict": True,
+                  "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}},
+              store=True, service_tier="auto", modalities=["text"], safety_identifier="u9",
+              prompt_cache_key="k").request
+    system, user, call, result, refusal, last = r.messages
+    assert system.content == "You help." and system.parts == []
+    assert user.name == "ann" and user.content == "" and user.text == \
+        "What is here, and the weather?"
+    assert [(p.type, p.url, p.detail) for p in user.images] == [
+        ("image_url", "https://example.com/a.png", "low"),
+        ("image_url", "data:image/png;base64,iVBORw0KGgo=", None)]
+    assert call.role == "assistant" and call.content == "" and call.tool_calls == [
+        ToolCall("call_1", "get_weather", '{"city": "Oslo"}')]
+    assert (result.role, result.tool_call_id, result.content) == ("tool", "call_1", "12C")
+    assert refusal.content == "I cannot say more.", "an earlier refusal is what was said"
+    assert last.content == "Thanks"
+    weather, noop = r.tools
+    assert (weather.name, weather.description, weather.strict) == \
+        ("get_weather", "Weather now", True)
+    assert json.loads(weather.parameters) == WEATHER
+    assert (noop.name, noop.description, noop.parameters, noop.strict) == \
+        ("noop", None, "{}", False)
+    assert r.tool_choice == ToolChoice("function", "get_weather")
+    assert r.parallel_tool_calls is False
+    fmt = r.response_format
+    assert (fmt.type, fmt.name, fmt.strict) == ("json_schema", "Answer", True)
+    assert json.loads(fmt.schema) == {"type": "object", "description": "the reply",
+                                      "properties": {"a": {"type": "integer"}}}
+    p = r.params
+    assert (p.n, p.presence_penalty, p.frequency_penalty, p.logprobs, p.top_logprobs) == \
+        (3, 0.5, -1.0, True, 5)
+    assert (p.top_p, p.max_tokens) == (0.9, 20)
+    assert r.end_user == "u9", "safety_identifier names the end user when user is absent"
+
+
+@pytest.mark.parametrize("choice, expected", [
+    ("none", ToolChoice("none")), ("auto", ToolChoice("auto")),
+    ("required", ToolChoice("required")), (None, None)])
+def test_tool_choice_modes(choice, expected):
+    assert parse(tools=TOOLS, tool_choice=choice).request.tool_choice == expected
+
+
+@pytest.mark.parametrize("fmt", [{"type": "text"}, {"type": "json_object"}])
+def test_simple_response_formats(fmt):
+    assert parse(response_format=fmt).request.response_format == ResponseFormat(fmt["type"])
+
+
+def test_what_the_sdk_sends_back_with_a_reply_appended_is_accepted():
+    """``messages.append(completion.choices[0].message)`` sends the reply's own fields
+    back, nulls and the parsed copy included."""
+    r = parse(messages=[{"role": "user", "content": "hi"},
+                        {"content": '{"a":1}', "refusal": None, "role": "assistant",
+                         "tool_calls": None, "parsed": {"a": 1}, "function_call": None,
+                         "audio": None, "annotations": []},
+                        {"role": "user", "content": "again"}]).request
+    assert [m.content for m in r.messages] == ["hi", '{"a":1}', "again"]
+
+
+def user(*parts):
+    return {"messages": [{"role": "user", "content": list(parts)}]}
+
+
+def after_call(message):
+    return {"messages": [{"role": "user", "content": "x"}, {
+        "role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                                             "function": {"name": "f", "arguments": "{}"}}]},
+        message]}
 
 
 @pytest.mark.parametrize("body, param", [
     ({"messages": []}, "messages"),
     ({"messages": "hi"}, "messages"),
-    ({"tools": [{"type": "function"}]}, "tools"),
-    ({"n": 2}, "n"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"messages": ["hi"]}, "messages[0]"),
+    ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": "function", "name": "f", "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
+    ({"messages": [{"role": "assistant", "content": None}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": "x", "colour": "red"}]}, "messages[0].colour"),
+    ({"messages": [{"role": "assistant", "content": "x",
+                    "function_call": {"name": "f", "arguments": "{}"}}]},
+     "messages[0].function_call"),
+    ({"messages": [{"role": "assistant", "content": "x", "audio": {"id": "a"}}]},
+     "messages[0].audio"),
+    ({"messages": [{"role": "user", "content": "x", "tool_calls": [{}]}]},
+     "messages[0].tool_calls"),
+    ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "custom",
+                                                         "custom": {}}]}]},
+     "messages[0].tool_calls[0].type"),
+    ({"messages": [{"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": {}}}]}]},
+     "messages[0].tool_calls[0].function.arguments"),
+    ({"messages": [{"role": "assistant", "tool_calls": [
+        {"type": "function", "function": {"name": "f", "arguments": "{}"}}]}]},
+     "messages[0].tool_calls[0].id"),
+    (after_call({"role": "tool", "content": "r"}), "messages[2].tool_call_id"),
+    (after_call({"role": "tool", "tool_call_id": "c9", "content": "r"}),
+     "messages[2].tool_call_id"),
+    ({"messages": [{"role": "tool", "tool_call_id": "c1", "content": "r"}]},
+     "messages[0].tool_call_id"),
+    ({"messages": [{"role": "user", "content": "x", "tool_call_id": "c1"}]},
+     "messages[0].tool_call_id"),
+    ({"messages": [{"role": "user", "content": "x", "refusal": "no"}]}, "messages[0].refusal"),
+    (user({"type": "image_url"}), "messages[0].content[0].image_url"),
+    (user({"type": "image_url", "image_url": {"url": "ftp://x/a.png"}}),
+     "messages[0].content[0].image_url.url"),
+    (user({"type": "image_url", "image_url": {"url": "data:text/plain;base64,aGk="}}),
+     "messages[0].content[0].image_url.url"),
+    (user({"type": "image_url", "image_url": {"url": "https://x/a.png", "detail": "max"}}),
+     "messages[0].content[0].image_url.detail"),
+    (user({"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}),
+     "messages[0].content[0].type"),
+    (user({"type": "file", "file": {"file_id": "f"}}), "messages[0].content[0].type"),
+    (user({"type": "text"}), "messages[0].content[0].text"),
+    ({"messages": [{"role": "system", "content": [
+        {"type": "image_url", "image_url": {"url": "https://x/a.png"}}]}]},
+     "messages[0].content[0].type"),
+    ({"tools": {"type": "function"}}, "tools"),
+    ({"tools": [{"type": "function"}]}, "tools[0].function"),
+    ({"tools": [{"type": "custom", "custom": {"name": "x"}}]}, "tools[0].type"),
+    ({"tools": [{"type": "function", "function": {"name": "bad name"}}]},
+     "tools[0].function.name"),
+    ({"tools": [{"type": "function", "function": {"name": "x" * 65}}]},
+     "tools[0].function.name"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": "{}"}}]},
+     "tools[0].function.parameters"),
+    ({"tools": [{"type": "function", "function": {"name": "f",
+                                                  "parameters": {"type": "string"}}}]},
+     "tools[0].function.parameters"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "strict": "yes"}}]},
+     "tools[0].function.strict"),
+    ({"tools": TOOLS + TOOLS[:1]}, "tools[2].function.name"),
+    ({"tools": [{"type": "function", "function": {"name": f"f{i}"}} for i in range(129)]},
+     "tools"),
+    ({"tool_choice": "always", "tools": TOOLS}, "tool_choice"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {"name": "other"}}, "tools": TOOLS},
+     "tool_choice.function.name"),
+    ({"tool_choice": {"type": "allowed_tools", "allowed_tools": {}}, "tools": TOOLS},
+     "tool_choice"),
+    ({"parallel_tool_calls": "no"}, "parallel_tool_calls"),
+    ({"response_format": {"type": "xml"}}, "response_format.type"),
+    ({"response_format": "json"}, "response_format"),
+    ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}},
+     "response_format.json_schema.name"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "a b"}}},
+     "response_format.json_schema.name"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "A", "schema": []}}},
+     "response_format.json_schema.schema"),
+    ({"n": 0}, "n"),
+    ({"n": 9}, "n"),
+    ({"n": 1.5}, "n"),
+    ({"n": 2, "stream": True}, "n"),
+    ({"presence_penalty": 2.5}, "presence_penalty"),
+    ({"frequency_penalty": -3}, "frequency_penalty"),
+    ({"logprobs": 1}, "logprobs"),
+    ({"top_logprobs": 3}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ({"temperature": "hot"}, "temperature"),
     ({"max_tokens": 1.5}, "max_tokens"),
     ({"stream": "yes"}, "stream"),
+    ({"stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
+    ({"stream_options": {"chunk_size": 3}}, "stream_options.chunk_size"),
     ({"stop": [1]}, "stop"),
+    ({"model": 4}, "model"),
+    ({"user": 4}, "user"),
     ({"llmpipe": {"tenant": "x"}}, "llmpipe"),
     ({"llmpipe": {"priority": "urgent"}}, "llmpipe.priority"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content"),
-    ({"messages": [{"role": "assistant", "content": "", "tool_calls": [{}]}]}, "messages[0]"),
+    ({"functions": [{"name": "f"}]}, "functions"),
+    ({"function_call": "auto"}, "function_call"),
+    ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+    ({"modalities": ["text", "audio"]}, "modalities"),
+    ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
+    ({"logit_bias": {"50256": -100}}, "logit_bias"),
+    ({"web_search_options": {"search_context_size": "low"}}, "web_search_options"),
+    ({"reasoning_effort": "high"}, "reasoning_effort"),
+    ({"temprature": 0.2}, "temprature"),
 ])
-def test_what_cannot_be_carried_is_refused_naming_the_field(body, param):
+def test_every_bad_shape_is_a_400_naming_its_field(body, param):
     with pytest.raises(wire.BadRequest) as exc:
         parse(**body)
-    assert exc.value.param == param
+    assert exc.value.param == param, exc.value.message
+
+
+def test_refusals_say_what_to_do_and_unknown_fields_are_named_as_openai_does():
+    for body, words in [({"functions": [{"name": "f"}]}, "use tools"),
+                        ({"n": 2, "stream": True}, "stream"),
+                        ({"temprature": 0.2}, "Unrecognized request argument supplied: temprature"),
+                        ({"top_logprobs": 3}, "requires logprobs")]:
+        with pytest.raises(wire.BadRequest) as exc:
+            parse(**body)
+        assert words in exc.value.message
+
+
+def test_null_and_empty_values_of_refused_and_ignored_fields_are_no_request():
+    r = parse(functions=[], logit_bias={}, audio=None, reasoning_effort=None, tools=[],
+              tool_choice=None, response_format=None, n=None, store=False,
+              stream_options={"include_obfuscation": False}).request
+    assert r.tools == [] and r.params.n == 1
 
 
 def test_answers_in_openai_shapes():
