@@ -2,6 +2,11 @@
 
 The first line on stdout is ``simulator listening on http://HOST:PORT`` (parents such as
 ``llmpipe dev`` read the port from it); logs go to stderr.
+
+API keys: the simulator answers the keys listed in simulator.yaml ``keys:``, in
+``--key`` (repeatable) and in ``$LLMPIPE_SIM_KEYS`` (comma-separated), and refuses others
+with each provider's 401. With no key listed anywhere it answers any non-empty key, which
+is what the dev stack and the tests rely on (they make up fresh keys per run).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -17,6 +23,9 @@ from pathlib import Path
 from pipeline.config import ConfigError
 from pipeline.simulator.profiles import SimulatorConfig, load_config, parse_fault_flag
 from pipeline.simulator.server import start_simulator
+
+
+KEYS_ENV = "LLMPIPE_SIM_KEYS"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fault", action="append", default=[], metavar="MODEL=KIND[:RATE]",
                         help="inject a fault, e.g. gpt-4.1=rate_limit:0.5 or "
                              "'*=server_error:0.1:status=502' (repeatable)")
+    parser.add_argument("--key", action="append", default=[], metavar="API_KEY",
+                        help=f"answer this API key (repeatable; also ${KEYS_ENV}, "
+                             "comma-separated); none listed: any non-empty key")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     return parser
@@ -46,13 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
     config = load_config(args.config, seed=args.seed, latency_scale=args.latency_scale,
                          fixed_latency_ms=args.fixed_latency_ms,
-                         base_errors=not args.no_base_errors)
+                         base_errors=not args.no_base_errors, api_keys=configured_keys(args))
     faults = dict(config.faults)
     known = set(config.model_names())
     for flag in args.fault:
         model, spec = parse_fault_flag(flag, known)
         faults[model] = spec
     return dataclasses.replace(config, faults=faults)
+
+
+def configured_keys(args: argparse.Namespace) -> frozenset[str]:
+    from_env = [k.strip() for k in os.environ.get(KEYS_ENV, "").split(",") if k.strip()]
+    return frozenset(args.key) | frozenset(from_env)
 
 
 async def serve(config: SimulatorConfig, host: str, port: int) -> None:

@@ -7,10 +7,15 @@ with ``input_tokens`` the rest of the prompt, as Anthropic counts them. An overl
 server error (status 503 in the fault) answers 529 ``overloaded_error``, Anthropic's
 status for it.
 
+Tool calls are ``tool_use`` content blocks with stop reason ``tool_use``; a stop sequence
+that ended the text is stop reason ``stop_sequence`` naming it. The request is read in
+anthropic_request.py.
+
 Streamed (``"stream": true``), the answer is Anthropic's event sequence: ``message_start``
 (usage with the input tokens), ``content_block_start``, ``ping``, a ``content_block_delta``
-per piece of text, ``content_block_stop``, ``message_delta`` (stop reason, output tokens)
-and ``message_stop``. Refusals come before the stream, as statuses; a malformed fault cuts
+per piece of text (for a tool call, ``input_json_delta`` fragments of its input),
+``content_block_stop``, ``message_delta`` (stop reason, output tokens) and
+``message_stop``. Refusals come before the stream, as statuses; a malformed fault cuts
 the stream part-way.
 """
 
@@ -21,14 +26,15 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.simulator.core import (CallPlan, ChatRequest, InvalidRequest, Message, Outcome,
-                                     Simulator, claimed_completion_tokens, retry_seconds,
-                                     truncated_json)
+from pipeline.simulator.anthropic_request import parse_messages_request
+from pipeline.simulator.answers import stream_steps
+from pipeline.simulator.chat import ChatRequest, Choice
+from pipeline.simulator.core import (CallPlan, InvalidRequest, Outcome, Simulator,
+                                     claimed_completion_tokens, retry_seconds, truncated_json)
 from pipeline.simulator.shape import NativeShape, PacedStream
 
 API_VERSION_HEADER = "anthropic-version"
-_ROLES = frozenset({"user", "assistant"})
-_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
+_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
 
 def anthropic_routes(sim: Simulator) -> list[web.RouteDef]:
@@ -56,8 +62,15 @@ class AnthropicShape(NativeShape):
     def missing_key(self) -> web.Response:
         return anthropic_error(401, "authentication_error", "x-api-key header is required")
 
+    def bad_key(self, api_key: str) -> web.Response:
+        return anthropic_error(401, "authentication_error", "invalid x-api-key")
+
     def invalid(self, message: str) -> web.Response:
         return anthropic_error(400, "invalid_request_error", message)
+
+    def unsupported(self, model: str, feature: str) -> web.Response:
+        return anthropic_error(400, "invalid_request_error", f"{model} does not support "
+                               f"{'image input' if feature == 'vision' else feature}")
 
     def unknown_model(self, model: str) -> web.Response:
         return anthropic_error(404, "not_found_error", f"model: {model}")
@@ -95,22 +108,37 @@ class AnthropicShape(NativeShape):
 
     async def stream(self, stream: PacedStream) -> None:
         plan = stream.plan
-        opening = {**message_body(plan), "content": [], "stop_reason": None}
+        choice = plan.choices[0]
+        opening = {**message_body(plan), "content": [], "stop_reason": None,
+                   "stop_sequence": None}
         opening["usage"] = {**opening["usage"], "output_tokens": 1}
         await stream.send(event("message_start", message=opening))
-        await stream.send(event("content_block_start", index=0,
-                                content_block={"type": "text", "text": ""}))
+        block = 0
+        if not choice.tool_calls:
+            await stream.send(event("content_block_start", index=0,
+                                    content_block={"type": "text", "text": ""}))
         await stream.send(event("ping"))
-        async for piece, _ in stream.pieces():
-            await stream.send(event("content_block_delta", index=0,
-                                    delta={"type": "text_delta", "text": piece}))
-        block_stop = event("content_block_stop", index=0)
+        async for step, _ in stream.paced(stream_steps(plan.choices[:1])):
+            if step.start is not None:
+                if step.call > 0:
+                    await stream.send(event("content_block_stop", index=block))
+                block = step.call
+                await stream.send(event("content_block_start", index=block, content_block={
+                    "type": "tool_use", "id": step.start.id, "name": step.start.name,
+                    "input": {}}))
+            elif step.arguments is not None:
+                await stream.send(event("content_block_delta", index=block, delta={
+                    "type": "input_json_delta", "partial_json": step.arguments}))
+            else:
+                await stream.send(event("content_block_delta", index=0,
+                                        delta={"type": "text_delta", "text": step.text}))
+        block_stop = event("content_block_stop", index=block)
         if stream.cut:
             return await stream.cut_short(block_stop)
         await stream.send(block_stop)
         await stream.send(event("message_delta",
-                                delta={"stop_reason": _STOP_REASONS[plan.finish_reason],
-                                       "stop_sequence": None},
+                                delta={"stop_reason": stop_reason(choice),
+                                       "stop_sequence": choice.stop_sequence},
                                 usage={"output_tokens": plan.completion_tokens}))
         await stream.send(event("message_stop"))
 
@@ -120,67 +148,39 @@ def event(kind: str, **fields: Any) -> str:
     return f"event: {kind}\ndata: {json.dumps({'type': kind, **fields})}\n\n"
 
 
-def parse_messages_request(body: dict[str, Any]) -> ChatRequest:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("model: Field required")
-    max_tokens = body.get("max_tokens")
-    if max_tokens is None:
-        raise InvalidRequest("max_tokens: Field required")
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise InvalidRequest("max_tokens: Input should be a valid integer greater than or "
-                             "equal to 1")
-    temperature = body.get("temperature")
-    if temperature is not None and (isinstance(temperature, bool)
-                                    or not isinstance(temperature, (int, float))
-                                    or not 0 <= temperature <= 1):
-        raise InvalidRequest("temperature: range: 0..1")
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise InvalidRequest("stream: Input should be a valid boolean")
-    raw_messages = body.get("messages")
-    if not isinstance(raw_messages, list) or not raw_messages:
-        raise InvalidRequest("messages: at least one message is required")
-    messages = []
-    system = body.get("system")
-    if system:
-        messages.append(Message("system", _text(system, "system")))
-    for i, raw in enumerate(raw_messages):
-        if not isinstance(raw, dict) or raw.get("role") not in _ROLES:
-            raise InvalidRequest(f"messages.{i}.role: Input should be 'user' or 'assistant'")
-        text = _text(raw.get("content"), f"messages.{i}.content")
-        if not text and i < len(raw_messages) - 1:
-            raise InvalidRequest(f"messages.{i}: all messages must have non-empty content "
-                                 f"except for the optional final assistant message")
-        messages.append(Message(raw["role"], text))
-    return ChatRequest(model, tuple(messages), max_tokens, bool(stream))
-
-
-def _text(content: Any, where: str) -> str:
-    """A string, or the text of a list of content blocks."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(block.get("text", "") for block in content
-                       if isinstance(block, dict) and block.get("type") == "text")
-    raise InvalidRequest(f"{where}: Input should be a valid string or a list of content blocks")
-
-
 def message_body(plan: CallPlan) -> dict[str, Any]:
     return {
         "id": "msg_" + plan.call_id.partition("-")[2],
         "type": "message",
         "role": "assistant",
         "model": plan.model,
-        "content": [{"type": "text", "text": plan.content}],
-        "stop_reason": _STOP_REASONS[plan.finish_reason],
-        "stop_sequence": None,
+        "content": content_blocks(plan.choices[0]),
+        "stop_reason": stop_reason(plan.choices[0]),
+        "stop_sequence": plan.choices[0].stop_sequence,
         "usage": {"input_tokens": plan.prompt_tokens - plan.cached_tokens,
                   "cache_creation_input_tokens": 0,
                   "cache_read_input_tokens": plan.cached_tokens,
                   "output_tokens": plan.completion_tokens,
                   "service_tier": "standard"},
     }
+
+
+def content_blocks(choice: Choice) -> list[dict[str, Any]]:
+    if not choice.tool_calls:
+        return [{"type": "text", "text": choice.content or ""}]
+    blocks = []
+    for call in choice.tool_calls:
+        try:
+            arguments = json.loads(call.arguments)
+        except ValueError:                 # cut by max_tokens: what was written is lost
+            arguments = {}
+        blocks.append({"type": "tool_use", "id": call.id, "name": call.name,
+                       "input": arguments})
+    return blocks
+
+
+def stop_reason(choice: Choice) -> str:
+    return "stop_sequence" if choice.stop_sequence else _STOP_REASONS[choice.finish_reason]
 
 
 def context_length_message(plan: CallPlan) -> str:

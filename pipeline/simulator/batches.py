@@ -13,11 +13,13 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.simulator.anthropic import anthropic_error, parse_messages_request
+from pipeline.simulator.anthropic import anthropic_error
+from pipeline.simulator.anthropic_request import parse_messages_request
 from pipeline.simulator.batchstore import (CANCELED, ERRORED, EXPIRED, SUCCEEDED, BatchStore, Item,
                                            SimBatch, batch_control, iso_time)
 from pipeline.simulator.core import InvalidRequest, Simulator, bearer_key, key_fingerprint
-from pipeline.simulator.openai import missing_key, openai_error, parse_chat_request
+from pipeline.simulator.openai import key_refusal, openai_error
+from pipeline.simulator.openai_request import parse_chat_request
 
 log = logging.getLogger("pipeline.simulator")
 
@@ -32,8 +34,9 @@ class OpenAIBatches:
         self.store = store
 
     async def upload(self, request: web.Request) -> web.Response:
-        if bearer_key(request) is None:
-            return missing_key()
+        refused = key_refusal(self.store.sim, bearer_key(request))
+        if refused is not None:
+            return refused
         try:
             form = await request.post()
         except ValueError:
@@ -56,16 +59,18 @@ class OpenAIBatches:
                 "filename": name, "purpose": "batch"}
 
     async def file_info(self, request: web.Request) -> web.Response:
-        if bearer_key(request) is None:
-            return missing_key()
+        refused = key_refusal(self.store.sim, bearer_key(request))
+        if refused is not None:
+            return refused
         file_id = request.match_info["file_id"]
         if file_id not in self.store.files:
             return openai_error(404, f"No such File object: {file_id}", "invalid_request_error")
         return web.json_response(self._file(file_id))
 
     async def file_content(self, request: web.Request) -> web.Response:
-        if bearer_key(request) is None:
-            return missing_key()
+        refused = key_refusal(self.store.sim, bearer_key(request))
+        if refused is not None:
+            return refused
         file_id = request.match_info["file_id"]
         if file_id not in self.store.files:
             return openai_error(404, f"No such File object: {file_id}", "invalid_request_error")
@@ -73,8 +78,9 @@ class OpenAIBatches:
 
     async def create(self, request: web.Request) -> web.Response:
         api_key = bearer_key(request)
-        if api_key is None:
-            return missing_key()
+        refused = key_refusal(self.store.sim, api_key)
+        if refused is not None:
+            return refused
         try:
             body = json.loads(await request.read())
         except ValueError:
@@ -169,8 +175,9 @@ class OpenAIBatches:
             "metadata": metadata if isinstance(metadata, dict) else {}}
 
     def _find(self, request: web.Request) -> SimBatch | web.Response:
-        if bearer_key(request) is None:
-            return missing_key()
+        refused = key_refusal(self.store.sim, bearer_key(request))
+        if refused is not None:
+            return refused
         batch = self.store.batches.get(request.match_info["batch_id"])
         if batch is None or batch.shape != "openai":
             return openai_error(404, f"No batch found with id '{request.match_info['batch_id']}'.",
@@ -198,8 +205,11 @@ class AnthropicBatches:
         self.store = store
 
     def _auth(self, request: web.Request) -> web.Response | None:
-        if not request.headers.get("x-api-key", "").strip():
+        api_key = request.headers.get("x-api-key", "").strip()
+        if not api_key:
             return anthropic_error(401, "authentication_error", "x-api-key header is required")
+        if not self.store.sim.config.accepts_key(api_key):
+            return anthropic_error(401, "authentication_error", "invalid x-api-key")
         if not request.headers.get("anthropic-version"):
             return anthropic_error(400, "invalid_request_error", "anthropic-version: header is required")
         return None

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import random
-import re
 import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
@@ -23,8 +22,11 @@ from aiohttp import web
 
 from pipeline.routing.tokens import estimate_prompt_tokens
 from pipeline.secrets import Secret
+from pipeline.simulator.answers import compose
+from pipeline.simulator.chat import ChatRequest, Choice, Message
 from pipeline.simulator.profiles import (ANY_MODEL, FaultKind, FaultSpec, ModelProfile,
                                          SimulatorConfig)
+from pipeline.simulator.text import log_uniform
 
 log = logging.getLogger("pipeline.simulator")
 
@@ -34,7 +36,7 @@ CLIENT_CLOSED = 499          # status recorded for a call whose client left (ngi
 NO_MODEL = "(none)"          # stats bucket for calls whose body names no model
 MAX_CALL_TIMES = 10_000      # call times kept per (model, key) for rate measurements
 PROMPT_CACHE_ENTRIES = 10_000
-MAX_BODY_BYTES = 64 * 2**20  # a 1M-token prompt is ~4 MB of JSON
+MAX_BODY_BYTES = 64 * 2**20  # default; SimulatorConfig.max_body_bytes
 POLL_S = 0.05                # how often a hanging call checks for its client
 
 
@@ -56,21 +58,6 @@ IMMEDIATE = frozenset({Outcome.UNAUTHORIZED, Outcome.RATE_LIMITED,
 
 
 @dataclass(frozen=True)
-class Message:
-    role: str
-    text: str
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    """A chat call in no particular wire shape."""
-    model: str                     # provider-side name as sent
-    messages: tuple[Message, ...]
-    max_tokens: int | None
-    stream: bool = False
-
-
-@dataclass(frozen=True)
 class CallPlan:
     """What one call does, decided up front so every shape renders it the same way."""
     model: str
@@ -87,9 +74,18 @@ class CallPlan:
     cached_tokens: int
     completion_tokens: int
     requested_completion_tokens: int   # max_tokens as asked (for context-length messages)
-    finish_reason: str
-    content: str
+    choices: tuple[Choice, ...]    # completion_tokens counts them all
     retry_after_s: float | None = None
+    top_logprobs: int | None = None  # logprobs asked for (OpenAI): how many alternatives
+
+    @property
+    def content(self) -> str:
+        """The first choice's text ('' for tool calls)."""
+        return self.choices[0].content or ""
+
+    @property
+    def finish_reason(self) -> str:
+        return self.choices[0].finish_reason
 
     @property
     def reported_latency_ms(self) -> int:
@@ -141,8 +137,14 @@ class Simulator:
         error_draw, fault_draw, length_draw = rng.random(), rng.random(), rng.random()
         call_id = f"chatcmpl-{rng.getrandbits(96):024x}"
         text_rng = random.Random(rng.getrandbits(64))
+        if request.repeatable is not None:
+            # Same body, same answer: the text and its length come from the body alone.
+            text_rng = random.Random(f"{profile.name}:{request.repeatable}")
+            length_draw = text_rng.random()
 
-        prompt_tokens = estimate_prompt_tokens(m.text for m in request.messages)
+        prompt_tokens = estimate_prompt_tokens(
+            m.text + "".join(c.name + c.arguments for c in m.tool_calls)
+            for m in request.messages) + request.extra_prompt_tokens
         fault = self.fault_for(request.model, profile)
         fired = (fault if fault is not None and fault_draw < fault.rate
                  and fault.applies_to(key_fingerprint) else None)
@@ -152,7 +154,7 @@ class Simulator:
         limit = request.max_tokens if request.max_tokens is not None else min(
             profile.max_output_tokens, max(room, 0))
         lengths = self.config.completion_tokens
-        wanted = _log_uniform(length_draw, lengths.min_tokens, lengths.max_tokens)
+        wanted = log_uniform(length_draw, lengths.min_tokens, lengths.max_tokens)
         completion_tokens = min(wanted, limit)
 
         outcome, status = self._outcome(request, profile, fired, room, error_draw)
@@ -163,21 +165,23 @@ class Simulator:
         if kind is FaultKind.HANG:
             hang_s = fired.hang_s if fired.hang_s is not None else math.inf
 
-        cached_tokens, content = 0, ""
+        cached_tokens = 0
+        choices: tuple[Choice, ...] = (
+            Choice("", "length" if wanted > limit else "stop", completion_tokens),)
         if outcome in (Outcome.COMPLETION, Outcome.MALFORMED):
             cached_tokens = self._prompt_cache.lookup_and_store(
                 profile.name, key_fingerprint, request.messages)
-            chinese = _mostly_chinese(_last_user_text(request.messages))
-            content = filler_text(text_rng, completion_tokens, chinese=chinese,
-                                  truncated=wanted > limit)
+            choices = compose(request, text_rng, wanted, limit,
+                              (lengths.min_tokens, lengths.max_tokens), request.call_prefix)
+            completion_tokens = sum(c.completion_tokens for c in choices)
         return CallPlan(
             model=request.model, profile=profile, call_index=index, call_id=call_id,
             outcome=outcome, status=status, hang_s=hang_s, latency_ms=latency_ms,
             ttft_ms=ttft_ms, drawn_latency_ms=drawn_ms, prompt_tokens=prompt_tokens,
             cached_tokens=cached_tokens, completion_tokens=completion_tokens,
-            requested_completion_tokens=request.max_tokens or 0,
-            finish_reason="length" if wanted > limit else "stop", content=content,
-            retry_after_s=fired.retry_after_s if kind is FaultKind.RATE_LIMIT else None)
+            requested_completion_tokens=request.max_tokens or 0, choices=choices,
+            retry_after_s=fired.retry_after_s if kind is FaultKind.RATE_LIMIT else None,
+            top_logprobs=request.top_logprobs if request.logprobs else None)
 
     def _outcome(self, request: ChatRequest, profile: ModelProfile, fired: FaultSpec | None,
                  room: int, error_draw: float) -> tuple[Outcome, int]:
@@ -334,8 +338,10 @@ class TrackedCall:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None and not issubclass(exc_type, (asyncio.CancelledError,
-                                                              ConnectionError)):
+        if isinstance(exc, web.HTTPException):      # e.g. a body over the size limit
+            status = exc.status
+        elif exc_type is not None and not issubclass(exc_type, (asyncio.CancelledError,
+                                                                ConnectionError)):
             status = 500
         else:
             status = self.status if self.status is not None else CLIENT_CLOSED
@@ -345,79 +351,6 @@ class TrackedCall:
 
 def _status_counts(counter: Counter) -> dict[str, int]:
     return {str(status): n for status, n in sorted(counter.items())}
-
-
-# ---------------------------------------------------------------- text and tokens
-
-_ENGLISH_SENTENCES = (
-    "There are a few ways to approach this, and the right one depends on your constraints.",
-    "First, measure where the time and the money actually go before changing anything.",
-    "A smaller model often answers simple questions just as well at a fraction of the cost.",
-    "Caching repeated prompts avoids paying twice for the same answer.",
-    "Retries should back off exponentially and respect any Retry-After the provider sends.",
-    "If one provider fails, routing the request to a second one keeps the product working.",
-    "Keep an eye on latency percentiles rather than averages, since the tail is what users feel.",
-    "Batching small requests together can raise throughput without hurting quality.",
-    "Set a budget per team so a traffic spike cannot turn into a runaway bill.",
-    "In practice most teams start simple and refine the setup as traffic grows.",
-    "Let me know if you would like a more detailed example.",
-    "To summarise, start with clear limits, good metrics and a fallback plan.",
-)
-_CHINESE_PHRASES = (
-    "这个问题可以从几个方面来看", "首先需要明确目标", "其次要考虑成本和延迟", "我们建议先做测量",
-    "再根据结果调整策略", "缓存和批处理都能降低费用", "重试时要注意退避", "路由应当兼顾质量",
-    "在实际项目中", "大多数团队会从简单方案开始", "随着流量增长逐步优化", "同时监控错误率和预算",
-)
-
-
-def filler_text(rng: random.Random, tokens: int, *, chinese: bool, truncated: bool) -> str:
-    """Plausible prose of about ``tokens`` tokens by the project's estimate. A finished
-    answer ends on a sentence; a truncated one stops mid-sentence, as max_tokens cuts it."""
-    if tokens <= 0:
-        return ""
-    if chinese:                  # one token per character
-        def sentence() -> str:
-            return "，".join(rng.sample(_CHINESE_PHRASES, rng.randint(1, 3))) + "。"
-        budget, separator = tokens, ""
-    else:                        # ~4 characters per token
-        def sentence() -> str:
-            return rng.choice(_ENGLISH_SENTENCES)
-        budget, separator = tokens * 4, " "
-    sentences = [sentence()]
-    while len(separator.join(sentences)) < budget:
-        sentences.append(sentence())
-    text = separator.join(sentences)
-    if truncated:
-        cut = text.rfind(" ", 0, budget + 1) if separator else -1
-        return text[:cut] if cut > 0 else text[:budget]
-    shorter = separator.join(sentences[:-1])
-    return shorter if shorter and budget - len(shorter) < len(text) - budget else text
-
-
-def _log_uniform(u: float, low: int, high: int) -> int:
-    return round(math.exp(math.log(low) + u * (math.log(high) - math.log(low))))
-
-
-def _last_user_text(messages: tuple[Message, ...]) -> str:
-    for message in reversed(messages):
-        if message.role == "user":
-            return message.text
-    return ""
-
-
-def _mostly_chinese(text: str) -> bool:
-    visible = [ch for ch in text if not ch.isspace()]
-    if not visible:
-        return False
-    han = sum(1 for ch in visible if "\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf")
-    return han * 2 > len(visible)
-
-
-def stream_pieces(text: str) -> list[str]:
-    """Stream deltas of about a token each: a word with its space, or two Chinese characters."""
-    if _mostly_chinese(text):
-        return [text[i:i + 2] for i in range(0, len(text), 2)]
-    return re.findall(r"\S+\s*", text)
 
 
 # ------------------------------------------------------- OpenAI chat completions shape

@@ -6,9 +6,14 @@ As Google does, an invalid key is a 400 ``INVALID_ARGUMENT`` whose details carry
 reason ``API_KEY_INVALID`` (a missing one a 403), and a rate limit says when to retry in a
 ``RetryInfo`` detail rather than a Retry-After header.
 
+Several candidates (``candidateCount``) are listed each with its index; a tool call is a
+``functionCall`` part (finish reason ``STOP``, as Gemini gives it). The request is read in
+gemini_request.py.
+
 ``:streamGenerateContent?alt=sse`` streams the answer as Gemini 2.x does: one ``data:``
-event per piece of text, each a whole response whose usage metadata counts the prompt;
-the last carries the finish reason and the full usage. Events end in CRLF pairs, as
+event per piece of text (a functionCall whole, in one event), each a whole response whose
+usage metadata counts the prompt; a candidate's last piece carries its finish reason and
+the last event the full usage. Events end in CRLF pairs, as
 Google's do. Without ``alt=sse`` Google streams a JSON array instead, which is not
 simulated (400). Refusals come before the stream, as statuses; a malformed fault cuts the
 stream part-way.
@@ -21,18 +26,20 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.simulator.core import (CallPlan, ChatRequest, InvalidRequest, Message, Outcome,
-                                     Simulator, claimed_completion_tokens, retry_seconds,
-                                     truncated_json)
+from pipeline.simulator.answers import stream_steps
+from pipeline.simulator.chat import ChatRequest, Choice
+from pipeline.simulator.core import (CallPlan, InvalidRequest, Outcome, Simulator,
+                                     claimed_completion_tokens, retry_seconds, truncated_json)
+from pipeline.simulator.gemini_request import parse_generate_request
 from pipeline.simulator.shape import NativeShape, PacedStream
 
 KEY_HEADER = "x-goog-api-key"
 API_VERSIONS = ("v1beta", "v1")
 METHODS = ("generateContent", "streamGenerateContent")
 STREAM_METHOD = ":streamGenerateContent"
-_ROLES = {"user": "user", "model": "assistant"}
-_FINISH_REASONS = {"stop": "STOP", "length": "MAX_TOKENS"}
-_STATUS_NAMES = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+_FINISH_REASONS = {"stop": "STOP", "length": "MAX_TOKENS", "tool_calls": "STOP"}
+_STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+                 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "INVALID_ARGUMENT",
                  429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 502: "INTERNAL",
                  503: "UNAVAILABLE"}
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
@@ -74,8 +81,16 @@ class GeminiShape(NativeShape):
                             "established identity). Please use API Key or other form of API "
                             "consumer identity to call this API.")
 
+    def bad_key(self, api_key: str, headers: dict[str, str] | None = None) -> web.Response:
+        return google_error(400, "API key not valid. Please pass a valid API key.", [
+            {"@type": ERROR_INFO, "reason": "API_KEY_INVALID", "domain": "googleapis.com",
+             "metadata": {"service": "generativelanguage.googleapis.com"}}], headers=headers)
+
     def invalid(self, message: str) -> web.Response:
         return google_error(400, message)
+
+    def unsupported(self, model: str, feature: str) -> web.Response:
+        return google_error(400, f"{feature} is not supported by models/{model}.")
 
     def unknown_model(self, model: str) -> web.Response:
         return google_error(404, f"models/{model} is not found for API version v1beta, or is "
@@ -91,10 +106,7 @@ class GeminiShape(NativeShape):
         if plan.outcome is Outcome.MALFORMED:
             return truncated_json(generate_body(plan), headers)
         if plan.outcome is Outcome.UNAUTHORIZED:
-            return google_error(400, "API key not valid. Please pass a valid API key.", [
-                {"@type": ERROR_INFO, "reason": "API_KEY_INVALID", "domain": "googleapis.com",
-                 "metadata": {"service": "generativelanguage.googleapis.com"}}],
-                headers=headers)
+            return self.bad_key("", headers)
         if plan.outcome is Outcome.RATE_LIMITED:
             retry = retry_seconds(plan.retry_after_s or 0.0)
             return google_error(
@@ -119,10 +131,21 @@ class GeminiShape(NativeShape):
     async def stream(self, stream: PacedStream) -> None:
         plan = stream.plan
         response_id = plan.call_id.partition("-")[2]
-        async for piece, last in stream.pieces():
-            finish = {"finishReason": _FINISH_REASONS[plan.finish_reason]} if last else {}
-            candidate = {"content": {"parts": [{"text": piece}], "role": "model"}, **finish,
-                         "index": 0}
+        # Gemini sends a functionCall whole, at its start: no argument fragments.
+        steps = [s for s in stream_steps(plan.choices) if s.arguments is None]
+        last_of = {step.choice: i for i, step in enumerate(steps)}
+        position = 0
+        async for step, last in stream.paced(steps):
+            position += 1
+            if step.start is not None:
+                part = {"functionCall": _call_json(step.start)}
+            else:
+                part = {"text": step.text}
+            choice = plan.choices[step.choice]
+            finish = ({"finishReason": _FINISH_REASONS[choice.finish_reason]}
+                      if last_of[step.choice] == position - 1 else {})
+            candidate = {"content": {"parts": [part], "role": "model"}, **finish,
+                         "index": step.choice}
             await stream.send(sse({"candidates": [candidate],
                                    "usageMetadata": usage_metadata(plan, final=last),
                                    "modelVersion": plan.model, "responseId": response_id}))
@@ -134,54 +157,29 @@ def sse(body: dict[str, Any]) -> str:
     return f"data: {json.dumps(body)}\r\n\r\n"
 
 
-def parse_generate_request(body: dict[str, Any], model: str, stream: bool = False) -> ChatRequest:
-    raw_contents = body.get("contents")
-    if not isinstance(raw_contents, list) or not raw_contents:
-        raise InvalidRequest("* GenerateContentRequest.contents: contents is not specified")
-    messages = []
-    system = body.get("systemInstruction", body.get("system_instruction"))
-    if system is not None:
-        messages.append(Message("system", _parts_text(system, "system_instruction")))
-    for i, raw in enumerate(raw_contents):
-        role = raw.get("role", "user") if isinstance(raw, dict) else None
-        if role not in _ROLES:
-            raise InvalidRequest(f"* GenerateContentRequest.contents[{i}].role: Please use a "
-                                 f"valid role: user, model.")
-        messages.append(Message(_ROLES[role], _parts_text(raw, f"contents[{i}]")))
-    config = body.get("generationConfig", body.get("generation_config")) or {}
-    if not isinstance(config, dict):
-        raise InvalidRequest("Invalid value at 'generation_config': expected an object")
-    max_tokens = config.get("maxOutputTokens", config.get("max_output_tokens"))
-    if max_tokens is not None and (isinstance(max_tokens, bool)
-                                   or not isinstance(max_tokens, int) or max_tokens < 1):
-        raise InvalidRequest(f"* GenerateContentRequest.generation_config.max_output_tokens: "
-                             f"must be a positive integer, got {max_tokens!r}")
-    temperature = config.get("temperature")
-    if temperature is not None and (isinstance(temperature, bool)
-                                    or not isinstance(temperature, (int, float))
-                                    or not 0 <= temperature <= 2):
-        raise InvalidRequest("* GenerateContentRequest.generation_config.temperature: "
-                             "temperature must be between 0 and 2")
-    return ChatRequest(model, tuple(messages), max_tokens, stream)
-
-
-def _parts_text(content: Any, where: str) -> str:
-    parts = content.get("parts") if isinstance(content, dict) else None
-    if not isinstance(parts, list) or not parts:
-        raise InvalidRequest(f"* GenerateContentRequest.{where}.parts: contents.parts must "
-                             f"not be empty.")
-    return "".join(part.get("text", "") for part in parts if isinstance(part, dict))
-
-
 def generate_body(plan: CallPlan) -> dict[str, Any]:
     return {
-        "candidates": [{"content": {"parts": [{"text": plan.content}], "role": "model"},
-                        "finishReason": _FINISH_REASONS[plan.finish_reason],
-                        "index": 0}],
+        "candidates": [{"content": {"parts": _parts(c), "role": "model"},
+                        "finishReason": _FINISH_REASONS[c.finish_reason], "index": i}
+                       for i, c in enumerate(plan.choices)],
         "usageMetadata": usage_metadata(plan),
         "modelVersion": plan.model,
         "responseId": plan.call_id.partition("-")[2],
     }
+
+
+def _parts(choice: Choice) -> list[dict[str, Any]]:
+    if not choice.tool_calls:
+        return [{"text": choice.content or ""}]
+    return [{"functionCall": _call_json(call)} for call in choice.tool_calls]
+
+
+def _call_json(call: Any) -> dict[str, Any]:
+    try:
+        args = json.loads(call.arguments)
+    except ValueError:                     # cut by max_tokens
+        args = {}
+    return {"name": call.name, "args": args}
 
 
 def usage_metadata(plan: CallPlan, final: bool = True) -> dict[str, Any]:

@@ -1,7 +1,10 @@
-"""OpenAI chat completions (``POST /v1/chat/completions``, ``GET /v1/models``) over the
-simulator's core: request parsing, bodies, usage and OpenAI's error shape, and streamed
-answers (``"stream": true``) as ``chat.completion.chunk`` events ending in ``[DONE]``,
-with a usage chunk before it when ``stream_options.include_usage`` asks for one."""
+"""OpenAI chat completions (``POST /v1/chat/completions``) over the simulator's core:
+bodies with every choice (text, tool calls, logprobs), usage counting all choices,
+OpenAI's error shape, and streamed answers (``"stream": true``) as
+``chat.completion.chunk`` events ending in ``[DONE]``, with a usage chunk before it when
+``stream_options.include_usage`` asks for one. Tool calls stream as OpenAI streams them:
+a ``delta.tool_calls`` entry with the id, name and empty arguments, then the arguments in
+fragments. The request is read in openai_request.py."""
 
 from __future__ import annotations
 
@@ -14,10 +17,13 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.simulator.core import (_ROLES, CLIENT_CLOSED, DRAWN_LATENCY_HEADER, LATENCY_HEADER,
-                                     NO_MODEL, CallPlan, ChatRequest, ClientGone, InvalidRequest,
-                                     Message, Outcome, Simulator, bearer_key, json_body,
-                                     key_fingerprint, masked_key, retry_seconds, truncated_json)
+from pipeline.simulator.answers import Step, stream_steps, token_logprobs
+from pipeline.simulator.chat import Choice
+from pipeline.simulator.core import (CLIENT_CLOSED, DRAWN_LATENCY_HEADER, LATENCY_HEADER, NO_MODEL,
+                                     CallPlan, ClientGone, InvalidRequest, Outcome, Simulator,
+                                     bearer_key, json_body, key_fingerprint, masked_key,
+                                     retry_seconds, truncated_json)
+from pipeline.simulator.openai_request import parse_chat_request
 from pipeline.simulator.shape import STREAMED, PacedStream
 
 log = logging.getLogger("llmpipe.simulator")
@@ -25,9 +31,7 @@ log = logging.getLogger("llmpipe.simulator")
 
 
 def openai_routes(sim: Simulator) -> list[web.RouteDef]:
-    shape = OpenAIShape(sim)
-    return [web.post("/v1/chat/completions", shape.chat_completions),
-            web.get("/v1/models", shape.list_models)]
+    return [web.post("/v1/chat/completions", OpenAIShape(sim).chat_completions)]
 
 
 def openai_error(status: int, message: str, kind: str, code: str | None = None,
@@ -39,13 +43,6 @@ def openai_error(status: int, message: str, kind: str, code: str | None = None,
 class OpenAIShape:
     def __init__(self, sim: Simulator):
         self.sim = sim
-
-    async def list_models(self, request: web.Request) -> web.Response:
-        if bearer_key(request) is None:
-            return missing_key()
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "llmpipe-simulator"}
-                for name in self.sim.config.model_names()]
-        return web.json_response({"object": "list", "data": data})
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         api_key = bearer_key(request)
@@ -63,8 +60,9 @@ class OpenAIShape:
 
     async def _answer(self, request: web.Request, api_key: str | None, fingerprint: str,
                       body: Any) -> web.StreamResponse:
-        if api_key is None:
-            return missing_key()
+        refused = key_refusal(self.sim, api_key)
+        if refused is not None:
+            return refused
         if not isinstance(body, dict):
             return openai_error(400, "We could not parse the JSON body of your request. "
                                 "(The OpenAI API expects a JSON payload.)", "invalid_request_error")
@@ -72,10 +70,15 @@ class OpenAIShape:
             chat, include_usage = parse_chat_request(body)
         except InvalidRequest as exc:
             return openai_error(400, exc.message, "invalid_request_error", param=exc.param)
-        if self.sim.config.profile(chat.model) is None:
-            return openai_error(
-                404, f"The model `{chat.model}` does not exist or you do not have access to it.",
-                "invalid_request_error", code="model_not_found")
+        profile = self.sim.config.profile(chat.model)
+        if profile is None:
+            return unknown_model(chat.model)
+        if profile.kind != "chat":
+            return openai_error(404, "This is not a chat model and thus not supported in the "
+                                "v1/chat/completions endpoint.", "invalid_request_error",
+                                param="model")
+        for feature in sorted(chat.features - profile.features):
+            return unsupported(chat.model, feature)
 
         plan = self.sim.plan(chat, fingerprint)
         log.debug("sim.call model=%s key=%s call=%d outcome=%s status=%d latency_ms=%d",
@@ -103,10 +106,7 @@ class OpenAIShape:
         if plan.outcome is Outcome.MALFORMED:
             return truncated_json(completion_body(plan), headers)
         if plan.outcome is Outcome.UNAUTHORIZED:
-            # Like OpenAI: the key masked but for its head and last four characters.
-            return openai_error(401, f"Incorrect API key provided: {masked_key(api_key)}. You can "
-                                "find your API key at https://platform.openai.com/account/api-keys.",
-                                "invalid_request_error", code="invalid_api_key", headers=headers)
+            return bad_key(api_key, headers)
         if plan.outcome is Outcome.RATE_LIMITED:
             retry = plan.retry_after_s or 0.0
             headers = {**headers, "retry-after": retry_seconds(retry),
@@ -132,80 +132,63 @@ class OpenAIShape:
 
 
 async def stream_events(stream: PacedStream, include_usage: bool) -> None:
-    """A role chunk, a chunk per piece, the finish, then usage (if asked) and ``[DONE]``."""
+    """A role chunk per choice, a chunk per step (text piece, tool call start, arguments
+    fragment), each choice's finish, then usage (if asked) and ``[DONE]``."""
     plan = stream.plan
     base = {"id": plan.call_id, "object": "chat.completion.chunk", "created": int(time.time()),
             "model": plan.model, "system_fingerprint": "fp_simulator"}
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-        body = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None,
+              logprobs: Any = None) -> str:
+        body = {**base, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
                                      "finish_reason": finish}]}
         if include_usage:
             body["usage"] = None
         return f"data: {json.dumps(body)}\n\n"
 
-    await stream.send(chunk({"role": "assistant", "content": "", "refusal": None}))
-    async for piece, _ in stream.pieces():
-        await stream.send(chunk({"content": piece}))
-    finish = chunk({}, plan.finish_reason)
+    logprobs = [choice_logprobs(plan, i, c) for i, c in enumerate(plan.choices)]
+    sent = [0] * len(plan.choices)
+    for index, choice in enumerate(plan.choices):
+        await stream.send(chunk(index, {"role": "assistant",
+                                        "content": None if choice.tool_calls else "",
+                                        "refusal": None}))
+    async for step, _ in stream.paced(stream_steps(plan.choices)):
+        await stream.send(chunk(step.choice, _delta(step),
+                                logprobs=_piece_logprobs(logprobs[step.choice], sent, step)))
+    finishes = [chunk(i, {}, c.finish_reason) for i, c in enumerate(plan.choices)]
     if stream.cut:
-        return await stream.cut_short(finish)
-    await stream.send(finish)
+        return await stream.cut_short(finishes[0])
+    for finish in finishes:
+        await stream.send(finish)
     if include_usage:
         final = {**base, "choices": [], "usage": usage_body(plan)}
         await stream.send(f"data: {json.dumps(final)}\n\n")
     await stream.send("data: [DONE]\n\n")
 
 
-def parse_chat_request(body: dict[str, Any]) -> tuple[ChatRequest, bool]:
-    """The OpenAI request body as a ChatRequest, plus whether a stream should end with usage."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("you must provide a model parameter", "model")
-    raw_messages = body.get("messages")
-    if not isinstance(raw_messages, list) or not raw_messages:
-        raise InvalidRequest("'messages' must be a non-empty array", "messages")
-    messages = []
-    for i, raw in enumerate(raw_messages):
-        if not isinstance(raw, dict) or raw.get("role") not in _ROLES:
-            raise InvalidRequest(f"Invalid value for 'messages[{i}].role': expected one of "
-                                 f"{sorted(_ROLES)}.", f"messages.[{i}].role")
-        messages.append(Message(raw["role"], _content_text(raw.get("content"), i)))
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
-                                   or max_tokens < 1):
-        raise InvalidRequest(f"Invalid 'max_tokens': integer below minimum value. Expected a "
-                             f"value >= 1, but got {max_tokens!r} instead.", "max_tokens")
-    temperature = body.get("temperature")
-    if temperature is not None and (isinstance(temperature, bool)
-                                    or not isinstance(temperature, (int, float))
-                                    or not 0 <= temperature <= 2):
-        raise InvalidRequest(f"Invalid 'temperature': expected a number 0..2, got "
-                             f"{temperature!r}.", "temperature")
-    stream = body.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise InvalidRequest("Invalid 'stream': expected a boolean.", "stream")
-    options = body.get("stream_options")
-    if options is not None:
-        if not stream:
-            raise InvalidRequest("The 'stream_options' parameter is only allowed when 'stream' "
-                                 "is enabled.", "stream_options")
-        if not isinstance(options, dict):
-            raise InvalidRequest("Invalid 'stream_options': expected an object.", "stream_options")
-    include_usage = bool((options or {}).get("include_usage", False))
-    return ChatRequest(model, tuple(messages), max_tokens, stream), include_usage
+def _delta(step: Step) -> dict[str, Any]:
+    if step.start is not None:
+        return {"tool_calls": [{"index": step.call, "id": step.start.id, "type": "function",
+                                "function": {"name": step.start.name, "arguments": ""}}]}
+    if step.arguments is not None:
+        return {"tool_calls": [{"index": step.call, "function": {"arguments": step.arguments}}]}
+    return {"content": step.text}
 
 
-def _content_text(content: Any, index: int) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content
-                       if isinstance(part, dict) and part.get("type") == "text")
-    raise InvalidRequest(f"Invalid type for 'messages[{index}].content': expected a string or "
-                         f"an array of content parts.", f"messages.[{index}].content")
+def _piece_logprobs(whole: dict[str, Any] | None, sent: list[int], step: Step) -> Any:
+    """The logprobs of the step's text piece (None when not asked or not text)."""
+    if whole is None or step.text is None:
+        return None
+    position = sent[step.choice]
+    sent[step.choice] += 1
+    return {"content": whole["content"][position:position + 1], "refusal": None}
+
+
+def choice_logprobs(plan: CallPlan, index: int, choice: Choice) -> dict[str, Any] | None:
+    if plan.top_logprobs is None:
+        return None
+    return {"content": token_logprobs(choice.content or "", plan.top_logprobs,
+                                      f"{plan.call_id}:{index}"), "refusal": None}
 
 
 def completion_body(plan: CallPlan) -> dict[str, Any]:
@@ -214,13 +197,21 @@ def completion_body(plan: CallPlan) -> dict[str, Any]:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": plan.model,
-        "choices": [{"index": 0,
-                     "message": {"role": "assistant", "content": plan.content, "refusal": None},
-                     "logprobs": None,
-                     "finish_reason": plan.finish_reason}],
+        "choices": [{"index": i, "message": _message(c),
+                     "logprobs": choice_logprobs(plan, i, c),
+                     "finish_reason": c.finish_reason} for i, c in enumerate(plan.choices)],
         "usage": usage_body(plan),
         "system_fingerprint": "fp_simulator",
     }
+
+
+def _message(choice: Choice) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": choice.content, "refusal": None}
+    if choice.tool_calls:
+        message["tool_calls"] = [{"id": c.id, "type": "function",
+                                  "function": {"name": c.name, "arguments": c.arguments}}
+                                 for c in choice.tool_calls]
+    return message
 
 
 def usage_body(plan: CallPlan) -> dict[str, Any]:
@@ -249,3 +240,44 @@ def missing_key() -> web.Response:
     return openai_error(401, "You didn't provide an API key. You need to provide your API key "
                         "in an Authorization header using Bearer auth (i.e. Authorization: "
                         "Bearer YOUR_KEY).", "invalid_request_error", code="invalid_api_key")
+
+
+def unknown_model(model: str) -> web.Response:
+    return openai_error(404, f"The model `{model}` does not exist or you do not have access to "
+                        f"it.", "invalid_request_error", code="model_not_found")
+
+
+def bad_key(api_key: str | None, headers: dict[str, str] | None = None) -> web.Response:
+    # Like OpenAI: the key masked but for its head and last four characters.
+    return openai_error(401, f"Incorrect API key provided: {masked_key(api_key)}. You can find "
+                        "your API key at https://platform.openai.com/account/api-keys.",
+                        "invalid_request_error", code="invalid_api_key", headers=headers)
+
+
+def key_refusal(sim: Simulator, api_key: str | None) -> web.Response | None:
+    """The 401 for a missing key or one the simulator was not configured with, else None."""
+    if api_key is None:
+        return missing_key()
+    return None if sim.config.accepts_key(api_key) else bad_key(api_key)
+
+
+_UNSUPPORTED = {
+    "vision": ("Invalid content type. image_url is only supported by certain models.",
+               "messages", None),
+    "tools": ("Unsupported parameter: 'tools' is not supported with this model.", "tools",
+              "unsupported_parameter"),
+    "json_object": ("Invalid parameter: 'response_format' of type 'json_object' is not "
+                    "supported with this model.", "response_format", None),
+    "json_schema": ("Invalid parameter: 'response_format' of type 'json_schema' is not "
+                    "supported with this model.", "response_format", None),
+    "n": ("Unsupported value: 'n' does not support values other than 1 with this model.", "n",
+          "unsupported_value"),
+    "logprobs": ("Unsupported parameter: 'logprobs' is not supported with this model.",
+                 "logprobs", "unsupported_parameter"),
+}
+
+
+def unsupported(model: str, feature: str) -> web.Response:
+    message, param, code = _UNSUPPORTED[feature]
+    return openai_error(400, f"{message} (model: {model})", "invalid_request_error", code=code,
+                        param=param)

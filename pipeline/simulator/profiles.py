@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from pipeline.config import ConfigError, Section, config_path, load_yaml
+from pipeline.simulator.chat import FEATURES
 
 ANY_MODEL = "*"
 _Z99 = NormalDist().inv_cdf(0.99)
@@ -28,6 +29,10 @@ class ModelProfile:
     error_rate: float              # fraction of calls answered 500 when base errors are on
     context_window: int
     max_output_tokens: int
+    # What the model can be asked for beyond text (chat.FEATURES); absent in the YAML: all.
+    features: frozenset[str] = FEATURES
+    kind: str = "chat"             # chat | embedding
+    dimensions: int | None = None  # embedding models: the vector's length
 
     def lognormal(self) -> tuple[float, float]:
         """(mu, sigma) of the lognormal latency with this profile's mean and P99."""
@@ -206,11 +211,15 @@ class SimulatorConfig:
     latency_scale: float = 1.0           # multiplies every sampled latency (0.01 for tests)
     fixed_latency_ms: float | None = None  # replaces sampling (benchmarks)
     base_errors: bool = True             # profile error rates yield 500s
+    # The API keys answered; empty: any non-empty key (what the dev stack relies on).
+    api_keys: frozenset[str] = frozenset()
+    max_body_bytes: int = 64 * 2**20     # a 1M-token prompt is ~4 MB of JSON
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "profiles", MappingProxyType(dict(self.profiles)))
         object.__setattr__(self, "aliases", MappingProxyType(dict(self.aliases)))
         object.__setattr__(self, "faults", MappingProxyType(dict(self.faults)))
+        object.__setattr__(self, "api_keys", frozenset(self.api_keys))
         if not _is_number(self.latency_scale) or self.latency_scale < 0:
             raise ValueError(f"latency_scale must be >= 0, got {self.latency_scale!r}")
         if self.fixed_latency_ms is not None and (
@@ -226,6 +235,10 @@ class SimulatorConfig:
 
     def model_names(self) -> list[str]:
         return sorted(set(self.profiles) | set(self.aliases))
+
+    def accepts_key(self, api_key: str | None) -> bool:
+        """A key the simulator answers: any non-empty one unless keys are configured."""
+        return bool(api_key) and (not self.api_keys or api_key in self.api_keys)
 
 
 def load_config(path: Path | None = None, **options: Any) -> SimulatorConfig:
@@ -256,6 +269,10 @@ def load_config(path: Path | None = None, **options: Any) -> SimulatorConfig:
     unknown = set(options) - {f.name for f in fields(SimulatorConfig)}
     if unknown:
         raise TypeError(f"unknown simulator options {sorted(unknown)}")
+    keys = root.raw("keys", []) or []
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        raise ConfigError(path, "keys", "a list of API keys (strings)", keys)
+    options = {**options, "api_keys": frozenset(keys) | frozenset(options.get("api_keys", ()))}
     values: dict[str, Any] = {"faults": faults, **options}
     return SimulatorConfig(profiles=profiles, aliases=aliases, completion_tokens=completion,
                            prompt_cache=cache_rule, **values)
@@ -271,7 +288,14 @@ def _profile(path: Path, name: str, s: Section) -> ModelProfile:
         error_rate=s.number("error_rate"),
         context_window=s.int("context_window", minimum=1),
         max_output_tokens=s.int("max_output_tokens", minimum=1),
+        features=_features(path, s),
+        kind=s.str("kind", "chat"),
+        dimensions=s.int("dimensions", minimum=1) if s.has("dimensions") else None,
     )
+    if profile.kind not in ("chat", "embedding"):
+        raise ConfigError(path, f"{s.key}.kind", "chat or embedding", profile.kind)
+    if profile.kind == "embedding" and profile.dimensions is None:
+        raise ConfigError(path, f"{s.key}.dimensions", "the vector length of an embedding model")
     if not 0 <= profile.error_rate <= 1:
         raise ConfigError(path, f"{s.key}.error_rate", "a fraction 0..1", profile.error_rate)
     try:
@@ -285,6 +309,15 @@ def _profile(path: Path, name: str, s: Section) -> ModelProfile:
         raise ConfigError(path, f"{s.key}.max_output_tokens", "at most context_window",
                           profile.max_output_tokens)
     return profile
+
+
+def _features(path: Path, s: Section) -> frozenset[str]:
+    if not s.has("features"):
+        return FEATURES
+    listed = s.raw("features")
+    if not isinstance(listed, list) or not set(listed) <= FEATURES:
+        raise ConfigError(path, f"{s.key}.features", f"a list of {sorted(FEATURES)}", listed)
+    return frozenset(listed)
 
 
 def _positive(path: Path, s: Section, name: str) -> float:

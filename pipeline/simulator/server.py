@@ -1,8 +1,11 @@
 """The provider simulator's HTTP server: answers on loopback like an LLM provider so the
 dev stack, integration tests and benchmarks run without keys or network. It mounts the
 wire shapes — OpenAI chat completions (openai.py), Anthropic Messages (anthropic.py),
-Gemini generateContent (gemini.py), both Batch APIs (batches.py) — over one core
-(core.py), plus ``/_sim/*``, the control plane tests use (faults, stats, reset)."""
+Gemini generateContent (gemini.py), both Batch APIs (batches.py), embeddings
+(embeddings.py), the model catalogs (models.py) — over one core (core.py), plus
+``/_sim/*``, the control plane tests use (faults, stats, reset). An unknown route, a wrong
+method or a body over the size limit is a JSON error in the provider's shape the request
+looks like (Gemini by path or key, Anthropic by its headers, else OpenAI)."""
 
 from __future__ import annotations
 
@@ -13,11 +16,13 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from pipeline.config import ConfigError
-from pipeline.simulator.anthropic import anthropic_routes
+from pipeline.simulator.anthropic import anthropic_error, anthropic_routes
 from pipeline.simulator.batches import batch_routes
-from pipeline.simulator.core import LATENCY_HEADER, MAX_BODY_BYTES, Simulator
-from pipeline.simulator.gemini import gemini_routes
-from pipeline.simulator.openai import openai_routes
+from pipeline.simulator.core import LATENCY_HEADER, Simulator
+from pipeline.simulator.embeddings import embedding_routes
+from pipeline.simulator.gemini import gemini_routes, google_error
+from pipeline.simulator.models import is_anthropic, is_google, models_routes
+from pipeline.simulator.openai import openai_error, openai_routes
 from pipeline.simulator.profiles import SimulatorConfig, parse_faults
 
 log = logging.getLogger("llmpipe.simulator")
@@ -85,11 +90,42 @@ async def _latency_header(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Routing and size refusals as the provider's JSON error, never aiohttp's plain text."""
+    try:
+        return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed, web.HTTPRequestEntityTooLarge) as exc:
+        return route_error(request, exc.status)
+
+
+def route_error(request: web.Request, status: int) -> web.Response:
+    route = f"{request.method} {request.path}"
+    if status == 413:
+        limit = request.app[SIMULATOR].config.max_body_bytes
+        message = f"Request body too large: the limit is {limit} bytes."
+    elif status == 405:
+        message = f"Invalid method for URL ({route})"
+    else:
+        message = f"Invalid URL ({route})"
+    if is_google(request):
+        return google_error(status, message)
+    if is_anthropic(request):
+        kind = {404: "not_found_error", 413: "request_too_large"}.get(status,
+                                                                      "invalid_request_error")
+        return anthropic_error(status, kind, message)
+    code = {413: "request_too_large", 405: "method_not_allowed"}.get(status)
+    return openai_error(status, message, "invalid_request_error", code=code)
+
+
 def build_app(config: SimulatorConfig) -> web.Application:
     sim = Simulator(config)
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_latency_header])
+    app = web.Application(client_max_size=config.max_body_bytes,
+                          middlewares=[_latency_header, _json_errors])
     app[SIMULATOR] = sim
     app.add_routes(openai_routes(sim))
+    app.add_routes(models_routes(sim))
+    app.add_routes(embedding_routes(sim))
     app.add_routes(anthropic_routes(sim))
     app.add_routes(gemini_routes(sim))
     app.add_routes(batch_routes(sim))        # OpenAI files+batches, Anthropic message batches

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from pipeline.simulator.core import (CLIENT_CLOSED, DRAWN_LATENCY_HEADER, LATENCY_HEADER,
                                      NO_MODEL, CallPlan, ChatRequest, ClientGone, InvalidRequest,
-                                     Outcome, Simulator, json_body, key_fingerprint,
-                                     stream_pieces)
+                                     Outcome, Simulator, json_body, key_fingerprint)
+from pipeline.simulator.text import stream_pieces
+
+T = TypeVar("T")
 
 log = logging.getLogger("llmpipe.simulator")
 
@@ -63,16 +65,21 @@ class PacedStream:
     async def pieces(self) -> AsyncIterator[tuple[str, bool]]:
         """(piece, whether it is the answer's last) at each piece's time; an empty answer
         is one empty piece, so every stream has a last one to carry the finish."""
-        pieces = stream_pieces(self.plan.content) or [""]
+        async for piece, last in self.paced(stream_pieces(self.plan.content) or [""]):
+            yield piece, last
+
+    async def paced(self, items: Sequence[T]) -> AsyncIterator[tuple[T, bool]]:
+        """Each item (a piece, a step of several choices or tool calls) at its time, with
+        whether it is the last; a cut stream stops half-way."""
         gap_s = (max(self.plan.latency_ms - self.plan.ttft_ms, 0.0) / 1000
-                 / max(len(pieces) - 1, 1))
-        sent = pieces[:len(pieces) // 2] if self.cut else pieces
-        for i, piece in enumerate(sent):
+                 / max(len(items) - 1, 1))
+        sent = items[:len(items) // 2] if self.cut else items
+        for i, item in enumerate(sent):
             # Paced against deadlines so many tiny gaps still add up to the planned total.
             delay = self._first_s + i * gap_s - self._loop.time()
             if delay > 0.001:
                 await asyncio.sleep(delay)
-            yield piece, i == len(pieces) - 1
+            yield item, i == len(items) - 1
 
     async def cut_short(self, event: str) -> None:
         """Half of ``event``: where the connection dropped."""
@@ -104,6 +111,14 @@ class NativeShape:
 
     def missing_key(self) -> web.Response:
         raise NotImplementedError
+
+    def bad_key(self, api_key: str) -> web.Response:
+        """A key the simulator was not configured with (a fault's 401 renders the same)."""
+        raise NotImplementedError
+
+    def unsupported(self, model: str, feature: str) -> web.Response:
+        """The model cannot do ``feature`` (vision, tools, n...): the provider's 400."""
+        return self.invalid(f"{model} does not support {feature}")
 
     def invalid(self, message: str) -> web.Response:
         raise NotImplementedError
@@ -142,14 +157,19 @@ class NativeShape:
                       body: Any, model: str | None) -> web.StreamResponse:
         if api_key is None:
             return self.missing_key()
+        if not self.sim.config.accepts_key(api_key):
+            return self.bad_key(api_key)
         if not isinstance(body, dict):
             return self.invalid("The request body is not valid JSON.")
         try:
             chat = self.parse(request, body, model)
         except InvalidRequest as exc:
             return self.invalid(exc.message)
-        if self.sim.config.profile(chat.model) is None:
+        profile = self.sim.config.profile(chat.model)
+        if profile is None or profile.kind != "chat":
             return self.unknown_model(chat.model)
+        for feature in sorted(chat.features - profile.features):
+            return self.unsupported(chat.model, feature)
 
         plan = self.sim.plan(chat, fingerprint)
         log.debug("sim.call shape=%s model=%s key=%s call=%d outcome=%s status=%d "
