@@ -8,11 +8,12 @@ every step that reads text reads it the same way."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 from pipeline.events.models import IMAGE_URL, TEXT, ChatMessage, ContentPart, ToolCall
-from pipeline.gateway.fields import BadRequest, absent, known_keys, obj, one_of, string
+from pipeline.gateway.fields import BadRequest, absent, known_keys, name, obj, one_of, string
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 DETAILS = ("auto", "low", "high")
@@ -49,12 +50,12 @@ def parse_messages(raw: Any) -> list[ChatMessage]:
                 hint = "; use tool_calls" if key == "function_call" else ""
                 raise BadRequest(f"{at}.{key} is not supported by this gateway{hint}",
                                  f"{at}.{key}")
-        name = string(m.get("name"), f"{at}.name", optional=True)
+        speaker = string(m.get("name"), f"{at}.name", optional=True)
         calls = _tool_calls(m.get("tool_calls"), at, role)
         call_id = _tool_call_id(m, at, role, call_ids)
         call_ids.update(c.id for c in calls)
         content, parts = _content(m, at, role, bool(calls))
-        out.append(ChatMessage(role, content, name, parts, calls, call_id))
+        out.append(ChatMessage(role, content, speaker, parts, calls, call_id))
     return out
 
 
@@ -126,11 +127,26 @@ def _tool_calls(raw: Any, at: str, role: str) -> list[ToolCall]:
         known_keys(c, where, {"id", "type", "function"})
         function = obj(c.get("function"), f"{where}.function")
         known_keys(function, f"{where}.function", {"name", "arguments"})
-        calls.append(ToolCall(id=string(c.get("id"), f"{where}.id") or "",
-                              name=string(function.get("name"), f"{where}.function.name") or "",
-                              arguments=string(function.get("arguments"),
-                                               f"{where}.function.arguments") or ""))
+        call_id = string(c.get("id"), f"{where}.id")
+        if not call_id:
+            raise BadRequest(f"{where}.id must not be empty", f"{where}.id")
+        calls.append(ToolCall(id=call_id, name=name(function.get("name"),
+                                                    f"{where}.function.name"),
+                              arguments=_arguments(function.get("arguments"),
+                                                   f"{where}.function.arguments")))
     return calls
+
+
+def _arguments(raw: Any, param: str) -> str:
+    """A call's arguments as the model wrote them: JSON text (providers other than
+    OpenAI take them as an object)."""
+    text = string(raw, param)
+    assert text is not None
+    try:
+        json.loads(text)
+    except ValueError as exc:
+        raise BadRequest(f"{param} must be JSON text: {exc}", param) from None
+    return text
 
 
 def _tool_call_id(m: dict[str, Any], at: str, role: str, made: set[str]) -> str | None:

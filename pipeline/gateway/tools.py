@@ -11,17 +11,16 @@ from pipeline.events.models import ResponseFormat, Tool, ToolChoice
 from pipeline.gateway.fields import (BadRequest, absent, boolean, known_keys, name, obj, one_of,
                                      string)
 
-MAX_TOOLS = 128                     # OpenAI's own limit
 CHOICE_MODES = ("none", "auto", "required")
 
 
-def parse_tools(raw: Any) -> list[Tool]:
+def parse_tools(raw: Any, max_tools: int) -> list[Tool]:
     if absent(raw):
         return []
     if not isinstance(raw, list):
         raise BadRequest("tools must be an array of function tools", "tools")
-    if len(raw) > MAX_TOOLS:
-        raise BadRequest(f"tools holds {len(raw)} tools; at most {MAX_TOOLS} are accepted",
+    if len(raw) > max_tools:
+        raise BadRequest(f"tools holds {len(raw)} tools; at most {max_tools} are accepted",
                          "tools")
     tools: list[Tool] = []
     for i, t in enumerate(raw):
@@ -52,8 +51,9 @@ def parse_tool_choice(raw: Any, tools: list[Tool]) -> ToolChoice | None:
         return None
     if isinstance(raw, str):
         mode = one_of(raw, "tool_choice", CHOICE_MODES)
-        if mode == "required" and not tools:
-            raise BadRequest("tool_choice 'required' needs tools", "tool_choice")
+        if mode != "none" and not tools:
+            raise BadRequest(f"tool_choice {mode!r} is only allowed when tools are given",
+                             "tool_choice")
         return ToolChoice(mode)
     choice = obj(raw, "tool_choice")
     if choice.get("type") != "function":

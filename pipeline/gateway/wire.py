@@ -18,12 +18,12 @@ from pipeline.gateway import fields
 from pipeline.gateway.fields import BadRequest, absent, number
 from pipeline.gateway.messages import parse_messages
 from pipeline.gateway.tools import parse_response_format, parse_tool_choice, parse_tools
+from pipeline.intake.validation import RequestBounds
 
 
 # The model name that lets the router choose.
 AUTO = "auto"
 DEFAULT_PRIORITY = "interactive"        # an HTTP caller is waiting: no batch window
-MAX_CHOICES = 8                         # n: each choice is a whole answer, billed
 MAX_TOP_LOGPROBS = 20                   # OpenAI's own bound
 
 # The top-level fields of a chat body, in three lists; any other field is a 400 naming it
@@ -67,7 +67,11 @@ class Chat:
     include_usage: bool
 
 
-def parse_chat(body: Any, tenant: str, *, reply_topic: str, chunk_topic: str) -> Chat:
+def parse_chat(body: Any, tenant: str, *, reply_topic: str, chunk_topic: str,
+               bounds: RequestBounds = RequestBounds()) -> Chat:
+    """``body`` as a Request of ``tenant``; BadRequest naming the first field that is wrong.
+    ``bounds`` (intake's) limit n and the number of tools; intake's ``check_request``
+    checks the rest of them after."""
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     for key in body:
@@ -94,11 +98,11 @@ def parse_chat(body: Any, tenant: str, *, reply_topic: str, chunk_topic: str) ->
         raise BadRequest("metadata must be an object of strings", "metadata")
     user = fields.string(body.get("user"), "user", optional=True)
     safety_id = fields.string(body.get("safety_identifier"), "safety_identifier", optional=True)
-    params = _params(body)
+    params = _params(body, bounds)
     if stream and params.n > 1:
         raise BadRequest(f"n={params.n} cannot be streamed: this gateway streams one choice; "
                          "ask for n=1 or set stream to false", "n")
-    tools = parse_tools(body.get("tools"))
+    tools = parse_tools(body.get("tools"), bounds.max_tools)
     request = Request(
         request_id=str(uuid.uuid4()), tenant=tenant, messages=parse_messages(body.get("messages")),
         team=ours.get("team"), end_user=user if user is not None else safety_id,
@@ -111,20 +115,27 @@ def parse_chat(body: Any, tenant: str, *, reply_topic: str, chunk_topic: str) ->
         reply_topic=reply_topic, metadata=dict(metadata), stream=stream,
         chunk_topic=chunk_topic if stream else None,
         tools=tools, tool_choice=parse_tool_choice(body.get("tool_choice"), tools),
-        parallel_tool_calls=fields.boolean(body.get("parallel_tool_calls"),
-                                           "parallel_tool_calls"),
+        parallel_tool_calls=_parallel(body.get("parallel_tool_calls"), tools),
         response_format=parse_response_format(body.get("response_format")))
     return Chat(request, stream, include_usage)
 
 
-def _params(body: dict) -> GenerationParams:
+def _parallel(raw: Any, tools: list) -> bool | None:
+    parallel = fields.boolean(raw, "parallel_tool_calls")
+    if parallel is not None and not tools:
+        raise BadRequest("parallel_tool_calls is only allowed when tools are given",
+                         "parallel_tool_calls")
+    return parallel
+
+
+def _params(body: dict, bounds: RequestBounds) -> GenerationParams:
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
     if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)):
         raise BadRequest("stop must be a string or an array of strings", "stop")
-    n = number(body.get("n"), "n", int, low=1, high=MAX_CHOICES)
+    n = number(body.get("n"), "n", int, low=1, high=bounds.max_choices)
     logprobs = bool(fields.boolean(body.get("logprobs"), "logprobs"))
     top = number(body.get("top_logprobs"), "top_logprobs", int, low=0, high=MAX_TOP_LOGPROBS)
     if top is not None and not logprobs:

@@ -12,13 +12,15 @@ from pipeline.events.models import (ErrorInfo, Response, ResponseFormat, TenantP
                                     ToolChoice)
 from pipeline.gateway import wire
 from pipeline.gateway.keys import KeyRing, bearer, hash_key, new_key, valid_hash
+from pipeline.intake import validation
+from pipeline.intake.validation import RequestBounds
 
 REPLIES = dict(reply_topic="llm.gateway.gw.responses", chunk_topic="llm.gateway.gw.chunks")
 
 
-def parse(**body):
+def parse(bounds=RequestBounds(), **body):
     body.setdefault("messages", [{"role": "user", "content": "hi"}])
-    return wire.parse_chat(body, "acme", **REPLIES)
+    return wire.parse_chat(body, "acme", **REPLIES, bounds=bounds)
 
 
 def test_a_body_becomes_a_request_of_the_keys_tenant():
@@ -107,6 +109,7 @@ def test_every_field_of_the_chat_api_reaches_the_request():
         (3, 0.5, -1.0, True, 5)
     assert (p.top_p, p.max_tokens) == (0.9, 20)
     assert r.end_user == "u9", "safety_identifier names the end user when user is absent"
+    validation.check_request(r, r.created_at_ms, RequestBounds())   # intake takes it whole
 
 
 @pytest.mark.parametrize("choice, expected", [
@@ -169,6 +172,12 @@ def after_call(message):
     ({"messages": [{"role": "assistant", "tool_calls": [
         {"type": "function", "function": {"name": "f", "arguments": "{}"}}]}]},
      "messages[0].tool_calls[0].id"),
+    ({"messages": [{"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{city"}}]}]},
+     "messages[0].tool_calls[0].function.arguments"),
+    ({"messages": [{"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f g", "arguments": "{}"}}]}]},
+     "messages[0].tool_calls[0].function.name"),
     (after_call({"role": "tool", "content": "r"}), "messages[2].tool_call_id"),
     (after_call({"role": "tool", "tool_call_id": "c9", "content": "r"}),
      "messages[2].tool_call_id"),
@@ -210,11 +219,13 @@ def after_call(message):
      "tools"),
     ({"tool_choice": "always", "tools": TOOLS}, "tool_choice"),
     ({"tool_choice": "required"}, "tool_choice"),
+    ({"tool_choice": "auto"}, "tool_choice"),
+    ({"parallel_tool_calls": True}, "parallel_tool_calls"),
     ({"tool_choice": {"type": "function", "function": {"name": "other"}}, "tools": TOOLS},
      "tool_choice.function.name"),
     ({"tool_choice": {"type": "allowed_tools", "allowed_tools": {}}, "tools": TOOLS},
      "tool_choice"),
-    ({"parallel_tool_calls": "no"}, "parallel_tool_calls"),
+    ({"parallel_tool_calls": "no", "tools": TOOLS}, "parallel_tool_calls"),
     ({"response_format": {"type": "xml"}}, "response_format.type"),
     ({"response_format": "json"}, "response_format"),
     ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
@@ -226,6 +237,7 @@ def after_call(message):
      "response_format.json_schema.schema"),
     ({"n": 0}, "n"),
     ({"n": 9}, "n"),
+    ({"n": 3, "bounds": RequestBounds(max_choices=2)}, "n"),
     ({"n": 1.5}, "n"),
     ({"n": 2, "stream": True}, "n"),
     ({"presence_penalty": 2.5}, "presence_penalty"),
