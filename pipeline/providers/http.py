@@ -5,17 +5,22 @@ GatewayError. Each adapter supplies only its wire shape.
 
 A call made with ``on_delta`` is streamed: the same request in the provider's streaming
 mode, its server-sent events read as they arrive and each piece of text handed to
-``on_delta`` at once. It ends in the same Completion, with the usage the stream reported
-(0 for any count it left out) and the time to the first text. A stream is trusted only
+``on_delta`` at once, with the function-call pieces that came in the same event
+(``on_delta(text, tool_calls)``; ``on_delta(text)`` when there were none). It ends in the
+same Completion, the pieces assembled into whole tool calls, with the usage the stream
+reported (0 for any count it left out) and the time to the first piece. A stream is trusted only
 once it ends with the provider's final event: one cut short, one with an event that cannot
 be read, or one whose connection fails part-way raises, so a half answer never passes for
-a whole one."""
+a whole one.
+
+An embedding call (``embed``) is one timed POST read by the subclass's ``embeddings``,
+with the same error mapping as a chat call."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -23,7 +28,7 @@ import httpx
 from pipeline import errors
 from pipeline.providers.deployments import CallLimits, Deployment
 from pipeline.errors import GatewayError
-from pipeline.events.models import RoutedRequest
+from pipeline.events.models import RoutedRequest, ToolCall, ToolCallDelta
 from pipeline.providers.base import Completion, OnDelta
 from pipeline.providers.transport import STREAM_BODY, AiohttpTransport
 from pipeline.resilience.retry import retry_after
@@ -47,7 +52,11 @@ class HTTPAdapter:
     (``completion``, which may raise KeyError/TypeError/... on an unexpected body) and
     how to classify anything else (``error``); for streamed calls, where and what to send
     in streaming mode (``stream_path``, ``stream_payload``) and how to read the events
-    (``stream_reader``)."""
+    (``stream_reader``); for embeddings, ``embed_path``, ``embed_payload`` and
+    ``embeddings``. ``payload`` may raise GatewayError(INVALID_REQUEST) for a request the
+    provider cannot serve as asked. ``completion`` and ``stream_reader`` get the request
+    when there is one (the Batch API reads results without it), for what the answer alone
+    does not say."""
 
     def __init__(self, deployment: Deployment, key: Secret, limits: CallLimits,
                  transport: httpx.AsyncBaseTransport | None = None):
@@ -69,7 +78,8 @@ class HTTPAdapter:
     def payload(self, routed: RoutedRequest) -> dict:
         raise NotImplementedError
 
-    def completion(self, data: dict[str, Any], provider_ms: int) -> Completion:
+    def completion(self, data: dict[str, Any], provider_ms: int,
+                   routed: RoutedRequest | None = None) -> Completion:
         raise NotImplementedError
 
     def error(self, resp: httpx.Response) -> GatewayError:
@@ -81,7 +91,17 @@ class HTTPAdapter:
     def stream_payload(self, routed: RoutedRequest) -> dict:
         return {**self.payload(routed), "stream": True}
 
-    def stream_reader(self) -> StreamReader:
+    def stream_reader(self, routed: RoutedRequest | None = None) -> StreamReader:
+        raise NotImplementedError
+
+    def embed_path(self) -> str:
+        raise GatewayError(f"{self.deployment.id}: no embeddings API", errors.INVALID_REQUEST)
+
+    def embed_payload(self, routed: RoutedRequest) -> dict:
+        raise NotImplementedError
+
+    def embeddings(self, data: dict[str, Any], routed: RoutedRequest,
+                   provider_ms: int) -> Completion:
         raise NotImplementedError
 
     # -- the call
@@ -98,10 +118,26 @@ class HTTPAdapter:
             exc.elapsed_ms = int((time.monotonic() - started) * 1000)
             raise
 
-    async def _complete(self, routed: RoutedRequest, started: float) -> Completion:
+    async def embed(self, routed: RoutedRequest) -> Completion:
+        """The vectors of ``routed.request.embedding``'s inputs, in input order."""
+        started = time.monotonic()
         try:
-            resp = await self._http.post(self.path(), json=self.payload(routed),
-                                         headers=self.auth_headers())
+            return await self._post(self.embed_path(), self.embed_payload(routed), started,
+                                    lambda data, ms: self.embeddings(data, routed, ms))
+        except GatewayError as exc:
+            exc.elapsed_ms = int((time.monotonic() - started) * 1000)
+            raise
+
+    async def _complete(self, routed: RoutedRequest, started: float) -> Completion:
+        return await self._post(self.path(), self.payload(routed), started,
+                                lambda data, ms: self.completion(data, ms, routed))
+
+    async def _post(self, path: str, body: dict, started: float,
+                    read: Callable[[dict[str, Any], int], Completion]) -> Completion:
+        """One timed POST: transport failures and non-200 answers become GatewayErrors, and
+        so does a 200 whose body ``read`` cannot make sense of."""
+        try:
+            resp = await self._http.post(path, json=body, headers=self.auth_headers())
         except httpx.HTTPError as exc:
             raise self._transport_failure(exc, started) from None
         provider_ms = int((time.monotonic() - started) * 1000)
@@ -111,13 +147,13 @@ class HTTPAdapter:
             data = resp.json()
             if not isinstance(data, dict):
                 raise TypeError("the body is not a JSON object")
-            return self.completion(data, provider_ms)
+            return read(data, provider_ms)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise GatewayError(f"{self.deployment.id}: malformed response body "
                                f"({type(exc).__name__})", errors.PROVIDER_ERROR) from None
 
     async def _stream(self, routed: RoutedRequest, started: float, on_delta: OnDelta) -> Completion:
-        stream = self.stream_reader()
+        stream = self.stream_reader(routed)
         try:
             async with self._http.stream("POST", self.stream_path(),
                                          json=self.stream_payload(routed),
@@ -129,9 +165,10 @@ class HTTPAdapter:
                 stream.opened = True
                 async for event, data in sse_events(resp.aiter_lines()):
                     text = self._read_event(stream, event, data)
-                    if text:
+                    calls = stream.take_tool_call_deltas()
+                    if text or calls:
                         stream.received(text)
-                        await on_delta(text)
+                        await (on_delta(text, calls) if calls else on_delta(text))
         except httpx.HTTPError as exc:
             raise self._transport_failure(exc, started, stream) from None
         if not stream.finished:
@@ -236,39 +273,73 @@ class StreamError(Exception):
 
 class StreamReader:
     """One streamed answer, read event by event. A subclass per provider turns each event
-    into the text it adds (``read``) and keeps the finish reason, the usage so far (the
-    last report wins) and whether the provider's final event has come (``finished``)."""
+    into the text it adds (``read``), hands function-call pieces to ``tool_call_delta``,
+    and keeps the finish reason, the usage so far (the last report wins) and whether the
+    provider's final event has come (``finished``)."""
 
     def __init__(self) -> None:
         self.opened = False            # the provider answered 200 and the events began
         self.finished = False
         self.finish_reason: str | None = None
         self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
+        self.refusal: list[str] = []   # pieces of a refusal (OpenAI's ``delta.refusal``)
         self._texts: list[str] = []
+        self._deltas = 0
         self._first_at: float | None = None
+        self._pending: list[ToolCallDelta] = []
+        self._assembled: dict[int, _CallParts] = {}
 
     def read(self, event: str, data: str) -> str:
         """The text this event adds ("" for none). StreamError for an error event;
         ValueError, KeyError, TypeError... for an event that cannot be read."""
         raise NotImplementedError
 
+    def tool_call_delta(self, delta: ToolCallDelta) -> None:
+        """A piece of a function call, handed on with this event's text and kept for the
+        assembled call (id and name from whichever piece carried them, arguments joined)."""
+        self._pending.append(delta)
+        call = self._assembled.setdefault(delta.index, _CallParts())
+        call.id = delta.id or call.id
+        call.name = delta.name or call.name
+        call.arguments.append(delta.arguments)
+
+    def take_tool_call_deltas(self) -> list[ToolCallDelta]:
+        pending, self._pending = self._pending, []
+        return pending
+
     @property
     def deltas(self) -> int:
-        return len(self._texts)
+        return self._deltas
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        return tuple(ToolCall(c.id, c.name, "".join(c.arguments))
+                     for _, c in sorted(self._assembled.items()))
 
     def received(self, text: str) -> None:
+        """A delta handed on: text, function-call pieces or both."""
         if self._first_at is None:
             self._first_at = time.monotonic()
-        self._texts.append(text)
+        self._deltas += 1
+        if text:
+            self._texts.append(text)
 
     def completion(self, started: float) -> Completion:
-        """At least 1 ms to the first text when there was one, so 0 keeps meaning "none"."""
+        """At least 1 ms to the first piece when there was one, so 0 keeps meaning "none"."""
         ttft_ms = 0 if self._first_at is None else max(1, int((self._first_at - started) * 1000))
         return Completion(content="".join(self._texts), finish_reason=self.finish_reason,
                           prompt_tokens=self.prompt_tokens,
                           completion_tokens=self.completion_tokens,
                           cached_tokens=self.cached_tokens,
-                          provider_ms=int((time.monotonic() - started) * 1000), ttft_ms=ttft_ms)
+                          provider_ms=int((time.monotonic() - started) * 1000), ttft_ms=ttft_ms,
+                          tool_calls=self.tool_calls,
+                          refusal="".join(self.refusal) if self.refusal else None)
+
+
+class _CallParts:
+    def __init__(self) -> None:
+        self.id = self.name = ""
+        self.arguments: list[str] = []
 
 
 def event_json(data: str) -> dict[str, Any]:

@@ -6,20 +6,32 @@ Streamed, the call asks for usage at the end (``stream_options.include_usage``) 
 complete at ``data: [DONE]``, or at a finish reason for relays that leave ``[DONE]`` out
 (then without usage should it not have come yet). An error inside the stream
 (``data: {"error": ...}``) is classified by its code: OpenAI's names, or the HTTP status
-that vLLM and other relays put there."""
+that vLLM and other relays put there.
+
+Beyond text, a request carries through as OpenAI names it (each field only when the
+request set it, so a plain request's body is what it always was): content parts, tool
+calls and tool results, ``tools``, ``tool_choice``, ``parallel_tool_calls``,
+``response_format``, ``n``, penalties and logprobs. Every choice is read back; a stream
+hands on ``delta.tool_calls`` pieces as they come (choice 0 only: a streamed n > 1 is
+refused before it gets here) and gathers ``delta.refusal``.
+
+Embeddings: ``POST /embeddings`` with float vectors, read back in ``data[i].index`` order."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
 
 from pipeline import errors
 from pipeline.errors import GatewayError
-from pipeline.events.models import RoutedRequest
+from pipeline.events.models import (ChatMessage, Choice, ContentPart, Request, RoutedRequest,
+                                    ToolCall, ToolCallDelta, IMAGE_URL)
 from pipeline.providers.base import Completion
 from pipeline.providers.http import (HTTPAdapter, StreamError, StreamReader, code_for_status,
                                      event_json, json_object, mentions)
+from pipeline.providers.turns import parse_json, untied_tool_result
 
 CONTEXT_MARKERS = ("maximum context length", "context_length_exceeded", "context window")
 DONE = "[DONE]"
@@ -33,6 +45,8 @@ STREAM_ERRORS = {
     "invalid_request_error": errors.INVALID_REQUEST,
     "server_error": errors.PROVIDER_ERROR,
 }
+# The legacy single function call's reason, in today's vocabulary
+FINISH_REASONS = {"function_call": "tool_calls"}
 
 
 class OpenAIAdapter(HTTPAdapter):
@@ -46,8 +60,7 @@ class OpenAIAdapter(HTTPAdapter):
         req = routed.request
         body: dict = {
             "model": self.deployment.provider_model,
-            "messages": [{"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})}
-                         for m in req.messages],
+            "messages": [message(m) for m in req.messages],
             "max_tokens": routed.max_tokens,
         }
         p = req.params
@@ -59,26 +72,71 @@ class OpenAIAdapter(HTTPAdapter):
             body["stop"] = p.stop
         if p.seed is not None:
             body["seed"] = p.seed
+        if p.n != 1:
+            body["n"] = p.n
+        if p.presence_penalty is not None:
+            body["presence_penalty"] = p.presence_penalty
+        if p.frequency_penalty is not None:
+            body["frequency_penalty"] = p.frequency_penalty
+        if p.logprobs:
+            body["logprobs"] = True
+        if p.top_logprobs is not None:
+            body["top_logprobs"] = p.top_logprobs
         if req.end_user:
             body["user"] = req.end_user
+        body.update(tooling(req))
         return body
 
     def stream_payload(self, routed: RoutedRequest) -> dict:
         return {**super().stream_payload(routed), "stream_options": {"include_usage": True}}
 
-    def stream_reader(self) -> StreamReader:
+    def stream_reader(self, routed: RoutedRequest | None = None) -> StreamReader:
         return OpenAIStream()
 
-    def completion(self, data: dict[str, Any], provider_ms: int) -> Completion:
-        choice = data["choices"][0]
+    def completion(self, data: dict[str, Any], provider_ms: int,
+                   routed: RoutedRequest | None = None) -> Completion:
+        choices = sorted(data["choices"], key=lambda c: c.get("index") or 0)
+        first, more = read_choice(choices[0], 0), choices[1:]
         prompt, completion, cached = usage_counts(data.get("usage") or {})
         return Completion(
-            content=choice["message"].get("content") or "",
-            finish_reason=choice.get("finish_reason"),
+            content=first.content or "",
+            finish_reason=first.finish_reason,
             prompt_tokens=prompt,
             completion_tokens=completion,
             cached_tokens=cached,
-            provider_ms=provider_ms)
+            provider_ms=provider_ms,
+            tool_calls=tuple(first.tool_calls),
+            refusal=first.refusal,
+            logprobs=first.logprobs,
+            more_choices=tuple(read_choice(c, i) for i, c in enumerate(more, start=1)))
+
+    def embed_path(self) -> str:
+        return "/embeddings"
+
+    def embed_payload(self, routed: RoutedRequest) -> dict:
+        req = routed.request
+        if req.embedding is None:
+            raise GatewayError(f"{self.deployment.id}: not an embedding request",
+                               errors.INVALID_REQUEST)
+        body: dict = {"model": self.deployment.provider_model,
+                      "input": list(req.embedding.inputs), "encoding_format": "float"}
+        if req.embedding.dimensions is not None:
+            body["dimensions"] = req.embedding.dimensions
+        if req.end_user:
+            body["user"] = req.end_user
+        return body
+
+    def embeddings(self, data: dict[str, Any], routed: RoutedRequest,
+                   provider_ms: int) -> Completion:
+        rows = sorted(data["data"], key=lambda row: int(row["index"]))
+        vectors = tuple([float(x) for x in row["embedding"]] for row in rows)
+        if len(vectors) != len(routed.request.embedding.inputs):
+            raise ValueError("one vector per input")
+        usage = data.get("usage") or {}
+        return Completion(content="", finish_reason=None,
+                          prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                          completion_tokens=0, cached_tokens=0, provider_ms=provider_ms,
+                          embeddings=vectors)
 
     def error(self, resp: httpx.Response) -> GatewayError:
         body = json_object(resp)
@@ -95,8 +153,9 @@ class OpenAIAdapter(HTTPAdapter):
 
 
 class OpenAIStream(StreamReader):
-    """``chat.completion.chunk`` events: text in ``choices[0].delta.content``, the finish
-    reason on the last choice, usage in a final chunk without choices, then ``[DONE]``."""
+    """``chat.completion.chunk`` events: text in ``choices[0].delta.content``, function-call
+    pieces in ``delta.tool_calls``, the finish reason on the last choice, usage in a final
+    chunk without choices, then ``[DONE]``."""
 
     def read(self, event: str, data: str) -> str:
         if data == DONE:
@@ -109,14 +168,115 @@ class OpenAIStream(StreamReader):
         if chunk.get("usage"):
             self.prompt_tokens, self.completion_tokens, self.cached_tokens = \
                 usage_counts(chunk["usage"])
-        choices = chunk.get("choices") or []
-        if not choices:
+        choice = next((c for c in chunk.get("choices") or [] if not c.get("index")), None)
+        if choice is None:
             return ""
-        choice = choices[0]
         if choice.get("finish_reason"):
-            self.finish_reason = choice["finish_reason"]
+            self.finish_reason = finish_reason(choice["finish_reason"])
             self.finished = True
-        return (choice.get("delta") or {}).get("content") or ""
+        delta = choice.get("delta") or {}
+        for piece in delta.get("tool_calls") or []:
+            function = piece.get("function") or {}
+            self.tool_call_delta(ToolCallDelta(index=int(piece.get("index") or 0),
+                                               id=piece.get("id"), name=function.get("name"),
+                                               arguments=function.get("arguments") or ""))
+        if delta.get("refusal"):
+            self.refusal.append(delta["refusal"])
+        return delta.get("content") or ""
+
+
+# -- the request's messages and tooling, as OpenAI takes them
+
+def message(m: ChatMessage) -> dict:
+    if m.role == "tool" and not m.tool_call_id:
+        return untied_tool_message(m)
+    out: dict[str, Any] = {"role": m.role, "content": content(m)}
+    if m.name:
+        out["name"] = m.name
+    if m.tool_calls:
+        out["tool_calls"] = [{"id": c.id, "type": "function",
+                              "function": {"name": c.name, "arguments": c.arguments}}
+                             for c in m.tool_calls]
+        if not m.parts and not m.content:
+            out["content"] = None
+    if m.tool_call_id:
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
+def untied_tool_message(m: ChatMessage) -> dict:
+    """A tool message without a ``tool_call_id`` (an older request) answers no call OpenAI
+    knows of, and OpenAI refuses it as a tool message: it goes as the user's text labelled
+    with the tool's name, as the native adapters send it (turns.py)."""
+    return {"role": "user", "content": untied_tool_result(m)}
+
+
+def content(m: ChatMessage) -> str | list[dict]:
+    if not m.parts:
+        return m.content
+    return [content_part(p) for p in m.parts]
+
+
+def content_part(part: ContentPart) -> dict:
+    if part.type == IMAGE_URL:
+        image: dict[str, Any] = {"url": part.url}
+        if part.detail:
+            image["detail"] = part.detail
+        return {"type": "image_url", "image_url": image}
+    return {"type": "text", "text": part.text}
+
+
+def tooling(req: Request) -> dict:
+    """``tools``, ``tool_choice``, ``parallel_tool_calls`` and ``response_format``, for
+    those the request set."""
+    body: dict[str, Any] = {}
+    if req.tools:
+        body["tools"] = []
+        for tool in req.tools:
+            function: dict[str, Any] = {"name": tool.name}
+            if tool.description is not None:
+                function["description"] = tool.description
+            parameters = parse_json(tool.parameters, f"tool {tool.name}'s parameters")
+            if parameters:
+                function["parameters"] = parameters
+            if tool.strict:
+                function["strict"] = True
+            body["tools"].append({"type": "function", "function": function})
+    choice = req.tool_choice
+    if choice is not None:
+        body["tool_choice"] = ({"type": "function", "function": {"name": choice.name}}
+                               if choice.mode == "function" else choice.mode)
+    if req.parallel_tool_calls is not None:
+        body["parallel_tool_calls"] = req.parallel_tool_calls
+    fmt = req.response_format
+    if fmt is not None:
+        body["response_format"] = {"type": fmt.type}
+        if fmt.type == "json_schema":
+            schema: dict[str, Any] = {"name": fmt.name or "response"}
+            if fmt.schema is not None:
+                schema["schema"] = parse_json(fmt.schema, "response_format's schema")
+            schema["strict"] = fmt.strict
+            body["response_format"]["json_schema"] = schema
+    return body
+
+
+# -- the answer
+
+def read_choice(choice: dict[str, Any], index: int) -> Choice:
+    msg = choice["message"]
+    logprobs = choice.get("logprobs")
+    return Choice(index=index, content=msg.get("content"),
+                  finish_reason=finish_reason(choice.get("finish_reason")),
+                  tool_calls=[ToolCall(c["id"], c["function"]["name"],
+                                       c["function"].get("arguments") or "")
+                              for c in msg.get("tool_calls") or []
+                              if c.get("type", "function") == "function"],
+                  refusal=msg.get("refusal"),
+                  logprobs=None if logprobs is None else json.dumps(logprobs))
+
+
+def finish_reason(reason: str | None) -> str | None:
+    return FINISH_REASONS.get(reason, reason) if reason else reason
 
 
 def usage_counts(usage: dict[str, Any]) -> tuple[int, int, int]:
