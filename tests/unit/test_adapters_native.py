@@ -45,9 +45,12 @@ CONVERSATION = [
 
 
 def routed(messages=None, max_tokens: int = 256, end_user: str | None = None,
-           **params) -> RoutedRequest:
-    request = Request(request_id="r-1", tenant="acme", messages=list(messages or CONVERSATION),
-                      end_user=end_user, params=GenerationParams(**params))
+           fields: dict | None = None, **params) -> RoutedRequest:
+    """A routed request of ``messages`` with generation ``params`` and other Request
+    ``fields`` (tools, response_format, embedding...)."""
+    request = Request(request_id="r-1", tenant="acme",
+                      messages=list(CONVERSATION if messages is None else messages),
+                      end_user=end_user, params=GenerationParams(**params), **(fields or {}))
     route = RouteDecision(deployment="d", model="m", provider="p", rule="pinned")
     return RoutedRequest(request=request, route=route, max_tokens=max_tokens,
                          reply_topic="llm.responses", received_at_ms=0, routed_at_ms=0)
@@ -79,16 +82,17 @@ async def fail(adapter) -> GatewayError:
 def test_turns_split_system_merge_roles_and_label_tool_results():
     turns = to_turns(CONVERSATION)
     assert turns.system == "Be brief.\n\nAnswer in English."
-    assert turns.turns == (
+    assert [(t.role, t.text) for t in turns.turns] == [
         ("user", "What does caching save?\n\nGive a number."),
         ("assistant", "About half."),
         ("user", '[result of tool cache_stats]\n{"hit_rate": 0.5}\n\nThanks, and batching?'),
-    )
+    ]
 
 
 def test_system_text_alone_is_sent_as_the_users_turn():
     turns = to_turns([ChatMessage("system", "Summarise the policy.")])
-    assert turns.system == "" and turns.turns == (("user", "Summarise the policy."),)
+    assert turns.system == ""
+    assert [(t.role, t.text) for t in turns.turns] == [("user", "Summarise the policy.")]
 
 
 # ---------------------------------------------------------------- anthropic
