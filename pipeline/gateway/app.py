@@ -1,5 +1,5 @@
 """The gateway's HTTP API (Starlette): ``POST /v1/chat/completions`` (plain and streamed),
-``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /healthz``.
+``POST /v1/embeddings``, ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /healthz``.
 
 A call is authenticated by its API key (the key names the tenant; a ``tenant`` in the body
 is ignored), checked with intake's own bounds so a bad body is a 400 at once, published to
@@ -20,7 +20,7 @@ import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -34,8 +34,9 @@ from pipeline.catalog import Catalog
 from pipeline.clock import now_ms
 from pipeline.errors import Rejected
 from pipeline.events.codec import Codec
-from pipeline.events.models import OK, Cancel, Chunk, Response
-from pipeline.gateway import wire
+from pipeline.events.models import OK, Cancel, Chunk, Request, Response
+from pipeline.gateway import stream, wire
+from pipeline.gateway.embeddings import embeddings_body, parse_embeddings
 from pipeline.gateway.keys import KeyRing, bearer
 from pipeline.gateway.replies import Replies, Waiter
 from pipeline.intake import validation
@@ -113,31 +114,82 @@ class Gateway:
         tenant = self._tenant(request)
         if tenant is None:
             return _unauthorized()
-        raw = await _body(request, self.bounds.max_request_bytes)
-        if raw is None:
-            return _error(wire.TOO_LARGE, f"the body is over {self.bounds.max_request_bytes:,} "
-                          "bytes, the most a request may be")
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            return _error(errors.INVALID_REQUEST, f"the body is not valid JSON: {exc}")
+        body = await self._json(request)
+        if isinstance(body, HttpResponse):
+            return body
         try:
             chat = wire.parse_chat(body, tenant, reply_topic=self.reply_topics[0],
-                                   chunk_topic=self.reply_topics[1])
+                                   chunk_topic=self.reply_topics[1], bounds=self.bounds)
             validation.check_request(chat.request, now_ms(), self.bounds)
         except wire.BadRequest as exc:
             return _error(errors.INVALID_REQUEST, exc.message, exc.param)
         except Rejected as exc:
             return _error(exc.code, exc.message)
         r = chat.request
-        waiter = self.replies.expect(tenant, r.request_id)
+        sent = await self._publish_and_wait(request, r, stream=chat.stream)
+        if isinstance(sent, HttpResponse):
+            return sent
+        first, waiter, deadline = sent
+        if not chat.stream or isinstance(first, Response) and first.status != OK:
+            self.replies.forget(waiter)
+            return _answer(first, lambda ok: wire.completion_body(ok, r.model))
+        events = stream.events(first, waiter, chat, deadline, self.replies.forget,
+                               lambda: self.cancel(r.tenant, r.request_id,
+                                                   "the HTTP client disconnected mid-stream"))
+        return StreamingResponse(events, media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache",
+                                          "x-llmpipe-request-id": r.request_id})
+
+    async def embeddings(self, request: HttpRequest) -> HttpResponse:
+        tenant = self._tenant(request)
+        if tenant is None:
+            return _unauthorized()
+        body = await self._json(request)
+        if isinstance(body, HttpResponse):
+            return body
+        try:
+            call = parse_embeddings(body, tenant, reply_topic=self.reply_topics[0],
+                                    bounds=self.bounds)
+            validation.check_request(call.request, now_ms(), self.bounds)
+        except wire.BadRequest as exc:
+            return _error(errors.INVALID_REQUEST, exc.message, exc.param)
+        except Rejected as exc:
+            return _error(exc.code, exc.message)
+        r = call.request
+        sent = await self._publish_and_wait(request, r, stream=False)
+        if isinstance(sent, HttpResponse):
+            return sent
+        response, waiter, _ = sent
+        self.replies.forget(waiter)
+        return _answer(response, lambda ok: embeddings_body(ok, r.model or "",
+                                                            call.encoding_format))
+
+    async def _json(self, request: HttpRequest) -> Any:
+        """The body, parsed; or the error to answer (413 for an oversize body, 400 for one
+        that is not JSON)."""
+        raw = await _body(request, self.bounds.max_request_bytes)
+        if raw is None:
+            return _error(wire.TOO_LARGE, f"the body is over {self.bounds.max_request_bytes:,} "
+                          "bytes, the most a request may be")
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            return _error(errors.INVALID_REQUEST, f"the body is not valid JSON: {exc}")
+
+    async def _publish_and_wait(self, request: HttpRequest, r: Request, *, stream: bool
+                                ) -> tuple[Chunk | Response, Waiter, float] | HttpResponse:
+        """Publish ``r`` to llm.requests and wait for its first answer event (its Response,
+        or with ``stream`` its first Chunk): that event, its waiter (still registered) and
+        the deadline (monotonic) — or the error to answer (503, 504, 499)."""
+        waiter = self.replies.expect(r.tenant, r.request_id)
         try:
             value = self.codec.encode(r, self.requests_topic)
             assert self.producer is not None
-            await self.producer.send_and_wait(self.requests_topic, value, key=tenant.encode())
+            await self.producer.send_and_wait(self.requests_topic, value, key=r.tenant.encode())
         except (KafkaError, OSError) as exc:
             self.replies.forget(waiter)
-            log.error("publish_failed request_id=%s tenant=%s error=%r", r.request_id, tenant, exc)
+            log.error("publish_failed request_id=%s tenant=%s error=%r", r.request_id, r.tenant,
+                      exc)
             return _error(errors.OVERLOADED, "the gateway could not hand the request to the "
                           "pipeline; it was not processed, retry it")
         except BaseException:
@@ -145,8 +197,8 @@ class Gateway:
             raise
         deadline = time.monotonic() + self.wait_s
         try:
-            first = await _unless_gone(request, waiter.response(self.wait_s) if not chat.stream
-                                       else waiter.next(self.wait_s))
+            first = await _unless_gone(request, waiter.next(self.wait_s) if stream
+                                       else waiter.response(self.wait_s))
         except asyncio.TimeoutError:
             self.replies.forget(waiter)
             return _timeout(self.wait_s)
@@ -157,15 +209,7 @@ class Gateway:
         except BaseException:
             self.replies.forget(waiter)
             raise
-        if not chat.stream or isinstance(first, Response) and first.status != OK:
-            self.replies.forget(waiter)
-            return _answer(first, r.model)
-        stream = _sse(first, waiter, chat, deadline, self.replies.forget,
-                      lambda: self.cancel(r.tenant, r.request_id,
-                                          "the HTTP client disconnected mid-stream"))
-        return StreamingResponse(stream, media_type="text/event-stream",
-                                 headers={"cache-control": "no-cache",
-                                          "x-llmpipe-request-id": r.request_id})
+        return first, waiter, deadline
 
     def cancel(self, tenant: str, request_id: str, reason: str) -> None:
         """Tell dispatch the caller went away (llm.cancels), without waiting: the caller is
@@ -207,6 +251,7 @@ class Gateway:
 
         return Starlette(routes=[
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/models/{model:path}", self.model, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
@@ -257,75 +302,11 @@ async def _disconnect(request: HttpRequest) -> None:
         pass
 
 
-async def _sse(first: Chunk | Response, waiter: Waiter, chat: wire.Chat, deadline: float,
-               forget, on_gone) -> AsyncIterator[bytes]:
-    """The stream's events: the chunks of the first stream seen, then — from the Response,
-    which holds the whole text — whatever the chunks have not carried yet, the finish
-    reason, the usage if asked for, and ``[DONE]``. If the client goes away first (Starlette
-    cancels the stream), ``on_gone`` is called."""
-    r = chat.request
-    created = int(time.time())
-    model = r.model or wire.AUTO
-    sent, stream_id, seq = "", None, 0
-    event: Chunk | Response = first
-    finished = False
-    try:
-        yield wire.sse(wire.chunk_body(r.request_id, created, model,
-                                       {"role": "assistant", "content": ""}))
-        while True:
-            if isinstance(event, Chunk):
-                if stream_id is None:
-                    stream_id = event.stream_id
-                    model = wire.chunk_model(event, r.model)
-                if event.stream_id == stream_id and event.seq == seq:
-                    seq += 1
-                    sent += event.delta
-                    yield wire.sse(wire.chunk_body(r.request_id, created, model,
-                                                   {"content": event.delta}))
-            else:
-                finished = True
-                for part in _ending(event, sent, created, model, chat.include_usage):
-                    yield part
-                return
-            try:
-                event = await waiter.next(deadline - time.monotonic())
-            except asyncio.TimeoutError:
-                finished = True
-                yield wire.sse(wire.error_body(errors.TIMEOUT, "no complete answer in time"))
-                yield wire.sse("[DONE]")
-                return
-    finally:
-        forget(waiter)
-        if not finished:
-            on_gone()
-
-
-def _ending(response: Response, sent: str, created: int, model: str,
-            include_usage: bool) -> list[bytes]:
-    model = response.model or model
-    rest = response.rest_after(sent)
-    parts = [wire.sse(wire.chunk_body(response.request_id, created, model, {"content": rest}))
-             ] if rest else []
-    if response.status != OK:
-        assert response.error is not None
-        parts.append(wire.sse(wire.error_body(response.error.code, response.error.message)))
-    elif rest is None:
-        # the chunks came from a call that was re-done after a crash: its text differs
-        parts.append(wire.sse(wire.error_body(
-            errors.PROVIDER_ERROR, "the stream was interrupted (the call was re-done after a "
-            "worker restart); retry the request")))
-    else:
-        parts.append(wire.sse(wire.chunk_body(response.request_id, created, model, {},
-                                              response.finish_reason or "stop")))
-        if include_usage:
-            parts.append(wire.sse(wire.usage_chunk(response, created, model)))
-    return parts + [wire.sse("[DONE]")]
-
-
-def _answer(response: Response, requested_model: str | None) -> HttpResponse:
+def _answer(response: Response, body: Callable[[Response], dict[str, Any]]) -> HttpResponse:
+    """``body(response)`` if the Response is ok, else its error in OpenAI's shape."""
     headers = {"x-llmpipe-request-id": response.request_id}
     if response.status == OK:
-        return JSONResponse(wire.completion_body(response, requested_model), headers=headers)
+        return JSONResponse(body(response), headers=headers)
     assert response.error is not None
     if response.error.retry_after_ms is not None:
         headers["retry-after"] = str(max(1, math.ceil(response.error.retry_after_ms / 1000)))

@@ -250,12 +250,10 @@ def tool_call_deltas(pieces: list[ToolCallDelta]) -> list[dict[str, Any]]:
     out = []
     for p in pieces:
         delta: dict[str, Any] = {"index": p.index}
-        function: dict[str, Any] = {"arguments": p.arguments}
         if p.id is not None:
             delta["id"], delta["type"] = p.id, "function"
-        if p.name is not None:
-            function["name"] = p.name
-        delta["function"] = function
+        delta["function"] = {"arguments": p.arguments} if p.name is None else \
+            {"name": p.name, "arguments": p.arguments}
         out.append(delta)
     return out
 

@@ -3,14 +3,20 @@ in OpenAI's shapes, error codes as HTTP statuses, and API keys kept only as hash
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 
 import pytest
 
 from pipeline import errors
-from pipeline.events.models import (ErrorInfo, Response, ResponseFormat, TenantPolicy, ToolCall,
+from openai.types import CreateEmbeddingResponse
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from pipeline.events.models import (Choice, Chunk, EmbeddingInput, ErrorInfo, Response,
+                                    ResponseFormat, TenantPolicy, ToolCall, ToolCallDelta,
                                     ToolChoice)
-from pipeline.gateway import wire
+from pipeline.gateway import embeddings, stream, wire
 from pipeline.gateway.keys import KeyRing, bearer, hash_key, new_key, valid_hash
 from pipeline.intake import validation
 from pipeline.intake.validation import RequestBounds
@@ -300,6 +306,124 @@ def test_answers_in_openai_shapes():
     assert body["usage"]["prompt_tokens_details"] == {"cached_tokens": 1}
     assert wire.usage_chunk(ok, 1, "m")["choices"] == []
     assert wire.sse("[DONE]") == b"data: [DONE]\n\n"
+
+
+def test_every_choice_in_the_shape_the_sdk_validates():
+    logprobs = {"content": [{"token": "ok", "logprob": -0.01, "bytes": [111, 107],
+                             "top_logprobs": []}], "refusal": None}
+    r = Response(request_id="r1", tenant="acme", status="ok", completed_at_ms=1_700_000_000_000,
+                 model="gpt-4o", finish_reason="tool_calls", prompt_tokens=9,
+                 completion_tokens=7, tool_calls=[ToolCall("c1", "f", '{"a": 1}')],
+                 more_choices=[Choice(2, "ok", "length", logprobs=json.dumps(logprobs)),
+                               Choice(1, None, "stop", refusal="No.")])
+    body = ChatCompletion.model_validate(wire.completion_body(r, None))
+    calls, refusal, text = body.choices
+    assert [c.index for c in body.choices] == [0, 1, 2]
+    assert calls.message.content is None and calls.finish_reason == "tool_calls"
+    assert calls.message.tool_calls[0].model_dump() == {
+        "id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+    assert (refusal.message.content, refusal.message.refusal) == (None, "No.")
+    assert (text.message.content, text.finish_reason) == ("ok", "length")
+    assert text.logprobs.content[0].bytes == [111, 107]
+    # a Response that names no finish reason: tool_calls when it made calls, else stop
+    assert wire.completion_body(r.replace(finish_reason=None, more_choices=[]),
+                                None)["choices"][0]["finish_reason"] == "tool_calls"
+    assert wire.completion_body(r.replace(finish_reason=None, tool_calls=[], content="x"),
+                                None)["choices"][0]["finish_reason"] == "stop"
+
+
+def sse_chunks(parts: list[bytes]) -> list[ChatCompletionChunk | str]:
+    out = []
+    for part in parts:
+        data = part.decode().removeprefix("data: ").strip()
+        out.append(data if data == "[DONE]" else ChatCompletionChunk.model_validate_json(data))
+    return out
+
+
+def test_stream_endings_complete_text_and_tool_calls_in_the_chunk_shape():
+    r = Response(request_id="r1", tenant="acme", status="ok", completed_at_ms=1,
+                 content="Hello", tool_calls=[ToolCall("c1", "f", '{"a": 1}'),
+                                              ToolCall("c2", "g", "{}")])
+    carried = stream.Carried()
+    carried.add(Chunk("r1", "acme", "s", 0, "He", 1, tool_calls=[
+        ToolCallDelta(0, "c1", "f", '{"a"')]))
+    text, calls, finish, usage, done = sse_chunks(stream.ending(r, carried, 1, "m", True))
+    assert text.choices[0].delta.content == "llo"
+    first, second = calls.choices[0].delta.tool_calls
+    assert (first.index, first.id, first.type, first.function.name, first.function.arguments) \
+        == (0, None, None, None, ": 1}"), "a started call gets only the rest of its arguments"
+    assert (second.index, second.id, second.type, second.function.name,
+            second.function.arguments) == (1, "c2", "function", "g", "{}")
+    assert finish.choices[0].finish_reason == "tool_calls" and usage.usage.total_tokens == 0
+    assert done == "[DONE]"
+
+
+def test_carried_pieces_that_are_not_the_start_of_the_answer_are_no_splice():
+    calls = [ToolCall("c1", "f", '{"a": 1}')]
+    assert stream.rest_of_calls(calls, {0: ToolCallDelta(0, "c1", "f", '{"b"')}) is None
+    assert stream.rest_of_calls(calls, {0: ToolCallDelta(0, "c1", "g", "")}) is None
+    assert stream.rest_of_calls(calls, {1: ToolCallDelta(1, "c2", "f", "")}) is None
+    assert stream.rest_of_calls(calls, {0: ToolCallDelta(0, "c1", "f", '{"a": 1}')}) == []
+    assert stream.rest_of_calls([], {}) == []
+
+
+def test_tool_call_pieces_name_the_call_on_its_first_piece_only():
+    first, later = wire.tool_call_deltas([ToolCallDelta(0, "c1", "f", ""),
+                                          ToolCallDelta(0, None, None, '{"a"')])
+    assert first == {"index": 0, "id": "c1", "type": "function",
+                     "function": {"name": "f", "arguments": ""}}
+    assert later == {"index": 0, "function": {"arguments": '{"a"'}}
+    body = wire.chunk_body("r1", 1, "m", {"tool_calls": [first, later]})
+    assert ChatCompletionChunk.model_validate(body).choices[0].delta.tool_calls[1].index == 0
+
+
+def test_embeddings_answer_in_the_shape_the_sdk_validates():
+    r = Response(request_id="r1", tenant="acme", status="ok", completed_at_ms=1,
+                 model="text-embedding-3-small", prompt_tokens=4,
+                 embeddings=[[0.5, -0.25], [1.0, 2.0]])
+    body = CreateEmbeddingResponse.model_validate(
+        embeddings.embeddings_body(r, "asked", "float"))
+    assert [d.embedding for d in body.data] == [[0.5, -0.25], [1.0, 2.0]]
+    assert [d.index for d in body.data] == [0, 1] and body.usage.total_tokens == 4
+    packed = embeddings.embeddings_body(r, "asked", "base64")["data"][1]["embedding"]
+    assert struct.unpack("<2f", base64.b64decode(packed)) == (1.0, 2.0)
+
+
+def parse_embeddings(**body):
+    return embeddings.parse_embeddings(body, "acme", reply_topic=REPLIES["reply_topic"])
+
+
+def test_an_embeddings_body_becomes_an_embedding_request_of_the_keys_tenant():
+    call = parse_embeddings(model="text-embedding-3-small", input="hello", dimensions=256,
+                            tenant="evil",
+                            encoding_format="base64", user="u1", llmpipe={"team": "search"})
+    r = call.request
+    assert (r.tenant, r.model, r.end_user, r.team, r.messages) == \
+        ("acme", "text-embedding-3-small", "u1", "search", [])
+    assert r.embedding == EmbeddingInput(["hello"], 256) and call.encoding_format == "base64"
+    assert r.hints.priority == "interactive" and not r.stream
+    assert parse_embeddings(model="m", input=["a", "b"]).encoding_format == "float"
+    validation.check_request(r, r.created_at_ms, RequestBounds())
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"input": "a"}, "model"),
+    ({"model": "m"}, "input"),
+    ({"model": "m", "input": []}, "input"),
+    ({"model": "m", "input": [""]}, "input"),
+    ({"model": "m", "input": [1, 2]}, "input"),
+    ({"model": "m", "input": [[1, 2]]}, "input"),
+    ({"model": "m", "input": ["a", 3.5]}, "input"),
+    ({"model": "m", "input": ["a"] * 2049}, "input"),
+    ({"model": "m", "input": "a", "dimensions": 0}, "dimensions"),
+    ({"model": "m", "input": "a", "encoding_format": "int8"}, "encoding_format"),
+    ({"model": "m", "input": "a", "user": 1}, "user"),
+    ({"model": "m", "input": "a", "colour": "red"}, "colour"),
+])
+def test_bad_embeddings_bodies_are_400s_naming_the_field(body, param):
+    with pytest.raises(wire.BadRequest) as exc:
+        parse_embeddings(**body)
+    assert exc.value.param == param, exc.value.message
 
 
 @pytest.mark.parametrize("code, status", [
