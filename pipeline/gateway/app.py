@@ -161,8 +161,7 @@ class Gateway:
             return sent
         response, waiter, _ = sent
         self.replies.forget(waiter)
-        return _answer(response, lambda ok: embeddings_body(ok, r.model or "",
-                                                            call.encoding_format))
+        return _answer(response, lambda ok: embeddings_body(ok, r.model, call.encoding_format))
 
     async def _json(self, request: HttpRequest) -> Any:
         """The body, parsed; or the error to answer (413 for an oversize body, 400 for one

@@ -15,7 +15,7 @@ from pipeline.clock import now_ms
 from pipeline.events.models import EmbeddingInput, Request, Response, RoutingHints
 from pipeline.gateway import fields
 from pipeline.gateway.fields import BadRequest
-from pipeline.gateway.wire import DEFAULT_PRIORITY, options
+from pipeline.gateway.wire import AUTO, DEFAULT_PRIORITY, options
 from pipeline.intake.validation import RequestBounds
 
 FORMATS = ("float", "base64")
@@ -42,7 +42,8 @@ def parse_embeddings(body: Any, tenant: str, *, reply_topic: str,
     fields.known_keys(body, "", KEYS)
     model = fields.string(body.get("model"), "model", optional=True)
     if not model:
-        raise BadRequest("model is required: name an embedding model", "model")
+        raise BadRequest("model is required: name an embedding model (or auto, the "
+                         "default one)", "model")
     dimensions = fields.number(body.get("dimensions"), "dimensions", int, low=1)
     encoding = body.get("encoding_format")
     encoding = "float" if encoding is None else fields.one_of(encoding, "encoding_format",
@@ -51,7 +52,7 @@ def parse_embeddings(body: Any, tenant: str, *, reply_topic: str,
     ours = options(body.get("llmpipe"))
     request = Request(
         request_id=str(uuid.uuid4()), tenant=tenant, messages=[], team=ours.get("team"),
-        end_user=user, created_at_ms=now_ms(), model=model,
+        end_user=user, created_at_ms=now_ms(), model=None if model == AUTO else model,
         hints=RoutingHints(required_quality=ours.get("required_quality"),
                            max_latency_ms=ours.get("max_latency_ms"),
                            budget_per_mtok=ours.get("budget_per_mtok"),
@@ -81,12 +82,13 @@ def _inputs(raw: Any, most: int) -> list[str]:
     return raw
 
 
-def embeddings_body(r: Response, requested_model: str, encoding_format: str) -> dict[str, Any]:
+def embeddings_body(r: Response, requested_model: str | None, encoding_format: str
+                    ) -> dict[str, Any]:
     return {"object": "list",
             "data": [{"object": "embedding", "index": i,
                       "embedding": _encode(vector, encoding_format)}
                      for i, vector in enumerate(r.embeddings)],
-            "model": r.model or requested_model,
+            "model": r.model or requested_model or AUTO,
             "usage": {"prompt_tokens": r.prompt_tokens,
                       "total_tokens": r.prompt_tokens + r.completion_tokens}}
 

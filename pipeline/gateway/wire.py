@@ -81,7 +81,7 @@ def parse_chat(body: Any, tenant: str, *, reply_topic: str, chunk_topic: str,
         elif key not in CARRIED and key not in IGNORED:
             raise BadRequest(f"Unrecognized request argument supplied: {key}", key)
     modalities = body.get("modalities")
-    if modalities not in (None, ["text"]):
+    if not absent(modalities) and modalities != ["text"]:
         raise BadRequest("modalities other than [\"text\"] (audio output) are not supported by "
                          "this gateway", "modalities")
     stream = bool(fields.boolean(body.get("stream"), "stream"))
@@ -89,6 +89,7 @@ def parse_chat(body: Any, tenant: str, *, reply_topic: str, chunk_topic: str,
     if stream_options is not None:
         fields.known_keys(fields.obj(stream_options, "stream_options"), "stream_options",
                           {"include_usage", "include_obfuscation"})
+        # include_obfuscation pads chunks against a side channel at OpenAI; ours carry none
     include_usage = bool(stream_options and fields.boolean(stream_options.get("include_usage"),
                                                             "stream_options.include_usage"))
     model = fields.string(body.get("model"), "model", optional=True)

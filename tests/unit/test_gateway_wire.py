@@ -403,6 +403,7 @@ def test_an_embeddings_body_becomes_an_embedding_request_of_the_keys_tenant():
     assert r.embedding == EmbeddingInput(["hello"], 256) and call.encoding_format == "base64"
     assert r.hints.priority == "interactive" and not r.stream
     assert parse_embeddings(model="m", input=["a", "b"]).encoding_format == "float"
+    assert parse_embeddings(model="auto", input="a").request.model is None, "the default model"
     validation.check_request(r, r.created_at_ms, RequestBounds())
 
 
