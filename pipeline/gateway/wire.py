@@ -130,7 +130,8 @@ def _parallel(raw: Any, tools: list) -> bool | None:
 
 
 def _params(body: dict, bounds: RequestBounds) -> GenerationParams:
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    limit = "max_completion_tokens" if body.get("max_completion_tokens") is not None \
+        else "max_tokens"               # the newer name wins when both are given
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
@@ -142,7 +143,7 @@ def _params(body: dict, bounds: RequestBounds) -> GenerationParams:
     if top is not None and not logprobs:
         raise BadRequest("top_logprobs requires logprobs to be true", "top_logprobs")
     return GenerationParams(
-        max_tokens=number(max_tokens, "max_tokens", int),
+        max_tokens=number(body.get(limit), limit, int),
         temperature=number(body.get("temperature"), "temperature"),
         top_p=number(body.get("top_p"), "top_p"),
         stop=stop or [], seed=number(body.get("seed"), "seed", int),

@@ -253,6 +253,7 @@ def after_call(message):
     ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ({"temperature": "hot"}, "temperature"),
     ({"max_tokens": 1.5}, "max_tokens"),
+    ({"max_completion_tokens": "ten", "max_tokens": 5}, "max_completion_tokens"),
     ({"stream": "yes"}, "stream"),
     ({"stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
     ({"stream_options": {"chunk_size": 3}}, "stream_options.chunk_size"),
