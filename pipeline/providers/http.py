@@ -8,10 +8,10 @@ mode, its server-sent events read as they arrive and each piece of text handed t
 ``on_delta`` at once, with the function-call pieces that came in the same event
 (``on_delta(text, tool_calls)``; ``on_delta(text)`` when there were none). It ends in the
 same Completion, the pieces assembled into whole tool calls, with the usage the stream
-reported (0 for any count it left out) and the time to the first piece. A stream is trusted only
-once it ends with the provider's final event: one cut short, one with an event that cannot
-be read, or one whose connection fails part-way raises, so a half answer never passes for
-a whole one.
+reported (0 for any count it left out) and the time to the first piece, text or call. A
+stream is trusted only once it ends with the provider's final event: one cut short, one
+with an event that cannot be read, or one whose connection fails part-way raises, so a
+half answer never passes for a whole one.
 
 An embedding call (``embed``) is one timed POST read by the subclass's ``embeddings``,
 with the same error mapping as a chat call."""

@@ -19,6 +19,7 @@ Embeddings: ``POST /embeddings`` with float vectors, read back in ``data[i].inde
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -154,8 +155,13 @@ class OpenAIAdapter(HTTPAdapter):
 
 class OpenAIStream(StreamReader):
     """``chat.completion.chunk`` events: text in ``choices[0].delta.content``, function-call
-    pieces in ``delta.tool_calls``, the finish reason on the last choice, usage in a final
-    chunk without choices, then ``[DONE]``."""
+    pieces in ``delta.tool_calls``, the tokens' logprobs in ``choices[0].logprobs``, the
+    finish reason on the last choice, usage in a final chunk without choices, then
+    ``[DONE]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._logprobs: dict[str, list] | None = None     # "content"/"refusal" -> entries
 
     def read(self, event: str, data: str) -> str:
         if data == DONE:
@@ -182,7 +188,19 @@ class OpenAIStream(StreamReader):
                                                arguments=function.get("arguments") or ""))
         if delta.get("refusal"):
             self.refusal.append(delta["refusal"])
+        if choice.get("logprobs"):
+            self._logprobs = self._logprobs or {"content": [], "refusal": []}
+            for kind, entries in self._logprobs.items():
+                entries.extend(choice["logprobs"].get(kind) or [])
         return delta.get("content") or ""
+
+    def completion(self, started: float) -> Completion:
+        """With the logprobs of every piece as one object, as an unstreamed answer has them."""
+        done = super().completion(started)
+        if self._logprobs is None:
+            return done
+        whole = {kind: entries or None for kind, entries in self._logprobs.items()}
+        return dataclasses.replace(done, logprobs=json.dumps(whole))
 
 
 # -- the request's messages and tooling, as OpenAI takes them

@@ -230,6 +230,23 @@ async def test_a_streamed_refusal_is_gathered():
     assert done.refusal == "I can't help with that." and done.content == "" and calls == []
 
 
+async def test_streamed_logprobs_are_joined_into_one_object():
+    def piece(text: str, logprob: float) -> dict:
+        entry = {"token": text, "logprob": logprob, "bytes": list(text.encode()),
+                 "top_logprobs": []}
+        return {"object": "chat.completion.chunk", "choices": [
+            {"index": 0, "delta": {"content": text}, "finish_reason": None,
+             "logprobs": {"content": [entry], "refusal": None}}]}
+
+    done, _ = await streamed(OpenAIAdapter, OPENAI, sse(
+        piece("Hi", -0.1), piece(" you", -0.2), openai_chunk(finish="stop"), "[DONE]"))
+    whole = json.loads(done.logprobs)
+    assert [(e["token"], e["logprob"]) for e in whole["content"]] == [("Hi", -0.1), (" you", -0.2)]
+    assert whole["refusal"] is None
+    plain, _ = await streamed(OpenAIAdapter, OPENAI, sse(openai_chunk("Hi", "stop"), "[DONE]"))
+    assert plain.logprobs is None
+
+
 # --------------------------------------------------------------- embeddings
 
 def embedding_request(*inputs: str, dimensions: int | None = None):
