@@ -71,7 +71,7 @@ def _message(i: int, m: ChatMessage, bounds: "RequestBounds") -> None:
             if part.url is not None or part.detail is not None:
                 raise Rejected(f"{where}.parts[{j}] is a text part with an image url or detail")
         elif part.type == IMAGE_URL:
-            if m.role not in ("user", "system"):
+            if m.role != "user":
                 raise Rejected(f"{where}.parts[{j}]: images are accepted in user messages, not "
                                f"in {m.role} messages")
             if not part.url or not part.url.startswith(IMAGE_SCHEMES):
