@@ -38,6 +38,7 @@ MAX_CALL_TIMES = 10_000      # call times kept per (model, key) for rate measure
 PROMPT_CACHE_ENTRIES = 10_000
 MAX_BODY_BYTES = 64 * 2**20  # default; SimulatorConfig.max_body_bytes
 POLL_S = 0.05                # how often a hanging call checks for its client
+REQUESTS_KEPT = 500          # latest chat bodies kept for GET /_sim/requests
 
 
 # --------------------------------------------------------------------------- the core
@@ -103,6 +104,8 @@ class Simulator:
         self.closing = False
         self._calls: Counter[str] = Counter()
         self._prompt_cache = PromptCache(config, PROMPT_CACHE_ENTRIES)
+        # The latest chat bodies as received, for tests that check nothing was dropped.
+        self.requests: deque[Any] = deque(maxlen=REQUESTS_KEPT)
 
     # -- control plane
 
@@ -113,11 +116,12 @@ class Simulator:
         self.faults = dict(faults)
 
     def reset(self) -> None:
-        """Forget stats, call counters and cached prompts: the next calls replay from the
-        start of the seeded sequence. Faults stay."""
+        """Forget stats, call counters, cached prompts and kept bodies: the next calls
+        replay from the start of the seeded sequence. Faults stay."""
         self.stats.clear()
         self._calls.clear()
         self._prompt_cache.clear()
+        self.requests.clear()
 
     def fault_for(self, model: str, profile: ModelProfile) -> FaultSpec | None:
         return self.faults.get(model) or self.faults.get(profile.name) or self.faults.get(ANY_MODEL)

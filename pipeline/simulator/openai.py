@@ -48,6 +48,7 @@ class OpenAIShape:
         api_key = bearer_key(request)
         fingerprint = key_fingerprint(api_key)
         body = await json_body(request)
+        self.sim.requests.append(body)
         model = body.get("model") if isinstance(body, dict) else None
         with self.sim.stats.track(model if isinstance(model, str) else NO_MODEL,
                                   fingerprint) as call:

@@ -3,7 +3,7 @@ dev stack, integration tests and benchmarks run without keys or network. It moun
 wire shapes — OpenAI chat completions (openai.py), Anthropic Messages (anthropic.py),
 Gemini generateContent (gemini.py), both Batch APIs (batches.py), embeddings
 (embeddings.py), the model catalogs (models.py) — over one core (core.py), plus
-``/_sim/*``, the control plane tests use (faults, stats, reset). An unknown route, a wrong
+``/_sim/*``, the control plane tests use (faults, stats, reset, the bodies received). An unknown route, a wrong
 method or a body over the size limit is a JSON error in the provider's shape the request
 looks like (Gemini by path or key, Anthropic by its headers, else OpenAI)."""
 
@@ -59,12 +59,17 @@ def control_routes(sim: Simulator) -> list[web.RouteDef]:
         sim.reset()
         return web.json_response({"reset": True})
 
+    async def requests(request: web.Request) -> web.Response:
+        """The latest chat bodies (OpenAI, Anthropic, Gemini) as received, oldest first."""
+        return web.json_response({"requests": list(sim.requests)})
+
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "models": len(sim.config.model_names())})
 
     return [web.get("/_sim/faults", get_faults), web.put("/_sim/faults", put_faults),
             web.delete("/_sim/faults", delete_faults), web.get("/_sim/stats", stats),
-            web.post("/_sim/reset", reset), web.get("/healthz", healthz)]
+            web.post("/_sim/reset", reset), web.get("/_sim/requests", requests),
+            web.get("/healthz", healthz)]
 
 
 def _faults_json(sim: Simulator) -> dict[str, Any]:

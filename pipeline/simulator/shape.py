@@ -143,6 +143,7 @@ class NativeShape:
         api_key = self.api_key(request)
         fingerprint = key_fingerprint(api_key)
         body = await json_body(request)
+        self.sim.requests.append(body)
         model = self.model_of(request, body)
         with self.sim.stats.track(model if isinstance(model, str) and model else NO_MODEL,
                                   fingerprint) as call:

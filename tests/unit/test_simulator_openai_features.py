@@ -376,3 +376,14 @@ async def test_model_lookup_and_json_route_errors():
     assert unknown_route.json()["error"]["message"] == "Invalid URL (POST /v1/chat/complete)"
     assert wrong_method.status_code == 405 and wrong_method.json()["error"]["type"]
     assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
+
+
+@pytest.mark.asyncio
+async def test_the_bodies_received_are_kept_until_reset():
+    body = chat(seed=11, n=2, tools=[WEATHER], tool_choice="auto")
+    async with serving(fast()) as (_, client):
+        await complete(client, body)
+        kept = (await client.get("/_sim/requests")).json()["requests"]
+        await client.post("/_sim/reset")
+        after = (await client.get("/_sim/requests")).json()["requests"]
+    assert kept == [body] and after == []
