@@ -49,6 +49,9 @@ class Offload(Protocol):
 
     def supports(self, deployment_id: str) -> bool: ...
 
+    def takes(self, routed: RoutedRequest) -> bool:
+        """A job can serve this request (otherwise it is dispatched live)."""
+
     async def submit(self, batch: Batch) -> Any:
         """Return once the job is durably recorded; raise if it is not."""
 
@@ -71,8 +74,12 @@ async def dispatch_batch(dispatcher: Dispatcher, batch: Batch, origin: Origin, c
             return []
     if batch.priority == BATCH_PRIORITY and offload is not None and offload.supports(batch.deployment):
         try:
-            await offload.submit(batch)
-            return []
+            taken = [item for item in batch.items if offload.takes(item)]
+            if taken:
+                await offload.submit(dataclasses.replace(batch, items=taken))
+            batch = dataclasses.replace(batch, items=[i for i in batch.items if i not in taken])
+            if not batch.items:
+                return []
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -72,6 +72,13 @@ class BatchOffload:
         return (deployment_id in self.clients
                 and deployment_id not in self.config.disabled_deployments)
 
+    def takes(self, routed: RoutedRequest) -> bool:
+        """Whether a job can serve the request: an Anthropic batch item is one call, one
+        choice, so a request for several choices (the adapter fans out live) stays live."""
+        client = self.clients.get(routed.route.deployment)
+        return client is not None and not (routed.request.params.n > 1
+                                           and client.deployment.adapter == "anthropic")
+
     async def submit(self, batch: Batch) -> None:
         """Create the provider job for ``batch`` and record it durably; raises (GatewayError
         from the provider, ValueError for a batch this offload cannot take) on failure."""

@@ -24,8 +24,9 @@ class Completion:
     completion_tokens: int          # every choice's output tokens
     cached_tokens: int
     provider_ms: int
-    # ms from the call's start to its first text delta; 0 when the call was not streamed
-    # (or streamed no text), since then the first token comes with the whole answer.
+    # ms from the call's start to its first streamed piece (text or tool call); 0 when the
+    # call was not streamed (or streamed nothing), since then the first token comes with
+    # the whole answer.
     ttft_ms: int = 0
     tool_calls: tuple[ToolCall, ...] = ()        # the first choice's function calls
     refusal: str | None = None

@@ -449,6 +449,9 @@ class FakeOffload:
     def supports(self, deployment_id):
         return self.supported
 
+    def takes(self, routed):
+        return routed.request.params.n == 1
+
     async def submit(self, batch):
         if self.fail:
             raise OSError("job not recorded")
@@ -471,6 +474,19 @@ async def test_batch_priority_goes_to_the_offload_when_it_takes_it(priority, off
     assert len(outs) == (3 if live else 0) and len(d.started) == (3 if live else 0)
     if offload is not None and not live:
         assert offload.submitted[0].items == items
+
+
+async def test_requests_a_job_cannot_serve_are_dispatched_live_beside_it():
+    items = [routed_request(priority="batch") for _ in range(3)]
+    several = items[1].replace(request=items[1].request.replace(
+        params=items[1].request.params.replace(n=2)))
+    items[1] = several
+    d, offload = FakeDispatcher(), FakeOffload()
+    d.release.set()
+    outs = await dispatch_batch(d, batch_of(items, "batch"), origin(0), codec,
+                                topics.dead_letter, offload)
+    assert offload.submitted[0].items == [items[0], items[2]]
+    assert len(outs) == 1 and len(d.started) == 1
 
 
 # --- finished hops: a re-read Batch does not call the provider again ------------------------------
