@@ -62,7 +62,8 @@ def parse_messages_request(body: dict[str, Any]) -> ChatRequest:
     extra = sum(images) + (estimate_text_tokens(json.dumps(body["tools"])) if tools else 0)
     repeatable = None
     if temperature == 0:
-        shaping = {k: v for k, v in body.items() if k != "stream"}
+        shaping = {k: v for k, v in body.items()
+                   if k not in ("stream", "stop_sequences", "max_tokens", "metadata")}
         repeatable = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
     features = {name for name, wanted in (("vision", images), ("tools", tools)) if wanted}
     return ChatRequest(model, tuple(messages), max_tokens, bool(stream), stop=tuple(stop),

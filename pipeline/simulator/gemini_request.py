@@ -96,7 +96,10 @@ def parse_generate_request(body: dict[str, Any], model: str, stream: bool = Fals
         extra += estimate_text_tokens(json.dumps(output.schema))
     repeatable = None
     if temperature == 0 and seed is not None:
-        repeatable = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        sampled = {k: v for k, v in config.items()
+                   if k not in ("stopSequences", "maxOutputTokens", "candidateCount")}
+        shaping = {**body, "generationConfig": sampled}
+        repeatable = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
     return ChatRequest(model, tuple(messages), max_tokens, stream, n=n, stop=tuple(stop),
                        repeatable=repeatable, output=output, tools=tools, tool_choice=choice,
                        extra_prompt_tokens=extra, features=frozenset(features))

@@ -28,6 +28,11 @@ PARAMETERS = frozenset({
 PART_TYPES = ("text", "image_url", "input_audio", "refusal", "audio", "file")
 NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 MAX_STOP, MAX_N, MAX_TOP_LOGPROBS, MAX_TOOLS = 4, 128, 20, 128
+# Fields that do not change what is sampled, only how much of it is sent or how: a
+# repeatable answer with a stop or a lower max_tokens is a prefix of the one without.
+NOT_SAMPLED = frozenset({"stream", "stream_options", "stop", "max_tokens",
+                         "max_completion_tokens", "n", "logprobs", "top_logprobs", "user",
+                         "metadata", "store", "service_tier", "safety_identifier"})
 _JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
                list: "an array", dict: "an object", type(None): "null"}
 
@@ -80,7 +85,7 @@ def parse_chat_request(body: dict[str, Any]) -> tuple[ChatRequest, bool]:
         extra += estimate_text_tokens(json.dumps(output.schema))
     repeatable = None
     if temperature == 0 and seed is not None:
-        shaping = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        shaping = {k: v for k, v in body.items() if k not in NOT_SAMPLED}
         repeatable = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
     chat = ChatRequest(
         model, tuple(messages), max_tokens, stream, n=n, stop=stop, repeatable=repeatable,

@@ -135,7 +135,10 @@ async def test_anthropic_temperature_zero_repeats():
     body = message("Explain retries", temperature=0)
     async with serving(fast()) as (_, client):
         texts = [(await messages(client, body)).json()["content"][0]["text"] for _ in range(2)]
+        stop = texts[0].split()[2]
+        cut = (await messages(client, {**body, "stop_sequences": [stop]})).json()
     assert texts[0] == texts[1]
+    assert cut["content"][0]["text"] == texts[0][:texts[0].index(stop)]
 
 
 # ---------------------------------------------------------------------------- Gemini
@@ -214,6 +217,10 @@ async def test_gemini_candidates_schema_images_stop_and_seed():
             {"text": "What is this?"}, image]}]})).json()
         first = (await generate(client, seeded)).json()
         again = (await generate(client, seeded)).json()
+        seeded_text = first["candidates"][0]["content"]["parts"][0]["text"]
+        seeded_stop = seeded_text.split()[2]
+        seeded_cut = (await generate(client, {**seeded, "generationConfig": {
+            **seeded["generationConfig"], "stopSequences": [seeded_stop]}})).json()
         schema_without_json = await generate(client, {"contents": contents("x"),
                                                       "generationConfig": {"responseSchema": schema}})
     async with serving(fast()) as (_, client):
@@ -229,5 +236,7 @@ async def test_gemini_candidates_schema_images_stop_and_seed():
         ["What is this?"]) + GEMINI_IMAGE_TOKENS
     assert [c["index"] for c in first["candidates"]] == [0, 1]
     assert first["candidates"] == again["candidates"]
+    assert seeded_cut["candidates"][0]["content"]["parts"][0]["text"] == \
+        seeded_text[:seeded_text.index(seeded_stop)]
     assert stopped["candidates"][0]["content"]["parts"][0]["text"] == text[:text.index(word)]
     assert schema_without_json.status_code == 400

@@ -187,6 +187,17 @@ async def test_seed_at_temperature_zero_repeats_the_answer_streamed_or_not():
 
 
 @pytest.mark.asyncio
+async def test_a_seeded_answer_with_a_stop_is_a_prefix_of_the_one_without():
+    body = chat(temperature=0, seed=3, max_tokens=80)
+    async with serving(fast()) as (_, client):
+        text = (await complete(client, body)).json()["choices"][0]["message"]["content"]
+        stop = text.split()[2]
+        cut = (await complete(client, {**body, "stop": [stop], "n": 2})).json()["choices"][0]
+    assert cut["message"]["content"] == text[:text.index(stop)]
+    assert cut["finish_reason"] == "stop"
+
+
+@pytest.mark.asyncio
 async def test_logprobs_cover_every_token_streamed_or_not():
     async with serving(fast()) as (running, client):
         reply = await sdk(running).chat.completions.create(
