@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import secrets
 import time
 import uuid
 from collections import Counter
@@ -300,10 +299,10 @@ def start_fault_stack(data_dir: Path, broker: EmbeddedBroker | None = None, topi
     config = write_config_dir(data_dir / "config", calls=FAULT_CALLS, resilience=FAULT_RESILIENCE,
                               deployments=FAULT_DEPLOYMENTS)
     stack = DevStack(data_dir / "stack", topic_prefix=topic_prefix, app_id=app_id,
-                     simulator_args=SIMULATOR_ARGS, config_dir=config)
+                     simulator_args=SIMULATOR_ARGS, config_dir=config,
+                     extra_key_vars=(REVOKED_KEY_ENV,))
     stack.start(broker=broker)
     try:
-        stack.provider_keys[REVOKED_KEY_ENV] = f"sk-dev-{secrets.token_hex(16)}"
         return stack, stack.start_worker()
     except BaseException:
         stack.stop()
@@ -313,7 +312,10 @@ def start_fault_stack(data_dir: Path, broker: EmbeddedBroker | None = None, topi
 def warm_up(stack: DevStack, per_model: int = 4) -> None:
     """A few unmeasured requests to every model first (as `llmpipe bench` does): consumer
     group settled, connection pools open, tenancy state created."""
-    models = sorted({d.model for d in stack_deployments(stack).by_id.values()})
+    config = Path(stack.config_dir) if stack.config_dir is not None else default_config_dir()
+    catalog = load_catalog(config / "catalog.yaml")
+    models = sorted({d.model for d in stack_deployments(stack).by_id.values()
+                     if catalog.models[d.model].kind == "chat"})     # chat requests only
     requests = [r for m in models for r in pinned_requests("faults-warmup", m, per_model, "warm-up")]
     asyncio.run(drive(stack, requests, len(requests)))
 

@@ -146,6 +146,7 @@ class DevStack:
     workers: list[Worker] = field(default_factory=list)
     children: list[subprocess.Popen] = field(default_factory=list)   # gateways, stopped first
     provider_keys: dict[str, str] = field(default_factory=dict)
+    extra_key_vars: tuple[str, ...] = ()        # more key variables a config dir names
     owns_broker: bool = True
     # Workers read their YAML configuration here (LLMPIPE_CONFIG_DIR); None: the packaged
     # config. See write_config_dir for a copy with some settings changed.
@@ -159,17 +160,20 @@ class DevStack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.owns_broker = broker is None
         self.broker = broker or EmbeddedBroker(self.kafka_port, self.data_dir / "broker.log").start()
+        # Fresh fake keys per stack: nothing secret-shaped lives in the code. The simulator
+        # accepts these and no others (401 otherwise), as a provider checks its keys.
+        self.provider_keys = {var: f"sk-dev-{_secrets.token_hex(16)}"
+                              for var in PROVIDER_KEY_VARS + self.extra_key_vars}
         self.start_simulator()
         _run_sync(self.apply_topics())
-        # Fresh fake keys per stack: nothing secret-shaped lives in the code.
-        self.provider_keys = {var: f"sk-dev-{_secrets.token_hex(16)}" for var in PROVIDER_KEY_VARS}
         return self
 
     def start_simulator(self) -> None:
         log = open(self.data_dir / "simulator.log", "ab")
         self.simulator = subprocess.Popen(
             [sys.executable, "-m", "pipeline.simulator", "--port", "0", *self.simulator_args],
-            stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+            stdout=subprocess.PIPE, stderr=log, start_new_session=True,
+            env={**os.environ, "LLMPIPE_SIM_KEYS": ",".join(self.provider_keys.values())})
         assert self.simulator.stdout is not None
         line = self.simulator.stdout.readline().decode().strip()
         if "listening on " not in line:
@@ -252,6 +256,13 @@ class DevStack:
         resp = httpx.get(f"{self.simulator_url}/_sim/stats", timeout=10)
         resp.raise_for_status()
         return resp.json()
+
+    def simulator_requests(self) -> list[dict]:
+        """The bodies of the simulator's latest chat calls, oldest first (what providers
+        received, for tests that check nothing was dropped on the way)."""
+        resp = httpx.get(f"{self.simulator_url}/_sim/requests", timeout=10)
+        resp.raise_for_status()
+        return resp.json()["requests"]
 
     def reset_simulator(self) -> None:
         """Forget the simulator's stats and call counters (faults stay)."""
