@@ -93,6 +93,7 @@ def demo_calls(gateway: GatewayProcess, key: str, model: str = "gpt-4o-mini"
     total = (time.monotonic() - started) * 1000
     lines.append(f"  streamed  {stream.status_code}: {events} content events, first after "
                  f"{first_ms or 0:,.0f} ms, done after {total:,.0f} ms")
+    lines += _feature_calls(gateway, auth, model, ids)
     for what, headers, payload in (
             ("bad key", {"authorization": "Bearer sk-llmp-wrong"}, {"model": model}),
             ("unknown model", auth, {"model": "gpt-9"})):
@@ -101,3 +102,42 @@ def demo_calls(gateway: GatewayProcess, key: str, model: str = "gpt-4o-mini"
         lines.append(f"  {what:<9} {resp.status_code} {error.get('code')}: "
                      f"{error.get('message', '')[:80]}")
     return lines, ids
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+WEATHER_SCHEMA = {"type": "object", "properties": {
+    "city": {"type": "string"}, "temperature_c": {"type": "number"}},
+    "required": ["city", "temperature_c"], "additionalProperties": False}
+
+
+def _feature_calls(gateway: GatewayProcess, auth: dict[str, str], model: str,
+                   ids: list[str]) -> list[str]:
+    """A forced tool call, a json_schema answer and an embedding: the chat API beyond text."""
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    calls = (
+        ("tool call", "chat/completions",
+         {"model": model, "messages": ask, "tools": [WEATHER_TOOL],
+          "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+         lambda b: "get_weather(" + b["choices"][0]["message"]["tool_calls"][0]["function"]
+         ["arguments"] + ")"),
+        ("json", "chat/completions",
+         {"model": model, "messages": ask, "response_format": {
+             "type": "json_schema", "json_schema": {"name": "weather", "schema": WEATHER_SCHEMA,
+                                                    "strict": True}}},
+         lambda b: b["choices"][0]["message"]["content"]),
+        ("embedding", "embeddings",
+         {"model": "text-embedding-3-small", "input": ["where is my parcel", "我的包裹在哪里"]},
+         lambda b: f"{len(b['data'])} vectors of {len(b['data'][0]['embedding'])} dimensions"),
+    )
+    lines = []
+    for what, path, body, show in calls:
+        resp = httpx.post(f"{gateway.base_url}/{path}", json=body, headers=auth, timeout=60)
+        if resp.status_code == 200:
+            ids.append(resp.headers["x-llmpipe-request-id"])
+            lines.append(f"  {what:<9} 200: {show(resp.json())[:90]}")
+        else:
+            lines.append(f"  {what:<9} {resp.status_code}: {resp.text[:200]}")
+    return lines

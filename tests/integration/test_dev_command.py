@@ -22,8 +22,10 @@ def test_dev_runs_demo_prints_report_and_ctrl_c_stops_every_child(tmp_path):
             assert dev.poll() is None, log.read_text()
             time.sleep(0.5)
         text = log.read_text()
-        # 12 over Kafka, 2 through the HTTP gateway (plain and streamed)
-        assert "accounted for: 14/14 responses, 14/14 with exactly one usage row" in text, text
+        # 12 over Kafka, 5 through the HTTP gateway (plain, streamed, a tool call, a json
+        # answer, an embedding)
+        assert "accounted for: 17/17 responses, 17/17 with exactly one usage row" in text, text
+        assert "tool call 200: get_weather(" in text and "embedding 200: 2 vectors" in text, text
         assert re.search(r"plain     200 in [\d,]+ ms", text), text
         assert re.search(r"streamed  200: \d+ content events", text), text
         assert "bad key   401 invalid_api_key" in text and "unknown model 404" in text, text
