@@ -20,7 +20,7 @@ import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -45,6 +45,7 @@ from pipeline.kafka import clients
 from pipeline.tenancy.directory import TenantDirectory
 
 log = logging.getLogger("llmpipe.gateway")
+C = TypeVar("C")          # a parsed call: a Chat or an EmbeddingCall, each with .request
 
 
 @dataclass
@@ -111,20 +112,11 @@ class Gateway:
         return JSONResponse(_model(name))
 
     async def chat(self, request: HttpRequest) -> HttpResponse:
-        tenant = self._tenant(request)
-        if tenant is None:
-            return _unauthorized()
-        body = await self._json(request)
-        if isinstance(body, HttpResponse):
-            return body
-        try:
-            chat = wire.parse_chat(body, tenant, reply_topic=self.reply_topics[0],
-                                   chunk_topic=self.reply_topics[1], bounds=self.bounds)
-            validation.check_request(chat.request, now_ms(), self.bounds)
-        except wire.BadRequest as exc:
-            return _error(errors.INVALID_REQUEST, exc.message, exc.param)
-        except Rejected as exc:
-            return _error(exc.code, exc.message)
+        chat = await self._call(request, lambda body, tenant: wire.parse_chat(
+            body, tenant, reply_topic=self.reply_topics[0], chunk_topic=self.reply_topics[1],
+            bounds=self.bounds))
+        if isinstance(chat, HttpResponse):
+            return chat
         r = chat.request
         sent = await self._publish_and_wait(request, r, stream=chat.stream)
         if isinstance(sent, HttpResponse):
@@ -141,20 +133,10 @@ class Gateway:
                                           "x-llmpipe-request-id": r.request_id})
 
     async def embeddings(self, request: HttpRequest) -> HttpResponse:
-        tenant = self._tenant(request)
-        if tenant is None:
-            return _unauthorized()
-        body = await self._json(request)
-        if isinstance(body, HttpResponse):
-            return body
-        try:
-            call = parse_embeddings(body, tenant, reply_topic=self.reply_topics[0],
-                                    bounds=self.bounds)
-            validation.check_request(call.request, now_ms(), self.bounds)
-        except wire.BadRequest as exc:
-            return _error(errors.INVALID_REQUEST, exc.message, exc.param)
-        except Rejected as exc:
-            return _error(exc.code, exc.message)
+        call = await self._call(request, lambda body, tenant: parse_embeddings(
+            body, tenant, reply_topic=self.reply_topics[0], bounds=self.bounds))
+        if isinstance(call, HttpResponse):
+            return call
         r = call.request
         sent = await self._publish_and_wait(request, r, stream=False)
         if isinstance(sent, HttpResponse):
@@ -162,6 +144,25 @@ class Gateway:
         response, waiter, _ = sent
         self.replies.forget(waiter)
         return _answer(response, lambda ok: embeddings_body(ok, r.model, call.encoding_format))
+
+    async def _call(self, request: HttpRequest, parse: Callable[[Any, str], C]
+                    ) -> C | HttpResponse:
+        """The caller's tenant (from its key) and body, parsed by ``parse`` into a call whose
+        ``request`` passes intake's checks; or the error to answer."""
+        tenant = self._tenant(request)
+        if tenant is None:
+            return _unauthorized()
+        body = await self._json(request)
+        if isinstance(body, HttpResponse):
+            return body
+        try:
+            call = parse(body, tenant)
+            validation.check_request(call.request, now_ms(), self.bounds)
+        except wire.BadRequest as exc:
+            return _error(errors.INVALID_REQUEST, exc.message, exc.param)
+        except Rejected as exc:
+            return _error(exc.code, exc.message)
+        return call
 
     async def _json(self, request: HttpRequest) -> Any:
         """The body, parsed; or the error to answer (413 for an oversize body, 400 for one
