@@ -14,7 +14,7 @@ from pipeline.routing.classifier import RuleClassifier
 from pipeline.routing.policy import Router, RoutingPolicy, load_routing
 from pipeline.secrets import Secret, SecretError, load_secret
 from pipeline.settings import Settings
-from pipeline.intake.validation import RequestBounds, load_bounds
+from pipeline.intake.bounds import RequestBounds, load_bounds
 
 
 @dataclass

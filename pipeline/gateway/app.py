@@ -40,7 +40,7 @@ from pipeline.gateway.embeddings import embeddings_body, parse_embeddings
 from pipeline.gateway.keys import KeyRing, bearer
 from pipeline.gateway.replies import Replies, Waiter
 from pipeline.intake import validation
-from pipeline.intake.validation import RequestBounds
+from pipeline.intake.bounds import RequestBounds
 from pipeline.kafka import clients
 from pipeline.tenancy.directory import TenantDirectory
 

@@ -16,7 +16,7 @@ from pipeline.events.models import EmbeddingInput, Request, Response, RoutingHin
 from pipeline.gateway import fields
 from pipeline.gateway.fields import BadRequest
 from pipeline.gateway.wire import AUTO, DEFAULT_PRIORITY, options
-from pipeline.intake.validation import RequestBounds
+from pipeline.intake.bounds import RequestBounds
 
 FORMATS = ("float", "base64")
 # Carried: model, input, dimensions, encoding_format (how to answer), user (end_user) and our

@@ -18,7 +18,7 @@ from pipeline.gateway import fields
 from pipeline.gateway.fields import BadRequest, absent, number
 from pipeline.gateway.messages import parse_messages
 from pipeline.gateway.tools import parse_response_format, parse_tool_choice, parse_tools
-from pipeline.intake.validation import RequestBounds
+from pipeline.intake.bounds import RequestBounds
 
 
 # The model name that lets the router choose.

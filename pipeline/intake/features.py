@@ -17,9 +17,10 @@ from pipeline.errors import Rejected
 from pipeline.events.models import (IMAGE_URL, RESPONSE_FORMATS, TEXT, TOOL_CHOICE_MODES,
                                     ChatMessage, EmbeddingInput, Request)
 
+from pipeline.intake.bounds import RequestBounds
+
 if TYPE_CHECKING:
     from pipeline.catalog import Model
-    from pipeline.intake.validation import RequestBounds
 
 FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 IMAGE_DETAILS = ("auto", "low", "high")
@@ -31,7 +32,7 @@ PENALTY_RANGE = (-2.0, 2.0)
 COMPONENT_BYTES = {"avro": 4, "json": 24}
 
 
-def check_chat(r: Request, bounds: "RequestBounds") -> None:
+def check_chat(r: Request, bounds: RequestBounds) -> None:
     """Everything of a chat request beyond its text and sampling parameters."""
     for i, m in enumerate(r.messages):
         _message(i, m, bounds)
@@ -60,7 +61,7 @@ def has_content(m: ChatMessage) -> bool:
     return bool(m.text.strip() or m.images or m.tool_calls)
 
 
-def _message(i: int, m: ChatMessage, bounds: "RequestBounds") -> None:
+def _message(i: int, m: ChatMessage, bounds: RequestBounds) -> None:
     where = f"messages[{i}]"
     if m.parts and m.content:
         raise Rejected(f"{where} has both content and parts: parts are the content when given")
@@ -96,7 +97,7 @@ def _message(i: int, m: ChatMessage, bounds: "RequestBounds") -> None:
         raise Rejected(f"{where} has tool_call_id; only tool messages answer tool calls")
 
 
-def _tools(r: Request, bounds: "RequestBounds") -> None:
+def _tools(r: Request, bounds: RequestBounds) -> None:
     if len(r.tools) > bounds.max_tools:
         raise Rejected(f"tools holds {len(r.tools)} functions; at most {bounds.max_tools}")
     names = set()
@@ -138,7 +139,7 @@ def _response_format(r: Request) -> None:
         raise Rejected(f"response_format {fmt.type} takes no name or schema")
 
 
-def check_embedding(r: Request, bounds: "RequestBounds") -> None:
+def check_embedding(r: Request, bounds: RequestBounds) -> None:
     e = r.embedding
     assert e is not None
     if r.messages:
@@ -184,7 +185,7 @@ def _schema(field: str, text: str) -> None:
 
 
 def check_embedding_reply(e: EmbeddingInput, model: "Model", fmt: str,
-                          bounds: "RequestBounds") -> None:
+                          bounds: RequestBounds) -> None:
     """The vectors must fit one Response record, which is bounded like a request (the
     broker's message size): a request for more is refused saying how many inputs fit."""
     dims = e.dimensions or model.dimensions

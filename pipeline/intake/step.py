@@ -31,7 +31,7 @@ from pipeline.tenancy.state import TenantState, budget_alert
 from pipeline.routing.tokens import estimate_request_tokens
 from pipeline.settings import Topics
 from pipeline.intake.features import check_embedding_reply
-from pipeline.intake.validation import RequestBounds
+from pipeline.intake.bounds import RequestBounds
 
 
 class Intake:

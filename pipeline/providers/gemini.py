@@ -29,8 +29,9 @@ candidate's first call is kept. Logprobs are not offered for Gemini (routing kee
 requests away; one that arrives is refused).
 
 Embeddings: ``:batchEmbedContents``, one request per input. Its answer has no usage, so
-``prompt_tokens`` is the offline estimate of the inputs' tokens (pipeline.routing.tokens,
-text only: an embedding input has no chat framing).
+``prompt_tokens`` is intake's offline estimate of the inputs' tokens
+(``RoutedRequest.estimated_prompt_tokens``: text only, an embedding input has no chat
+framing).
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ from pipeline.providers.base import Completion
 from pipeline.providers.http import (HTTPAdapter, StreamError, StreamReader, code_for_status,
                                      event_json, json_object, mentions)
 from pipeline.resilience.retry import retry_after
-from pipeline.routing.tokens import estimate_text_tokens
 from pipeline.providers.turns import ASSISTANT, Block, ToolResult, data_url, parse_json, to_turns
 
 FINISH_REASONS = {
@@ -182,7 +182,7 @@ class GeminiAdapter(HTTPAdapter):
         if len(vectors) != len(inputs):
             raise ValueError("one vector per input")
         return Completion(content="", finish_reason=None,
-                          prompt_tokens=sum(estimate_text_tokens(t) for t in inputs),
+                          prompt_tokens=routed.estimated_prompt_tokens,
                           completion_tokens=0, cached_tokens=0, provider_ms=provider_ms,
                           embeddings=vectors)
 

@@ -16,7 +16,6 @@ from pipeline.errors import GatewayError
 from pipeline.events.models import (ChatMessage, ContentPart, EmbeddingInput, ResponseFormat,
                                     Tool, ToolCall, ToolCallDelta, ToolChoice)
 from pipeline.providers import GeminiAdapter
-from pipeline.routing.tokens import estimate_text_tokens
 from tests.unit.test_adapters_native import GEMINI, KEY, answering, mock, routed
 from tests.unit.test_adapters_openai import (CALL, PERSON, WEATHER, answer_to, sent_body,
                                              streamed)
@@ -173,12 +172,13 @@ EMBEDDER = dataclasses.replace(GEMINI, id="google-gemini-embedding-001",
                                provider_model="gemini-embedding-001")
 
 
-async def test_embeddings_are_one_batch_with_estimated_tokens():
+async def test_embeddings_are_one_batch_with_intakes_token_estimate():
     sent: list[httpx.Request] = []
     reply = {"embeddings": [{"values": [0.5, 0.5]}, {"values": [1, 0]}]}
     adapter = mock(GeminiAdapter, EMBEDDER, answering(200, reply, sent=sent))
     done = await adapter.embed(routed([], fields=dict(
-        embedding=EmbeddingInput(["first text", "second"], dimensions=2))))
+        embedding=EmbeddingInput(["first text", "second"], dimensions=2))).replace(
+            estimated_prompt_tokens=5))
     await adapter.aclose()
     (request,) = sent
     assert str(request.url) == ("https://generativelanguage.googleapis.com/v1beta/models/"
@@ -190,8 +190,7 @@ async def test_embeddings_are_one_batch_with_estimated_tokens():
         {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "second"}]},
          "outputDimensionality": 2}]}
     assert done.embeddings == ([0.5, 0.5], [1.0, 0.0])
-    assert done.prompt_tokens == estimate_text_tokens("first text") + estimate_text_tokens(
-        "second")
+    assert done.prompt_tokens == 5          # no usage from Gemini: intake's estimate
 
 
 async def test_an_embedding_refusal_is_classified_as_a_chat_refusal():

@@ -15,7 +15,8 @@ from pipeline.catalog import load_catalog
 from pipeline.errors import Rejected
 from pipeline.events.models import (ChatMessage, ContentPart, EmbeddingInput, GenerationParams,
                                     Request, ResponseFormat, Tool, ToolCall, ToolChoice)
-from pipeline.intake.validation import check_request, load_bounds
+from pipeline.intake.bounds import load_bounds
+from pipeline.intake.validation import check_request
 from pipeline.providers.deployments import load_deployments
 from pipeline.routing.policy import Router, TenantRules, load_routing
 from pipeline.routing.tokens import estimate_prompt_tokens, estimate_request_tokens

@@ -21,7 +21,7 @@ from pipeline.events.models import (ERROR, OK, Choice, Chunk, ErrorInfo, Request
 from pipeline.gateway.app import Gateway
 from pipeline.gateway.keys import KeyRing, hash_key
 from pipeline.gateway.replies import Replies, Waiter
-from pipeline.intake.validation import RequestBounds
+from pipeline.intake.bounds import RequestBounds
 
 KEY = "sk-test-key"
 Script = Callable[[Request], list]

@@ -19,7 +19,7 @@ from pipeline.events.models import (Choice, Chunk, EmbeddingInput, ErrorInfo, Re
 from pipeline.gateway import embeddings, stream, wire
 from pipeline.gateway.keys import KeyRing, bearer, hash_key, new_key, valid_hash
 from pipeline.intake import validation
-from pipeline.intake.validation import RequestBounds
+from pipeline.intake.bounds import RequestBounds
 
 REPLIES = dict(reply_topic="llm.gateway.gw.responses", chunk_topic="llm.gateway.gw.chunks")
 

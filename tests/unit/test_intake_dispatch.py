@@ -22,7 +22,7 @@ from pipeline.resilience.retry import RetryPolicy
 from pipeline.routing.policy import Router, load_routing
 from pipeline.secrets import Secret
 from pipeline.settings import Topics
-from pipeline.intake.validation import RequestBounds
+from pipeline.intake.bounds import RequestBounds
 
 catalog = load_catalog()
 deployments = load_deployments(catalog, env={})

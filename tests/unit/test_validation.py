@@ -18,7 +18,8 @@ from pipeline.intake import Intake
 from pipeline.outputs import Origin
 from pipeline.routing.policy import Router, load_routing
 from pipeline.settings import Topics
-from pipeline.intake.validation import RequestBounds, load_bounds, reply_topic_allowed, tenant_partition
+from pipeline.intake.bounds import RequestBounds, load_bounds
+from pipeline.intake.validation import reply_topic_allowed, tenant_partition
 
 catalog = load_catalog()
 deployments = load_deployments(catalog, env={})
