@@ -192,6 +192,7 @@ class Request(Event):
     parallel_tool_calls: Optional[bool] = None
     response_format: Optional[ResponseFormat] = None
     embedding: Optional[EmbeddingInput] = None
+    cache_control: str = ""
 
 
 # --- RoutedRequest -------------------------------------------------------------------
@@ -232,6 +233,8 @@ class RoutedRequest(Event):
     tried: list[AttemptRecord] = field(default_factory=list)
     estimated_prompt_tokens: int = 0
     reply_format: str = "avro"
+    cache_key: str = ""
+    cache_ttl_s: int = 0
 
 
 @dataclass
@@ -311,6 +314,8 @@ class Response(Event):
     logprobs: Optional[str] = None
     more_choices: list[Choice] = field(default_factory=list)
     embeddings: list[list[float]] = field(default_factory=list)
+    cache: str = ""
+    cache_similarity: Optional[float] = None
 
     def rest_after(self, sent: str) -> str | None:
         """The answer's text a stream that carried ``sent`` has not carried yet ("" when
@@ -346,6 +351,8 @@ class Usage(Event):
     batch_id: str = ""
     batch_size: int = 0
     cache: str = "miss"
+    cache_kind: str = ""
+    cache_saved_nanos: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
@@ -377,6 +384,17 @@ class Chunk(Event):
     at_ms: int
     model: Optional[str] = None
     tool_calls: list[ToolCallDelta] = field(default_factory=list)
+
+
+@dataclass
+class CacheFill(Event):
+    AVRO_NAME: ClassVar[str] = "CacheFill"
+    tenant: str
+    op: str
+    at_ms: int
+    key: str = ""
+    expires_at_ms: int = 0
+    answer: Optional[Response] = None
 
 
 @dataclass
@@ -455,6 +473,9 @@ class TenantPolicy(Event):
     truncation_allowed: bool = False
     cache_enabled: bool = True
     cache_ttl_s: int = 3600
+    cache_kinds: list[str] = field(default_factory=list)
+    cache_max_entries: int = 10000
+    cache_threshold: float = 0.95
     updated_at_ms: int = 0
     reply_topics: list[str] = field(default_factory=list)
     api_keys: list[str] = field(default_factory=list)
@@ -462,6 +483,6 @@ class TenantPolicy(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.AVRO_NAME: cls
-    for cls in (Request, RoutedRequest, Batch, BatchJob, Response, Chunk, Cancel, Usage,
+    for cls in (Request, RoutedRequest, Batch, BatchJob, Response, Chunk, Cancel, CacheFill, Usage,
                 Alert, DeadLetter, TenantPolicy)
 }
