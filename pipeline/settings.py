@@ -48,6 +48,8 @@ class Topics:
     def chunks(self) -> str: return self.name("llm.chunks")
     @property
     def cancels(self) -> str: return self.name("llm.cancels")
+    @property
+    def cache_fills(self) -> str: return self.name("llm.cache-fills")
 
     def gateway_replies(self, instance: str) -> tuple[str, str]:
         """The reply topics of one HTTP gateway instance: (responses, chunks). One partition

@@ -10,6 +10,7 @@ import faust
 from pipeline.agents.batcher import register_batcher
 from pipeline.agents.dispatch import register_dispatch
 from pipeline.outputs import Emitter
+from pipeline.agents.cache import CacheTable, register_cache_fill
 from pipeline.agents.intake import register_intake
 from pipeline.agents.tenancy import Tenancy, register_settle, register_views
 from pipeline.batching.config import load_batching
@@ -66,9 +67,12 @@ def create_app(runtime: Runtime) -> faust.App:
     if "intake" in s.agents:
         # Reserve (intake) and settle (usage) meet on the tenant's partition: same worker.
         tenancy = Tenancy(app, runtime, partitions[s.topics.requests])
+        # The response cache lives there too: looked up by intake, filled by cachefill.
+        cache = CacheTable(app, runtime, partitions[s.topics.requests])
         register_intake(app, runtime, tenancy, topic(s.topics.requests), emitter,
-                        partitions.get(s.topics.requests), windows)
+                        partitions.get(s.topics.requests), windows, cache.cache)
         register_settle(app, runtime, tenancy, topic(s.topics.usage), emitter)
+        register_cache_fill(app, runtime, tenancy, cache, topic(s.topics.cache_fills), emitter)
         register_views(app, tenancy)
     if "batcher" in s.agents or "dispatch" in s.agents:
         # Dispatch reads only what the batcher publishes (llm.routed -> llm.batches, same

@@ -10,19 +10,22 @@ from pipeline.agents.flow import process
 from pipeline.outputs import Emitter
 from pipeline.agents.tenancy import Tenancy
 from pipeline.batching.config import BatchingConfig
+from pipeline.cache.exact import ExactCache
 from pipeline.intake import Intake
 from pipeline.outputs import Origin
 from pipeline.runtime import Runtime
 
 
 def register_intake(app: faust.App, runtime: Runtime, tenancy: Tenancy, source: faust.TopicT,
-                    emitter: Emitter, partitions: int | None, windows: BatchingConfig) -> None:
+                    emitter: Emitter, partitions: int | None, windows: BatchingConfig,
+                    cache: ExactCache | None = None) -> None:
     """``partitions``: llm.requests' partition count (a record must sit on its tenant's).
-    ``windows``: the micro-batch windows (windowless priorities skip the batcher)."""
+    ``windows``: the micro-batch windows (windowless priorities skip the batcher).
+    ``cache``: the response cache on the same tenant partitions."""
     s = runtime.settings
     intake = Intake(runtime.codec, runtime.catalog, runtime.router(), runtime.policy, s.topics,
                     policies=tenancy.directory.get, state=tenancy.state, bounds=runtime.bounds,
-                    partitions=partitions, windows=windows)
+                    partitions=partitions, windows=windows, cache=cache)
 
     async def step(value: bytes | None, origin: Origin):
         return intake.handle(value, origin)

@@ -30,6 +30,7 @@ from pipeline.tenancy.canary import CANARY, arm_for, arm_label
 from pipeline.tenancy.state import TenantState, budget_alert
 from pipeline.routing.tokens import estimate_request_tokens
 from pipeline.settings import Topics
+from pipeline.cache.exact import ExactCache, key_of
 from pipeline.intake.features import check_embedding_reply
 from pipeline.intake.bounds import RequestBounds
 
@@ -41,15 +42,18 @@ class Intake:
                  topics: Topics, clock: Callable[[], int] = now_ms,
                  policies: Callable[[str], TenantPolicy | None] = lambda tenant: None,
                  state: TenantState | None = None, bounds: RequestBounds = RequestBounds(),
-                 partitions: int | None = None, windows: BatchingConfig | None = None):
+                 partitions: int | None = None, windows: BatchingConfig | None = None,
+                 cache: ExactCache | None = None):
         """``partitions``: llm.requests' partition count, to check that a record sits on its
         tenant's partition (None: not checked). ``windows``: the micro-batch windows; a
         request at a priority without one goes straight to llm.batches (None: every
-        request goes to llm.routed)."""
+        request goes to llm.routed). ``cache``: the tenant partitions' response cache
+        (None: no cache)."""
         self.codec, self.catalog, self.router, self.policy = codec, catalog, router, policy
         self.topics, self.clock, self.policies = topics, clock, policies
         self.bounds, self.partitions, self.windows = bounds, partitions, windows
         self.state = state if state is not None else TenantState({})
+        self.cache = cache
 
     def handle(self, value: bytes | None, origin: Origin) -> list[Out]:
         received = self.clock()
@@ -72,13 +76,21 @@ class Intake:
         if kind == DUPLICATE:
             return [self._duplicate(request, fmt, seen, received)]
         outs: list[Out] = []
+        read, keep = self.cache.decide(request, policy) if self.cache else (False, False)
+        key = key_of(request) if read or keep else ""
         try:
+            if read and kind != REDELIVERY:     # a redelivery holds its first reservation
+                cached = self.cache.lookup(request, key, received) if self.cache else None
+                if cached is not None:
+                    return self._cached(request, fmt, origin, received, policy, cached)
             if kind == REDELIVERY and seen.state != REFUSED:
                 # Admitted before but never acknowledged: route again, reserve nothing new.
                 routed, _ = self._route(request, fmt, origin, received, policy, economise=False)
             else:
                 routed, alerts = self._admit(request, fmt, origin, received, policy)
                 outs += alerts
+            if keep and policy is not None:
+                routed = routed.replace(cache_key=key, cache_ttl_s=policy.cache_ttl_s)
         except Rejected as exc:
             self.state.refuse(request.tenant, request.request_id, origin.partition, origin.offset,
                               received)
@@ -87,6 +99,19 @@ class Intake:
         finally:
             self.state.sweep(origin.partition, received)
         return outs + [self._onward(routed)]
+
+    def _cached(self, request: Request, fmt: str, origin: Origin, received: int,
+                policy: TenantPolicy | None, cached: Response) -> list[Out]:
+        """A cache hit: the request ends here, with its Response and one Usage (cost 0),
+        admitted like any request so a repeat of its id is a duplicate."""
+        assert self.cache is not None
+        response, usage = self.cache.answer(request, cached, received, self.clock(),
+                                            baseline_model=policy and policy.baseline_model)
+        self.state.admit(request.tenant, request.team, request.request_id, origin.partition,
+                         origin.offset, received, 0)
+        return [Out(request.reply_topic or self.topics.responses, request.request_id,
+                    response, fmt),
+                Out(self.topics.usage, request.tenant, usage, partition=origin.partition)]
 
     def _onward(self, routed: RoutedRequest) -> Out:
         priority = windowless(self.windows, routed) if self.windows is not None else None

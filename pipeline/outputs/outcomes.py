@@ -13,6 +13,7 @@ from pipeline.catalog import Catalog
 from pipeline.events.models import (ERROR, OK, AttemptRecord, ErrorInfo, Request, Response,
                                     RoutedRequest, Usage)
 from pipeline.outputs.out import AVRO, Out
+from pipeline.cache.exact import fill_for
 from pipeline.providers.base import Completion
 from pipeline.settings import Topics
 
@@ -109,8 +110,13 @@ def answered(routed: RoutedRequest, c: Completion, *, catalog: Catalog, at: int,
         price_version=catalog.price_version, served_model=route.model, provider=route.provider,
         deployment=route.deployment, region=route.region, first_token_at_ms=first_token_at_ms,
         **_batch_fields(batch_job))
-    return [Out(routed.reply_topic, r.request_id, response, routed.reply_format),
+    outs = [Out(routed.reply_topic, r.request_id, response, routed.reply_format),
             usage_out(routed, usage, topics)]
+    fill = fill_for(routed, response, at)
+    if fill is not None:            # kept on the tenant's partition, where intake looks up
+        partition = routed.tenant_partition if routed.tenant_partition >= 0 else None
+        outs.append(Out(topics.cache_fills, r.tenant, fill, partition=partition))
+    return outs
 
 
 def routed_failed(routed: RoutedRequest, code: str, message: str, retryable: bool, *, at: int,

@@ -86,6 +86,12 @@ def policy_from_mapping(data: Any, catalog: Catalog, *, tenant: str | None = Non
         truncation_allowed=_bool(data, "truncation_allowed", _POLICY_DEFAULTS.truncation_allowed),
         cache_enabled=_bool(data, "cache_enabled", _POLICY_DEFAULTS.cache_enabled),
         cache_ttl_s=_int(data, "cache_ttl_s", "", _POLICY_DEFAULTS.cache_ttl_s, minimum=1),
+        cache_kinds=_cache_kinds(data.get("cache_kinds", [])),
+        cache_max_entries=_int(data, "cache_max_entries", "", _POLICY_DEFAULTS.cache_max_entries,
+                               minimum=1),
+        cache_threshold=float(_fraction(data.get("cache_threshold",
+                                                 _POLICY_DEFAULTS.cache_threshold),
+                                        "cache_threshold")),
         updated_at_ms=_int(data, "updated_at_ms", "", 0, minimum=0, maximum=2**63 - 1),
         reply_topics=_reply_topics(data.get("reply_topics", [])),
         api_keys=_api_keys(data.get("api_keys", [])),
@@ -158,6 +164,13 @@ def _model(name: Any, catalog: Catalog, key: str) -> str:
         aliases = ", ".join(sorted(catalog.aliases))
         raise PolicyError(key, f"unknown model {name!r} (models: {known}; aliases: {aliases})")
     return model
+
+
+def _cache_kinds(value: Any) -> list[str]:
+    kinds = ("exact", "semantic")
+    if not isinstance(value, list) or any(k not in kinds for k in value):
+        raise PolicyError("cache_kinds", f"must be a list of {', '.join(kinds)}, got {value!r}")
+    return list(dict.fromkeys(value))
 
 
 def _reply_topics(value: Any) -> list[str]:

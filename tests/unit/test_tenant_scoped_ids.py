@@ -13,7 +13,7 @@ from pipeline.client import GatewayClient, make_request
 from pipeline.events.codec import Codec
 from pipeline.events.models import (BatchJob, ChatMessage, Request, Response, RouteDecision,
                                     RoutedRequest, Usage)
-from pipeline.analytics.rows import USAGE_SINK
+from pipeline.analytics.rows import USAGE_COLUMNS, USAGE_SINK
 from pipeline.analytics.writer import _Batch
 
 codec = Codec()
@@ -50,7 +50,8 @@ def test_the_ledger_keeps_both_tenants_rows_of_one_id_in_a_batch():
         batch.rows.append(USAGE_SINK.row(usage))
         batch.offsets.append(offset)
         batch.identities.append(USAGE_SINK.identity(usage))
-    kept = [(row[1], row[26]) for row in batch.first_rows()]
+    cost = USAGE_COLUMNS.index("cost_usd")
+    kept = [(row[1], row[cost]) for row in batch.first_rows()]
     assert kept == [("tenant-b", 0), ("tenant-a", 1)]        # USD; tenant-b's second left out
 
 

@@ -27,6 +27,7 @@ DESIGN_TOPICS = {
     "llm.responses": ("request id", "Response"),
     "llm.chunks": ("request id", "Chunk"),      # issue 13: streamed answers
     "llm.cancels": ("tenant id", "Cancel"),     # issue 13: callers that went away
+    "llm.cache-fills": ("tenant id", "CacheFill"),   # issue 14: the response cache
     "llm.usage": ("tenant id", "Usage"),
     "llm.alerts": ("tenant id", "Alert"),
     "llm.dead-letter": ("source key", "DeadLetter"),

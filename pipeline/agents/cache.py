@@ -1,0 +1,59 @@
+"""Faust wiring of the response cache: one table on the tenant's partitions (the cached
+answers; its changelog brings them back after a restart or a rebalance) and the agent that
+applies CacheFill events (dispatch's answers to keep, `llmpipe cache clear`) to it. Runs in
+every worker that runs intake: the lookups (intake) and the fills meet on the tenant's
+partition, so the worker owning it is the single writer."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+
+from pipeline.agents.flow import process
+from pipeline.agents.tenancy import Tenancy
+from pipeline.cache.exact import CLEAR, ExactCache, load_cache_config
+from pipeline.events.codec import DecodeError
+from pipeline.events.models import CacheFill, TenantPolicy
+from pipeline.outputs import Emitter, Origin, Out, dead_letter
+from pipeline.runtime import Runtime
+
+log = logging.getLogger("llmpipe.cache")
+DEFAULT_MAX_ENTRIES = TenantPolicy("").cache_max_entries
+
+
+class CacheTable:
+    def __init__(self, app: faust.App, runtime: Runtime, partitions: int):
+        self.table = app.Table("cache", partitions=partitions, help="response cache",
+                               schema=faust.Schema(key_serializer="json",
+                                                   value_serializer="json"))
+        self.cache = ExactCache(self.table, runtime.catalog, load_cache_config())
+
+        @app.on_partitions_assigned.connect
+        async def on_assigned(sender, assigned, **kwargs) -> None:
+            self.cache.forget_counts()
+
+
+def register_cache_fill(app: faust.App, runtime: Runtime, tenancy: Tenancy, cache: CacheTable,
+                        source: faust.TopicT, emitter: Emitter) -> None:
+    s = runtime.settings
+
+    async def step(value: bytes | None, origin: Origin) -> list[Out]:
+        try:
+            fill = runtime.codec.decode(value, CacheFill)
+        except DecodeError as exc:
+            return [dead_letter(s.topics.dead_letter, origin, value, "cachefill", exc.code,
+                                exc.reason)]
+        policy = tenancy.directory.get(fill.tenant)
+        removed = cache.cache.apply(fill, policy.cache_max_entries if policy
+                                    else DEFAULT_MAX_ENTRIES)
+        if fill.op == CLEAR or removed:
+            log.info("cache_%s tenant=%s removed=%d", "cleared" if fill.op == CLEAR else
+                     "evicted", fill.tenant, removed)
+        return []
+
+    @app.agent(source, name="cachefill")
+    async def cache_fill_agent(stream):
+        await tenancy.ready()
+        await process(stream, step, emitter, agent="cachefill",
+                      dead_letter_topic=s.topics.dead_letter, concurrency=1)

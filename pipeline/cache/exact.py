@@ -1,0 +1,211 @@
+"""The exact response cache: which requests it may answer or keep, their key, and the store.
+
+**Key.** SHA-256 of the tenant and the canonical JSON of everything in a request that can
+change its answer: the model asked for (or the routing hints that choose it), every
+message with its role, name, parts, tool calls and tool-call ids, the tools, tool_choice,
+parallel_tool_calls, response_format, every generation parameter, and an embedding
+request's inputs and dimensions. Not in it: request id, times, team, end user, metadata,
+reply topics, priority and stream (the same answer serves a streamed call). The tenant is
+in the key and in the store's row key, so no tenant can reach another's entry.
+
+**When.** Only for a tenant whose policy enables the cache (`cache_enabled` and `exact` in
+`cache_kinds`). A request with `cache_control` no-cache is not answered from the cache;
+no-store is not kept; one sampling hotter than `bypass_temperature_above` neither.
+
+**Store.** Rows in a mapping (a Faust table on the tenant's partition in a worker, a dict
+in tests), key ``tenant SEP cache key``. A row keeps the Response its first caller got and
+when it expires. A tenant keeps at most `cache_max_entries` rows; past that the oldest are
+dropped first. Writes arrive as CacheFill events (dispatch, `llmpipe cache clear`) on the
+tenant's partition and are applied by the worker owning it, the same one that looks up."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.catalog import Catalog
+from pipeline.config import ConfigError, Section, config_path, load_yaml
+from pipeline.events.ids import SEP
+from pipeline.events.models import (OK, CacheFill, Request, Response, RoutedRequest,
+                                    TenantPolicy, Usage)
+
+EXACT, SEMANTIC = "exact", "semantic"
+KINDS = (EXACT, SEMANTIC)
+HIT, MISS, BYPASS = "hit", "miss", "bypass"          # Usage.cache
+PUT, CLEAR = "put", "clear"                          # CacheFill.op
+NO_CACHE, NO_STORE = "no-cache", "no-store"          # Request.cache_control directives
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    bypass_temperature_above: float = 1.0
+    max_answer_bytes: int = 200_000
+
+
+@functools.lru_cache(maxsize=None)
+def cache_config() -> CacheConfig:
+    """The configured cache settings, loaded once per process."""
+    return load_cache_config()
+
+
+def load_cache_config(path: Path | None = None) -> CacheConfig:
+    path = path or config_path("cache.yaml")
+    s = Section(path, "", load_yaml(path))
+    unknown = set(s.data) - {"bypass_temperature_above", "max_answer_bytes"}
+    if unknown:
+        raise ConfigError(path, sorted(unknown)[0], "bypass_temperature_above or max_answer_bytes")
+    return CacheConfig(bypass_temperature_above=s.number("bypass_temperature_above"),
+                       max_answer_bytes=s.int("max_answer_bytes", minimum=1))
+
+
+def directives(cache_control: str) -> set[str]:
+    """The directives of a Cache-Control value ("no-cache, no-store" -> both)."""
+    return {d.strip().lower() for d in cache_control.split(",") if d.strip()}
+
+
+def key_of(request: Request) -> str:
+    """The exact-cache key: a hash of the tenant and every field that changes the answer."""
+    r = request.to_dict()
+    hints = dict(r["hints"])
+    hints.pop("priority", None)
+    if hints.get("budget_per_mtok") is not None:
+        hints["budget_per_mtok"] = str(hints["budget_per_mtok"])
+    canonical = {"tenant": r["tenant"], "model": r["model"], "hints": hints,
+                 "messages": r["messages"], "params": r["params"], "tools": r["tools"],
+                 "tool_choice": r["tool_choice"],
+                 "parallel_tool_calls": r["parallel_tool_calls"],
+                 "response_format": r["response_format"], "embedding": r["embedding"]}
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class ExactCache:
+    """Lookups and fills over ``rows`` (the tenant partition's cache table)."""
+
+    def __init__(self, rows: MutableMapping[str, dict], catalog: Catalog,
+                 config: CacheConfig = CacheConfig()):
+        self.rows, self.catalog, self.config = rows, catalog, config
+        self._counts: dict[str, int] = {}      # tenant -> rows, counted on first use
+
+    # --- intake side ---------------------------------------------------------------------
+
+    def decide(self, request: Request, policy: TenantPolicy | None) -> tuple[bool, bool]:
+        """(may be answered from the cache, may be kept)."""
+        if policy is None or not policy.cache_enabled or EXACT not in policy.cache_kinds:
+            return False, False
+        t = request.params.temperature
+        if t is not None and t > self.config.bypass_temperature_above:
+            return False, False
+        said = directives(request.cache_control)
+        return NO_CACHE not in said, NO_STORE not in said
+
+    def lookup(self, request: Request, key: str, now_ms: int) -> Response | None:
+        row = self.rows.get(_row_key(request.tenant, key))
+        if row is None:
+            return None
+        if row["expires_at_ms"] <= now_ms:
+            self._drop(request.tenant, _row_key(request.tenant, key))
+            return None
+        return Response.from_dict(row["answer"])
+
+    def answer(self, request: Request, cached: Response, received_ms: int, now_ms: int,
+               kind: str = EXACT, similarity: float | None = None,
+               baseline_model: str | None = None) -> tuple[Response, Usage]:
+        """The request's Response from a cached one (its own id and metadata, no cost), and
+        its Usage: a hit, billed 0, carrying what the call would have cost today and the
+        baseline model's price for the same tokens (``baseline_model``: the tenant's)."""
+        r = request
+        created = r.created_at_ms if r.created_at_ms is not None else received_ms
+        saved = self._cost(cached)
+        response = cached.replace(
+            request_id=r.request_id, tenant=r.tenant, completed_at_ms=now_ms, cost_nanos=0,
+            attempts=0, tried=[], latency_ms=max(0, now_ms - created), metadata=r.metadata,
+            cache=kind, cache_similarity=similarity)
+        baseline = self.catalog.cost_nanos(baseline_model or self.catalog.baseline_model,
+                                           cached.prompt_tokens, cached.completion_tokens,
+                                           cached.cached_tokens)
+        usage = Usage(
+            request_id=r.request_id, tenant=r.tenant, created_at_ms=created,
+            completed_at_ms=now_ms, status=OK, team=r.team or "", end_user=r.end_user or "",
+            requested_model=r.model or "", routed_model=cached.model or "",
+            served_model=cached.model or "", route_rule="cache", cache=HIT, cache_kind=kind,
+            cache_saved_nanos=saved, prompt_tokens=cached.prompt_tokens,
+            completion_tokens=cached.completion_tokens, cost_nanos=0,
+            baseline_cost_nanos=baseline, price_version=self.catalog.price_version,
+            pipeline_ms=max(0, now_ms - received_ms), queue_ms=max(0, received_ms - created))
+        return response, usage
+
+    def _cost(self, cached: Response) -> int:
+        if cached.model not in self.catalog.models:
+            return cached.cost_nanos
+        return self.catalog.cost_nanos(cached.model, cached.prompt_tokens,
+                                       cached.completion_tokens, cached.cached_tokens)
+
+    # --- fills (the cache-fill agent) ------------------------------------------------------
+
+    def apply(self, fill: CacheFill, max_entries: int) -> int:
+        """Apply a fill; returns how many rows it removed (a clear, or the oldest rows of a
+        tenant over ``max_entries``)."""
+        if fill.op == CLEAR:
+            doomed = [k for k in list(self.rows) if k.split(SEP, 1)[0] == fill.tenant]
+            for k in doomed:
+                del self.rows[k]
+            self._counts[fill.tenant] = 0
+            return len(doomed)
+        if fill.op != PUT or fill.answer is None or fill.answer.status != OK:
+            return 0
+        row_key = _row_key(fill.tenant, fill.key)
+        fresh = row_key not in self.rows
+        count = self._count(fill.tenant)            # before the write: it may count rows
+        self.rows[row_key] = {"answer": fill.answer.to_dict(), "at_ms": fill.at_ms,
+                              "expires_at_ms": fill.expires_at_ms}
+        if not fresh:
+            return 0
+        count += 1
+        self._counts[fill.tenant] = count
+        removed = 0
+        if count > max_entries:
+            mine = sorted(((row["at_ms"], k) for k, row in list(self.rows.items())
+                           if k.split(SEP, 1)[0] == fill.tenant), key=lambda p: p)
+            for _, k in mine[:count - max_entries]:
+                self._drop(fill.tenant, k)
+                removed += 1
+        return removed
+
+    def entries(self, tenant: str) -> int:
+        return self._count(tenant)
+
+    def forget_counts(self) -> None:
+        """After a rebalance: partitions (and so rows) came or went."""
+        self._counts.clear()
+
+    def _count(self, tenant: str) -> int:
+        if tenant not in self._counts:
+            self._counts[tenant] = sum(1 for k in list(self.rows) if k.split(SEP, 1)[0] == tenant)
+        return self._counts[tenant]
+
+    def _drop(self, tenant: str, row_key: str) -> None:
+        if self.rows.pop(row_key, None) is not None and tenant in self._counts:
+            self._counts[tenant] -= 1
+
+
+def fill_for(routed: RoutedRequest, response: Response, at_ms: int,
+             config: CacheConfig | None = None) -> CacheFill | None:
+    """The CacheFill that keeps ``response`` for ``routed``'s key, or None when it must not
+    be kept (no key: cache off or no-store; not ok; too large)."""
+    if not routed.cache_key or response.status != OK:
+        return None
+    answer = response.replace(metadata={}, cache="", cache_similarity=None)
+    limit = (config or cache_config()).max_answer_bytes
+    if len(json.dumps(answer.to_dict(), ensure_ascii=False).encode()) > limit:
+        return None
+    return CacheFill(tenant=routed.request.tenant, op=PUT, at_ms=at_ms, key=routed.cache_key,
+                     expires_at_ms=at_ms + routed.cache_ttl_s * 1000, answer=answer)
+
+
+def _row_key(tenant: str, key: str) -> str:
+    return f"{tenant}{SEP}{key}"

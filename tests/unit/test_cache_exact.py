@@ -1,0 +1,179 @@
+"""The exact response cache (pipeline/cache/exact.py) and intake's use of it: what changes
+the key, who may be answered or kept, a hit's Response and Usage, fills and evictions, and
+that no tenant ever reaches another's entry."""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+import pytest
+
+from pipeline.cache.exact import CLEAR, PUT, CacheConfig, ExactCache, fill_for, key_of
+from pipeline.catalog import load_catalog
+from pipeline.events.models import (CacheFill, ChatMessage, GenerationParams, Request,
+                                    ResponseFormat, Response, RoutedRequest, RouteDecision,
+                                    RoutingHints, TenantPolicy, Tool, Usage)
+from pipeline.intake import Intake
+from pipeline.intake.bounds import load_bounds
+from pipeline.outputs import Origin
+from pipeline.providers.deployments import load_deployments
+from pipeline.routing.policy import Router, load_routing
+from pipeline.events.codec import Codec
+from pipeline.intake.validation import tenant_partition
+from pipeline.settings import Topics
+
+catalog = load_catalog()
+NOW = 1_763_900_000_000
+ON = TenantPolicy("acme", cache_kinds=["exact"], cache_ttl_s=60)
+
+
+def ask(text: str = "where is my parcel?", tenant: str = "acme", **kw) -> Request:
+    return Request(str(uuid.uuid4()), tenant, [ChatMessage("user", text)], created_at_ms=NOW,
+                   **kw)
+
+
+def answer_for(r: Request, content: str = "It is on its way.") -> Response:
+    return Response(r.request_id, r.tenant, "ok", NOW, content=content, finish_reason="stop",
+                    model="gpt-4o-mini", deployment="openai-gpt-4o-mini", prompt_tokens=12,
+                    completion_tokens=30, cost_nanos=20_000, attempts=1,
+                    tried=["openai-gpt-4o-mini"], metadata={"trace": "first caller"})
+
+
+def routed_for(r: Request, key: str, ttl_s: int = 60) -> RoutedRequest:
+    return RoutedRequest(request=r, route=RouteDecision("openai-gpt-4o-mini", "gpt-4o-mini",
+                                                        "openai", "pinned"),
+                         max_tokens=64, reply_topic="llm.responses", received_at_ms=NOW,
+                         routed_at_ms=NOW, tenant_partition=2, cache_key=key, cache_ttl_s=ttl_s)
+
+
+# --- the key ---------------------------------------------------------------------------------
+
+def test_what_changes_the_answer_changes_the_key_and_nothing_else_does():
+    base = ask()
+    same = base.replace(request_id=str(uuid.uuid4()), created_at_ms=NOW + 5, team="t",
+                        end_user="u", metadata={"a": "b"}, reply_topic="x", stream=True,
+                        hints=RoutingHints(priority="batch"))
+    assert key_of(same) == key_of(base)
+    changed = [
+        base.replace(tenant="globex"),
+        base.replace(model="gpt-4o"),
+        base.replace(messages=[ChatMessage("user", "where is my parcel!")]),
+        base.replace(messages=[ChatMessage("system", "be brief"), *base.messages]),
+        base.replace(params=GenerationParams(temperature=0.2)),
+        base.replace(params=GenerationParams(max_tokens=10)),
+        base.replace(params=GenerationParams(seed=3)),
+        base.replace(params=GenerationParams(n=2)),
+        base.replace(params=GenerationParams(top_p=0.5)),
+        base.replace(params=GenerationParams(stop=["."])),
+        base.replace(tools=[Tool("track", None, '{"type": "object"}')]),
+        base.replace(response_format=ResponseFormat("json_object")),
+        base.replace(hints=RoutingHints(required_quality=0.95)),
+    ]
+    keys = {key_of(r) for r in changed}
+    assert len(keys) == len(changed) and key_of(base) not in keys
+
+
+# --- who may be answered or kept ----------------------------------------------------------------
+
+@pytest.mark.parametrize("policy, request_kw, expect", [
+    (None, {}, (False, False)),
+    (TenantPolicy("acme"), {}, (False, False)),                       # opt-in: no kinds
+    (TenantPolicy("acme", cache_enabled=False, cache_kinds=["exact"]), {}, (False, False)),
+    (ON, {}, (True, True)),
+    (ON, {"cache_control": "no-cache"}, (False, True)),
+    (ON, {"cache_control": "no-store"}, (True, False)),
+    (ON, {"cache_control": "No-Cache, no-store"}, (False, False)),
+    (ON, {"params": GenerationParams(temperature=1.5)}, (False, False)),
+    (ON, {"params": GenerationParams(temperature=1.0)}, (True, True)),
+])
+def test_policy_request_directives_and_temperature_decide(policy, request_kw, expect):
+    assert ExactCache({}, catalog).decide(ask(**request_kw), policy) == expect
+
+
+# --- fills, hits, evictions --------------------------------------------------------------------
+
+def test_a_hit_is_the_cached_answer_for_this_caller_billed_zero():
+    cache = ExactCache({}, catalog)
+    first = ask()
+    key = key_of(first)
+    fill = fill_for(routed_for(first, key), answer_for(first), NOW)
+    assert fill is not None and fill.op == PUT and fill.answer.metadata == {}
+    cache.apply(fill, 10)
+    second = ask(metadata={"trace": "second caller"}, team="ops")
+    cached = cache.lookup(second, key_of(second), NOW + 1000)
+    response, usage = cache.answer(second, cached, NOW + 1000, NOW + 1002)
+    assert response.request_id == second.request_id and response.content == "It is on its way."
+    assert response.metadata == {"trace": "second caller"} and response.cache == "exact"
+    assert (response.cost_nanos, response.attempts, response.tried) == (0, 0, [])
+    assert (usage.cache, usage.cache_kind, usage.cost_nanos, usage.team) == ("hit", "exact", 0, "ops")
+    assert usage.cache_saved_nanos == catalog.cost_nanos("gpt-4o-mini", 12, 30) > 0
+    assert usage.baseline_cost_nanos == catalog.cost_nanos(catalog.baseline_model, 12, 30)
+    assert usage.completion_tokens == 30 and usage.route_rule == "cache"
+
+
+def test_entries_expire_and_are_never_kept_when_not_asked_or_failed():
+    cache = ExactCache({}, catalog)
+    r = ask()
+    cache.apply(fill_for(routed_for(r, key_of(r), ttl_s=1), answer_for(r), NOW), 10)
+    assert cache.lookup(r, key_of(r), NOW + 999) is not None
+    assert cache.lookup(r, key_of(r), NOW + 1000) is None and cache.entries("acme") == 0
+    assert fill_for(routed_for(r, ""), answer_for(r), NOW) is None          # no-store / off
+    failed = answer_for(r).replace(status="error", content=None)
+    assert fill_for(routed_for(r, key_of(r)), failed, NOW) is None
+    huge = answer_for(r, "x" * 300)
+    assert fill_for(routed_for(r, key_of(r)), huge, NOW, CacheConfig(max_answer_bytes=200)) is None
+
+
+def test_a_tenant_keeps_at_most_its_cap_oldest_first_and_a_clear_takes_only_its_own():
+    rows: dict = {}
+    cache = ExactCache(rows, catalog)
+    for i in range(5):
+        for tenant in ("acme", "globex"):
+            r = ask(f"question {i}", tenant=tenant)
+            cache.apply(fill_for(routed_for(r, key_of(r)), answer_for(r), NOW + i), max_entries=3)
+    assert cache.entries("acme") == cache.entries("globex") == 3
+    assert cache.lookup(ask("question 0"), key_of(ask("question 0")), NOW) is None
+    assert cache.lookup(ask("question 4"), key_of(ask("question 4")), NOW) is not None
+    cache.apply(CacheFill("acme", CLEAR, NOW), 3)
+    assert cache.entries("acme") == 0 and cache.entries("globex") == 3
+    fresh = ExactCache(rows, catalog)                   # counted again after a rebalance
+    assert fresh.entries("globex") == 3
+
+
+# --- through intake ------------------------------------------------------------------------------
+
+def test_intake_answers_a_repeat_from_the_cache_and_keeps_tenants_apart():
+    topics = Topics()
+    rows: dict = {}
+    policies = {"acme": ON, "globex": TenantPolicy("globex", cache_kinds=["exact"])}
+    cache = ExactCache(rows, catalog)
+    deployments = load_deployments(catalog, env={})
+    policy = load_routing(catalog)
+    intake = Intake(Codec(), catalog, Router(catalog, deployments, policy, random.Random(1)),
+                    policy, topics, clock=lambda: NOW, policies=policies.get,
+                    bounds=load_bounds(), partitions=6, cache=cache)
+
+    def origin(tenant: str) -> Origin:
+        return Origin(topics.requests, tenant_partition(tenant, 6), 1, tenant.encode(), NOW)
+
+    def send(r: Request):
+        return intake.handle(Codec().encode(r, topics.requests), origin(r.tenant))
+
+    first = ask()
+    (routed_out,) = send(first)
+    routed = routed_out.event.items[0] if hasattr(routed_out.event, "items") else routed_out.event
+    assert routed.cache_key == key_of(first) and routed.cache_ttl_s == 60
+    # dispatch answers and publishes the fill; the cache-fill agent applies it
+    cache.apply(fill_for(routed, answer_for(first), NOW), 10)
+
+    repeat = ask()
+    response_out, usage_out = send(repeat)
+    assert isinstance(response_out.event, Response) and response_out.event.cache == "exact"
+    assert isinstance(usage_out.event, Usage) and usage_out.event.cache == "hit"
+    assert usage_out.partition == tenant_partition("acme", 6)
+    again = send(repeat.replace(request_id=str(uuid.uuid4()), cache_control="no-cache"))
+    assert len(again) == 1 and not isinstance(again[0].event, Response)       # routed again
+    other = ask(tenant="globex")                 # same words, another tenant: a miss
+    (globex_routed,) = send(other)
+    assert not isinstance(globex_routed.event, Response)
