@@ -346,7 +346,8 @@ def register_ledger(app: faust.App, runtime: Runtime, source: faust.TopicT, emit
 USAGE_VIEW_COLUMNS = ("request_id", "tenant", "status", "error_code", "served_model", "deployment",
                       "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd",
                       "baseline_cost_usd", "price_version", "attempts", "provider_ms",
-                      "routed_model", "route_rule", "task_class", "canary", "ttft_ms")
+                      "routed_model", "route_rule", "task_class", "canary", "ttft_ms",
+                      "cache", "cache_kind", "cache_saved_usd")
 
 
 def usage_rows(client, ids: tuple[str, ...]) -> list[dict]:

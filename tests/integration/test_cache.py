@@ -1,0 +1,127 @@
+"""The response cache on the embedded stack (issue 14): a repeat is answered from the cache
+with one response and one usage row, like a miss; entries survive a worker restart; no
+tenant sees another's entry; a parameter change misses; a no-store request leaves nothing
+behind; a clear empties the tenant's cache."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from pipeline.cache.exact import CLEAR
+from pipeline.client import GatewayClient, make_request
+from pipeline.dev.gateway import issue_key
+from pipeline.events.models import CacheFill, Request, Response, TenantPolicy
+from tests.integration.conftest import worker_stack
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 60.0
+FILL_WAIT_S = 20.0          # how long a kept answer may take to reach the intake worker
+
+
+@pytest.fixture(scope="module")
+def stack(broker, tmp_path_factory):
+    with worker_stack(broker, tmp_path_factory, "cache", seed=14) as stack:
+        for tenant in ("acme", "globex"):
+            issue_key(stack, tenant, TenantPolicy(tenant, cache_kinds=["exact"], cache_ttl_s=600))
+        issue_key(stack, "plain", TenantPolicy("plain"))            # cache not turned on
+        yield stack
+
+
+def ask(tenant: str, text: str, **kw) -> Request:
+    return make_request(tenant, text, model="gpt-4o-mini", max_tokens=40, **kw)
+
+
+async def answer(stack, request: Request) -> Response:
+    async with GatewayClient(stack.bootstrap, stack.topics) as client:
+        return await client.request(request, timeout=TIMEOUT)
+
+
+async def until_hit(stack, make, sent: list[Request]) -> Response:
+    """Send ``make()`` until one is answered from the cache (the first answer's fill is on
+    its way to the intake worker); every request sent is recorded in ``sent``."""
+    deadline = time.monotonic() + FILL_WAIT_S
+    while True:
+        request = make()
+        sent.append(request)
+        response = await answer(stack, request)
+        assert response.status == "ok", response
+        if response.cache or time.monotonic() > deadline:
+            return response
+        await asyncio.sleep(0.3)
+
+
+def one_row_each(stack, requests: list[Request]) -> dict[str, dict]:
+    worker = stack.workers[0]
+    ids = [r.request_id for r in requests]
+    counts = worker.wait_for_usage(ids)
+    assert all(counts.get(i) == 1 for i in ids), counts
+    return {row["request_id"]: row for row in worker.usage_rows(ids)}
+
+
+async def test_a_repeat_is_a_hit_with_one_response_and_one_usage_row(stack):
+    text = f"Where is my parcel? ({uuid.uuid4().hex[:6]})"
+    first = ask("acme", text)
+    miss = await answer(stack, first)
+    assert miss.status == "ok" and miss.cache == "" and miss.cost_nanos > 0
+    sent: list[Request] = []
+    hit = await until_hit(stack, lambda: ask("acme", text, metadata={"n": "2"}), sent)
+    assert hit.cache == "exact" and hit.content == miss.content and hit.cost_nanos == 0
+    assert hit.metadata == {"n": "2"} and hit.request_id == sent[-1].request_id
+    rows = one_row_each(stack, [first, *sent])
+    assert rows[first.request_id]["cache"] == "miss"
+    row = rows[sent[-1].request_id]
+    assert (row["cache"], row["cache_kind"], Decimal(row["cost_usd"])) == ("hit", "exact", 0)
+    assert Decimal(row["cache_saved_usd"]) > 0
+    assert row["completion_tokens"] == miss.completion_tokens
+
+    # another tenant asking the very same thing is a miss (and a tenant without the cache)
+    for tenant in ("globex", "plain"):
+        other = await answer(stack, ask(tenant, text))
+        assert other.status == "ok" and other.cache == "", tenant
+    # a parameter change misses
+    changed = await answer(stack, ask("acme", text, temperature=0.3))
+    assert changed.status == "ok" and changed.cache == ""
+    # no-cache skips the read
+    fresh = await answer(stack, ask("acme", text).replace(cache_control="no-cache"))
+    assert fresh.status == "ok" and fresh.cache == ""
+
+
+async def test_no_store_leaves_nothing_behind_and_clear_empties_the_tenant(stack):
+    secret = f"My card number is 4111 ({uuid.uuid4().hex[:6]})"
+    stored = await answer(stack, ask("acme", secret).replace(cache_control="no-store"))
+    assert stored.status == "ok"
+    marker = f"A question kept after it ({uuid.uuid4().hex[:6]})"
+    await answer(stack, ask("acme", marker))
+    sent: list[Request] = []
+    assert (await until_hit(stack, lambda: ask("acme", marker), sent)).cache == "exact"
+    again = await answer(stack, ask("acme", secret))
+    assert again.cache == "", "a no-store answer was kept"
+
+    fill = CacheFill("acme", CLEAR, int(time.time() * 1000))
+    from pipeline.events.codec import Codec
+    await stack.publish_raw([(stack.topics.cache_fills, b"acme",
+                              Codec().encode(fill, stack.topics.cache_fills))])
+    peek = lambda: ask("acme", marker).replace(cache_control="no-store")  # noqa: E731 (a miss keeps nothing)
+    deadline = time.monotonic() + FILL_WAIT_S
+    while (await answer(stack, peek())).cache and time.monotonic() < deadline:
+        await asyncio.sleep(0.3)
+    assert (await answer(stack, peek())).cache == "", "clear did not empty it"
+
+
+async def test_entries_survive_a_worker_restart(stack):
+    text = f"What is the refund policy? ({uuid.uuid4().hex[:6]})"
+    await answer(stack, ask("acme", text))
+    sent: list[Request] = []
+    assert (await until_hit(stack, lambda: ask("acme", text), sent)).cache == "exact"
+    one_row_each(stack, sent)           # the ledger has them before the worker goes
+    worker = stack.workers[0]
+    await asyncio.to_thread(stack.stop_worker, worker)
+    await asyncio.to_thread(stack.start_worker)
+    after = await answer(stack, ask("acme", text))
+    assert after.status == "ok" and after.cache == "exact", "the cache did not survive"
