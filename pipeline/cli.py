@@ -243,6 +243,39 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return gateway_main(settings, args.instance, args.host, args.port)
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    """``cache clear --tenant T``: publish a clear to the tenant's partition of
+    llm.cache-fills (the worker owning it drops every entry). ``cache stats``: the
+    ``cache`` report (hits, hit rate, money saved per tenant) from the ledger."""
+    if args.action == "stats":
+        args.report, args.by, args.source, args.limit = "cache", "tenant", "raw", 10
+        from pipeline.analytics.report import run_report
+        return run_report(args)
+    from pipeline.cache.exact import CLEAR
+    from pipeline.events.codec import Codec
+    from pipeline.events.models import CacheFill
+    from pipeline.clock import now_ms
+    from pipeline.kafka import clients
+
+    settings = Settings.from_env()
+    topic = settings.topics.cache_fills
+
+    async def clear() -> None:
+        producer = clients.producer(args.bootstrap or settings.kafka_bootstrap)
+        await producer.start()
+        try:
+            fill = CacheFill(args.tenant, CLEAR, now_ms())
+            await producer.send_and_wait(topic, Codec().encode(fill, topic),
+                                         key=args.tenant.encode())
+        finally:
+            await producer.stop()
+
+    asyncio.run(clear())
+    print(f"cache of tenant {args.tenant!r}: clear published to {topic} (applied by the worker "
+          "owning the tenant's partition within seconds)")
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from pipeline.dev.run import run_dev
     return run_dev(args)
@@ -319,6 +352,19 @@ def build_parser() -> argparse.ArgumentParser:
     tkey.add_argument("tenant")
     tkey.add_argument("--replace", action="store_true", help="revoke the tenant's other keys")
     tenants.set_defaults(func=cmd_tenants)
+
+    cache = sub.add_parser("cache", help="the response cache: clear a tenant's, or its stats")
+    csub = cache.add_subparsers(dest="action", required=True)
+    cclear = csub.add_parser("clear", help="drop every cached answer of a tenant")
+    cclear.add_argument("--tenant", required=True)
+    cclear.add_argument("--bootstrap", help="default: $LLMPIPE_KAFKA_BOOTSTRAP")
+    cstats = csub.add_parser("stats", help="hits by kind, hit rate, money saved per tenant")
+    cstats.add_argument("--tenant", help="only this tenant")
+    cstats.add_argument("--from", "--since", dest="since", help="ISO 8601 date or date-time")
+    cstats.add_argument("--to", "--until", dest="until", help="end of the period (exclusive)")
+    cstats.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    cstats.add_argument("--dsn", help="ClickHouse DSN (default: $LLMPIPE_CLICKHOUSE_DSN)")
+    cache.set_defaults(func=cmd_cache)
 
     mig = sub.add_parser("migrate", help="apply ClickHouse migrations")
     mig.add_argument("--dsn", help="default: $LLMPIPE_CLICKHOUSE_DSN")

@@ -255,6 +255,35 @@ def routing_mix(client: ClickHouse, by: str | None = None, *, since: datetime | 
             for k, rule, model, n, share, cost in rows]
 
 
+@dataclass(frozen=True)
+class CacheRow:
+    """The response cache for one group: requests, hits by kind, the hit rate, and money
+    saved (what the hits would have cost at their models' prices) — calls avoided = hits."""
+
+    key: str | None
+    requests: int
+    exact_hits: int
+    semantic_hits: int
+    bypassed: int
+    hit_rate: float
+    saved_usd: Decimal
+
+
+def cache(client: ClickHouse, by: str | None = "tenant", *, since: datetime | None = None,
+          until: datetime | None = None, tenant: str | None = None) -> list[CacheRow]:
+    """Cache hits and savings per group (raw usage: the rollups keep no cache kind)."""
+    q = Query(client, "raw", since, until, tenant)
+    key = q.dimension(by) if by else "''"
+    rows = q.run(f"""
+        SELECT {key} AS key, {q.requests} AS n, countIf(cache_kind = 'exact'),
+               countIf(cache_kind = 'semantic'), countIf(cache = 'bypass'),
+               countIf(cache = 'hit') / n, sum(cache_saved_usd)
+        FROM {q.table} WHERE {q.where} GROUP BY key ORDER BY key""")
+    return [CacheRow(str(k) if by else None, int(n), int(exact), int(semantic), int(bypass),
+                     float(rate), exact_decimal(saved))
+            for k, n, exact, semantic, bypass, rate, saved in rows]
+
+
 def top_spenders(client: ClickHouse, by: str = "tenant", *, limit: int = 10,
                  since: datetime | None = None, until: datetime | None = None,
                  tenant: str | None = None, source: Source = "raw") -> list[SpenderRow]:

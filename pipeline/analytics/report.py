@@ -11,7 +11,7 @@ from typing import Any
 from pipeline.analytics.clickhouse import ClickHouse
 from pipeline.analytics.render import format_usd, iso, plain, render_rows, row_dicts
 
-REPORTS = ("cost", "savings", "latency", "errors", "routing", "top")
+REPORTS = ("cost", "savings", "latency", "errors", "routing", "top", "cache")
 
 
 BY_CHOICES = ("tenant", "team", "user", "model", "provider", "deployment", "rule", "day")
@@ -53,6 +53,11 @@ def analyst_report(client: ClickHouse, name: str, *, by: str | None = None,
         return q.error_rates(client, by, source=source, **period)  # type: ignore[arg-type]
     if name == "routing":
         return q.routing_mix(client, by, source=source, **period)  # type: ignore[arg-type]
+    if name == "cache":
+        if source != "raw":
+            raise ValueError("cache reads raw usage only (the rollups keep no cache kind); "
+                             "drop --source rollup")
+        return q.cache(client, by or "tenant", **period)
     if name == "top":
         return q.top_spenders(client, by or "tenant", limit=limit,
                               source=source, **period)  # type: ignore[arg-type]
@@ -156,7 +161,8 @@ def add_parsers(sub: Any) -> None:
                      help="cost: cost by --by (default tenant); savings: saved by routing, "
                           "batching and cache; latency: P50/P95/P99 (end to end, provider, "
                           "time to first token of streamed requests) by provider and model; "
-                          "errors: error rates by code; routing: routing mix; top: top spenders")
+                          "errors: error rates by code; routing: routing mix; top: top spenders; "
+                          "cache: response-cache hits by kind, hit rate and money saved")
     rep.add_argument("--by", choices=BY_CHOICES, help="group by this dimension")
     rep.add_argument("--from", "--since", dest="since", **period)
     rep.add_argument("--to", "--until", dest="until",

@@ -1,21 +1,22 @@
 """The response cache on the embedded stack (issue 14): a repeat is answered from the cache
 with one response and one usage row, like a miss; entries survive a worker restart; no
 tenant sees another's entry; a parameter change misses; a no-store request leaves nothing
-behind; a clear empties the tenant's cache."""
+behind; `llmpipe cache clear` empties the tenant's cache."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
 from decimal import Decimal
 
 import pytest
 
-from pipeline.cache.exact import CLEAR
 from pipeline.client import GatewayClient, make_request
 from pipeline.dev.gateway import issue_key
-from pipeline.events.models import CacheFill, Request, Response, TenantPolicy
+from pipeline.events.models import Request, Response, TenantPolicy
 from tests.integration.conftest import worker_stack
 
 pytestmark = pytest.mark.integration
@@ -103,10 +104,10 @@ async def test_no_store_leaves_nothing_behind_and_clear_empties_the_tenant(stack
     again = await answer(stack, ask("acme", secret))
     assert again.cache == "", "a no-store answer was kept"
 
-    fill = CacheFill("acme", CLEAR, int(time.time() * 1000))
-    from pipeline.events.codec import Codec
-    await stack.publish_raw([(stack.topics.cache_fills, b"acme",
-                              Codec().encode(fill, stack.topics.cache_fills))])
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "pipeline.cli", "cache", "clear", "--tenant", "acme"],
+        env=stack.worker_env(stack.settings()), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "clear published" in done.stdout, done.stderr
     peek = lambda: ask("acme", marker).replace(cache_control="no-store")  # noqa: E731 (a miss keeps nothing)
     deadline = time.monotonic() + FILL_WAIT_S
     while (await answer(stack, peek())).cache and time.monotonic() < deadline:

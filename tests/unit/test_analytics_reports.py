@@ -554,3 +554,25 @@ def test_rollup_migration_backfills_existing_rows_once(chdb_client: ClickHouse,
     assert rollup_totals(chdb_client) == [expected, expected]
     assert [r.cost_usd for r in q.cost_by(chdb_client, source="rollup")] == [
         r.cost_usd for r in q.cost_by(chdb_client)]
+
+
+def test_cache_report_counts_hits_by_kind_and_money_saved(ledger: ClickHouse,
+                                                          catalog: Catalog) -> None:
+    base = today_ms() - DAY_MS + 600_000
+    saved = catalog.cost_nanos("gpt-4o-mini", 100, 50)
+    rows = [usage(catalog, "m1", base, "gpt-4o-mini", prompt=100, completion=50),
+            usage(catalog, "h1", base + 1, "gpt-4o-mini", prompt=100, completion=50,
+                  cache="hit", cache_kind="exact", cache_saved_nanos=saved),
+            usage(catalog, "h2", base + 2, "gpt-4o-mini", prompt=100, completion=50,
+                  cache="hit", cache_kind="semantic", cache_saved_nanos=saved),
+            usage(catalog, "b1", base + 3, "gpt-4o-mini", prompt=100, completion=50,
+                  cache="bypass"),
+            usage(catalog, "g1", base + 4, "gpt-4o-mini", prompt=100, completion=50,
+                  tenant="globex")]
+    insert_usage(ledger, rows, "cache-report")
+    by_tenant = {r.key: r for r in q.cache(ledger)}
+    acme = by_tenant["acme"]
+    assert (acme.requests, acme.exact_hits, acme.semantic_hits, acme.bypassed) == (4, 1, 1, 1)
+    assert acme.hit_rate == 0.5 and acme.saved_usd == Decimal(2 * saved).scaleb(-9)
+    assert by_tenant["globex"].exact_hits == 0 and by_tenant["globex"].saved_usd == 0
+    assert analyst_report(ledger, "cache") == q.cache(ledger)
