@@ -108,6 +108,7 @@ class _Entry:
     label: int
     scope: str
     text: str
+    signature: Signature          # computed once: a lookup compares it with up to 8 entries
 
 
 class SemanticIndex:
@@ -172,7 +173,7 @@ class SemanticIndex:
         for key, i in last.items():
             self.remove(key)
             _, scope, text = items[i]
-            entry = _Entry(self._next_label, scope, text)
+            entry = _Entry(self._next_label, scope, text, signature(text))
             self._next_label += 1
             self._keys[key] = entry
             self._labels[entry.label] = key
@@ -210,8 +211,9 @@ class SemanticIndex:
             vector = self.embed(text)
         matches = index.search(np.asarray(vector, dtype=np.float32),
                                min(self.candidates, len(index)))
-        for label, distance in zip(matches.keys, matches.distances):
-            key = self._labels.get(int(label))
-            if key is not None and compatible(text, self._keys[key].text):
-                return key, float(1.0 - distance)
+        wanted = signature(text)
+        for label, distance in zip(matches.keys.tolist(), matches.distances.tolist()):
+            key = self._labels.get(label)
+            if key is not None and self._keys[key].signature == wanted:   # compatible()
+                return key, 1.0 - distance
         return None
