@@ -72,6 +72,8 @@ class DevReport:
     provider: Latency                 # provider_ms
     pipeline: Latency                 # pipeline_ms
     first_token: Latency = Latency(0, None, None, None)   # ttft_ms, streamed requests only
+    cache_hits: int = 0                                   # answered from the response cache
+    cache_saved_usd: Decimal = Decimal(0)                 # what those calls would have cost
 
     def to_dict(self) -> dict[str, Any]:
         return plain(asdict(self))
@@ -98,6 +100,8 @@ class DevReport:
             ["duplicate rows absorbed", count_text(self.raw_rows - self.requests)],
             ["ok", count_text(self.ok)],
             ["errors", count_text(self.errors)],
+            *([["answered from the cache", count_text(self.cache_hits)]]
+              if self.cache_hits else []),
         ])
         out += section("Errors by code", ["code", "requests"],
                         [[e.code, count_text(e.requests)] for e in self.errors_by_code]
@@ -116,6 +120,8 @@ class DevReport:
             *([["baseline (same tokens, baseline models)", format_usd(self.baseline_cost_usd)],
                ["saved vs baseline", format_usd(self.baseline_cost_usd - self.cost_usd)]]
               if self.baseline_cost_usd else []),
+            *([["saved by the cache (calls not made)", format_usd(self.cache_saved_usd)]]
+              if self.cache_hits else []),
         ])
         out += section("Latency (ms, ok requests)", ["", "n", "p50", "p95", "p99"], [
             [name, count_text(lat.samples), ms_text(lat.p50_ms), ms_text(lat.p95_ms), ms_text(lat.p99_ms)]
@@ -133,11 +139,12 @@ def dev_report(client: ClickHouse, *, since: datetime | None = None,
     where, params = _filters(since, until, ids, tenant)
     src = f"{USAGE_TABLE} FINAL WHERE {where}"
 
-    (requests, distinct, ok, errors, prompt, completion, cached, cost, baseline), = \
-        client.query(f"""
+    (requests, distinct, ok, errors, prompt, completion, cached, cost, baseline, hits,
+     saved), = client.query(f"""
         SELECT count(), uniqExact(request_id), countIf(status = 'ok'), countIf(status != 'ok'),
                sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens),
-               sum(cost_usd), sum(baseline_cost_usd)
+               sum(cost_usd), sum(baseline_cost_usd), countIf(cache = 'hit'),
+               sum(cache_saved_usd)
         FROM {src}""", params).result_rows
     raw_rows = client.query(f"SELECT count() FROM {USAGE_TABLE} WHERE {where}",
                             params).result_rows[0][0]
@@ -173,6 +180,7 @@ def dev_report(client: ClickHouse, *, since: datetime | None = None,
         cost_usd=exact_decimal(cost), baseline_cost_usd=exact_decimal(baseline),
         end_to_end=_latency(samples, e2e), provider=_latency(samples, provider),
         pipeline=_latency(samples, pipeline), first_token=_latency(streamed, ttft),
+        cache_hits=int(hits), cache_saved_usd=exact_decimal(saved),
     )
 
 

@@ -159,7 +159,8 @@ def run_dev(args: argparse.Namespace) -> int:
         say(f"  worker             pid {worker.process.pid}, agents {'+'.join(worker.health()['agents'])}, "
             f"web {worker.url}, log {worker.log_path}")
         asyncio.run(publish_policies(stack))
-        key = issue_key(stack, DEMO_KEY_TENANT)
+        key = issue_key(stack, DEMO_KEY_TENANT, TenantPolicy(DEMO_KEY_TENANT,
+                                                             cache_kinds=["exact"]))
         gateway = start_gateway(stack, "dev")
         say(f"  gateway (OpenAI)   {gateway.base_url} (pid {gateway.process.pid}), demo key for "
             f"tenant {DEMO_KEY_TENANT}: {key}")

@@ -14,6 +14,7 @@ end (it is already durable on llm.requests) and is billed once, like any other."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -46,6 +47,7 @@ from pipeline.tenancy.directory import TenantDirectory
 
 log = logging.getLogger("llmpipe.gateway")
 C = TypeVar("C")          # a parsed call: a Chat or an EmbeddingCall, each with .request
+CACHE_HEADER = "x-llmpipe-cache"       # on an answer from the response cache
 
 
 @dataclass
@@ -157,6 +159,10 @@ class Gateway:
             return body
         try:
             call = parse(body, tenant)
+            directives = request.headers.get("cache-control")
+            if directives:               # no-cache / no-store, as for any HTTP cache
+                call = dataclasses.replace(call, request=call.request.replace(
+                    cache_control=directives[:200]))
             validation.check_request(call.request, now_ms(), self.bounds)
         except wire.BadRequest as exc:
             return _error(errors.INVALID_REQUEST, exc.message, exc.param)
@@ -305,6 +311,8 @@ async def _disconnect(request: HttpRequest) -> None:
 def _answer(response: Response, body: Callable[[Response], dict[str, Any]]) -> HttpResponse:
     """``body(response)`` if the Response is ok, else its error in OpenAI's shape."""
     headers = {"x-llmpipe-request-id": response.request_id}
+    if response.cache:
+        headers[CACHE_HEADER] = f"hit; kind={response.cache}"
     if response.status == OK:
         return JSONResponse(body(response), headers=headers)
     assert response.error is not None

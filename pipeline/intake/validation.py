@@ -19,6 +19,7 @@ from pipeline.settings import Topics
 # Names that mean something else: "*" is the global scope of alerts (tenant) and the
 # whole-tenant budget row (team).
 RESERVED = "*"
+MAX_CACHE_CONTROL = 200     # characters of Request.cache_control (HTTP Cache-Control directives)
 
 
 def tenant_partition(tenant: str, partitions: int) -> int:
@@ -136,6 +137,9 @@ def check_metadata(metadata: dict[str, str], bounds: RequestBounds) -> None:
 
 def _params(r: Request, bounds: RequestBounds) -> None:
     p, h = r.params, r.hints
+    if len(r.cache_control) > MAX_CACHE_CONTROL:
+        raise Rejected(f"cache_control is {len(r.cache_control)} characters; at most "
+                       f"{MAX_CACHE_CONTROL} (no-cache, no-store)")
     if p.max_tokens is not None and p.max_tokens < 1:
         raise Rejected(f"params.max_tokens must be at least 1 (got {p.max_tokens})")
     if p.temperature is not None and not 0 <= p.temperature <= 2:
