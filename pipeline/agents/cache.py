@@ -12,7 +12,9 @@ import faust
 
 from pipeline.agents.flow import process
 from pipeline.agents.tenancy import Tenancy
+from pipeline.cache.embedder import load_embedder
 from pipeline.cache.exact import CLEAR, ExactCache, load_cache_config
+from pipeline.cache.semantic import SemanticIndex
 from pipeline.events.codec import DecodeError
 from pipeline.events.models import CacheFill, TenantPolicy
 from pipeline.outputs import Emitter, Origin, Out, dead_letter
@@ -27,7 +29,10 @@ class CacheTable:
         self.table = app.Table("cache", partitions=partitions, help="response cache",
                                schema=faust.Schema(key_serializer="json",
                                                    value_serializer="json"))
-        self.cache = ExactCache(self.table, runtime.catalog, load_cache_config())
+        # The semantic index is built in memory from the table's rows (offline embedder,
+        # weights in the wordllama wheel): nothing of it needs its own changelog.
+        self.cache = ExactCache(self.table, runtime.catalog, load_cache_config(),
+                                SemanticIndex(load_embedder()))
 
         @app.on_partitions_assigned.connect
         async def on_assigned(sender, assigned, **kwargs) -> None:

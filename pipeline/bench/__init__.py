@@ -24,6 +24,7 @@ BENCHES = {
     "savings": "the documented traffic mix routed vs all on the baseline model",
     "classifier": "the rule classifier on the labelled prompt set",
     "tokens": "the offline token estimate against real tokenizers",
+    "cache": "the response cache on the FAQ workload: hit rates, near-miss false hits, lookup P99",
 }
 DEFAULT = "latency"
 

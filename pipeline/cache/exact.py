@@ -27,6 +27,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.cache.semantic import SemanticIndex
 from pipeline.catalog import Catalog
 from pipeline.config import ConfigError, Section, config_path, load_yaml
 from pipeline.events.ids import SEP
@@ -69,6 +70,29 @@ def directives(cache_control: str) -> set[str]:
 
 def key_of(request: Request) -> str:
     """The exact-cache key: a hash of the tenant and every field that changes the answer."""
+    return _hash(_canonical(request))
+
+
+def last_question(request: Request) -> str | None:
+    """The text a semantic lookup compares: the last message, when it is a user's plain
+    text (not parts, not a tool result); None otherwise (exact lookups only)."""
+    if request.embedding is not None or not request.messages:
+        return None
+    last = request.messages[-1]
+    if last.role != "user" or last.parts or not last.content.strip():
+        return None
+    return last.content
+
+
+def scope_of(request: Request) -> str:
+    """The semantic scope: everything that must match exactly — the key's fields with the
+    last user turn left out (the tenant included, so scopes never cross tenants)."""
+    canonical = _canonical(request)
+    canonical["messages"] = canonical["messages"][:-1]
+    return _hash(canonical)
+
+
+def _canonical(request: Request) -> dict:
     r = request.to_dict()
     hints = dict(r["hints"])
     hints.pop("priority", None)
@@ -79,6 +103,10 @@ def key_of(request: Request) -> str:
                  "tool_choice": r["tool_choice"],
                  "parallel_tool_calls": r["parallel_tool_calls"],
                  "response_format": r["response_format"], "embedding": r["embedding"]}
+    return canonical
+
+
+def _hash(canonical: dict) -> str:
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -87,15 +115,19 @@ class ExactCache:
     """Lookups and fills over ``rows`` (the tenant partition's cache table)."""
 
     def __init__(self, rows: MutableMapping[str, dict], catalog: Catalog,
-                 config: CacheConfig = CacheConfig()):
+                 config: CacheConfig = CacheConfig(), similar: SemanticIndex | None = None):
+        """``similar``: the semantic index (None: exact lookups only). It is rebuilt from
+        ``rows`` on first use and after :meth:`forget_counts` (a rebalance)."""
         self.rows, self.catalog, self.config = rows, catalog, config
+        self.similar = similar
         self._counts: dict[str, int] = {}      # tenant -> rows, counted on first use
+        self._indexed = False
 
     # --- intake side ---------------------------------------------------------------------
 
     def decide(self, request: Request, policy: TenantPolicy | None) -> tuple[bool, bool]:
         """(may be answered from the cache, may be kept)."""
-        if policy is None or not policy.cache_enabled or EXACT not in policy.cache_kinds:
+        if policy is None or not policy.cache_enabled or not policy.cache_kinds:
             return False, False
         t = request.params.temperature
         if t is not None and t > self.config.bypass_temperature_above:
@@ -103,12 +135,37 @@ class ExactCache:
         said = directives(request.cache_control)
         return NO_CACHE not in said, NO_STORE not in said
 
-    def lookup(self, request: Request, key: str, now_ms: int) -> Response | None:
-        row = self.rows.get(_row_key(request.tenant, key))
-        if row is None:
+    def semantic(self, request: Request, policy: TenantPolicy | None) -> bool:
+        """Whether the request takes part in semantic lookups (and its answer is kept for
+        them): the tenant asks for them and its last turn is a user's plain text."""
+        return (self.similar is not None and policy is not None
+                and SEMANTIC in policy.cache_kinds and last_question(request) is not None)
+
+    def lookup(self, request: Request, key: str, now_ms: int,
+               policy: TenantPolicy | None = None
+               ) -> tuple[Response, str, float | None] | None:
+        """(the cached answer, its kind, the similarity of a semantic hit), or None."""
+        kinds = policy.cache_kinds if policy is not None else [EXACT]
+        if EXACT in kinds:
+            found = self._fresh(request.tenant, _row_key(request.tenant, key), now_ms)
+            if found is not None:
+                return found, EXACT, None
+        if not self.semantic(request, policy):
+            return None
+        assert self.similar is not None and policy is not None
+        self._index_rows()
+        near = self.similar.nearest(scope_of(request), last_question(request) or "")
+        if near is None or near[1] < policy.cache_threshold:
+            return None
+        found = self._fresh(request.tenant, near[0], now_ms)
+        return None if found is None else (found, SEMANTIC, round(near[1], 6))
+
+    def _fresh(self, tenant: str, row_key: str, now_ms: int) -> Response | None:
+        row = self.rows.get(row_key)
+        if row is None or row_key.split(SEP, 1)[0] != tenant:
             return None
         if row["expires_at_ms"] <= now_ms:
-            self._drop(request.tenant, _row_key(request.tenant, key))
+            self._drop(tenant, row_key)
             return None
         return Response.from_dict(row["answer"])
 
@@ -154,6 +211,8 @@ class ExactCache:
             doomed = [k for k in list(self.rows) if k.split(SEP, 1)[0] == fill.tenant]
             for k in doomed:
                 del self.rows[k]
+                if self.similar is not None:
+                    self.similar.remove(k)
             self._counts[fill.tenant] = 0
             return len(doomed)
         if fill.op != PUT or fill.answer is None or fill.answer.status != OK:
@@ -162,7 +221,10 @@ class ExactCache:
         fresh = row_key not in self.rows
         count = self._count(fill.tenant)            # before the write: it may count rows
         self.rows[row_key] = {"answer": fill.answer.to_dict(), "at_ms": fill.at_ms,
-                              "expires_at_ms": fill.expires_at_ms}
+                              "expires_at_ms": fill.expires_at_ms, "scope": fill.scope,
+                              "text": fill.text}
+        if self.similar is not None and self._indexed and fill.scope and fill.text:
+            self.similar.add(row_key, fill.scope, fill.text)
         if not fresh:
             return 0
         count += 1
@@ -182,6 +244,16 @@ class ExactCache:
     def forget_counts(self) -> None:
         """After a rebalance: partitions (and so rows) came or went."""
         self._counts.clear()
+        self._indexed = False
+
+    def _index_rows(self) -> None:
+        """(Re)build the semantic index from the rows this worker holds."""
+        if self._indexed or self.similar is None:
+            return
+        self.similar.clear()
+        self.similar.add_many([(k, row["scope"], row["text"]) for k, row in list(self.rows.items())
+                               if row.get("scope") and row.get("text")])
+        self._indexed = True
 
     def _count(self, tenant: str) -> int:
         if tenant not in self._counts:
@@ -191,6 +263,8 @@ class ExactCache:
     def _drop(self, tenant: str, row_key: str) -> None:
         if self.rows.pop(row_key, None) is not None and tenant in self._counts:
             self._counts[tenant] -= 1
+        if self.similar is not None:
+            self.similar.remove(row_key)
 
 
 def fill_for(routed: RoutedRequest, response: Response, at_ms: int,
@@ -203,8 +277,10 @@ def fill_for(routed: RoutedRequest, response: Response, at_ms: int,
     limit = (config or cache_config()).max_answer_bytes
     if len(json.dumps(answer.to_dict(), ensure_ascii=False).encode()) > limit:
         return None
+    text = (last_question(routed.request) or "") if routed.cache_scope else ""
     return CacheFill(tenant=routed.request.tenant, op=PUT, at_ms=at_ms, key=routed.cache_key,
-                     expires_at_ms=at_ms + routed.cache_ttl_s * 1000, answer=answer)
+                     expires_at_ms=at_ms + routed.cache_ttl_s * 1000,
+                     scope=routed.cache_scope if text else "", text=text, answer=answer)
 
 
 def _row_key(tenant: str, key: str) -> str:

@@ -196,6 +196,10 @@ class SemanticIndex:
             del self._members[entry.scope]
             del self._scopes[entry.scope]
 
+    def clear(self) -> None:
+        for key in list(self._keys):
+            self.remove(key)
+
     def clear_scope(self, scope: str) -> None:
         for key in self.keys_of_scope(scope):
             self.remove(key)

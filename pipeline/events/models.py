@@ -235,6 +235,7 @@ class RoutedRequest(Event):
     reply_format: str = "avro"
     cache_key: str = ""
     cache_ttl_s: int = 0
+    cache_scope: str = ""
 
 
 @dataclass
@@ -394,6 +395,8 @@ class CacheFill(Event):
     at_ms: int
     key: str = ""
     expires_at_ms: int = 0
+    scope: str = ""
+    text: str = ""
     answer: Optional[Response] = None
 
 

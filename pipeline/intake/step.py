@@ -30,7 +30,7 @@ from pipeline.tenancy.canary import CANARY, arm_for, arm_label
 from pipeline.tenancy.state import TenantState, budget_alert
 from pipeline.routing.tokens import estimate_request_tokens
 from pipeline.settings import Topics
-from pipeline.cache.exact import ExactCache, key_of
+from pipeline.cache.exact import ExactCache, key_of, scope_of
 from pipeline.intake.features import check_embedding_reply
 from pipeline.intake.bounds import RequestBounds
 
@@ -80,17 +80,19 @@ class Intake:
         key = key_of(request) if read or keep else ""
         try:
             if read and kind != REDELIVERY:     # a redelivery holds its first reservation
-                cached = self.cache.lookup(request, key, received) if self.cache else None
-                if cached is not None:
-                    return self._cached(request, fmt, origin, received, policy, cached)
+                found = self.cache.lookup(request, key, received, policy) if self.cache else None
+                if found is not None:
+                    return self._cached(request, fmt, origin, received, policy, *found)
             if kind == REDELIVERY and seen.state != REFUSED:
                 # Admitted before but never acknowledged: route again, reserve nothing new.
                 routed, _ = self._route(request, fmt, origin, received, policy, economise=False)
             else:
                 routed, alerts = self._admit(request, fmt, origin, received, policy)
                 outs += alerts
-            if keep and policy is not None:
-                routed = routed.replace(cache_key=key, cache_ttl_s=policy.cache_ttl_s)
+            if keep and policy is not None and self.cache is not None:
+                routed = routed.replace(
+                    cache_key=key, cache_ttl_s=policy.cache_ttl_s,
+                    cache_scope=scope_of(request) if self.cache.semantic(request, policy) else "")
         except Rejected as exc:
             self.state.refuse(request.tenant, request.request_id, origin.partition, origin.offset,
                               received)
@@ -101,11 +103,13 @@ class Intake:
         return outs + [self._onward(routed)]
 
     def _cached(self, request: Request, fmt: str, origin: Origin, received: int,
-                policy: TenantPolicy | None, cached: Response) -> list[Out]:
+                policy: TenantPolicy | None, cached: Response, kind: str,
+                similarity: float | None) -> list[Out]:
         """A cache hit: the request ends here, with its Response and one Usage (cost 0),
         admitted like any request so a repeat of its id is a duplicate."""
         assert self.cache is not None
-        response, usage = self.cache.answer(request, cached, received, self.clock(),
+        response, usage = self.cache.answer(request, cached, received, self.clock(), kind,
+                                            similarity,
                                             baseline_model=policy and policy.baseline_model)
         self.state.admit(request.tenant, request.team, request.request_id, origin.partition,
                          origin.offset, received, 0)

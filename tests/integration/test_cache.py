@@ -31,6 +31,7 @@ def stack(broker, tmp_path_factory):
         for tenant in ("acme", "globex"):
             issue_key(stack, tenant, TenantPolicy(tenant, cache_kinds=["exact"], cache_ttl_s=600))
         issue_key(stack, "plain", TenantPolicy("plain"))            # cache not turned on
+        issue_key(stack, "semco", TenantPolicy("semco", cache_kinds=["exact", "semantic"]))
         yield stack
 
 
@@ -126,3 +127,18 @@ async def test_entries_survive_a_worker_restart(stack):
     await asyncio.to_thread(stack.start_worker)
     after = await answer(stack, ask("acme", text))
     assert after.status == "ok" and after.cache == "exact", "the cache did not survive"
+
+
+async def test_a_rephrased_question_is_a_semantic_hit(stack):
+    tag = uuid.uuid4().hex[:6]
+    first = await answer(stack, ask("semco", f"Where is my parcel {tag}?"))
+    assert first.status == "ok" and first.cache == ""
+    sent: list[Request] = []
+    hit = await until_hit(stack, lambda: ask("semco", f"where is my parcel {tag}"), sent)
+    assert hit.cache == "semantic" and hit.cache_similarity >= 0.95
+    assert hit.content == first.content
+    rows = one_row_each(stack, sent)
+    assert rows[sent[-1].request_id]["cache_kind"] == "semantic"
+    # the exact-only tenant asking the same rephrasing does not get it
+    other = await answer(stack, ask("acme", f"where is my parcel {tag}"))
+    assert other.cache == ""

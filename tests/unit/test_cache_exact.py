@@ -9,7 +9,8 @@ import uuid
 
 import pytest
 
-from pipeline.cache.exact import CLEAR, PUT, CacheConfig, ExactCache, fill_for, key_of
+from pipeline.cache.exact import (CLEAR, PUT, CacheConfig, ExactCache, fill_for, key_of,
+                                  scope_of)
 from pipeline.catalog import load_catalog
 from pipeline.events.models import (CacheFill, ChatMessage, GenerationParams, Request,
                                     ResponseFormat, Response, RoutedRequest, RouteDecision,
@@ -101,7 +102,8 @@ def test_a_hit_is_the_cached_answer_for_this_caller_billed_zero():
     assert fill is not None and fill.op == PUT and fill.answer.metadata == {}
     cache.apply(fill, 10)
     second = ask(metadata={"trace": "second caller"}, team="ops")
-    cached = cache.lookup(second, key_of(second), NOW + 1000)
+    cached, kind, similarity = cache.lookup(second, key_of(second), NOW + 1000)
+    assert (kind, similarity) == ("exact", None)
     response, usage = cache.answer(second, cached, NOW + 1000, NOW + 1002)
     assert response.request_id == second.request_id and response.content == "It is on its way."
     assert response.metadata == {"trace": "second caller"} and response.cache == "exact"
@@ -177,3 +179,54 @@ def test_intake_answers_a_repeat_from_the_cache_and_keeps_tenants_apart():
     other = ask(tenant="globex")                 # same words, another tenant: a miss
     (globex_routed,) = send(other)
     assert not isinstance(globex_routed.event, Response)
+
+
+# --- semantic lookups ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def similar():
+    from pipeline.cache.embedder import load_embedder
+    from pipeline.cache.semantic import SemanticIndex
+    return SemanticIndex(load_embedder())
+
+
+def test_a_rephrased_question_is_a_semantic_hit_only_in_its_own_scope_and_tenant(similar):
+    similar.clear()
+    both = TenantPolicy("acme", cache_kinds=["exact", "semantic"], cache_threshold=0.95)
+    cache = ExactCache({}, catalog, similar=similar)
+    first = ask("Where is my parcel?")
+    routed = routed_for(first, key_of(first)).replace(cache_scope=scope_of(first))
+    cache.apply(fill_for(routed, answer_for(first), NOW), 10)
+    again = ask("where is my parcel")
+    cached, kind, similarity = cache.lookup(again, key_of(again), NOW + 1, both)
+    assert kind == "semantic" and similarity >= 0.95 and cached.content == "It is on its way."
+    response, usage = cache.answer(again, cached, NOW + 1, NOW + 2, kind, similarity)
+    assert (response.cache, response.cache_similarity) == ("semantic", similarity)
+    assert (usage.cache, usage.cache_kind) == ("hit", "semantic")
+    misses = [
+        ask("where is my parcel", tenant="globex"),                            # other tenant
+        ask("where is my parcel", params=GenerationParams(temperature=0.2)),   # other scope
+        Request(str(uuid.uuid4()), "acme", [ChatMessage("system", "be brief"),
+                                            ChatMessage("user", "where is my parcel")]),
+        ask("where is not my parcel"),                                         # a negation
+    ]
+    for request in misses:
+        policy = both if request.tenant == "acme" else both.replace(tenant="globex")
+        assert cache.lookup(request, key_of(request), NOW + 1, policy) is None, request
+    exact_only = both.replace(cache_kinds=["exact"])
+    assert cache.lookup(again, key_of(again), NOW + 1, exact_only) is None
+    cache.apply(CacheFill("acme", CLEAR, NOW), 10)
+    assert cache.lookup(again, key_of(again), NOW + 1, both) is None
+
+
+def test_the_semantic_index_is_rebuilt_from_the_rows_after_a_rebalance(similar):
+    similar.clear()
+    rows: dict = {}
+    both = TenantPolicy("acme", cache_kinds=["exact", "semantic"])
+    writer = ExactCache(rows, catalog)                  # another worker kept the rows
+    first = ask("How do I reset my password?")
+    routed = routed_for(first, key_of(first)).replace(cache_scope=scope_of(first))
+    writer.apply(fill_for(routed, answer_for(first), NOW), 10)
+    reader = ExactCache(rows, catalog, similar=similar)
+    again = ask("how do I reset my password")
+    assert reader.lookup(again, key_of(again), NOW + 1, both)[1] == "semantic"
