@@ -251,7 +251,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         args.report, args.by, args.source, args.limit = "cache", "tenant", "raw", 10
         from pipeline.analytics.report import run_report
         return run_report(args)
-    from pipeline.cache.exact import CLEAR
+    from pipeline.cache.store import CLEAR
     from pipeline.events.codec import Codec
     from pipeline.events.models import CacheFill
     from pipeline.clock import now_ms

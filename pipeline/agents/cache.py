@@ -13,7 +13,7 @@ import faust
 from pipeline.agents.flow import process
 from pipeline.agents.tenancy import Tenancy
 from pipeline.cache.embedder import load_embedder
-from pipeline.cache.exact import CLEAR, ExactCache, load_cache_config
+from pipeline.cache.store import CLEAR, ResponseCache, load_cache_config
 from pipeline.cache.semantic import SemanticIndex
 from pipeline.events.codec import DecodeError
 from pipeline.events.models import CacheFill, TenantPolicy
@@ -31,7 +31,7 @@ class CacheTable:
                                                    value_serializer="json"))
         # The semantic index is built in memory from the table's rows (offline embedder,
         # weights in the wordllama wheel): nothing of it needs its own changelog.
-        self.cache = ExactCache(self.table, runtime.catalog, load_cache_config(),
+        self.cache = ResponseCache(self.table, runtime.catalog, load_cache_config(),
                                 SemanticIndex(load_embedder()))
 
         @app.on_partitions_assigned.connect

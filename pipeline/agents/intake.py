@@ -10,7 +10,7 @@ from pipeline.agents.flow import process
 from pipeline.outputs import Emitter
 from pipeline.agents.tenancy import Tenancy
 from pipeline.batching.config import BatchingConfig
-from pipeline.cache.exact import ExactCache
+from pipeline.cache.store import ResponseCache
 from pipeline.intake import Intake
 from pipeline.outputs import Origin
 from pipeline.runtime import Runtime
@@ -18,7 +18,7 @@ from pipeline.runtime import Runtime
 
 def register_intake(app: faust.App, runtime: Runtime, tenancy: Tenancy, source: faust.TopicT,
                     emitter: Emitter, partitions: int | None, windows: BatchingConfig,
-                    cache: ExactCache | None = None) -> None:
+                    cache: ResponseCache | None = None) -> None:
     """``partitions``: llm.requests' partition count (a record must sit on its tenant's).
     ``windows``: the micro-batch windows (windowless priorities skip the batcher).
     ``cache``: the response cache on the same tenant partitions."""

@@ -30,7 +30,7 @@ from pipeline.tenancy.canary import CANARY, arm_for, arm_label
 from pipeline.tenancy.state import TenantState, budget_alert
 from pipeline.routing.tokens import estimate_request_tokens
 from pipeline.settings import Topics
-from pipeline.cache.exact import ExactCache, key_of, scope_of
+from pipeline.cache.store import ResponseCache, key_of, scope_of
 from pipeline.intake.features import check_embedding_reply
 from pipeline.intake.bounds import RequestBounds
 
@@ -43,7 +43,7 @@ class Intake:
                  policies: Callable[[str], TenantPolicy | None] = lambda tenant: None,
                  state: TenantState | None = None, bounds: RequestBounds = RequestBounds(),
                  partitions: int | None = None, windows: BatchingConfig | None = None,
-                 cache: ExactCache | None = None):
+                 cache: ResponseCache | None = None):
         """``partitions``: llm.requests' partition count, to check that a record sits on its
         tenant's partition (None: not checked). ``windows``: the micro-batch windows; a
         request at a priority without one goes straight to llm.batches (None: every
@@ -80,7 +80,8 @@ class Intake:
         key = key_of(request) if read or keep else ""
         try:
             if read and kind != REDELIVERY:     # a redelivery holds its first reservation
-                found = self.cache.lookup(request, key, received, policy) if self.cache else None
+                assert self.cache is not None          # read is only ever True with one
+                found = self.cache.lookup(request, key, received, policy)
                 if found is not None:
                     return self._cached(request, fmt, origin, received, policy, *found)
             if kind == REDELIVERY and seen.state != REFUSED:

@@ -13,7 +13,7 @@ from pipeline.catalog import Catalog
 from pipeline.events.models import (ERROR, OK, AttemptRecord, ErrorInfo, Request, Response,
                                     RoutedRequest, Usage)
 from pipeline.outputs.out import AVRO, Out
-from pipeline.cache.exact import fill_for
+from pipeline.cache.store import fill_for
 from pipeline.providers.base import Completion
 from pipeline.settings import Topics
 

@@ -1,4 +1,5 @@
-"""The exact response cache: which requests it may answer or keep, their key, and the store.
+"""The response cache: which requests it may answer or keep, their exact key and semantic
+scope, and the store (exact lookups by key, semantic ones through semantic.py's index).
 
 **Key.** SHA-256 of the tenant and the canonical JSON of everything in a request that can
 change its answer: the model asked for (or the routing hints that choose it), every
@@ -111,7 +112,7 @@ def _hash(canonical: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-class ExactCache:
+class ResponseCache:
     """Lookups and fills over ``rows`` (the tenant partition's cache table)."""
 
     def __init__(self, rows: MutableMapping[str, dict], catalog: Catalog,

@@ -1,4 +1,4 @@
-"""The exact response cache (pipeline/cache/exact.py) and intake's use of it: what changes
+"""The response cache (pipeline/cache/store.py) and intake's use of it: what changes
 the key, who may be answered or kept, a hit's Response and Usage, fills and evictions, and
 that no tenant ever reaches another's entry."""
 
@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from pipeline.cache.exact import (CLEAR, PUT, CacheConfig, ExactCache, fill_for, key_of,
+from pipeline.cache.store import (CLEAR, PUT, CacheConfig, ResponseCache, fill_for, key_of,
                                   scope_of)
 from pipeline.catalog import load_catalog
 from pipeline.events.models import (CacheFill, ChatMessage, GenerationParams, Request,
@@ -89,13 +89,13 @@ def test_what_changes_the_answer_changes_the_key_and_nothing_else_does():
     (ON, {"params": GenerationParams(temperature=1.0)}, (True, True)),
 ])
 def test_policy_request_directives_and_temperature_decide(policy, request_kw, expect):
-    assert ExactCache({}, catalog).decide(ask(**request_kw), policy) == expect
+    assert ResponseCache({}, catalog).decide(ask(**request_kw), policy) == expect
 
 
 # --- fills, hits, evictions --------------------------------------------------------------------
 
 def test_a_hit_is_the_cached_answer_for_this_caller_billed_zero():
-    cache = ExactCache({}, catalog)
+    cache = ResponseCache({}, catalog)
     first = ask()
     key = key_of(first)
     fill = fill_for(routed_for(first, key), answer_for(first), NOW)
@@ -115,7 +115,7 @@ def test_a_hit_is_the_cached_answer_for_this_caller_billed_zero():
 
 
 def test_entries_expire_and_are_never_kept_when_not_asked_or_failed():
-    cache = ExactCache({}, catalog)
+    cache = ResponseCache({}, catalog)
     r = ask()
     cache.apply(fill_for(routed_for(r, key_of(r), ttl_s=1), answer_for(r), NOW), 10)
     assert cache.lookup(r, key_of(r), NOW + 999) is not None
@@ -129,7 +129,7 @@ def test_entries_expire_and_are_never_kept_when_not_asked_or_failed():
 
 def test_a_tenant_keeps_at_most_its_cap_oldest_first_and_a_clear_takes_only_its_own():
     rows: dict = {}
-    cache = ExactCache(rows, catalog)
+    cache = ResponseCache(rows, catalog)
     for i in range(5):
         for tenant in ("acme", "globex"):
             r = ask(f"question {i}", tenant=tenant)
@@ -139,7 +139,7 @@ def test_a_tenant_keeps_at_most_its_cap_oldest_first_and_a_clear_takes_only_its_
     assert cache.lookup(ask("question 4"), key_of(ask("question 4")), NOW) is not None
     cache.apply(CacheFill("acme", CLEAR, NOW), 3)
     assert cache.entries("acme") == 0 and cache.entries("globex") == 3
-    fresh = ExactCache(rows, catalog)                   # counted again after a rebalance
+    fresh = ResponseCache(rows, catalog)                   # counted again after a rebalance
     assert fresh.entries("globex") == 3
 
 
@@ -149,7 +149,7 @@ def test_intake_answers_a_repeat_from_the_cache_and_keeps_tenants_apart():
     topics = Topics()
     rows: dict = {}
     policies = {"acme": ON, "globex": TenantPolicy("globex", cache_kinds=["exact"])}
-    cache = ExactCache(rows, catalog)
+    cache = ResponseCache(rows, catalog)
     deployments = load_deployments(catalog, env={})
     policy = load_routing(catalog)
     intake = Intake(Codec(), catalog, Router(catalog, deployments, policy, random.Random(1)),
@@ -193,7 +193,7 @@ def similar():
 def test_a_rephrased_question_is_a_semantic_hit_only_in_its_own_scope_and_tenant(similar):
     similar.clear()
     both = TenantPolicy("acme", cache_kinds=["exact", "semantic"], cache_threshold=0.95)
-    cache = ExactCache({}, catalog, similar=similar)
+    cache = ResponseCache({}, catalog, similar=similar)
     first = ask("Where is my parcel?")
     routed = routed_for(first, key_of(first)).replace(cache_scope=scope_of(first))
     cache.apply(fill_for(routed, answer_for(first), NOW), 10)
@@ -223,10 +223,10 @@ def test_the_semantic_index_is_rebuilt_from_the_rows_after_a_rebalance(similar):
     similar.clear()
     rows: dict = {}
     both = TenantPolicy("acme", cache_kinds=["exact", "semantic"])
-    writer = ExactCache(rows, catalog)                  # another worker kept the rows
+    writer = ResponseCache(rows, catalog)                  # another worker kept the rows
     first = ask("How do I reset my password?")
     routed = routed_for(first, key_of(first)).replace(cache_scope=scope_of(first))
     writer.apply(fill_for(routed, answer_for(first), NOW), 10)
-    reader = ExactCache(rows, catalog, similar=similar)
+    reader = ResponseCache(rows, catalog, similar=similar)
     again = ask("how do I reset my password")
     assert reader.lookup(again, key_of(again), NOW + 1, both)[1] == "semantic"
