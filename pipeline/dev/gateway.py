@@ -82,7 +82,10 @@ def demo_calls(gateway: GatewayProcess, key: str, model: str = "gpt-4o-mini"
     started = time.monotonic()
     first_ms, events = None, 0
     body = {"model": model, "messages": prompt, "stream": True}
-    with httpx.stream("POST", url, json=body, headers=auth, timeout=60) as stream:
+    # the same question as the plain call: no-cache, so it streams from the provider
+    # rather than coming whole from the cache (the repeat below shows the cache)
+    with httpx.stream("POST", url, json=body, headers={**auth, "cache-control": "no-cache"},
+                      timeout=60) as stream:
         for line in stream.iter_lines():
             if line.startswith("data: ") and '"content":"' in line.replace(" ", "") and \
                     '"content":""' not in line.replace(" ", ""):
