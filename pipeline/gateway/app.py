@@ -130,9 +130,10 @@ class Gateway:
         events = stream.events(first, waiter, chat, deadline, self.replies.forget,
                                lambda: self.cancel(r.tenant, r.request_id,
                                                    "the HTTP client disconnected mid-stream"))
-        return StreamingResponse(events, media_type="text/event-stream",
-                                 headers={"cache-control": "no-cache",
-                                          "x-llmpipe-request-id": r.request_id})
+        headers = {"cache-control": "no-cache", "x-llmpipe-request-id": r.request_id}
+        if isinstance(first, Response) and first.cache:      # a hit: one whole answer
+            headers[CACHE_HEADER] = f"hit; kind={first.cache}"
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
     async def embeddings(self, request: HttpRequest) -> HttpResponse:
         call = await self._call(request, lambda body, tenant: parse_embeddings(

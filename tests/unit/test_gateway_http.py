@@ -261,3 +261,20 @@ async def test_an_embedding_error_is_the_sdks_exception(gateway):
     with pytest.raises(openai.RateLimitError) as exc:
         await client.embeddings.create(model="text-embedding-3-small", input="a")
     assert exc.value.response.headers["retry-after"] == "2"
+
+
+async def test_cache_control_reaches_the_request_and_a_cache_answer_is_marked(gateway):
+    client, pipeline = gateway
+    pipeline.script = lambda r: [answer(r, content="Kept.", cache="exact")]
+    raw = await client.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=USER, extra_headers={"Cache-Control": "no-store"})
+    assert raw.headers["x-llmpipe-cache"] == "hit; kind=exact"
+    assert pipeline.requests[-1].cache_control == "no-store"
+    stream = await client.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=USER, stream=True)
+    assert stream.headers["x-llmpipe-cache"] == "hit; kind=exact"       # streamed too
+    text = [c.choices[0].delta.content async for c in stream.parse() if c.choices]
+    assert "".join(t or "" for t in text) == "Kept."
+    pipeline.script = lambda r: [answer(r, content="Fresh.")]
+    raw = await client.chat.completions.with_raw_response.create(model="gpt-4o", messages=USER)
+    assert "x-llmpipe-cache" not in raw.headers and pipeline.requests[-1].cache_control == ""
