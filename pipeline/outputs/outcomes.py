@@ -10,8 +10,8 @@ from dataclasses import replace
 from typing import Callable
 
 from pipeline.catalog import Catalog
-from pipeline.events.models import (ERROR, OK, AttemptRecord, ErrorInfo, Request, Response,
-                                    RoutedRequest, Usage)
+from pipeline.events.models import (ERROR, OK, AttemptRecord, ErrorInfo, Event, Request,
+                                    Response, RoutedRequest, Usage)
 from pipeline.outputs.out import AVRO, Out
 from pipeline.cache.store import fill_for
 from pipeline.providers.base import Completion
@@ -70,8 +70,14 @@ def routed_usage(routed: RoutedRequest, at: int, status: str, code: str, attempt
 
 def usage_out(routed: RoutedRequest, usage: Usage, topics: Topics) -> Out:
     """Usage goes to the partition that reserved the budget (see RoutedRequest)."""
+    return tenant_out(routed, topics.usage, usage)
+
+
+def tenant_out(routed: RoutedRequest, topic: str, event: Event) -> Out:
+    """``event`` keyed by the tenant, on the partition of llm.requests that owns the
+    tenant's state (budget, cache) — the key decides when that is not known."""
     partition = routed.tenant_partition if routed.tenant_partition >= 0 else None
-    return Out(topics.usage, usage.tenant, usage, partition=partition)
+    return Out(topic, routed.request.tenant, event, partition=partition)
 
 
 def first_model(routed: RoutedRequest, model_of: Callable[[str], str | None]) -> str:
@@ -114,8 +120,7 @@ def answered(routed: RoutedRequest, c: Completion, *, catalog: Catalog, at: int,
             usage_out(routed, usage, topics)]
     fill = fill_for(routed, response, at)
     if fill is not None:            # kept on the tenant's partition, where intake looks up
-        partition = routed.tenant_partition if routed.tenant_partition >= 0 else None
-        outs.append(Out(topics.cache_fills, r.tenant, fill, partition=partition))
+        outs.append(tenant_out(routed, topics.cache_fills, fill))
     return outs
 
 
