@@ -143,9 +143,10 @@ class ResponseCache:
                 and SEMANTIC in policy.cache_kinds and last_question(request) is not None)
 
     def lookup(self, request: Request, key: str, now_ms: int,
-               policy: TenantPolicy | None = None
+               policy: TenantPolicy | None = None, scope: str | None = None
                ) -> tuple[Response, str, float | None] | None:
-        """(the cached answer, its kind, the similarity of a semantic hit), or None."""
+        """(the cached answer, its kind, the similarity of a semantic hit), or None.
+        ``scope``: the request's semantic scope when the caller has it already."""
         kinds = policy.cache_kinds if policy is not None else [EXACT]
         if EXACT in kinds:
             found = self._fresh(request.tenant, _row_key(request.tenant, key), now_ms)
@@ -155,7 +156,7 @@ class ResponseCache:
             return None
         assert self.similar is not None and policy is not None
         self._index_rows()
-        near = self.similar.nearest(scope_of(request), last_question(request) or "")
+        near = self.similar.nearest(scope or scope_of(request), last_question(request) or "")
         if near is None or near[1] < policy.cache_threshold:
             return None
         found = self._fresh(request.tenant, near[0], now_ms)

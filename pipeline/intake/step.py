@@ -78,10 +78,12 @@ class Intake:
         outs: list[Out] = []
         read, keep = self.cache.decide(request, policy) if self.cache else (False, False)
         key = key_of(request) if read or keep else ""
+        scope = scope_of(request) if key and self.cache and self.cache.semantic(
+            request, policy) else ""
         try:
             if read and kind != REDELIVERY:     # a redelivery holds its first reservation
                 assert self.cache is not None          # read is only ever True with one
-                found = self.cache.lookup(request, key, received, policy)
+                found = self.cache.lookup(request, key, received, policy, scope)
                 if found is not None:
                     return self._cached(request, fmt, origin, received, policy, *found)
             if kind == REDELIVERY and seen.state != REFUSED:
@@ -91,9 +93,8 @@ class Intake:
                 routed, alerts = self._admit(request, fmt, origin, received, policy)
                 outs += alerts
             if keep and policy is not None and self.cache is not None:
-                routed = routed.replace(
-                    cache_key=key, cache_ttl_s=policy.cache_ttl_s,
-                    cache_scope=scope_of(request) if self.cache.semantic(request, policy) else "")
+                routed = routed.replace(cache_key=key, cache_ttl_s=policy.cache_ttl_s,
+                                        cache_scope=scope)
         except Rejected as exc:
             self.state.refuse(request.tenant, request.request_id, origin.partition, origin.offset,
                               received)
