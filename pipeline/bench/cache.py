@@ -3,6 +3,7 @@ through an exact cache (a dict keyed by the normalised user turn) and the semant
 (pipeline/cache/semantic.py), with no Kafka and no provider.
 
     llmpipe bench cache [-n 5000] [--seed 14] [--embedder wordllama+cjk] [--sizes 10000,100000]
+    llmpipe bench cache --pipeline [--faq 600] [--requests 400]   (cache_pipeline.py)
 
 Every query is looked up first in the exact cache, then in the semantic index of its one
 scope; a miss stores it in both. Printed:
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.bench import cache_pipeline
 from pipeline.cache.embedder import NAMES, Embedder, load_embedder, unit_rows
 from pipeline.cache.faq import INTENTS, near_miss_category, near_misses, normalise, workload
 from pipeline.cache.semantic import SemanticIndex
@@ -213,12 +215,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also print the other embedder's separation and near-miss figures")
     p.add_argument("--sizes", default="10000,100000",
                    help="index sizes for the latency table, comma-separated ('' to skip)")
+    cache_pipeline.add_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:
     def progress(msg: str, end: str = "\n") -> None:
         print(msg, end=end, file=sys.stderr, flush=True)
 
+    if args.pipeline:
+        return cache_pipeline.run(args, progress, replay)
     t0 = time.perf_counter()
     embedder = load_embedder(args.embedder)
     print(f"embedder: {embedder.name} ({embedder.dims} dims), loaded in "
