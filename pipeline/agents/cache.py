@@ -12,7 +12,12 @@ import faust
 
 from pipeline.agents.flow import process
 from pipeline.agents.tenancy import Tenancy
-from pipeline.cache.embedder import load_embedder
+from pipeline.cache.embedder import Embedder, load_embedder
+from pipeline.cache.remote import PREFIX, ProviderEmbedder
+from pipeline.catalog import EMBEDDING
+from pipeline.config import ConfigError, config_path
+from pipeline.providers import make_adapter
+from pipeline.secrets import load_secret
 from pipeline.cache.store import CLEAR, ResponseCache, load_cache_config
 from pipeline.cache.semantic import SemanticIndex
 from pipeline.events.codec import DecodeError
@@ -24,15 +29,37 @@ log = logging.getLogger("llmpipe.cache")
 DEFAULT_MAX_ENTRIES = TenantPolicy("").cache_max_entries
 
 
+def make_embedder(runtime: Runtime, name: str) -> Embedder:
+    """The configured embedder: offline by name, or ``provider:MODEL`` through the first
+    deployment of a catalog embedding model, with that deployment's key (the intake worker
+    needs it too, then)."""
+    if not name.startswith(PREFIX):
+        return load_embedder(name)
+    model = name[len(PREFIX):]
+    spec = runtime.catalog.models.get(model)
+    if spec is None or spec.kind != EMBEDDING or not runtime.deployments.for_model(model):
+        raise ConfigError(config_path("cache.yaml"), "embedder",
+                          f"{PREFIX}MODEL, MODEL a catalog embedding model with a deployment",
+                          name)
+    deployment = runtime.deployments.for_model(model)[0]
+    key = load_secret(deployment.api_key_env, deployment.api_key_file,
+                      f"deployment {deployment.id} (the cache's embedder)")
+    adapter = make_adapter(deployment, key, runtime.deployments.calls)
+    log.info("cache_embedder model=%s deployment=%s dims=%s", model, deployment.id,
+             spec.dimensions)
+    return ProviderEmbedder(model, deployment, adapter, runtime.catalog)
+
+
 class CacheTable:
     def __init__(self, app: faust.App, runtime: Runtime, partitions: int):
         self.table = app.Table("cache", partitions=partitions, help="response cache",
                                schema=faust.Schema(key_serializer="json",
                                                    value_serializer="json"))
-        # The semantic index is built in memory from the table's rows (offline embedder,
-        # weights in the wordllama wheel): nothing of it needs its own changelog.
-        self.cache = ResponseCache(self.table, runtime.catalog, load_cache_config(),
-                                SemanticIndex(load_embedder()))
+        # The semantic index is built in memory from the table's rows (their text, or the
+        # provider vectors stored in them): nothing of it needs its own changelog.
+        config = load_cache_config()
+        self.cache = ResponseCache(self.table, runtime.catalog, config,
+                                   SemanticIndex(make_embedder(runtime, config.embedder)))
 
         @app.on_partitions_assigned.connect
         async def on_assigned(sender, assigned, **kwargs) -> None:

@@ -28,7 +28,7 @@ def register_intake(app: faust.App, runtime: Runtime, tenancy: Tenancy, source: 
                     partitions=partitions, windows=windows, cache=cache)
 
     async def step(value: bytes | None, origin: Origin):
-        return intake.handle(value, origin)
+        return intake.handle(value, origin, await intake.prepare(value))
 
     @app.agent(source, name="intake")
     async def intake_agent(stream):

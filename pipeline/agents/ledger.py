@@ -347,7 +347,7 @@ USAGE_VIEW_COLUMNS = ("request_id", "tenant", "status", "error_code", "served_mo
                       "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd",
                       "baseline_cost_usd", "price_version", "attempts", "provider_ms",
                       "routed_model", "route_rule", "task_class", "canary", "ttft_ms",
-                      "cache", "cache_kind", "cache_saved_usd")
+                      "cache", "cache_kind", "cache_saved_usd", "cache_cost_usd")
 
 
 def usage_rows(client, ids: tuple[str, ...]) -> list[dict]:

@@ -28,6 +28,10 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from pipeline.cache.embedder import NAMES
+from pipeline.cache.remote import PREFIX, is_remote, vector_of, vector_text
 from pipeline.cache.semantic import SemanticIndex
 from pipeline.catalog import Catalog
 from pipeline.config import ConfigError, Section, config_path, load_yaml
@@ -46,6 +50,7 @@ NO_CACHE, NO_STORE = "no-cache", "no-store"          # Request.cache_control dir
 class CacheConfig:
     bypass_temperature_above: float = 1.0
     max_answer_bytes: int = 200_000
+    embedder: str = "wordllama+cjk"     # or provider:MODEL (remote.py)
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,11 +62,17 @@ def cache_config() -> CacheConfig:
 def load_cache_config(path: Path | None = None) -> CacheConfig:
     path = path or config_path("cache.yaml")
     s = Section(path, "", load_yaml(path))
-    unknown = set(s.data) - {"bypass_temperature_above", "max_answer_bytes"}
+    unknown = set(s.data) - {"bypass_temperature_above", "max_answer_bytes", "embedder"}
     if unknown:
-        raise ConfigError(path, sorted(unknown)[0], "bypass_temperature_above or max_answer_bytes")
+        raise ConfigError(path, sorted(unknown)[0],
+                          "bypass_temperature_above, max_answer_bytes or embedder")
+    embedder = s.data.get("embedder", CacheConfig.embedder)
+    if not isinstance(embedder, str) or not (embedder in NAMES or (
+            embedder.startswith(PREFIX) and len(embedder) > len(PREFIX))):
+        raise ConfigError(path, "embedder", f"one of {', '.join(NAMES)} or {PREFIX}MODEL",
+                          embedder)
     return CacheConfig(bypass_temperature_above=s.number("bypass_temperature_above"),
-                       max_answer_bytes=s.int("max_answer_bytes", minimum=1))
+                       max_answer_bytes=s.int("max_answer_bytes", minimum=1), embedder=embedder)
 
 
 def directives(cache_control: str) -> set[str]:
@@ -156,11 +167,31 @@ class ResponseCache:
             return None
         assert self.similar is not None and policy is not None
         self._index_rows()
-        near = self.similar.nearest(scope or scope_of(request), last_question(request) or "")
+        question = last_question(request) or ""
+        vector = None
+        if self.remote:
+            vector = self.similar.embedder.known(question)   # paid for in prepare()
+            if vector is None:                  # the embedding call failed: exact only
+                return None
+        near = self.similar.nearest(scope or scope_of(request), question, vector)
         if near is None or near[1] < policy.cache_threshold:
             return None
         found = self._fresh(request.tenant, near[0], now_ms)
         return None if found is None else (found, SEMANTIC, round(near[1], 6))
+
+    @property
+    def remote(self) -> bool:
+        """Whether semantic lookups embed through a provider (paid; see remote.py)."""
+        return self.similar is not None and is_remote(self.similar.embedder)
+
+    async def prepare(self, request: Request, policy: TenantPolicy | None) -> int:
+        """With a provider's embedder: embed the request's last turn before its lookup, if
+        it will have one; what that cost (nano-dollars). 0 with the offline embedder."""
+        if not self.remote or not self.decide(request, policy)[0] \
+                or not self.semantic(request, policy):
+            return 0
+        assert self.similar is not None
+        return await self.similar.embedder.prepare(request.tenant, last_question(request) or "")
 
     def _fresh(self, tenant: str, row_key: str, now_ms: int) -> Response | None:
         row = self.rows.get(row_key)
@@ -173,16 +204,18 @@ class ResponseCache:
 
     def answer(self, request: Request, cached: Response, received_ms: int, now_ms: int,
                kind: str = EXACT, similarity: float | None = None,
-               baseline_model: str | None = None) -> tuple[Response, Usage]:
-        """The request's Response from a cached one (its own id and metadata, no cost), and
-        its Usage: a hit, billed 0, carrying what the call would have cost today and the
-        baseline model's price for the same tokens (``baseline_model``: the tenant's)."""
+               baseline_model: str | None = None, lookup_cost: int = 0
+               ) -> tuple[Response, Usage]:
+        """The request's Response from a cached one (its own id and metadata), and its
+        Usage: a hit, billed only ``lookup_cost`` (a provider embedding, or 0), carrying what
+        the call would have cost today and the baseline model's price for the same tokens
+        (``baseline_model``: the tenant's)."""
         r = request
         created = r.created_at_ms if r.created_at_ms is not None else received_ms
         saved = self._cost(cached)
         response = cached.replace(
-            request_id=r.request_id, tenant=r.tenant, completed_at_ms=now_ms, cost_nanos=0,
-            attempts=0, tried=[], latency_ms=max(0, now_ms - created), metadata=r.metadata,
+            request_id=r.request_id, tenant=r.tenant, completed_at_ms=now_ms,
+            cost_nanos=lookup_cost, attempts=0, tried=[], latency_ms=max(0, now_ms - created), metadata=r.metadata,
             cache=kind, cache_similarity=similarity)
         baseline = self.catalog.cost_nanos(baseline_model or self.catalog.baseline_model,
                                            cached.prompt_tokens, cached.completion_tokens,
@@ -192,8 +225,9 @@ class ResponseCache:
             completed_at_ms=now_ms, status=OK, team=r.team or "", end_user=r.end_user or "",
             requested_model=r.model or "", routed_model=cached.model or "",
             served_model=cached.model or "", route_rule="cache", cache=HIT, cache_kind=kind,
-            cache_saved_nanos=saved, prompt_tokens=cached.prompt_tokens,
-            completion_tokens=cached.completion_tokens, cost_nanos=0,
+            cache_saved_nanos=saved, cache_cost_nanos=lookup_cost,
+            prompt_tokens=cached.prompt_tokens,
+            completion_tokens=cached.completion_tokens, cost_nanos=lookup_cost,
             baseline_cost_nanos=baseline, price_version=self.catalog.price_version,
             pipeline_ms=max(0, now_ms - received_ms), queue_ms=max(0, received_ms - created))
         return response, usage
@@ -222,11 +256,18 @@ class ResponseCache:
         row_key = _row_key(fill.tenant, fill.key)
         fresh = row_key not in self.rows
         count = self._count(fill.tenant)            # before the write: it may count rows
-        self.rows[row_key] = {"answer": fill.answer.to_dict(), "at_ms": fill.at_ms,
-                              "expires_at_ms": fill.expires_at_ms, "scope": fill.scope,
-                              "text": fill.text}
-        if self.similar is not None and self._indexed and fill.scope and fill.text:
-            self.similar.add(row_key, fill.scope, fill.text)
+        row = {"answer": fill.answer.to_dict(), "at_ms": fill.at_ms,
+               "expires_at_ms": fill.expires_at_ms, "scope": fill.scope, "text": fill.text}
+        vector = None
+        if self.remote and fill.scope and fill.text:
+            vector = self.similar.embedder.known(fill.text)      # what its lookup paid for
+            if vector is None:               # not on this worker any more: exact only
+                row["scope"] = row["text"] = ""
+            else:
+                row["vector"] = vector_text(vector)
+        self.rows[row_key] = row
+        if self.similar is not None and self._indexed and row["scope"] and row["text"]:
+            self.similar.add(row_key, row["scope"], row["text"], vector)
         if not fresh:
             return 0
         count += 1
@@ -253,8 +294,17 @@ class ResponseCache:
         if self._indexed or self.similar is None:
             return
         self.similar.clear()
-        self.similar.add_many([(k, row["scope"], row["text"]) for k, row in list(self.rows.items())
-                               if row.get("scope") and row.get("text")])
+        kept = [(k, row) for k, row in list(self.rows.items())
+                if row.get("scope") and row.get("text")]
+        if not self.remote:                  # embedded again from their text
+            self.similar.add_many([(k, row["scope"], row["text"]) for k, row in kept])
+        else:       # the stored vectors, nothing paid again; rows of another embedder skipped
+            dims = self.similar.embedder.dims
+            vectors = {k: vector_of(row["vector"]) for k, row in kept if row.get("vector")}
+            kept = [(k, row) for k, row in kept if len(vectors.get(k, ())) == dims]
+            if kept:
+                self.similar.add_many([(k, row["scope"], row["text"]) for k, row in kept],
+                                      np.stack([vectors[k] for k, _ in kept]))
         self._indexed = True
 
     def _count(self, tenant: str) -> int:

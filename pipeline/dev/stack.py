@@ -258,8 +258,9 @@ class DevStack:
         return resp.json()
 
     def simulator_requests(self) -> list[dict]:
-        """The bodies of the simulator's latest chat calls, oldest first (what providers
-        received, for tests that check nothing was dropped on the way)."""
+        """The bodies of the simulator's latest chat and OpenAI embedding calls, oldest
+        first (what providers received, for tests that check nothing was dropped on the
+        way)."""
         resp = httpx.get(f"{self.simulator_url}/_sim/requests", timeout=10)
         resp.raise_for_status()
         return resp.json()["requests"]

@@ -236,6 +236,7 @@ class RoutedRequest(Event):
     cache_key: str = ""
     cache_ttl_s: int = 0
     cache_scope: str = ""
+    cache_cost_nanos: int = 0
 
 
 @dataclass
@@ -354,6 +355,7 @@ class Usage(Event):
     cache: str = "miss"
     cache_kind: str = ""
     cache_saved_nanos: int = 0
+    cache_cost_nanos: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0

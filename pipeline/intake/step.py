@@ -55,7 +55,21 @@ class Intake:
         self.state = state if state is not None else TenantState({})
         self.cache = cache
 
-    def handle(self, value: bytes | None, origin: Origin) -> list[Out]:
+    async def prepare(self, value: bytes | None) -> int:
+        """Before :meth:`handle`, with a provider's embedder for the semantic cache: embed
+        the record's last turn (a call, so not inside handle) if its lookup will need it;
+        what that cost, for ``handle``'s ``lookup_cost``. 0 for anything else."""
+        if self.cache is None or not self.cache.remote:
+            return 0
+        try:
+            request = self.codec.decode(value, Request)
+            validation.check_request(request, self.clock(), self.bounds)
+        except (DecodeError, Rejected):
+            return 0                    # handle refuses it; nothing paid for it
+        return await self.cache.prepare(request, self.policies(request.tenant))
+
+    def handle(self, value: bytes | None, origin: Origin, lookup_cost: int = 0) -> list[Out]:
+        """``lookup_cost``: what :meth:`prepare` paid for this record, billed with it."""
         received = self.clock()
         fmt = JSON if is_json(value) else AVRO
         try:
@@ -85,7 +99,8 @@ class Intake:
                 assert self.cache is not None          # read is only ever True with one
                 found = self.cache.lookup(request, key, received, policy, scope)
                 if found is not None:
-                    return self._cached(request, fmt, origin, received, policy, *found)
+                    return self._cached(request, fmt, origin, received, policy, *found,
+                                        lookup_cost=lookup_cost)
             if kind == REDELIVERY and seen.state != REFUSED:
                 # Admitted before but never acknowledged: route again, reserve nothing new.
                 routed, _ = self._route(request, fmt, origin, received, policy, economise=False)
@@ -95,6 +110,8 @@ class Intake:
             if keep and policy is not None and self.cache is not None:
                 routed = routed.replace(cache_key=key, cache_ttl_s=policy.cache_ttl_s,
                                         cache_scope=scope)
+            if lookup_cost:
+                routed = routed.replace(cache_cost_nanos=lookup_cost)
         except Rejected as exc:
             self.state.refuse(request.tenant, request.request_id, origin.partition, origin.offset,
                               received)
@@ -106,13 +123,14 @@ class Intake:
 
     def _cached(self, request: Request, fmt: str, origin: Origin, received: int,
                 policy: TenantPolicy | None, cached: Response, kind: str,
-                similarity: float | None) -> list[Out]:
+                similarity: float | None, lookup_cost: int = 0) -> list[Out]:
         """A cache hit: the request ends here, with its Response and one Usage (cost 0),
         admitted like any request so a repeat of its id is a duplicate."""
         assert self.cache is not None
         response, usage = self.cache.answer(request, cached, received, self.clock(), kind,
                                             similarity,
-                                            baseline_model=policy and policy.baseline_model)
+                                            baseline_model=policy and policy.baseline_model,
+                                            lookup_cost=lookup_cost)
         self.state.admit(request.tenant, request.team, request.request_id, origin.partition,
                          origin.offset, received, 0)
         return [Out(request.reply_topic or self.topics.responses, request.request_id,

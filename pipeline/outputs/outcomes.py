@@ -93,11 +93,13 @@ def answered(routed: RoutedRequest, c: Completion, *, catalog: Catalog, at: int,
              batch_job: BatchJobRef | None = None, first_token_at_ms: int = 0) -> list[Out]:
     """A routed request answered: Response + Usage at the catalog's price for the served
     model — the Batch API price for an item of ``batch_job`` — plus ``extra_cost_nanos``
-    (a hedge's losing call, billed with the request). The baseline is always the live price
+    (a hedge's losing call, billed with the request) and what its cache lookup cost
+    (``routed.cache_cost_nanos``: a provider embedding). The baseline is always the live price
     of the tenant's baseline model. ``attempts``: calls made on the last deployment."""
     r, route = routed.request, routed.route
     cost = catalog.cost_nanos(route.model, c.prompt_tokens, c.completion_tokens, c.cached_tokens,
-                              batch=batch_job is not None) + extra_cost_nanos
+                              batch=batch_job is not None) + extra_cost_nanos \
+        + routed.cache_cost_nanos
     baseline = catalog.cost_nanos(routed.baseline_model or catalog.baseline_model,
                                   c.prompt_tokens, c.completion_tokens, c.cached_tokens)
     total_attempts = attempts + sum(t.attempts for t in routed.tried)
@@ -113,6 +115,7 @@ def answered(routed: RoutedRequest, c: Completion, *, catalog: Catalog, at: int,
     usage = routed_usage(routed, at, OK, "", total_attempts, provider_ms, routed_model).replace(
         prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
         cached_tokens=c.cached_tokens, cost_nanos=cost, baseline_cost_nanos=baseline,
+        cache_cost_nanos=routed.cache_cost_nanos,
         price_version=catalog.price_version, served_model=route.model, provider=route.provider,
         deployment=route.deployment, region=route.region, first_token_at_ms=first_token_at_ms,
         **_batch_fields(batch_job))
@@ -138,9 +141,11 @@ def routed_failed(routed: RoutedRequest, code: str, message: str, retryable: boo
         error=ErrorInfo(code, message, retryable, None if retry_after_s is None
                         else int(retry_after_s * 1000)), model=route.model,
         deployment=route.deployment, attempts=attempts, tried=[t.deployment for t in tried],
-        latency_ms=max(0, at - created_at(r, routed.received_at_ms)), metadata=r.metadata)
+        latency_ms=max(0, at - created_at(r, routed.received_at_ms)), metadata=r.metadata,
+        cost_nanos=routed.cache_cost_nanos)       # the lookup was paid for even so
     usage = routed_usage(routed, at, ERROR, code, attempts, provider_ms, routed_model).replace(
         deployment=route.deployment, provider=route.provider, region=route.region,
+        cost_nanos=routed.cache_cost_nanos, cache_cost_nanos=routed.cache_cost_nanos,
         **_batch_fields(batch_job))
     return [Out(reply_topic or routed.reply_topic, r.request_id, response, routed.reply_format),
             usage_out(routed, usage, topics)]
@@ -157,7 +162,7 @@ def cut_short(routed: RoutedRequest, code: str, message: str, *, content: str,
     text: such a call reports no usage) at the served model's price."""
     route = routed.route
     prompt = routed.estimated_prompt_tokens
-    cost = catalog.cost_nanos(route.model, prompt, completion_tokens)
+    cost = catalog.cost_nanos(route.model, prompt, completion_tokens) + routed.cache_cost_nanos
     baseline = catalog.cost_nanos(routed.baseline_model or catalog.baseline_model, prompt,
                                   completion_tokens)
     reply, usage = routed_failed(routed, code, message, False, at=at, tried=tried,

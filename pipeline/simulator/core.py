@@ -38,7 +38,7 @@ MAX_CALL_TIMES = 10_000      # call times kept per (model, key) for rate measure
 PROMPT_CACHE_ENTRIES = 10_000
 MAX_BODY_BYTES = 64 * 2**20  # default; SimulatorConfig.max_body_bytes
 POLL_S = 0.05                # how often a hanging call checks for its client
-REQUESTS_KEPT = 500          # latest chat bodies kept for GET /_sim/requests
+REQUESTS_KEPT = 500          # latest chat (and OpenAI embedding) bodies: GET /_sim/requests
 
 
 # --------------------------------------------------------------------------- the core

@@ -109,6 +109,7 @@ class Embeddings:
     async def openai(self, request: web.Request) -> web.StreamResponse:
         api_key = bearer_key(request)
         body = await json_body(request)
+        self.sim.requests.append(body)
         model = body.get("model") if isinstance(body, dict) else None
         fingerprint = key_fingerprint(api_key)
         return await self._call(request, model, fingerprint,

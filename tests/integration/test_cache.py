@@ -6,6 +6,7 @@ behind; `llmpipe cache clear` empties the tenant's cache."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +18,8 @@ import pytest
 from pipeline.client import GatewayClient, make_request
 from pipeline.dev.gateway import issue_key
 from pipeline.events.models import Request, Response, TenantPolicy
-from tests.integration.conftest import worker_stack
+from pipeline.paths import config_dir as default_config_dir
+from tests.integration.conftest import make_stack, worker_stack
 
 pytestmark = pytest.mark.integration
 
@@ -142,3 +144,49 @@ async def test_a_rephrased_question_is_a_semantic_hit(stack):
     # the exact-only tenant asking the same rephrasing does not get it
     other = await answer(stack, ask("acme", f"where is my parcel {tag}"))
     assert other.cache == ""
+
+
+@pytest.fixture(scope="module")
+def provider_stack(broker, tmp_path_factory):
+    """A worker whose semantic cache embeds through the simulator's text-embedding-3-small
+    (config/cache.yaml ``embedder: provider:...`` in a copy of the config)."""
+    config = tmp_path_factory.mktemp("cache-provider-config")
+    shutil.copytree(default_config_dir(), config, dirs_exist_ok=True)
+    cache_yaml = config / "cache.yaml"
+    text = cache_yaml.read_text()
+    assert "embedder: wordllama+cjk" in text
+    cache_yaml.write_text(text.replace("embedder: wordllama+cjk",
+                                       "embedder: provider:text-embedding-3-small"))
+    stack = make_stack(broker, tmp_path_factory, "cacheprov",
+                       ["--latency-scale", "0.05", "--no-base-errors", "--seed", "14"])
+    stack.config_dir = config
+    try:
+        stack.start_worker()
+        issue_key(stack, "semprov", TenantPolicy("semprov", cache_kinds=["exact", "semantic"],
+                                                 cache_threshold=0.9))
+        yield stack
+    finally:
+        stack.stop()
+
+
+async def test_provider_embeddings_are_billed_to_the_requests_they_served(provider_stack):
+    stack = provider_stack
+    tag = uuid.uuid4().hex[:6]
+    first = ask("semprov", f"Where is my parcel {tag}?")
+    miss = await answer(stack, first)
+    assert miss.status == "ok" and miss.cache == ""
+    sent: list[Request] = []
+    hit = await until_hit(stack, lambda: ask("semprov", f"WHERE IS MY PARCEL {tag}?"), sent)
+    assert hit.cache == "semantic" and hit.cache_similarity >= 0.9
+    rows = one_row_each(stack, [first, *sent])
+    paid = Decimal(rows[first.request_id]["cache_cost_usd"])
+    assert paid > 0 and Decimal(rows[first.request_id]["cost_usd"]) > paid   # call + lookup
+    # the reworded text is paid for once, by the first request that embedded it
+    reworded = [Decimal(rows[r.request_id]["cache_cost_usd"]) for r in sent]
+    assert reworded[0] > 0 and all(c == 0 for c in reworded[1:])
+    row = rows[sent[-1].request_id]
+    assert (row["cache"], row["cache_kind"]) == ("hit", "semantic")
+    assert Decimal(row["cost_usd"]) == Decimal(row["cache_cost_usd"]) == reworded[-1]
+    embedded = [b for b in stack.simulator_requests() if b.get("model") == "text-embedding-3-small"]
+    assert {tuple(b["input"]) for b in embedded} >= {(f"Where is my parcel {tag}?",),
+                                                     (f"WHERE IS MY PARCEL {tag}?",)}
