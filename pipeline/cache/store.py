@@ -15,15 +15,19 @@ no-store is not kept; one sampling hotter than `bypass_temperature_above` neithe
 
 **Store.** Rows in a mapping (a Faust table on the tenant's partition in a worker, a dict
 in tests), key ``tenant SEP cache key``. A row keeps the Response its first caller got and
-when it expires. A tenant keeps at most `cache_max_entries` rows; past that the oldest are
-dropped first. Writes arrive as CacheFill events (dispatch, `llmpipe cache clear`) on the
+when it expires. A tenant keeps at most `cache_max_entries` rows; past that the oldest kept
+are dropped first (by when they were kept, not last read: recording each read would write
+a changelog record per hit), in O(1) per fill after one scan per tenant and rebalance. Writes arrive as CacheFill events (dispatch, `llmpipe cache clear`) on the
 tenant's partition and are applied by the worker owning it, the same one that looks up."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import json
+import logging
+from collections import OrderedDict
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +43,7 @@ from pipeline.events.ids import SEP
 from pipeline.events.models import (OK, CacheFill, Request, Response, RoutedRequest,
                                     TenantPolicy, Usage)
 
+log = logging.getLogger("llmpipe.cache")
 EXACT, SEMANTIC = "exact", "semantic"
 KINDS = (EXACT, SEMANTIC)
 HIT, MISS, BYPASS = "hit", "miss", "bypass"          # Usage.cache
@@ -132,8 +137,12 @@ class ResponseCache:
         ``rows`` on first use and after :meth:`forget_counts` (a rebalance)."""
         self.rows, self.catalog, self.config = rows, catalog, config
         self.similar = similar
-        self._counts: dict[str, int] = {}      # tenant -> rows, counted on first use
+        self._order: dict[str, OrderedDict[str, None]] = {}   # see _order_of
         self._indexed = False
+        self._generation = 0                   # rebalances seen: a stale build is dropped
+        self._building: asyncio.Task | None = None
+        self._building_generation = -1
+        self._pending: list[tuple] = []        # index changes while a build runs
 
     # --- intake side ---------------------------------------------------------------------
 
@@ -166,7 +175,8 @@ class ResponseCache:
         if not self.semantic(request, policy):
             return None
         assert self.similar is not None and policy is not None
-        self._index_rows()
+        if not self._index_ready():
+            return None
         question = last_question(request) or ""
         vector = None
         if self.remote:
@@ -246,16 +256,13 @@ class ResponseCache:
         if fill.op == CLEAR:
             doomed = [k for k in list(self.rows) if k.split(SEP, 1)[0] == fill.tenant]
             for k in doomed:
-                del self.rows[k]
-                if self.similar is not None:
-                    self.similar.remove(k)
-            self._counts[fill.tenant] = 0
+                self._drop(fill.tenant, k)
+            self._order[fill.tenant] = OrderedDict()
             return len(doomed)
         if fill.op != PUT or fill.answer is None or fill.answer.status != OK:
             return 0
         row_key = _row_key(fill.tenant, fill.key)
-        fresh = row_key not in self.rows
-        count = self._count(fill.tenant)            # before the write: it may count rows
+        order = self._order_of(fill.tenant)         # before the write: it may scan the rows
         row = {"answer": fill.answer.to_dict(), "at_ms": fill.at_ms,
                "expires_at_ms": fill.expires_at_ms, "scope": fill.scope, "text": fill.text}
         vector = None
@@ -266,57 +273,114 @@ class ResponseCache:
             else:
                 row["vector"] = vector_text(vector)
         self.rows[row_key] = row
-        if self.similar is not None and self._indexed and row["scope"] and row["text"]:
-            self.similar.add(row_key, row["scope"], row["text"], vector)
-        if not fresh:
-            return 0
-        count += 1
-        self._counts[fill.tenant] = count
+        order[row_key] = None
+        order.move_to_end(row_key)
+        if row["scope"] and row["text"]:
+            self._index_change(("add", row_key, row["scope"], row["text"], vector))
         removed = 0
-        if count > max_entries:
-            mine = sorted(((row["at_ms"], k) for k, row in list(self.rows.items())
-                           if k.split(SEP, 1)[0] == fill.tenant), key=lambda p: p)
-            for _, k in mine[:count - max_entries]:
-                self._drop(fill.tenant, k)
-                removed += 1
+        while len(order) > max_entries:
+            self._drop(fill.tenant, next(iter(order)))
+            removed += 1
         return removed
 
     def entries(self, tenant: str) -> int:
-        return self._count(tenant)
+        return len(self._order_of(tenant))
 
     def forget_counts(self) -> None:
-        """After a rebalance: partitions (and so rows) came or went."""
-        self._counts.clear()
+        """After a rebalance: partitions (and so rows) came or went. The semantic index is
+        built again on the next semantic lookup; a build under way is abandoned."""
+        self._order.clear()
         self._indexed = False
+        self._generation += 1
 
-    def _index_rows(self) -> None:
-        """(Re)build the semantic index from the rows this worker holds."""
-        if self._indexed or self.similar is None:
-            return
-        self.similar.clear()
-        kept = [(k, row) for k, row in list(self.rows.items())
-                if row.get("scope") and row.get("text")]
-        if not self.remote:                  # embedded again from their text
-            self.similar.add_many([(k, row["scope"], row["text"]) for k, row in kept])
-        else:       # the stored vectors, nothing paid again; rows of another embedder skipped
-            dims = self.similar.embedder.dims
-            vectors = {k: vector_of(row["vector"]) for k, row in kept if row.get("vector")}
-            kept = [(k, row) for k, row in kept if len(vectors.get(k, ())) == dims]
-            if kept:
-                self.similar.add_many([(k, row["scope"], row["text"]) for k, row in kept],
-                                      np.stack([vectors[k] for k, _ in kept]))
-        self._indexed = True
-
-    def _count(self, tenant: str) -> int:
-        if tenant not in self._counts:
-            self._counts[tenant] = sum(1 for k in list(self.rows) if k.split(SEP, 1)[0] == tenant)
-        return self._counts[tenant]
+    def _order_of(self, tenant: str) -> OrderedDict[str, None]:
+        """The tenant's row keys, oldest first: one scan of the rows on first use (after a
+        start or a rebalance), then kept up to date, so eviction is O(1) per fill."""
+        if tenant not in self._order:
+            mine = sorted((row["at_ms"], k) for k, row in list(self.rows.items())
+                          if k.split(SEP, 1)[0] == tenant)
+            self._order[tenant] = OrderedDict((k, None) for _, k in mine)
+        return self._order[tenant]
 
     def _drop(self, tenant: str, row_key: str) -> None:
-        if self.rows.pop(row_key, None) is not None and tenant in self._counts:
-            self._counts[tenant] -= 1
-        if self.similar is not None:
-            self.similar.remove(row_key)
+        self.rows.pop(row_key, None)
+        if tenant in self._order:
+            self._order[tenant].pop(row_key, None)
+        self._index_change(("remove", row_key))
+
+    # --- the semantic index ----------------------------------------------------------------
+
+    def _index_ready(self) -> bool:
+        """Whether semantic lookups can be answered now. If the index is not built (first
+        use, a rebalance), it is built from the rows — off the event loop when one runs,
+        since 100k rows take tens of seconds: until it is done, semantic lookups miss
+        (exact ones are unaffected). Without a running loop (tests, tools) it is built here."""
+        if self._indexed or self.similar is None:
+            return self._indexed
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.similar = self._built(self._snapshot())
+            self._indexed = True
+            return True
+        if self._building is None or self._building.done() \
+                or self._building_generation != self._generation:
+            self._building_generation = self._generation
+            self._building = loop.create_task(self._rebuild(self._generation))
+        return False
+
+    async def index_ready(self) -> None:
+        """Wait until the index is built (tests, and a worker that wants to warm up)."""
+        while not self._index_ready():
+            assert self._building is not None
+            await self._building
+
+    async def _rebuild(self, generation: int) -> None:
+        self._pending = []          # (a stale build's changes go with it: it is dropped)
+        snapshot = self._snapshot()
+        fresh = await asyncio.to_thread(self._built, snapshot)
+        if generation != self._generation:
+            return                                  # another rebalance came in between
+        for change in self._pending:               # fills and drops during the build
+            _apply_change(fresh, change)
+        self._pending = []
+        self.similar, self._indexed = fresh, True
+        log.info("cache_index_built rows=%d", len(fresh))
+
+    def _snapshot(self) -> list[tuple[str, str, str, str | None]]:
+        return [(k, row["scope"], row["text"], row.get("vector"))
+                for k, row in list(self.rows.items()) if row.get("scope") and row.get("text")]
+
+    def _built(self, snapshot: list[tuple[str, str, str, str | None]]) -> SemanticIndex:
+        """A new index of ``snapshot``: texts embedded again offline, or a provider's stored
+        vectors (nothing paid again; rows another embedder kept are left out)."""
+        assert self.similar is not None
+        index = SemanticIndex(self.similar.embedder, self.similar.candidates)
+        if not self.remote:
+            index.add_many([(k, scope, text) for k, scope, text, _ in snapshot])
+            return index
+        dims = index.embedder.dims
+        kept = [(k, scope, text, vector_of(v)) for k, scope, text, v in snapshot if v]
+        kept = [item for item in kept if len(item[3]) == dims]
+        if kept:
+            index.add_many([item[:3] for item in kept], np.stack([item[3] for item in kept]))
+        return index
+
+    def _index_change(self, change: tuple) -> None:
+        if self.similar is None:
+            return
+        if self._indexed:
+            _apply_change(self.similar, change)
+        elif self._building is not None and not self._building.done():
+            self._pending.append(change)
+
+
+def _apply_change(index: SemanticIndex, change: tuple) -> None:
+    if change[0] == "add":
+        _, key, scope, text, vector = change
+        index.add(key, scope, text, vector)
+    else:
+        index.remove(change[1])
 
 
 def fill_for(routed: RoutedRequest, response: Response, at_ms: int,

@@ -84,6 +84,7 @@ async def test_each_paid_embedding_is_billed_to_the_request_it_served(simulator)
 
     outs, paid = await send(intake, "Where is my parcel?")           # a miss, embedded once
     routed = routed_of(outs)
+    await intake.cache.index_ready()              # built off the loop on the first lookup
     assert paid > 0 and embedder.calls == 1
     assert routed.cache_cost_nanos == paid and routed.cache_scope
     tokens = paid // catalog.cost_nanos(MODEL, 1, 0)
@@ -106,7 +107,9 @@ async def test_each_paid_embedding_is_billed_to_the_request_it_served(simulator)
     # a restart: a new worker over the same rows, its memo empty — the stored vector is
     # indexed without a call; only the new question is paid for
     fresh = embedder_at(simulator.base_url)
-    outs, paid = await send(intake_over(rows, fresh), "where is my parcel?")
+    restarted = intake_over(rows, fresh)
+    await restarted.cache.index_ready()
+    outs, paid = await send(restarted, "where is my parcel?")
     assert outs[0].event.cache == "semantic" and fresh.calls == 1 and paid > 0
     await embedder.adapter.aclose()
     await fresh.adapter.aclose()

@@ -4,6 +4,7 @@ that no tenant ever reaches another's entry."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 
@@ -230,3 +231,53 @@ def test_the_semantic_index_is_rebuilt_from_the_rows_after_a_rebalance(similar):
     reader = ResponseCache(rows, catalog, similar=similar)
     again = ask("how do I reset my password")
     assert reader.lookup(again, key_of(again), NOW + 1, both)[1] == "semantic"
+
+
+async def test_after_a_rebalance_the_index_is_built_off_the_loop_and_misses_until_then(similar):
+    """With an event loop running (a worker), the first semantic lookup starts the build in
+    a thread and misses; fills and drops made meanwhile reach the new index; a rebalance
+    during a build abandons it."""
+    rows: dict = {}
+    both = TenantPolicy("acme", cache_kinds=["exact", "semantic"])
+    writer = ResponseCache(rows, catalog)
+    for text in ("How do I reset my password?", "What is your refund policy?"):
+        first = ask(text)
+        writer.apply(fill_for(routed_for(first, key_of(first)).replace(
+            cache_scope=scope_of(first)), answer_for(first), NOW), 10)
+    from pipeline.cache.semantic import SemanticIndex
+    reader = ResponseCache(rows, catalog, similar=SemanticIndex(similar.embedder))
+    again = ask("how do I reset my password")
+    assert reader.lookup(again, key_of(again), NOW + 1, both) is None       # building
+    late = ask("Can I change my delivery address?")                        # filled meanwhile
+    reader.apply(fill_for(routed_for(late, key_of(late)).replace(cache_scope=scope_of(late)),
+                          answer_for(late), NOW), 10)
+    await reader.index_ready()
+    assert reader.lookup(again, key_of(again), NOW + 1, both)[1] == "semantic"
+    moved = ask("can I change my delivery address")
+    assert reader.lookup(moved, key_of(moved), NOW + 1, both)[1] == "semantic"
+    assert len(reader.similar) == 3
+
+    reader.forget_counts()                        # a rebalance: built again, from the rows
+    assert reader.lookup(again, key_of(again), NOW + 1, both) is None
+    reader.forget_counts()                        # and again while that build runs
+    await asyncio.sleep(0.5)
+    assert reader.lookup(again, key_of(again), NOW + 1, both) is None      # a new build
+    await reader.index_ready()
+    assert reader.lookup(again, key_of(again), NOW + 1, both)[1] == "semantic"
+
+
+def test_eviction_keeps_the_newest_without_scanning_the_rows_again():
+    rows: dict = {}
+    cache = ResponseCache(rows, catalog)
+    firsts = [ask(f"question {i}") for i in range(5)]
+    for i, r in enumerate(firsts):
+        cache.apply(fill_for(routed_for(r, key_of(r)), answer_for(r), NOW + i), 3)
+    assert cache.entries("acme") == 3
+    assert len(rows) == 3 and cache.lookup(firsts[0], key_of(firsts[0]), NOW + 10) is None
+    assert cache.lookup(firsts[4], key_of(firsts[4]), NOW + 10) is not None
+    # a restarted worker orders the rows by when they were kept
+    again = ResponseCache(rows, catalog)
+    extra = ask("question 5")
+    again.apply(fill_for(routed_for(extra, key_of(extra)), answer_for(extra), NOW + 9), 3)
+    assert again.lookup(firsts[2], key_of(firsts[2]), NOW + 10) is None
+    assert again.entries("acme") == 3
