@@ -25,6 +25,7 @@ BENCHES = {
     "classifier": "the rule classifier on the labelled prompt set",
     "tokens": "the offline token estimate against real tokenizers",
     "cache": "the response cache on the FAQ workload: hit rates, near-miss false hits, lookup P99",
+    "context": "context strategies on the long-chat + RAG workload: input-token and cost cut, facts kept",
 }
 DEFAULT = "latency"
 
