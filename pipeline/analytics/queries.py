@@ -257,8 +257,10 @@ def routing_mix(client: ClickHouse, by: str | None = None, *, since: datetime | 
 
 @dataclass(frozen=True)
 class CacheRow:
-    """The response cache for one group: requests, hits by kind, the hit rate, and money
-    saved (what the hits would have cost at their models' prices) — calls avoided = hits."""
+    """The response cache for one group: requests, hits by kind, the hit rate, money saved
+    (what the hits would have cost at their models' prices) — calls avoided = hits — and
+    what the lookups cost (provider embeddings; 0 with the offline embedder), which is
+    already in every report's cost."""
 
     key: str | None
     requests: int
@@ -267,6 +269,7 @@ class CacheRow:
     bypassed: int
     hit_rate: float
     saved_usd: Decimal
+    lookup_usd: Decimal
 
 
 def cache(client: ClickHouse, by: str | None = "tenant", *, since: datetime | None = None,
@@ -277,11 +280,11 @@ def cache(client: ClickHouse, by: str | None = "tenant", *, since: datetime | No
     rows = q.run(f"""
         SELECT {key} AS key, {q.requests} AS n, countIf(cache_kind = 'exact'),
                countIf(cache_kind = 'semantic'), countIf(cache = 'bypass'),
-               countIf(cache = 'hit') / n, sum(cache_saved_usd)
+               countIf(cache = 'hit') / n, sum(cache_saved_usd), sum(cache_cost_usd)
         FROM {q.table} WHERE {q.where} GROUP BY key ORDER BY key""")
     return [CacheRow(str(k) if by else None, int(n), int(exact), int(semantic), int(bypass),
-                     float(rate), exact_decimal(saved))
-            for k, n, exact, semantic, bypass, rate, saved in rows]
+                     float(rate), exact_decimal(saved), exact_decimal(lookups))
+            for k, n, exact, semantic, bypass, rate, saved, lookups in rows]
 
 
 def top_spenders(client: ClickHouse, by: str = "tenant", *, limit: int = 10,
@@ -299,18 +302,3 @@ def top_spenders(client: ClickHouse, by: str = "tenant", *, limit: int = 10,
         ORDER BY cost DESC, key LIMIT {int(limit)}""")
     return [SpenderRow(rank, str(k), int(n), exact_decimal(cost), float(share or 0.0))
             for rank, (k, n, cost, share) in enumerate(rows, start=1)]
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

@@ -566,7 +566,8 @@ def test_cache_report_counts_hits_by_kind_and_money_saved(ledger: ClickHouse,
             usage(catalog, "h1", base + 1, "gpt-4o-mini", prompt=100, completion=50,
                   cache="hit", cache_kind="exact", cache_saved_nanos=saved),
             usage(catalog, "h2", base + 2, "gpt-4o-mini", prompt=100, completion=50,
-                  cache="hit", cache_kind="semantic", cache_saved_nanos=saved),
+                  cache="hit", cache_kind="semantic", cache_saved_nanos=saved,
+                  cache_cost_nanos=140),                  # a provider embedding
             usage(catalog, "b1", base + 3, "gpt-4o-mini", prompt=100, completion=50,
                   cache="bypass"),
             usage(catalog, "g1", base + 4, "gpt-4o-mini", prompt=100, completion=50,
@@ -576,5 +577,6 @@ def test_cache_report_counts_hits_by_kind_and_money_saved(ledger: ClickHouse,
     acme = by_tenant["acme"]
     assert (acme.requests, acme.exact_hits, acme.semantic_hits, acme.bypassed) == (4, 1, 1, 1)
     assert acme.hit_rate == 0.5 and acme.saved_usd == Decimal(2 * saved).scaleb(-9)
+    assert acme.lookup_usd == Decimal(140).scaleb(-9)
     assert by_tenant["globex"].exact_hits == 0 and by_tenant["globex"].saved_usd == 0
     assert analyst_report(ledger, "cache") == q.cache(ledger)
