@@ -202,7 +202,9 @@ class DevStack:
             self.broker.stop()
 
     def __enter__(self) -> "DevStack":
-        return self.start()
+        # `with stack.start():` as well as `with stack:` (starting twice would leave the
+        # first broker and simulator running, unowned)
+        return self if self.broker is not None else self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
