@@ -347,7 +347,9 @@ USAGE_VIEW_COLUMNS = ("request_id", "tenant", "status", "error_code", "served_mo
                       "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd",
                       "baseline_cost_usd", "price_version", "attempts", "provider_ms",
                       "routed_model", "route_rule", "task_class", "canary", "ttft_ms",
-                      "cache", "cache_kind", "cache_saved_usd", "cache_cost_usd")
+                      "cache", "cache_kind", "cache_saved_usd", "cache_cost_usd",
+                      "context_tokens_before", "context_tokens_after", "context_saved_usd",
+                      "for_request_id")
 
 
 def usage_rows(client, ids: tuple[str, ...]) -> list[dict]:

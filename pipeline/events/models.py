@@ -1,20 +1,16 @@
 """Typed mirrors of the Avro event contracts in schemas/avro (one dataclass per record).
 
-Modules pass these, never loose dicts. ``tests/unit/test_models.py`` proves every mirror
+Modules pass these, never loose dicts. ``tests/unit/test_schemas.py`` proves every mirror
 matches its schema field by field (names, order, optionality and defaults).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, ClassVar, Optional, TypeVar
+from typing import ClassVar, Optional
 
-T = TypeVar("T", bound="Event")
+from pipeline.events.event import Event
 
 OK = "ok"
 ERROR = "error"
@@ -23,64 +19,6 @@ ROLES = ("system", "user", "assistant", "tool")
 TEXT, IMAGE_URL = "text", "image_url"                   # ContentPart.type
 TOOL_CHOICE_MODES = ("none", "auto", "required", "function")
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
-
-
-class Event:
-    """Base of the mirrors: conversion to and from the Avro/JSON dict shape."""
-
-    AVRO_NAME: ClassVar[str] = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return _to_plain(self)
-
-    @classmethod
-    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-        return _from_plain(cls, data)
-
-    def replace(self: T, **changes: Any) -> T:
-        return dataclasses.replace(self, **changes)
-
-
-def _to_plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, list):
-        return [_to_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _to_plain(v) for k, v in value.items()}
-    return value
-
-
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _from_plain(tp: Any, value: Any) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _from_plain(inner, value)
-    if origin is list:
-        (inner,) = typing.get_args(tp)
-        return [_from_plain(inner, v) for v in value]
-    if origin is dict:
-        _, inner = typing.get_args(tp)
-        return {k: _from_plain(inner, v) for k, v in value.items()}
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        hints = _HINTS.get(tp)
-        if hints is None:
-            hints = _HINTS[tp] = typing.get_type_hints(tp)
-        kwargs = {f.name: _from_plain(hints[f.name], value[f.name])
-                  for f in dataclasses.fields(tp) if f.name in value}
-        return tp(**kwargs)
-    if tp is str and isinstance(value, uuid.UUID):
-        return str(value)
-    if tp is Decimal and not isinstance(value, Decimal):
-        return Decimal(str(value))
-    if tp is float and isinstance(value, int):
-        return float(value)
-    return value
 
 
 # --- Request -------------------------------------------------------------------------
@@ -237,6 +175,9 @@ class RoutedRequest(Event):
     cache_ttl_s: int = 0
     cache_scope: str = ""
     cache_cost_nanos: int = 0
+    context_tokens_before: int = 0
+    context_tokens_after: int = 0
+    context_note: str = ""
 
 
 @dataclass
@@ -318,6 +259,7 @@ class Response(Event):
     embeddings: list[list[float]] = field(default_factory=list)
     cache: str = ""
     cache_similarity: Optional[float] = None
+    context: str = ""
 
     def rest_after(self, sent: str) -> str | None:
         """The answer's text a stream that carried ``sent`` has not carried yet ("" when
@@ -356,6 +298,10 @@ class Usage(Event):
     cache_kind: str = ""
     cache_saved_nanos: int = 0
     cache_cost_nanos: int = 0
+    context_tokens_before: int = 0
+    context_tokens_after: int = 0
+    context_saved_nanos: int = 0
+    for_request_id: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
@@ -481,6 +427,7 @@ class TenantPolicy(Event):
     cache_kinds: list[str] = field(default_factory=list)
     cache_max_entries: int = 10000
     cache_threshold: float = 0.95
+    context: str = ""
     updated_at_ms: int = 0
     reply_topics: list[str] = field(default_factory=list)
     api_keys: list[str] = field(default_factory=list)

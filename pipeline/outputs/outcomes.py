@@ -65,7 +65,9 @@ def routed_usage(routed: RoutedRequest, at: int, status: str, code: str, attempt
         routed_model=routed_model, route_rule=route.rule if not moved else "failover",
         task_class=route.task_class, attempts=attempts, fallbacks=len(moved),
         queue_ms=queue_ms, provider_ms=provider_ms,
-        pipeline_ms=max(0, at - created - queue_ms - provider_ms), canary=routed.canary)
+        pipeline_ms=max(0, at - created - queue_ms - provider_ms), canary=routed.canary,
+        context_tokens_before=routed.context_tokens_before,
+        context_tokens_after=routed.context_tokens_after)
 
 
 def usage_out(routed: RoutedRequest, usage: Usage, topics: Topics) -> Out:
@@ -111,11 +113,13 @@ def answered(routed: RoutedRequest, c: Completion, *, catalog: Catalog, at: int,
         attempts=total_attempts, tried=[t.deployment for t in routed.tried] + [route.deployment],
         latency_ms=max(0, at - created_at(r, routed.received_at_ms)), metadata=r.metadata,
         tool_calls=list(c.tool_calls), refusal=c.refusal, logprobs=c.logprobs,
-        more_choices=list(c.more_choices), embeddings=[list(v) for v in c.embeddings])
+        more_choices=list(c.more_choices), embeddings=[list(v) for v in c.embeddings],
+        context=routed.context_note)
     usage = routed_usage(routed, at, OK, "", total_attempts, provider_ms, routed_model).replace(
         prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
         cached_tokens=c.cached_tokens, cost_nanos=cost, baseline_cost_nanos=baseline,
         cache_cost_nanos=routed.cache_cost_nanos,
+        context_saved_nanos=_context_saved(routed, catalog),
         price_version=catalog.price_version, served_model=route.model, provider=route.provider,
         deployment=route.deployment, region=route.region, first_token_at_ms=first_token_at_ms,
         **_batch_fields(batch_job))
@@ -173,6 +177,13 @@ def cut_short(routed: RoutedRequest, code: str, message: str, *, content: str,
             replace(usage, event=usage.event.replace(
                 baseline_cost_nanos=baseline, price_version=catalog.price_version,
                 served_model=route.model, first_token_at_ms=first_token_at_ms, **billed))]
+
+
+def _context_saved(routed: RoutedRequest, catalog: Catalog) -> int:
+    """What the prompt tokens context management removed would have cost at the served
+    model's input price (estimates: the provider never saw them)."""
+    removed = routed.context_tokens_before - routed.context_tokens_after
+    return catalog.cost_nanos(routed.route.model, removed, 0) if removed > 0 else 0
 
 
 def _batch_fields(batch_job: BatchJobRef | None) -> dict:

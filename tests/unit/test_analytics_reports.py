@@ -411,9 +411,10 @@ def test_ttft_migration_on_a_ledger_that_has_rows(chdb_client: ClickHouse, catal
     from pipeline.analytics.migrate import load_migrations
     early = tmp_path / "early"
     early.mkdir()
-    # (with 008 and 009 too: today's writer inserts the columns they add, independent of 007)
+    # (with 008 to 010 too: today's writer inserts the columns they add, independent of 007)
     for path in sorted(MIGRATIONS.glob("00[1-6]_*.sql")) + [
-            MIGRATIONS / "008_usage_cache.sql", MIGRATIONS / "009_usage_cache_cost.sql"]:
+            MIGRATIONS / "008_usage_cache.sql", MIGRATIONS / "009_usage_cache_cost.sql",
+            MIGRATIONS / "010_usage_context.sql"]:
         (early / path.name).write_bytes(path.read_bytes())
     apply_migrations(chdb_client, early)
     base = today_ms() - DAY_MS + 600_000
@@ -530,7 +531,9 @@ def test_rollup_migration_backfills_existing_rows_once(chdb_client: ClickHouse,
     rows = mixed(catalog, today_ms() - DAY_MS)
 
     later = {"claimed_created_at_ms", "cache_kind", "cache_saved_usd",      # 006, 008
-             "cache_cost_usd"}                                            # 009
+             "cache_cost_usd",                                            # 009
+             "context_tokens_before", "context_tokens_after",             # 010
+             "context_saved_usd", "for_request_id"}
     keep = [i for i, c in enumerate(USAGE_COLUMNS) if c not in later]
 
     def insert_before_006(usages, token):        # the columns of that time

@@ -267,7 +267,8 @@ def test_usage_table_has_a_column_for_every_usage_field(ledger: ClickHouse) -> N
             return name.removesuffix("_ms")
         renames = {"cost_nanos": "cost_usd", "baseline_cost_nanos": "baseline_cost_usd",
                    "cache_saved_nanos": "cache_saved_usd",
-                   "cache_cost_nanos": "cache_cost_usd"}
+                   "cache_cost_nanos": "cache_cost_usd",
+                   "context_saved_nanos": "context_saved_usd"}
         return renames.get(name, name)
 
     ledger_only = ["claimed_created_at_ms"]      # what the ledger adds (006)
@@ -320,7 +321,9 @@ def test_usage_round_trip_is_exact(ledger: ClickHouse) -> None:
                      requested_model="gpt-4.1", routed_model="gpt-4.1", region="eu-west",
                      route_rule="pinned", task_class="chat", attempts=2, fallbacks=1,
                      batch_id="b-1", batch_size=8, cache="hit", cache_kind="exact",
-                     cache_saved_nanos=3_000_000_001, cache_cost_nanos=7, prompt_tokens=0,
+                     cache_saved_nanos=3_000_000_001, cache_cost_nanos=7,
+                     context_tokens_before=900, context_tokens_after=400,
+                     context_saved_nanos=1_000_000, for_request_id="req-0", prompt_tokens=0,
                      completion_tokens=1_500_000_000, cached_tokens=0,
                      cost_nanos=1_500_000_000 * 8000, baseline_cost_nanos=1,
                      price_version="2025-01", queue_ms=5, pipeline_ms=45, provider_ms=820)
@@ -331,14 +334,17 @@ def test_usage_round_trip_is_exact(ledger: ClickHouse) -> None:
         "toUnixTimestamp64Milli(routed_at), toUnixTimestamp64Milli(first_token_at), "
         "toUnixTimestamp64Milli(completed_at), status, error_code, requested_model, routed_model,"
         " served_model, provider, deployment, region, route_rule, task_class, attempts, fallbacks,"
-        " batch_id, batch_size, cache, cache_kind, cache_saved_usd, cache_cost_usd, prompt_tokens, "
+        " batch_id, batch_size, cache, cache_kind, cache_saved_usd, cache_cost_usd, "
+        "context_tokens_before, context_tokens_after, context_saved_usd, for_request_id, "
+        "prompt_tokens, "
         "completion_tokens, cached_tokens, cost_usd,"
         " baseline_cost_usd, price_version, queue_ms, pipeline_ms, provider_ms, canary, "
         "claimed_created_at_ms FROM usage FINAL").result_rows
     assert row == [tuple(usage_row(big))]
-    cost, baseline = row[0][29], row[0][30]
+    cost, baseline = row[0][33], row[0][34]
     assert row[0][24] == Decimal("3.000000001")                       # cache_saved_usd
     assert row[0][25] == Decimal("0.000000007")                       # cache_cost_usd
+    assert row[0][26:30] == (900, 400, Decimal("0.001"), "req-0")    # context (010)
     assert cost == Decimal("12000.000000000") and str(cost) == "12000.000000000"
     assert baseline == Decimal("0.000000001")
     assert format_usd(cost) == "$12,000.000000"
