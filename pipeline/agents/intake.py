@@ -12,8 +12,28 @@ from pipeline.agents.tenancy import Tenancy
 from pipeline.batching.config import BatchingConfig
 from pipeline.cache.store import ResponseCache
 from pipeline.intake import Intake
+from pipeline.intake.summaries import Summariser
+from pipeline.providers import make_adapter
+from pipeline.providers.base import Adapter
+from pipeline.providers.deployments import Deployment
+from pipeline.secrets import load_secret
 from pipeline.outputs import Origin
 from pipeline.runtime import Runtime
+
+
+def make_summariser(runtime: Runtime) -> Summariser:
+    """Summaries for context policies, through each deployment's adapter, built (and its
+    key read) the first time a summary goes to it: a missing key fails that summary only,
+    and the request keeps its whole history."""
+    adapters: dict[str, Adapter] = {}
+
+    def adapter_for(deployment: Deployment) -> Adapter:
+        if deployment.id not in adapters:
+            key = load_secret(deployment.api_key_env, deployment.api_key_file,
+                              f"deployment {deployment.id}")
+            adapters[deployment.id] = make_adapter(deployment, key, runtime.deployments.calls)
+        return adapters[deployment.id]
+    return Summariser(runtime.catalog, runtime.deployments, adapter_for)
 
 
 def register_intake(app: faust.App, runtime: Runtime, tenancy: Tenancy, source: faust.TopicT,
@@ -25,7 +45,8 @@ def register_intake(app: faust.App, runtime: Runtime, tenancy: Tenancy, source: 
     s = runtime.settings
     intake = Intake(runtime.codec, runtime.catalog, runtime.router(), runtime.policy, s.topics,
                     policies=tenancy.directory.get, state=tenancy.state, bounds=runtime.bounds,
-                    partitions=partitions, windows=windows, cache=cache)
+                    partitions=partitions, windows=windows, cache=cache,
+                    summariser=make_summariser(runtime))
 
     async def step(value: bytes | None, origin: Origin):
         return intake.handle(value, origin, await intake.prepare(value))

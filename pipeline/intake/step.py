@@ -33,7 +33,11 @@ from pipeline.settings import Topics
 from pipeline.cache.store import ResponseCache, key_of, scope_of
 from pipeline.intake.features import check_embedding_reply
 from pipeline.intake.bounds import RequestBounds
+from pipeline.intake.context import Prepared, compressed, context_policy, plan
+from pipeline.intake.summaries import Summariser
 
+
+NOTHING_PREPARED = Prepared()
 
 class Intake:
     agent = "intake"
@@ -43,33 +47,62 @@ class Intake:
                  policies: Callable[[str], TenantPolicy | None] = lambda tenant: None,
                  state: TenantState | None = None, bounds: RequestBounds = RequestBounds(),
                  partitions: int | None = None, windows: BatchingConfig | None = None,
-                 cache: ResponseCache | None = None):
+                 cache: ResponseCache | None = None, summariser: Summariser | None = None):
         """``partitions``: llm.requests' partition count, to check that a record sits on its
         tenant's partition (None: not checked). ``windows``: the micro-batch windows; a
         request at a priority without one goes straight to llm.batches (None: every
         request goes to llm.routed). ``cache``: the tenant partitions' response cache
-        (None: no cache)."""
+        (None: no cache). ``summariser``: makes history summaries for context policies
+        that ask for them (None: such requests keep their whole history)."""
         self.codec, self.catalog, self.router, self.policy = codec, catalog, router, policy
         self.topics, self.clock, self.policies = topics, clock, policies
         self.bounds, self.partitions, self.windows = bounds, partitions, windows
         self.state = state if state is not None else TenantState({})
-        self.cache = cache
+        self.cache, self.summariser = cache, summariser
 
-    async def prepare(self, value: bytes | None) -> int:
-        """Before :meth:`handle`, with a provider's embedder for the semantic cache: embed
-        the record's last turn (a call, so not inside handle) if its lookup will need it;
-        what that cost, for ``handle``'s ``lookup_cost``. 0 for anything else."""
-        if self.cache is None or not self.cache.remote:
-            return 0
+    async def prepare(self, value: bytes | None) -> Prepared:
+        """Before :meth:`handle`, the calls its record may need (they cannot run inside
+        handle): with a provider's embedder, the embedding of the last turn for the
+        semantic lookup; with a context policy that summarises, the summary of the turns
+        the window drops. What they made and cost, for ``handle`` to bill."""
+        remote = self.cache is not None and self.cache.remote
+        if not remote and self.summariser is None:
+            return NOTHING_PREPARED
         try:
             request = self.codec.decode(value, Request)
             validation.check_request(request, self.clock(), self.bounds)
+            policy = self.policies(request.tenant)
+            context = context_policy(request, policy)
         except (DecodeError, Rejected):
-            return 0                    # handle refuses it; nothing paid for it
-        return await self.cache.prepare(request, self.policies(request.tenant))
+            return NOTHING_PREPARED     # handle refuses it; nothing paid for it
+        cost = await self.cache.prepare(request, policy) if remote and self.cache else 0
+        summary = None
+        if self.summariser is not None and context.summarise and not self._hits(request, policy):
+            decision = plan(request, context)
+            if decision is not None and decision.to_summarise:
+                summary = await self.summariser.summary(
+                    request, list(decision.to_summarise), decision.summary_key, policy)
+        return Prepared(cost, summary)
 
-    def handle(self, value: bytes | None, origin: Origin, lookup_cost: int = 0) -> list[Out]:
-        """``lookup_cost``: what :meth:`prepare` paid for this record, billed with it."""
+    def _hits(self, request: Request, policy: TenantPolicy | None) -> bool:
+        """Whether the cache would answer ``request`` now (then nothing is summarised)."""
+        if self.cache is None or not self.cache.decide(request, policy)[0]:
+            return False
+        return self.cache.lookup(request, key_of(request), self.clock(), policy) is not None
+
+    def handle(self, value: bytes | None, origin: Origin,
+               prepared: Prepared = NOTHING_PREPARED) -> list[Out]:
+        """``prepared``: what :meth:`prepare` made and paid for this record, billed with
+        it; a summary call's own usage row goes out whatever becomes of the request."""
+        outs = self._handle(value, origin, prepared)
+        summary = prepared.summary
+        if summary is not None and summary.usage is not None:
+            outs.append(Out(self.topics.usage, summary.usage.tenant, summary.usage,
+                            partition=origin.partition))
+        return outs
+
+    def _handle(self, value: bytes | None, origin: Origin, prepared: Prepared) -> list[Out]:
+        lookup_cost = prepared.lookup_cost
         received = self.clock()
         fmt = JSON if is_json(value) else AVRO
         try:
@@ -82,6 +115,7 @@ class Intake:
             validation.check_record(len(value or b""), origin.key, origin.partition,
                                     request.tenant, self.partitions, self.bounds, origin.topic)
             validation.check_reply_topics(request, self.topics, policy)
+            context = context_policy(request, policy)
         except Rejected as exc:
             return self._refused(request, fmt, exc, received, origin)
         self.state.prepare(origin.partition)
@@ -101,12 +135,19 @@ class Intake:
                 if found is not None:
                     return self._cached(request, fmt, origin, received, policy, *found,
                                         lookup_cost=lookup_cost)
+            # the cache took the request as received; reservation and routing see what is sent
+            shrunk = compressed(request, context, prepared.summary)
+            sent = shrunk.request if shrunk is not None else request
             if kind == REDELIVERY and seen.state != REFUSED:
                 # Admitted before but never acknowledged: route again, reserve nothing new.
-                routed, _ = self._route(request, fmt, origin, received, policy, economise=False)
+                routed, _ = self._route(sent, fmt, origin, received, policy, economise=False)
             else:
-                routed, alerts = self._admit(request, fmt, origin, received, policy)
+                routed, alerts = self._admit(sent, fmt, origin, received, policy)
                 outs += alerts
+            if shrunk is not None:
+                routed = routed.replace(context_tokens_before=shrunk.tokens_before,
+                                        context_tokens_after=shrunk.tokens_after,
+                                        context_note=shrunk.note)
             if keep and policy is not None and self.cache is not None:
                 routed = routed.replace(cache_key=key, cache_ttl_s=policy.cache_ttl_s,
                                         cache_scope=scope)

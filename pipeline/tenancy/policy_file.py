@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from pipeline.catalog import Catalog
+from pipeline.context.policy import ContextPolicy, ContextPolicyError
 from pipeline.kafka.topics import invalid_topic_name
 from pipeline.events.models import Budget, CanaryRule, TenantPolicy
 
@@ -92,6 +93,7 @@ def policy_from_mapping(data: Any, catalog: Catalog, *, tenant: str | None = Non
         cache_threshold=float(_fraction(data.get("cache_threshold",
                                                  _POLICY_DEFAULTS.cache_threshold),
                                         "cache_threshold")),
+        context=_context(data.get("context")),
         updated_at_ms=_int(data, "updated_at_ms", "", 0, minimum=0, maximum=2**63 - 1),
         reply_topics=_reply_topics(data.get("reply_topics", [])),
         api_keys=_api_keys(data.get("api_keys", [])),
@@ -171,6 +173,18 @@ def _cache_kinds(value: Any) -> list[str]:
     if not isinstance(value, list) or any(k not in kinds for k in value):
         raise PolicyError("cache_kinds", f"must be a list of {', '.join(kinds)}, got {value!r}")
     return list(dict.fromkeys(value))
+
+
+def _context(value: Any) -> str:
+    """The context policy, stored in its override form: a mapping of ContextPolicy's
+    fields, or that form itself ("normalise,top_k=4"); "" when every strategy is off."""
+    try:
+        policy = (ContextPolicy.parse(value) if isinstance(value, str)
+                  else ContextPolicy.from_mapping(value))
+    except ContextPolicyError as exc:
+        key = exc.key if exc.key.startswith("context") else "context"
+        raise PolicyError(key, exc.problem) from None
+    return policy.to_override() if policy.enabled else ""
 
 
 def _reply_topics(value: Any) -> list[str]:

@@ -55,9 +55,9 @@ async def send(intake: Intake, text: str) -> tuple[list, int]:
     request = Request(str(uuid.uuid4()), TENANT, [ChatMessage("user", text)], created_at_ms=NOW,
                       model="gpt-4o-mini")
     value = Codec().encode(request, topics.requests)
-    paid = await intake.prepare(value)
+    prepared = await intake.prepare(value)
     origin = Origin(topics.requests, tenant_partition(TENANT, 6), 1, TENANT.encode(), NOW)
-    return intake.handle(value, origin, paid), paid
+    return intake.handle(value, origin, prepared), prepared.lookup_cost
 
 
 def routed_of(outs: list) -> RoutedRequest:

@@ -189,3 +189,20 @@ def test_a_file_error_names_the_file(tmp_path):
         load_policy_file(broken, catalog, tenant="acme")
     with pytest.raises(PolicyError, match="cannot read the policy file"):
         load_policy_file(tmp_path / "missing.yaml", catalog, tenant="acme")
+
+
+def test_the_context_policy_is_read_as_a_mapping_or_its_short_form_and_checked():
+    from pipeline.catalog import load_catalog
+    from pipeline.tenancy.policy_file import PolicyError, parse_policy_text
+    catalog = load_catalog()
+    mapping = parse_policy_text("tenant: acme\ncontext:\n  normalise: true\n  retrieved_top_k: 4\n",
+                                catalog)
+    assert mapping.context == "normalise,top_k=4"
+    short = parse_policy_text("tenant: acme\ncontext: window=8, summarise\n", catalog)
+    assert short.context == "window=8,summarise"
+    assert parse_policy_text("tenant: acme\ncontext: {}\n", catalog).context == ""
+    assert parse_policy_text("tenant: acme\n", catalog).context == ""
+    with pytest.raises(PolicyError, match=r"context\.window_turns: must be a whole number"):
+        parse_policy_text("tenant: acme\ncontext:\n  window_turns: -1\n", catalog)
+    with pytest.raises(PolicyError, match="summarise"):
+        parse_policy_text("tenant: acme\ncontext:\n  summarise: true\n", catalog)

@@ -1,0 +1,146 @@
+"""History summaries for the context window (pipeline/context/, issue 15): when a tenant's
+context policy says ``summarise``, the turns the window drops are replaced by a summary the
+cheapest capable chat model writes.
+
+- **Which model.** The cheapest chat model by list price (input + output per MTok) that
+  has a deployment, is allowed by the tenant's policy and whose context window holds the
+  transcript, ties by name; its first deployment is called (``Summariser.model_for``).
+- **When.** Before the intake step, like the cache's provider embedding
+  (``Intake.prepare``): a provider call must not run inside the synchronous step. The
+  summary waits at most ``TIMEOUT_S``.
+- **Billed.** Each call is its own usage row, billed to the tenant: request id
+  ``summary_id(id)`` (a UUID derived from the request's, the same on a redelivery, so the
+  ledger keeps one), route rule ``context-summary``, ``for_request_id`` = the request it
+  served.
+- **Cached** by tenant and conversation prefix (``prefix_key`` of the dropped messages) in
+  a bounded memo of the intake worker, so a conversation's history is summarised once per
+  worker; a restart or a rebalance may pay for one summary again.
+- **Failed** (no capable model, an error, the timeout): the request keeps its whole
+  history — the window is not applied — so nothing the caller sent is lost. The decision
+  says so."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+from pipeline.catalog import CHAT, Catalog
+from pipeline.clock import now_ms
+from pipeline.context import summary_prompt
+from pipeline.events.models import (OK, ChatMessage, GenerationParams, Request, RouteDecision,
+                                    RoutedRequest, TenantPolicy, Usage)
+from pipeline.providers.base import Adapter
+from pipeline.providers.deployments import Deployment, Deployments
+from pipeline.routing.tokens import estimate_messages_tokens
+
+log = logging.getLogger("llmpipe.context")
+
+MEMO_SIZE = 10_000
+TIMEOUT_S = 20.0
+MAX_SUMMARY_TOKENS = 400
+SUMMARY_RULE = "context-summary"
+
+
+def summary_id(request_id: str) -> str:
+    """The request id of the summary call made for ``request_id`` (ids are UUIDs)."""
+    try:
+        namespace = uuid.UUID(request_id)
+    except ValueError:
+        namespace = uuid.uuid5(uuid.NAMESPACE_URL, request_id)
+    return str(uuid.uuid5(namespace, SUMMARY_RULE))
+
+
+@dataclass(frozen=True)
+class Summary:
+    text: str
+    usage: Usage | None = None          # the call's own row; None when taken from the memo
+
+
+class Summariser:
+    """Makes and remembers summaries; ``adapter_for(deployment)`` gives the adapter that
+    calls a deployment (built once per deployment by the caller)."""
+
+    def __init__(self, catalog: Catalog, deployments: Deployments,
+                 adapter_for: Callable[[Deployment], Adapter], memo_size: int = MEMO_SIZE,
+                 timeout_s: float = TIMEOUT_S, clock: Callable[[], int] = now_ms) -> None:
+        self.catalog, self.deployments, self.adapter_for = catalog, deployments, adapter_for
+        self.memo: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self.memo_size, self.timeout_s, self.clock = memo_size, timeout_s, clock
+        self.calls = self.failures = 0
+
+    def model_for(self, prompt_tokens: int, policy: TenantPolicy | None) -> str | None:
+        """The cheapest chat model that may and can summarise ``prompt_tokens`` of history."""
+        allowed = set(policy.allowed_models) if policy and policy.allowed_models else None
+        denied = set(policy.denied_models) if policy else set()
+        fits = [m for m in self.catalog.models.values()
+                if m.kind == CHAT and self.deployments.for_model(m.name)
+                and (allowed is None or m.name in allowed) and m.name not in denied
+                and m.context_window >= prompt_tokens + MAX_SUMMARY_TOKENS]
+        if not fits:
+            return None
+        return min(fits, key=lambda m: (m.input_per_mtok + m.output_per_mtok, m.name)).name
+
+    async def summary(self, request: Request, dropped: list[ChatMessage], key: str,
+                      policy: TenantPolicy | None) -> Summary | None:
+        """The summary of ``dropped`` for ``request`` (None: could not be made)."""
+        memo_key = (request.tenant, key)
+        text = self.memo.get(memo_key)
+        if text is not None:
+            self.memo.move_to_end(memo_key)
+            return Summary(text)
+        prompt = summary_prompt(dropped)
+        model = self.model_for(estimate_messages_tokens(prompt), policy)
+        if model is None:
+            log.warning("context_summary_failed request_id=%s tenant=%s error=no capable model",
+                        request.request_id, request.tenant)
+            self.failures += 1
+            return None
+        deployment = self.deployments.for_model(model)[0]
+        call = Request(summary_id(request.request_id), request.tenant, prompt, team=request.team,
+                       end_user=request.end_user, model=model,
+                       params=GenerationParams(max_tokens=MAX_SUMMARY_TOKENS, temperature=0.0))
+        started = self.clock()
+        routed = RoutedRequest(call, RouteDecision(deployment.id, model, deployment.provider,
+                                                   SUMMARY_RULE, region=deployment.region),
+                               max_tokens=MAX_SUMMARY_TOKENS, reply_topic="",
+                               received_at_ms=started, routed_at_ms=started)
+        self.calls += 1
+        t0 = time.monotonic()
+        try:
+            done = await asyncio.wait_for(self.adapter_for(deployment).complete(routed),
+                                          self.timeout_s)
+            if not done.content.strip():
+                raise ValueError("an empty summary")
+        except Exception as exc:               # any failure: the history is kept whole
+            self.failures += 1
+            log.warning("context_summary_failed request_id=%s tenant=%s model=%s error=%s",
+                        request.request_id, request.tenant, model,
+                        f"{type(exc).__name__}: {exc}"[:200])
+            return None
+        self.memo[memo_key] = done.content
+        while len(self.memo) > self.memo_size:
+            self.memo.popitem(last=False)
+        at = self.clock()
+        baseline = (policy.baseline_model if policy and policy.baseline_model
+                    else self.catalog.baseline_model)
+        usage = Usage(
+            request_id=call.request_id, tenant=request.tenant, created_at_ms=started,
+            completed_at_ms=at, status=OK, team=request.team or "",
+            end_user=request.end_user or "", routed_at_ms=started, requested_model=model,
+            routed_model=model, served_model=model, provider=deployment.provider,
+            deployment=deployment.id, region=deployment.region, route_rule=SUMMARY_RULE,
+            task_class="summary", attempts=1, prompt_tokens=done.prompt_tokens,
+            completion_tokens=done.completion_tokens, cached_tokens=done.cached_tokens,
+            cost_nanos=self.catalog.cost_nanos(model, done.prompt_tokens,
+                                               done.completion_tokens, done.cached_tokens),
+            baseline_cost_nanos=self.catalog.cost_nanos(baseline, done.prompt_tokens,
+                                                        done.completion_tokens,
+                                                        done.cached_tokens),
+            price_version=self.catalog.price_version,
+            provider_ms=int((time.monotonic() - t0) * 1000), for_request_id=request.request_id)
+        return Summary(done.content, usage)
