@@ -74,6 +74,9 @@ class DevReport:
     first_token: Latency = Latency(0, None, None, None)   # ttft_ms, streamed requests only
     cache_hits: int = 0                                   # answered from the response cache
     cache_saved_usd: Decimal = Decimal(0)                 # what those calls would have cost
+    context_compressed: int = 0                           # requests context management cut
+    context_tokens_removed: int = 0                       # their estimated prompt tokens cut
+    context_saved_usd: Decimal = Decimal(0)               # ... at the served models' prices
 
     def to_dict(self) -> dict[str, Any]:
         return plain(asdict(self))
@@ -122,6 +125,9 @@ class DevReport:
               if self.baseline_cost_usd else []),
             *([["saved by the cache (calls not made)", format_usd(self.cache_saved_usd)]]
               if self.cache_hits else []),
+            *([[f"saved by context management ({count_text(self.context_compressed)} "
+                f"requests, ~{count_text(self.context_tokens_removed)} prompt tokens)",
+                format_usd(self.context_saved_usd)]] if self.context_compressed else []),
         ])
         out += section("Latency (ms, ok requests)", ["", "n", "p50", "p95", "p99"], [
             [name, count_text(lat.samples), ms_text(lat.p50_ms), ms_text(lat.p95_ms), ms_text(lat.p99_ms)]
@@ -140,11 +146,13 @@ def dev_report(client: ClickHouse, *, since: datetime | None = None,
     src = f"{USAGE_TABLE} FINAL WHERE {where}"
 
     (requests, distinct, ok, errors, prompt, completion, cached, cost, baseline, hits,
-     saved), = client.query(f"""
+     saved, compressed, removed, context_saved), = client.query(f"""
         SELECT count(), uniqExact(request_id), countIf(status = 'ok'), countIf(status != 'ok'),
                sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens),
                sum(cost_usd), sum(baseline_cost_usd), countIf(cache = 'hit'),
-               sum(cache_saved_usd)
+               sum(cache_saved_usd), countIf(context_tokens_before > 0),
+               sum(toInt64(context_tokens_before) - toInt64(context_tokens_after)),
+               sum(context_saved_usd)
         FROM {src}""", params).result_rows
     raw_rows = client.query(f"SELECT count() FROM {USAGE_TABLE} WHERE {where}",
                             params).result_rows[0][0]
@@ -181,6 +189,8 @@ def dev_report(client: ClickHouse, *, since: datetime | None = None,
         end_to_end=_latency(samples, e2e), provider=_latency(samples, provider),
         pipeline=_latency(samples, pipeline), first_token=_latency(streamed, ttft),
         cache_hits=int(hits), cache_saved_usd=exact_decimal(saved),
+        context_compressed=int(compressed), context_tokens_removed=int(removed),
+        context_saved_usd=exact_decimal(context_saved),
     )
 
 

@@ -302,3 +302,41 @@ def top_spenders(client: ClickHouse, by: str = "tenant", *, limit: int = 10,
         ORDER BY cost DESC, key LIMIT {int(limit)}""")
     return [SpenderRow(rank, str(k), int(n), exact_decimal(cost), float(share or 0.0))
             for rank, (k, n, cost, share) in enumerate(rows, start=1)]
+
+
+@dataclass(frozen=True)
+class ContextRow:
+    """Context management for one group: requests it compressed, their estimated prompt
+    tokens before and after, what the removed tokens would have cost at the served models'
+    input prices, and the summary calls it made (their own rows) and what they cost —
+    net saved = saved_usd - summary_cost_usd."""
+
+    key: str | None
+    compressed: int
+    tokens_before: int
+    tokens_after: int
+    saved_usd: Decimal
+    summaries: int
+    summary_cost_usd: Decimal
+
+    @property
+    def cut(self) -> float:
+        return 1 - self.tokens_after / self.tokens_before if self.tokens_before else 0.0
+
+
+def context(client: ClickHouse, by: str | None = "tenant", *, since: datetime | None = None,
+            until: datetime | None = None, tenant: str | None = None) -> list[ContextRow]:
+    """Tokens and money saved by context management per group (raw usage)."""
+    q = Query(client, "raw", since, until, tenant)
+    key = q.dimension(by) if by else "''"
+    rows = q.run(f"""
+        SELECT {key} AS key, countIf(context_tokens_before > 0),
+               toUInt64(sum(context_tokens_before)), toUInt64(sum(context_tokens_after)),
+               sum(context_saved_usd), countIf(for_request_id != ''),
+               sumIf(cost_usd, for_request_id != '')
+        FROM {q.table} WHERE {q.where} GROUP BY key
+        HAVING countIf(context_tokens_before > 0) + countIf(for_request_id != '') > 0
+        ORDER BY key""")
+    return [ContextRow(str(k) if by else None, int(n), int(before), int(after),
+                       exact_decimal(saved), int(summaries), exact_decimal(summary_cost))
+            for k, n, before, after, saved, summaries, summary_cost in rows]

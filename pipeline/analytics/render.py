@@ -57,7 +57,7 @@ def section(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 #: Computed row properties shown next to the dataclass fields when a row has them.
-_DERIVED = ("saved_usd", "difference_usd")
+_DERIVED = ("saved_usd", "difference_usd", "cut")
 
 
 def row_dicts(rows: Sequence[Any]) -> list[dict[str, Any]]:

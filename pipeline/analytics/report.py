@@ -11,7 +11,7 @@ from typing import Any
 from pipeline.analytics.clickhouse import ClickHouse
 from pipeline.analytics.render import format_usd, iso, plain, render_rows, row_dicts
 
-REPORTS = ("cost", "savings", "latency", "errors", "routing", "top", "cache")
+REPORTS = ("cost", "savings", "latency", "errors", "routing", "top", "cache", "context")
 
 
 BY_CHOICES = ("tenant", "team", "user", "model", "provider", "deployment", "rule", "day")
@@ -58,6 +58,11 @@ def analyst_report(client: ClickHouse, name: str, *, by: str | None = None,
             raise ValueError("cache reads raw usage only (the rollups keep no cache kind); "
                              "drop --source rollup")
         return q.cache(client, by or "tenant", **period)
+    if name == "context":
+        if source != "raw":
+            raise ValueError("context reads raw usage only (the rollups keep no context "
+                             "columns); drop --source rollup")
+        return q.context(client, by or "tenant", **period)
     if name == "top":
         return q.top_spenders(client, by or "tenant", limit=limit,
                               source=source, **period)  # type: ignore[arg-type]
@@ -162,7 +167,9 @@ def add_parsers(sub: Any) -> None:
                           "batching and cache; latency: P50/P95/P99 (end to end, provider, "
                           "time to first token of streamed requests) by provider and model; "
                           "errors: error rates by code; routing: routing mix; top: top spenders; "
-                          "cache: response-cache hits by kind, hit rate and money saved")
+                          "cache: response-cache hits by kind, hit rate and money saved; "
+                          "context: prompt tokens and money saved by context management, "
+                          "and what its summaries cost")
     rep.add_argument("--by", choices=BY_CHOICES, help="group by this dimension")
     rep.add_argument("--from", "--since", dest="since", **period)
     rep.add_argument("--to", "--until", dest="until",

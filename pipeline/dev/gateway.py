@@ -97,6 +97,7 @@ def demo_calls(gateway: GatewayProcess, key: str, model: str = "gpt-4o-mini"
     lines.append(f"  streamed  {stream.status_code}: {events} content events, first after "
                  f"{first_ms or 0:,.0f} ms, done after {total:,.0f} ms")
     lines += _feature_calls(gateway, auth, model, ids)
+    lines.append(_context_call(gateway, auth, model, ids))
     lines.append(_repeat(url, auth, {"model": model, "messages": prompt}, ids))
     for what, headers, payload in (
             ("bad key", {"authorization": "Bearer sk-llmp-wrong"}, {"model": model}),
@@ -145,6 +146,26 @@ def _feature_calls(gateway: GatewayProcess, auth: dict[str, str], model: str,
         else:
             lines.append(f"  {what:<9} {resp.status_code}: {resp.text[:200]}")
     return lines
+
+
+def _context_call(gateway: GatewayProcess, auth: dict[str, str], model: str,
+                  ids: list[str]) -> str:
+    """A RAG question with its retrieved passages (``name: retrieved``) sent with context
+    management asked for in a header: what it removed comes back in the same header."""
+    import random
+
+    from pipeline.context.workload import DEFAULT_SEED, rag_case
+
+    case = rag_case(random.Random(DEFAULT_SEED), 0, "en")
+    messages = [{"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})}
+                for m in case.messages]
+    resp = httpx.post(f"{gateway.base_url}/chat/completions", timeout=60,
+                      json={"model": model, "messages": messages},
+                      headers={**auth, "x-llmpipe-context": "normalise,top_k=4"})
+    if resp.status_code != 200:
+        return f"  context   {resp.status_code}: {resp.text[:200]}"
+    ids.append(resp.headers["x-llmpipe-request-id"])
+    return f"  context   200: {resp.headers.get('x-llmpipe-context', '(nothing removed)')[:150]}"
 
 
 def _repeat(url: str, auth: dict[str, str], body: dict, ids: list[str],

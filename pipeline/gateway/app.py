@@ -30,6 +30,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response as HttpResponse, StreamingResponse
 from starlette.routing import Route
 
+from pipeline.context.policy import OVERRIDE_KEY, ContextPolicy, ContextPolicyError
 from pipeline import errors
 from pipeline.catalog import Catalog
 from pipeline.clock import now_ms
@@ -164,6 +165,11 @@ class Gateway:
             if directives:               # no-cache / no-store, as for any HTTP cache
                 call = dataclasses.replace(call, request=call.request.replace(
                     cache_control=directives[:200]))
+            context = request.headers.get(OVERRIDE_KEY)
+            if context is not None:      # context management for this request
+                call = dataclasses.replace(call, request=call.request.replace(
+                    metadata={**call.request.metadata, OVERRIDE_KEY: context}))
+            _check_context(call.request.metadata.get(OVERRIDE_KEY))
             validation.check_request(call.request, now_ms(), self.bounds)
         except wire.BadRequest as exc:
             return _error(errors.INVALID_REQUEST, exc.message, exc.param)
@@ -314,12 +320,25 @@ def _answer(response: Response, body: Callable[[Response], dict[str, Any]]) -> H
     headers = {"x-llmpipe-request-id": response.request_id}
     if response.cache:
         headers[CACHE_HEADER] = f"hit; kind={response.cache}"
+    if response.context:
+        # what context management removed (a header is latin-1: anything else becomes ?)
+        headers[OVERRIDE_KEY] = response.context.encode("ascii", "replace").decode()
     if response.status == OK:
         return JSONResponse(body(response), headers=headers)
     assert response.error is not None
     if response.error.retry_after_ms is not None:
         headers["retry-after"] = str(max(1, math.ceil(response.error.retry_after_ms / 1000)))
     return _error(response.error.code, response.error.message, headers=headers)
+
+
+def _check_context(override: str | None) -> None:
+    """A malformed context override is the caller's 400 here, not an error event later."""
+    if override is None:
+        return
+    try:
+        ContextPolicy().with_override(override)
+    except ContextPolicyError as exc:
+        raise wire.BadRequest(str(exc), OVERRIDE_KEY) from None
 
 
 def _error(code: str, message: str, param: str | None = None,

@@ -583,3 +583,24 @@ def test_cache_report_counts_hits_by_kind_and_money_saved(ledger: ClickHouse,
     assert acme.lookup_usd == Decimal(140).scaleb(-9)
     assert by_tenant["globex"].exact_hits == 0 and by_tenant["globex"].saved_usd == 0
     assert analyst_report(ledger, "cache") == q.cache(ledger)
+
+
+def test_context_report_sums_tokens_and_money_saved_and_the_summaries_cost(
+        ledger: ClickHouse, catalog: Catalog) -> None:
+    base = today_ms() - DAY_MS + 700_000
+    saved = catalog.cost_nanos("gpt-4.1", 500, 0)
+    rows = [usage(catalog, "c1", base, "gpt-4.1", prompt=400, completion=50,
+                  tenant="ctx", context_tokens_before=900, context_tokens_after=400,
+                  context_saved_nanos=saved),
+            usage(catalog, "c1:summary", base, "gpt-4o-mini", prompt=600, completion=80,
+                  tenant="ctx", route_rule="context-summary", for_request_id="c1"),
+            usage(catalog, "c2", base + 1, "gpt-4.1", prompt=300, completion=50, tenant="ctx"),
+            usage(catalog, "p1", base + 2, "gpt-4.1", prompt=300, completion=50, tenant="other")]
+    insert_usage(ledger, rows, "context-report")
+    (row,) = q.context(ledger, tenant="ctx")
+    assert (row.key, row.compressed, row.tokens_before, row.tokens_after) == ("ctx", 1, 900, 400)
+    assert row.saved_usd == Decimal(saved).scaleb(-9) and row.summaries == 1
+    assert row.summary_cost_usd == Decimal(rows[1].cost_nanos).scaleb(-9)
+    assert round(row.cut, 4) == round(1 - 400 / 900, 4)
+    assert [r.key for r in q.context(ledger)] == ["ctx"]     # tenants without it: no row
+    assert analyst_report(ledger, "context", tenant="ctx") == [row]

@@ -278,3 +278,21 @@ async def test_cache_control_reaches_the_request_and_a_cache_answer_is_marked(ga
     pipeline.script = lambda r: [answer(r, content="Fresh.")]
     raw = await client.chat.completions.with_raw_response.create(model="gpt-4o", messages=USER)
     assert "x-llmpipe-cache" not in raw.headers and pipeline.requests[-1].cache_control == ""
+
+
+async def test_a_context_override_reaches_the_request_and_what_it_removed_comes_back(gateway):
+    client, pipeline = gateway
+    note = "context top_k=2: ~900 -> ~400 tokens (-55.6%): retrieved -500 (kept 2 of 6)"
+    pipeline.script = lambda r: [answer(r, content="Done.", context=note)]
+    raw = await client.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=USER, extra_headers={"x-llmpipe-context": "top_k=2"})
+    assert raw.headers["x-llmpipe-context"] == note
+    assert pipeline.requests[-1].metadata["x-llmpipe-context"] == "top_k=2"
+    raw = await client.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=USER, metadata={"x-llmpipe-context": "off"})
+    assert pipeline.requests[-1].metadata["x-llmpipe-context"] == "off"
+    sent = len(pipeline.requests)
+    with pytest.raises(openai.BadRequestError) as exc:
+        await client.chat.completions.create(
+            model="gpt-4o", messages=USER, extra_headers={"x-llmpipe-context": "windw=8"})
+    assert "windw=8" in str(exc.value) and len(pipeline.requests) == sent   # never published
