@@ -20,6 +20,7 @@ from pipeline.dev.gateway import issue_key
 from pipeline.events.models import Request, Response, TenantPolicy
 from pipeline.paths import config_dir as default_config_dir
 from tests.integration.conftest import make_stack, worker_stack
+from tests.integration.test_tenancy_flow import wait_for_policy
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +35,16 @@ def stack(broker, tmp_path_factory):
             issue_key(stack, tenant, TenantPolicy(tenant, cache_kinds=["exact"], cache_ttl_s=600))
         issue_key(stack, "plain", TenantPolicy("plain"))            # cache not turned on
         issue_key(stack, "semco", TenantPolicy("semco", cache_kinds=["exact", "semantic"]))
+        policies_seen(stack, ("acme", "globex", "plain", "semco"))
         yield stack
+
+
+def policies_seen(stack, tenants) -> None:
+    """Wait until the intake worker has the tenants' policies: a first request that comes
+    earlier is not looked up or kept, and a test of what the cache keeps would wait for
+    an entry that never comes."""
+    for tenant in tenants:
+        asyncio.run(wait_for_policy(stack.workers[0], tenant))
 
 
 def ask(tenant: str, text: str, **kw) -> Request:
@@ -167,6 +177,7 @@ def provider_stack(broker, tmp_path_factory):
         stack.start_worker()
         issue_key(stack, "semprov", TenantPolicy("semprov", cache_kinds=["exact", "semantic"],
                                                  cache_threshold=0.9))
+        policies_seen(stack, ("semprov",))
         yield stack
     finally:
         stack.stop()
