@@ -33,6 +33,7 @@ class Prepared:
     """What ``Intake.prepare`` did for a record before the step, for the step to bill."""
     lookup_cost: int = 0                # a provider embedding for the cache lookup
     summary: Summary | None = None      # the history summary, if the policy asked for one
+    request: Request | None = None      # the record, decoded (so handle decodes it once)
 
 
 @dataclass(frozen=True)

@@ -70,19 +70,25 @@ class Intake:
             return NOTHING_PREPARED
         try:
             request = self.codec.decode(value, Request)
-            validation.check_request(request, self.clock(), self.bounds)
-            policy = self.policies(request.tenant)
+        except DecodeError:
+            return NOTHING_PREPARED     # handle dead-letters it
+        policy = self.policies(request.tenant)
+        try:
             context = context_policy(request, policy)
-        except (DecodeError, Rejected):
-            return NOTHING_PREPARED     # handle refuses it; nothing paid for it
+            summarise = self.summariser is not None and context.summarise
+            if not remote and not summarise:
+                return Prepared(request=request)          # nothing to pay for
+            validation.check_request(request, self.clock(), self.bounds)
+        except Rejected:
+            return Prepared(request=request)   # handle refuses it; nothing paid for it
         cost = await self.cache.prepare(request, policy) if remote and self.cache else 0
         summary = None
-        if self.summariser is not None and context.summarise and not self._hits(request, policy):
+        if summarise and self.summariser is not None and not self._hits(request, policy):
             decision = plan(request, context)
             if decision is not None and decision.to_summarise:
                 summary = await self.summariser.summary(
                     request, list(decision.to_summarise), decision.summary_key, policy)
-        return Prepared(cost, summary)
+        return Prepared(cost, summary, request)
 
     def _hits(self, request: Request, policy: TenantPolicy | None) -> bool:
         """Whether the cache would answer ``request`` now (then nothing is summarised)."""
@@ -105,8 +111,8 @@ class Intake:
         lookup_cost = prepared.lookup_cost
         received = self.clock()
         fmt = JSON if is_json(value) else AVRO
-        try:
-            request = self.codec.decode(value, Request)
+        try:                # decoded once: by prepare when it looked at the record
+            request = prepared.request or self.codec.decode(value, Request)
         except DecodeError as exc:
             return self._rejected_bytes(value, origin, exc.code, exc.reason, received)
         policy = self.policies(request.tenant)
