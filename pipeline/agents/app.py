@@ -7,6 +7,9 @@ import logging
 
 import faust
 
+from prometheus_client.core import GaugeMetricFamily
+
+from pipeline import metrics
 from pipeline.agents.batcher import register_batcher
 from pipeline.agents.dispatch import register_dispatch
 from pipeline.outputs import Emitter
@@ -94,6 +97,25 @@ def create_app(runtime: Runtime) -> faust.App:
         assigned = len(app.consumer.assignment()) if app.consumer else 0
         return web.json({"ok": True, "app_id": s.app_id, "agents": list(s.agents),
                          "assigned_partitions": assigned})
+
+    @app.page("/metrics")
+    async def prometheus(web, request):
+        return web.bytes(metrics.exposition(), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+    def consumer_lag():
+        """Per assigned partition: the log end minus this worker's committed offset."""
+        family = GaugeMetricFamily("llmpipe_consumer_lag", "Records not yet committed by this "
+                                   "worker, by topic and partition", labels=["topic", "partition"])
+        monitor = app.monitor
+        assigned = app.consumer.assignment() if app.consumer else set()
+        for tp in sorted(assigned):
+            end = monitor.tp_end_offsets.get(tp) if monitor.tp_end_offsets else None
+            if end is None:
+                continue
+            committed = (monitor.tp_committed_offsets or {}).get(tp, 0)
+            family.add_metric([tp.topic, str(tp.partition)], max(0, end - committed))
+        yield family
+    metrics.register_collector(consumer_lag)
 
     log.info("app_created app_id=%s agents=%s bootstrap=%s", s.app_id, ",".join(s.agents),
              s.kafka_bootstrap)

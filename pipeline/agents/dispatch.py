@@ -26,6 +26,8 @@ from typing import Any, Protocol
 import faust
 import faust.web
 
+from prometheus_client.core import GaugeMetricFamily
+
 from pipeline.agents.cancels import read_cancels
 from pipeline.agents.flow import process
 from pipeline.outputs import Emitter
@@ -37,7 +39,9 @@ from pipeline.events.models import Batch, RoutedRequest
 from pipeline.outputs import Origin, Out, dead_letter
 from pipeline.providers import make_adapter
 from pipeline.runtime import Runtime
+from pipeline.metrics import register_collector
 
+BREAKER_LEVEL = {"open": 1.0, "half_open": 0.5, "closed": 0.0}
 log = logging.getLogger("llmpipe.dispatch")
 
 ALERT_TICK_S = 0.5       # breaker transitions are published from this tick only (in order)
@@ -170,6 +174,24 @@ def register_dispatch(app: faust.App, runtime: Runtime, source: faust.TopicT,
         gone = dispatcher.retain(keep)
         if gone:
             log.info("guards_dropped_after_rebalance deployments=%s", ",".join(sorted(gone)))
+
+    def guard_state():
+        """Breakers and buckets of the deployments this worker dispatches to, at scrape."""
+        open_ = GaugeMetricFamily("llmpipe_breaker_open", "1 while a deployment's breaker is "
+                                  "open, 0.5 half-open, 0 closed", labels=["deployment"])
+        bucket = GaugeMetricFamily("llmpipe_bucket_available", "Tokens left in a deployment's "
+                                   "rate-limit buckets (requests, tokens)",
+                                   labels=["deployment", "bucket"])
+        in_flight = GaugeMetricFamily("llmpipe_calls_in_flight", "Provider calls in flight",
+                                      labels=["deployment"])
+        for dep, state in dispatcher.guards.snapshot().items():
+            open_.add_metric([dep], BREAKER_LEVEL.get(state["breaker"]["state"], 0.0))
+            limits = state["limits"]
+            bucket.add_metric([dep, "requests"], limits["request_tokens"])
+            bucket.add_metric([dep, "tokens"], limits["token_tokens"])
+            in_flight.add_metric([dep], limits["in_flight"])
+        yield from (open_, bucket, in_flight)
+    register_collector(guard_state)
 
     @app.page("/llmpipe/dispatch/health/")
     async def dispatch_health(web, request):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import logging
 import uuid
 from datetime import datetime, timezone
@@ -17,6 +18,8 @@ from typing import Any, AsyncIterable, Awaitable, Callable, Generic
 
 import faust
 import faust.web
+
+from prometheus_client.core import GaugeMetricFamily
 
 from pipeline.agents.acks import InOrderAcker, Ticket
 from pipeline.agents.flow import flow_paused, origin_of
@@ -27,6 +30,7 @@ from pipeline.analytics.writer import InsertRetry, LedgerFlushError, LedgerWrite
 from pipeline.analytics.migrate import apply_migrations
 from pipeline.analytics import devreport
 from pipeline.clock import now_ms
+from pipeline.metrics import LEDGER_INSERT_SECONDS, register_collector
 from pipeline.events.codec import DecodeError
 from pipeline.events.models import Alert, DeadLetter, Usage
 from pipeline.kafka.topics import faust_partitions, load_topic_specs, prefixed
@@ -152,10 +156,13 @@ class SinkConsumer(Generic[E]):
         async with self._flush_lock:
             if not self.retry.ready():
                 return False
+            started, pending = time.perf_counter(), self.writer.pending
             try:
                 committed, error = await self.writer.flush(ripe_only=ripe_only), None
             except LedgerFlushError as exc:
                 committed, error = exc.committed, exc
+            if pending:
+                LEDGER_INSERT_SECONDS.labels(self.name).observe(time.perf_counter() - started)
             for refused in self.writer.take_refused():     # before their offsets are acked
                 await self._refused_row(refused)
             for partition, last in committed:
@@ -253,6 +260,14 @@ def register_ledger(app: faust.App, runtime: Runtime, source: faust.TopicT, emit
     letters = sink("dead_letters", DEAD_LETTERS_SINK, s.topics.dead_letter, DeadLetter,
                    log_and_skip("dead_letters"))
     sinks = (usage, alerts, letters)
+
+    def backlog():
+        family = GaugeMetricFamily("llmpipe_ledger_pending_rows", "Rows read but not yet in "
+                                   "ClickHouse, by sink", labels=["sink"])
+        for consumer in sinks:
+            family.add_metric([consumer.name], consumer.writer.pending)
+        yield family
+    register_collector(backlog)
     writer = usage.writer
 
     @app.agent(source, name="ledger")

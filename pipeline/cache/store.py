@@ -40,6 +40,7 @@ from pipeline.cache.semantic import SemanticIndex
 from pipeline.catalog import Catalog
 from pipeline.config import ConfigError, Section, config_path, load_yaml
 from pipeline.events.ids import SEP
+from pipeline.metrics import CACHE_LOOKUPS
 from pipeline.events.models import (OK, CacheFill, Request, Response, RoutedRequest,
                                     TenantPolicy, Usage)
 
@@ -167,6 +168,13 @@ class ResponseCache:
                ) -> tuple[Response, str, float | None] | None:
         """(the cached answer, its kind, the similarity of a semantic hit), or None.
         ``scope``: the request's semantic scope when the caller has it already."""
+        found = self.peek(request, key, now_ms, policy, scope)
+        CACHE_LOOKUPS.labels(found[1] if found else "", "hit" if found else "miss").inc()
+        return found
+
+    def peek(self, request: Request, key: str, now_ms: int, policy: TenantPolicy | None = None,
+             scope: str | None = None) -> tuple[Response, str, float | None] | None:
+        """:meth:`lookup` without counting it (a look ahead, not a lookup)."""
         kinds = policy.cache_kinds if policy is not None else [EXACT]
         if EXACT in kinds:
             found = self._fresh(request.tenant, _row_key(request.tenant, key), now_ms)

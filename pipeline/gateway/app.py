@@ -28,10 +28,11 @@ from aiokafka.errors import KafkaError
 from starlette.applications import Starlette
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response as HttpResponse, StreamingResponse
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from pipeline.context.policy import OVERRIDE_KEY, ContextPolicy, ContextPolicyError
 from pipeline import errors
+from pipeline.context.policy import OVERRIDE_KEY, ContextPolicy, ContextPolicyError
 from pipeline.catalog import Catalog
 from pipeline.clock import now_ms
 from pipeline.errors import Rejected
@@ -40,6 +41,7 @@ from pipeline.events.models import OK, Cancel, Chunk, Request, Response
 from pipeline.gateway import stream, wire
 from pipeline.gateway.embeddings import embeddings_body, parse_embeddings
 from pipeline.gateway.keys import KeyRing, bearer
+from pipeline.gateway.metered import Metered, metrics_page
 from pipeline.gateway.replies import Replies, Waiter
 from pipeline.intake import validation
 from pipeline.intake.bounds import RequestBounds
@@ -268,7 +270,9 @@ class Gateway:
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/models/{model:path}", self.model, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
-        ], lifespan=asynccontextmanager(lifespan), exception_handlers={
+            Route("/metrics", metrics_page, methods=["GET"]),
+        ], lifespan=asynccontextmanager(lifespan), middleware=[Middleware(Metered)],
+            exception_handlers={
             404: lambda req, exc: _error("not_found", f"no route {req.method} {req.url.path}"),
             405: lambda req, exc: _error(errors.INVALID_REQUEST,
                                          f"{req.method} is not allowed on {req.url.path}"),

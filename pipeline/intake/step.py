@@ -94,7 +94,7 @@ class Intake:
         """Whether the cache would answer ``request`` now (then nothing is summarised)."""
         if self.cache is None or not self.cache.decide(request, policy)[0]:
             return False
-        return self.cache.lookup(request, key_of(request), self.clock(), policy) is not None
+        return self.cache.peek(request, key_of(request), self.clock(), policy) is not None
 
     def handle(self, value: bytes | None, origin: Origin,
                prepared: Prepared = NOTHING_PREPARED) -> list[Out]:

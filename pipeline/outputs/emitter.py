@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+from pipeline import metrics
 from pipeline.clock import now_ms
 from pipeline.events.codec import Codec
 from pipeline.events.models import Alert
@@ -98,6 +99,7 @@ class Emitter:
             retry = []
             for item, exc in zip(ready, await self._send_all(ready)):
                 if exc is None:
+                    metrics.observe(item.out.event)          # on the broker: it happened
                     continue
                 if is_permanent(exc):
                     follow += self._rescue(item, classify(exc), agent, origin)
