@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
                                generate_latest)
-from prometheus_client.core import Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from pipeline.events.models import OK, Batch, Usage
@@ -27,45 +27,70 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 
-REQUESTS = Counter("llmpipe_requests", "Requests ended, by tenant, served model and outcome "
-                   "(ok, cache_hit, error, rejected)", ["tenant", "model", "outcome"],
-                   registry=REGISTRY)
-ERRORS = Counter("llmpipe_errors", "Requests ended in an error, by code", ["code"],
-                 registry=REGISTRY)
-REQUEST_SECONDS = Histogram("llmpipe_request_duration_seconds", "End to end, from the "
-                            "request's creation to its answer (ok requests)", ["model"],
-                            buckets=SECONDS, registry=REGISTRY)
-PROVIDER_SECONDS = Histogram("llmpipe_provider_duration_seconds", "Time spent in provider "
-                             "calls per request", ["provider", "model"], buckets=SECONDS,
-                             registry=REGISTRY)
-TTFT_SECONDS = Histogram("llmpipe_ttft_seconds", "Time to the first token of streamed "
-                         "requests, from their creation", ["model"], buckets=SECONDS,
-                         registry=REGISTRY)
-RETRIES = Counter("llmpipe_retries", "Provider calls re-tried on the same deployment",
-                  ["deployment"], registry=REGISTRY)
-FAILOVERS = Counter("llmpipe_failovers", "Requests that moved to another deployment, by the "
-                    "one that answered", ["deployment"], registry=REGISTRY)
-COST = Counter("llmpipe_cost_usd", "Money billed, USD (for rates; the ledger is exact)",
-               ["tenant"], registry=REGISTRY)
-BATCHES = Counter("llmpipe_batches", "Micro-batches closed, by priority and why",
-                  ["priority", "reason"], registry=REGISTRY)
-BATCH_SIZE = Histogram("llmpipe_batch_size", "Requests per micro-batch", ["priority"],
-                       buckets=SIZES, registry=REGISTRY)
-CACHE_LOOKUPS = Counter("llmpipe_cache_lookups", "Response-cache lookups: result hit or miss, "
-                        "kind of a hit (exact, semantic)", ["kind", "result"],
-                        registry=REGISTRY)
-CONTEXT_TOKENS = Counter("llmpipe_context_tokens_removed", "Prompt tokens context management "
-                         "removed (estimate)", ["tenant"], registry=REGISTRY)
-LEDGER_INSERT_SECONDS = Histogram("llmpipe_ledger_insert_seconds", "ClickHouse inserts of the "
-                                  "ledger, by sink", ["sink"], buckets=SECONDS,
-                                  registry=REGISTRY)
-GATEWAY_REQUESTS = Counter("llmpipe_gateway_requests", "HTTP requests to the gateway, by "
-                           "endpoint and status code", ["endpoint", "status"],
-                           registry=REGISTRY)
-GATEWAY_SECONDS = Histogram("llmpipe_gateway_duration_seconds", "HTTP request to response "
-                            "(for a stream: to its end)", ["endpoint"], buckets=SECONDS,
-                            registry=REGISTRY)
+#: every metric a process may serve, as PromQL names it (a counter with ``_total``), with
+#: its labels; HISTOGRAMS are read through ``_bucket``/``_sum``/``_count``. The Grafana
+#: dashboards are checked against these (tests/unit/test_deploy_grafana.py).
+LABELS: dict[str, frozenset[str]] = {}
+HISTOGRAMS: set[str] = set()
 
+
+def _counter(name: str, doc: str, labels: list[str]) -> Counter:
+    LABELS[f"{name}_total"] = frozenset(labels)
+    return Counter(name, doc, labels, registry=REGISTRY)
+
+
+def _histogram(name: str, doc: str, labels: list[str], buckets: tuple) -> Histogram:
+    LABELS[name] = frozenset(labels)
+    HISTOGRAMS.add(name)
+    return Histogram(name, doc, labels, buckets=buckets, registry=REGISTRY)
+
+
+#: gauges read at scrape by the agents' collectors (``gauge(name)`` makes the family)
+GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "llmpipe_breaker_open": ("1 while a deployment's breaker is open, 0.5 half-open, 0 closed",
+                             ("deployment",)),
+    "llmpipe_bucket_available": ("Tokens left in a deployment's rate-limit buckets "
+                                 "(requests, tokens)", ("deployment", "bucket")),
+    "llmpipe_calls_in_flight": ("Provider calls in flight", ("deployment",)),
+    "llmpipe_consumer_lag": ("Records not yet committed by this worker, by topic and "
+                             "partition", ("topic", "partition")),
+    "llmpipe_ledger_pending_rows": ("Rows read but not yet in ClickHouse, by sink", ("sink",)),
+}
+LABELS.update({name: frozenset(labels) for name, (_, labels) in GAUGES.items()})
+
+
+def gauge(name: str) -> GaugeMetricFamily:
+    doc, labels = GAUGES[name]
+    return GaugeMetricFamily(name, doc, labels=list(labels))
+
+REQUESTS = _counter("llmpipe_requests", "Requests ended, by tenant, served model and outcome "
+                    "(ok, cache_hit, error, rejected)", ["tenant", "model", "outcome"])
+ERRORS = _counter("llmpipe_errors", "Requests ended in an error, by code", ["code"])
+REQUEST_SECONDS = _histogram("llmpipe_request_duration_seconds", "End to end, from the "
+                             "request's creation to its answer (ok requests)", ["model"], SECONDS)
+PROVIDER_SECONDS = _histogram("llmpipe_provider_duration_seconds", "Time spent in provider "
+                              "calls per request", ["provider", "model"], SECONDS)
+TTFT_SECONDS = _histogram("llmpipe_ttft_seconds", "Time to the first token of streamed "
+                          "requests, from their creation", ["model"], SECONDS)
+RETRIES = _counter("llmpipe_retries", "Provider calls re-tried on the same deployment",
+                   ["deployment"])
+FAILOVERS = _counter("llmpipe_failovers", "Requests that moved to another deployment, by the "
+                     "one that answered", ["deployment"])
+COST = _counter("llmpipe_cost_usd", "Money billed, USD (for rates; the ledger is exact)",
+                ["tenant"])
+BATCHES = _counter("llmpipe_batches", "Micro-batches closed, by priority and why",
+                   ["priority", "reason"])
+BATCH_SIZE = _histogram("llmpipe_batch_size", "Requests per micro-batch", ["priority"], SIZES)
+CACHE_LOOKUPS = _counter("llmpipe_cache_lookups", "Response-cache lookups: result hit or miss, "
+                         "kind of a hit (exact, semantic)", ["kind", "result"])
+CONTEXT_TOKENS = _counter("llmpipe_context_tokens_removed", "Prompt tokens context management "
+                          "removed (estimate)", ["tenant"])
+LEDGER_INSERT_SECONDS = _histogram("llmpipe_ledger_insert_seconds", "ClickHouse inserts of the "
+                                   "ledger, by sink", ["sink"], SECONDS)
+GATEWAY_REQUESTS = _counter("llmpipe_gateway_requests", "HTTP requests to the gateway, by "
+                            "endpoint and status code", ["endpoint", "status"])
+GATEWAY_SECONDS = _histogram("llmpipe_gateway_duration_seconds", "HTTP request to response "
+                             "(for a stream: to its end)", ["endpoint"], SECONDS)
 
 def observe(event: object) -> None:
     """Count what a published event says (a Usage, a Batch); other events say nothing."""

@@ -7,8 +7,6 @@ import logging
 
 import faust
 
-from prometheus_client.core import GaugeMetricFamily
-
 from pipeline import metrics
 from pipeline.agents.batcher import register_batcher
 from pipeline.agents.dispatch import register_dispatch
@@ -104,8 +102,7 @@ def create_app(runtime: Runtime) -> faust.App:
 
     def consumer_lag():
         """Per assigned partition: the log end minus this worker's committed offset."""
-        family = GaugeMetricFamily("llmpipe_consumer_lag", "Records not yet committed by this "
-                                   "worker, by topic and partition", labels=["topic", "partition"])
+        family = metrics.gauge("llmpipe_consumer_lag")
         monitor = app.monitor
         assigned = app.consumer.assignment() if app.consumer else set()
         for tp in sorted(assigned):

@@ -26,8 +26,6 @@ from typing import Any, Protocol
 import faust
 import faust.web
 
-from prometheus_client.core import GaugeMetricFamily
-
 from pipeline.agents.cancels import read_cancels
 from pipeline.agents.flow import process
 from pipeline.outputs import Emitter
@@ -39,7 +37,7 @@ from pipeline.events.models import Batch, RoutedRequest
 from pipeline.outputs import Origin, Out, dead_letter
 from pipeline.providers import make_adapter
 from pipeline.runtime import Runtime
-from pipeline.metrics import register_collector
+from pipeline.metrics import gauge, register_collector
 
 BREAKER_LEVEL = {"open": 1.0, "half_open": 0.5, "closed": 0.0}
 log = logging.getLogger("llmpipe.dispatch")
@@ -177,13 +175,9 @@ def register_dispatch(app: faust.App, runtime: Runtime, source: faust.TopicT,
 
     def guard_state():
         """Breakers and buckets of the deployments this worker dispatches to, at scrape."""
-        open_ = GaugeMetricFamily("llmpipe_breaker_open", "1 while a deployment's breaker is "
-                                  "open, 0.5 half-open, 0 closed", labels=["deployment"])
-        bucket = GaugeMetricFamily("llmpipe_bucket_available", "Tokens left in a deployment's "
-                                   "rate-limit buckets (requests, tokens)",
-                                   labels=["deployment", "bucket"])
-        in_flight = GaugeMetricFamily("llmpipe_calls_in_flight", "Provider calls in flight",
-                                      labels=["deployment"])
+        open_ = gauge("llmpipe_breaker_open")
+        bucket = gauge("llmpipe_bucket_available")
+        in_flight = gauge("llmpipe_calls_in_flight")
         for dep, state in dispatcher.guards.snapshot().items():
             open_.add_metric([dep], BREAKER_LEVEL.get(state["breaker"]["state"], 0.0))
             limits = state["limits"]

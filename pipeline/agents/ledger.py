@@ -19,8 +19,6 @@ from typing import Any, AsyncIterable, Awaitable, Callable, Generic
 import faust
 import faust.web
 
-from prometheus_client.core import GaugeMetricFamily
-
 from pipeline.agents.acks import InOrderAcker, Ticket
 from pipeline.agents.flow import flow_paused, origin_of
 from pipeline.outputs import Emitter
@@ -30,7 +28,7 @@ from pipeline.analytics.writer import InsertRetry, LedgerFlushError, LedgerWrite
 from pipeline.analytics.migrate import apply_migrations
 from pipeline.analytics import devreport
 from pipeline.clock import now_ms
-from pipeline.metrics import LEDGER_INSERT_SECONDS, register_collector
+from pipeline.metrics import LEDGER_INSERT_SECONDS, gauge, register_collector
 from pipeline.events.codec import DecodeError
 from pipeline.events.models import Alert, DeadLetter, Usage
 from pipeline.kafka.topics import faust_partitions, load_topic_specs, prefixed
@@ -262,8 +260,7 @@ def register_ledger(app: faust.App, runtime: Runtime, source: faust.TopicT, emit
     sinks = (usage, alerts, letters)
 
     def backlog():
-        family = GaugeMetricFamily("llmpipe_ledger_pending_rows", "Rows read but not yet in "
-                                   "ClickHouse, by sink", labels=["sink"])
+        family = gauge("llmpipe_ledger_pending_rows")
         for consumer in sinks:
             family.add_metric([consumer.name], consumer.writer.pending)
         yield family

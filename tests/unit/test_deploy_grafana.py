@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
+from pipeline import metrics
 from pipeline.analytics.clickhouse import ClickHouse
 from pipeline.analytics.migrate import apply_migrations
 from pipeline.analytics.rows import insert_alerts, insert_usage
@@ -26,25 +27,9 @@ DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 MIGRATIONS = REPO / "schemas" / "clickhouse"
 
 # name -> labels; histograms also export _bucket (with le), _sum and _count.
-METRICS: dict[str, set[str]] = {
-    "llmpipe_requests_total": {"tenant", "model", "outcome"},
-    "llmpipe_request_duration_seconds": {"priority"},
-    "llmpipe_provider_duration_seconds": {"provider", "model"},
-    "llmpipe_ttft_seconds": {"model"},
-    "llmpipe_breaker_open": {"deployment"},
-    "llmpipe_retries_total": {"deployment"},
-    "llmpipe_failovers_total": {"deployment"},
-    "llmpipe_hedges_total": {"deployment"},
-    "llmpipe_batch_size": {"priority"},
-    "llmpipe_batches_total": {"priority", "reason"},
-    "llmpipe_consumer_lag": {"topic", "partition"},
-    "llmpipe_ledger_insert_seconds": {"sink"},
-    "llmpipe_ledger_pending_rows": {"sink"},
-    "llmpipe_cache_lookups_total": {"kind", "result"},
-    "llmpipe_gateway_requests_total": {"endpoint", "status"},
-}
-HISTOGRAMS = {"llmpipe_request_duration_seconds", "llmpipe_provider_duration_seconds",
-              "llmpipe_ttft_seconds", "llmpipe_batch_size", "llmpipe_ledger_insert_seconds"}
+# what the worker and the gateway really serve (pipeline/metrics.py)
+METRICS: dict[str, frozenset[str]] = metrics.LABELS
+HISTOGRAMS = metrics.HISTOGRAMS
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right"}
 
 
