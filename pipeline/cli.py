@@ -53,8 +53,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
         except SupervisorError as exc:
             print(f"llmpipe worker: {exc}", file=sys.stderr)
             return 2
-    report = asyncio.run(apply_topics(settings.kafka_bootstrap,
-                                      prefixed(load_topic_specs(), settings.topics.prefix)))
+    from pipeline.startup import StartupTimeout, wait_until_up
+    try:
+        report = wait_until_up(f"kafka at {settings.kafka_bootstrap}", lambda: asyncio.run(
+            apply_topics(settings.kafka_bootstrap,
+                         prefixed(load_topic_specs(), settings.topics.prefix))),
+            settings.startup_timeout_s)
+    except StartupTimeout as exc:
+        print(f"llmpipe worker: {exc}", file=sys.stderr)
+        return 1
     logging.getLogger("llmpipe.worker").info("topics %s", report.format().replace("\n", "; "))
     runtime = build_runtime(settings)
     app = create_app(runtime)

@@ -88,6 +88,7 @@ class Settings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES   # largest record the broker takes
     publish_stall_s: float = 60.0            # a publish failing this long is rescued or alerted
     shutdown_grace_s: float = 10.0           # SIGTERM: in-flight work may finish within this
+    startup_timeout_s: float = 300.0         # wait this long for the broker and ClickHouse (0: ever)
     seed: int | None = None
 
     @classmethod
@@ -119,6 +120,7 @@ class Settings:
             max_message_bytes=int(_env("LLMPIPE_MAX_MESSAGE_BYTES", str(cls.max_message_bytes))),
             publish_stall_s=float(_env("LLMPIPE_PUBLISH_STALL_S", str(cls.publish_stall_s))),
             shutdown_grace_s=float(_env("LLMPIPE_SHUTDOWN_GRACE_S", str(cls.shutdown_grace_s))),
+            startup_timeout_s=float(_env("LLMPIPE_STARTUP_TIMEOUT_S", str(cls.startup_timeout_s))),
             seed=int(os.environ["LLMPIPE_SEED"]) if os.environ.get("LLMPIPE_SEED") else None,
         )
 
@@ -149,6 +151,7 @@ class Settings:
             "LLMPIPE_MAX_MESSAGE_BYTES": str(self.max_message_bytes),
             "LLMPIPE_PUBLISH_STALL_S": str(self.publish_stall_s),
             "LLMPIPE_SHUTDOWN_GRACE_S": str(self.shutdown_grace_s),
+            "LLMPIPE_STARTUP_TIMEOUT_S": str(self.startup_timeout_s),
         }
         if self.schema_registry_url:
             env["LLMPIPE_SCHEMA_REGISTRY_URL"] = self.schema_registry_url

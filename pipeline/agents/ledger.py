@@ -29,6 +29,7 @@ from pipeline.analytics.migrate import apply_migrations
 from pipeline.analytics import devreport
 from pipeline.clock import now_ms
 from pipeline.metrics import LEDGER_INSERT_SECONDS, gauge, register_collector
+from pipeline.startup import wait_until_up
 from pipeline.events.codec import DecodeError
 from pipeline.events.models import Alert, DeadLetter, Usage
 from pipeline.kafka.topics import faust_partitions, load_topic_specs, prefixed
@@ -208,8 +209,11 @@ class SinkConsumer(Generic[E]):
 
 def register_ledger(app: faust.App, runtime: Runtime, source: faust.TopicT, emitter: Emitter) -> None:
     s = runtime.settings
-    client = connect(s.clickhouse_dsn)
-    applied = apply_migrations(client)
+    def ready():
+        client = connect(s.clickhouse_dsn)
+        return client, apply_migrations(client)
+    client, applied = wait_until_up(f"clickhouse at {redact_dsn(s.clickhouse_dsn)}", ready,
+                                    s.startup_timeout_s)
     log.info("ledger_ready clickhouse=%s migrations_applied=%d", redact_dsn(s.clickhouse_dsn), len(applied))
     partitions = faust_partitions(prefixed(load_topic_specs(), s.topics.prefix))
 
