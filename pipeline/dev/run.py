@@ -74,6 +74,36 @@ def batching_summary(worker) -> str:
     return "\n".join(lines) + "\n"
 
 
+def metrics_summary(worker, gateway) -> str:
+    """A few live values from the worker's and the gateway's Prometheus endpoints."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape(url: str) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        text = httpx.get(url, timeout=10).text
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name.endswith(("_total", "_count")) or family.type == "gauge":
+                    key = s.name + ("{outcome=%s}" % s.labels["outcome"] if "outcome" in s.labels
+                                    else "")
+                    totals[key] = totals.get(key, 0.0) + s.value
+        return totals
+    try:
+        w = scrape(f"{worker.url}/metrics")
+        g = scrape(f"{gateway.base_url.removesuffix('/v1')}/metrics")
+    except (httpx.HTTPError, ValueError) as exc:
+        return f"metrics: unavailable ({exc})"
+    outcomes = ", ".join(f"{k.split('=')[1][:-1]} {v:.0f}" for k, v in sorted(w.items())
+                         if k.startswith("llmpipe_requests_total{"))
+    return (f"metrics (Prometheus): {worker.url}/metrics and "
+            f"{gateway.base_url.removesuffix('/v1')}/metrics\n"
+            f"  requests by outcome: {outcomes or '-'}; cache lookups "
+            f"{w.get('llmpipe_cache_lookups_total', 0):.0f}; batches "
+            f"{w.get('llmpipe_batches_total', 0):.0f}; consumer lag "
+            f"{w.get('llmpipe_consumer_lag', 0):.0f}; gateway HTTP requests "
+            f"{g.get('llmpipe_gateway_requests_total', 0):.0f}")
+
+
 def read_alerts(stack: DevStack) -> Counter:
     return Counter(f"{a.rule} ({a.tenant})" for a in stack.read_events(stack.topics.alerts, Alert))
 
@@ -176,6 +206,7 @@ def run_dev(args: argparse.Namespace) -> int:
         say()
         say(worker.report(since_ms))
         say(batching_summary(worker))
+        say(metrics_summary(worker, gateway))
         alerts = read_alerts(stack)
         say("alerts on llm.alerts: " + (", ".join(f"{k} x{v}" for k, v in sorted(alerts.items()))
                                        or "none"))
