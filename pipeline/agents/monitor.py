@@ -130,12 +130,12 @@ def register_monitor(app: faust.App, runtime: Runtime, usage_topic: faust.TopicT
         return web.json({source: monitor.firing(owned(sources[source]))
                          for source, monitor in monitors.items()})
 
-    register_webhook(app, runtime, alerts_topic, emitter)
+    register_webhook(app, runtime, alerts_topic, emitter, partitions.get(s.topics.alerts))
     return monitors
 
 
 def register_webhook(app: faust.App, runtime: Runtime, alerts_topic: faust.TopicT,
-                     emitter: Emitter) -> WebhookSink | None:
+                     emitter: Emitter, partitions: int | None = None) -> WebhookSink | None:
     """The webhook sink, if the URL variable named in alert_rules.yaml (webhook.url_env,
     default LLMPIPE_ALERT_WEBHOOK_URL) is set. One POST per alert, in partition order; a
     delivery that fails after its retries is dead-lettered with the reason."""
@@ -145,7 +145,13 @@ def register_webhook(app: faust.App, runtime: Runtime, alerts_topic: faust.Topic
     if url is None:
         log.info("alert_webhook_off reason=%s_unset", config.url_env)
         return None
-    sink = WebhookSink(url, httpx.AsyncClient(), config, rng=runtime.rng)
+    # What was posted, on the alert's partition (its changelog survives a restart): a
+    # re-delivered alert is not posted again. The one window left is a crash between the
+    # POST and this write; the POST's Idempotency-Key (the alert id) covers it.
+    posted = app.Table("webhook_posted", partitions=partitions,
+                       help="alert ids posted to the webhook",
+                       schema=faust.Schema(key_serializer="json", value_serializer="json"))
+    sink = WebhookSink(url, httpx.AsyncClient(), config, rng=runtime.rng, posted=posted)
     log.info("alert_webhook_on url=%s min_severity=%s max_attempts=%d", redact_url(url),
              config.min_severity, config.retry.max_attempts)
 

@@ -13,11 +13,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, MutableMapping
 from urllib.parse import urlsplit
 
 import httpx
 
+from pipeline.clock import now_ms
 from pipeline.config import ConfigError, Section, config_path, load_yaml
 from pipeline.events.models import Alert
 from pipeline.resilience.retry import RetryPolicy, retry_after
@@ -142,10 +143,16 @@ class WebhookSink:
 
     def __init__(self, url: Secret, client: httpx.AsyncClient, config: WebhookConfig = WebhookConfig(),
                  rng: random.Random | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 posted: MutableMapping[str, int] | None = None,
+                 clock: Callable[[], int] = now_ms):
+        """``posted``: alert id -> when it was posted; a worker passes a Faust table on the
+        alert's partition, so what was posted survives a restart or a rebalance and a
+        re-delivered alert is not posted twice (a dict otherwise)."""
         self.url, self.client, self.config = url, client, config
-        self.rng, self.sleep = rng or random.Random(), sleep
-        self._posted: OrderedDict[str, None] = OrderedDict()
+        self.rng, self.sleep, self.clock = rng or random.Random(), sleep, clock
+        self._posted: MutableMapping[str, int] = posted if posted is not None else {}
+        self._order: OrderedDict[str, None] = OrderedDict()   # ids this process posted
         self._redact = RedactUrl(url)
         logging.getLogger("httpx").addFilter(self._redact)
 
@@ -155,9 +162,10 @@ class WebhookSink:
     def _remember(self, alert_id: str) -> None:
         if self.config.remember <= 0:
             return
-        self._posted[alert_id] = None
-        while len(self._posted) > self.config.remember:
-            self._posted.popitem(last=False)
+        self._posted[alert_id] = self.clock()
+        self._order[alert_id] = None
+        while len(self._order) > self.config.remember:
+            self._posted.pop(self._order.popitem(last=False)[0], None)
 
     async def deliver(self, alert: Alert) -> Delivery:
         if SEVERITY_ORDER.get(alert.severity, 0) < SEVERITY_ORDER[self.config.min_severity]:
@@ -170,7 +178,10 @@ class WebhookSink:
             attempt += 1
             wait_for = None
             try:
+                # the same key on every attempt and re-delivery: a receiver that honours
+                # it drops the one duplicate a crash right after a POST can cause
                 resp = await self.client.post(self.url.reveal(), json=payload,
+                                              headers={"Idempotency-Key": alert.alert_id},
                                               timeout=self.config.timeout_s)
             except httpx.HTTPError as exc:
                 # the exception text can carry the URL: keep only its type

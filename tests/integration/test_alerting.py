@@ -175,3 +175,43 @@ def test_spend_over_threshold_fires_once_and_resolves_after_the_window(stack, re
     log = worker.log_path.read_text(errors="replace")
     assert TOKEN not in log
     assert "alert_webhook_on url=http://127.0.0.1" in log
+
+
+def test_an_alert_posted_before_a_restart_is_not_posted_again(stack, receiver):
+    """The webhook's record of what it posted is a Faust table on the alert's partition:
+    after the worker restarts, a re-delivered copy of an alert it posted (as a monitor
+    re-delivered after a crash publishes) is skipped, and a new one still goes out."""
+    from aiokafka import AIOKafkaProducer
+
+    from pipeline.events.codec import Codec
+    from pipeline.events.models import Alert
+
+    tenant = f"restart-{uuid.uuid4().hex[:6]}"
+
+    def an_alert(aid: str) -> Alert:
+        return Alert(alert_id=aid, rule="tenant_hourly_spend", state="firing",
+                     severity="warning", tenant=tenant, value="1", threshold="0.5",
+                     window="test", message=f"test alert {aid}", at_ms=int(time.time() * 1000))
+
+    async def publish(alert: Alert) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(stack.topics.alerts, Codec().encode(
+                alert, stack.topics.alerts), key=tenant.encode())
+        finally:
+            await producer.stop()
+
+    first = an_alert(str(uuid.uuid4()))
+    asyncio.run(publish(first))
+    wait_for("the first post", lambda: receiver.for_tenant(tenant), timeout=20)
+    agents = stack.workers[0].agents
+    stack.stop_worker(stack.workers[0])
+    stack.start_worker(agents=agents)
+    marker = an_alert(str(uuid.uuid4()))
+    asyncio.run(publish(first))                 # a re-delivered copy of the posted alert
+    asyncio.run(publish(marker))                # and a new one, behind it on the partition
+    wait_for("the marker's post", lambda: len(receiver.for_tenant(tenant)) >= 2, timeout=60)
+    time.sleep(1.0)
+    assert [p["alert_id"] for p in receiver.for_tenant(tenant)] == [first.alert_id,
+                                                                     marker.alert_id]

@@ -173,3 +173,29 @@ async def test_agent_step_dead_letters_undeliverable_and_undecodable_alerts():
     assert letter.value == raw and (letter.source_partition, letter.source_offset) == (2, 41)
     (junk,) = await post_alert(ok_sink, codec, "llm.dead-letter", b"\x00junk", origin)
     assert junk.event.reason_code and junk.event.value == b"\x00junk"
+
+
+async def test_what_was_posted_outlives_the_sink_and_each_post_carries_its_idempotency_key():
+    posted: dict = {}                       # a worker passes its Faust table (changelog)
+    rec = Recorder([200])
+    client = httpx.AsyncClient(transport=httpx.MockTransport(rec))
+    first = WebhookSink(Secret(URL), client, WebhookConfig(), posted=posted, clock=lambda: 7)
+    assert (await first.deliver(alert())).ok and posted == {"a-1": 7}
+    restarted = WebhookSink(Secret(URL), client, WebhookConfig(), posted=posted)
+    assert (await restarted.deliver(alert())).skipped == "already posted"
+    assert len(rec.bodies) == 1
+    seen = []
+    client2 = httpx.AsyncClient(transport=httpx.MockTransport(
+        lambda r: seen.append(r.headers.get("idempotency-key")) or httpx.Response(200)))
+    await WebhookSink(Secret(URL), client2, WebhookConfig()).deliver(alert(aid="a-9"))
+    assert seen == ["a-9"]
+
+
+async def test_the_remembered_ids_are_capped_oldest_first():
+    posted: dict = {}
+    rec = Recorder([200])
+    client = httpx.AsyncClient(transport=httpx.MockTransport(rec))
+    sink = WebhookSink(Secret(URL), client, WebhookConfig(remember=2), posted=posted)
+    for aid in ("a-1", "a-2", "a-3"):
+        assert (await sink.deliver(alert(aid=aid))).ok
+    assert set(posted) == {"a-2", "a-3"}
