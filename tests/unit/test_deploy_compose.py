@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import yaml
 from pipeline.catalog import load_catalog
 from pipeline.cli import build_parser
 from pipeline.providers.deployments import load_deployments
+from tests.unit.test_deploy_k8s import names_the_code_reads
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -54,16 +54,8 @@ def llmpipe_services() -> dict[str, dict[str, Any]]:
     return {n: s for n, s in compose()["services"].items() if "build" in s}
 
 
-def known_env() -> set[str]:
-    found: set[str] = set()
-    for path in (REPO / "pipeline").rglob("*"):
-        if path.suffix in (".py", ".yaml"):
-            found |= set(re.findall(r"LLMPIPE_[A-Z0-9_]*[A-Z0-9]", path.read_text()))
-    return found
-
-
 def test_pipeline_services_run_real_commands_with_real_settings() -> None:
-    parser, known = build_parser(), known_env()
+    parser, known = build_parser(), names_the_code_reads()
     services = llmpipe_services()
     assert set(services) == {"worker", "ledger", "gateway"}
     for name, service in services.items():
