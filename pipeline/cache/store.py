@@ -397,7 +397,8 @@ def fill_for(routed: RoutedRequest, response: Response, at_ms: int,
     be kept (no key: cache off or no-store; not ok; too large)."""
     if not routed.cache_key or response.status != OK:
         return None
-    answer = response.replace(metadata={}, cache="", cache_similarity=None)
+    # what belongs to the first caller's request, not to the answer: not kept
+    answer = response.replace(metadata={}, cache="", cache_similarity=None, context="")
     limit = (config or cache_config()).max_answer_bytes
     if len(json.dumps(answer.to_dict(), ensure_ascii=False).encode()) > limit:
         return None

@@ -115,6 +115,13 @@ def test_a_hit_is_the_cached_answer_for_this_caller_billed_zero():
     assert usage.completion_tokens == 30 and usage.route_rule == "cache"
 
 
+def test_a_kept_answer_drops_what_belonged_to_its_first_request():
+    first = ask()
+    kept = answer_for(first).replace(context="context normalise: ~90 -> ~80 tokens")
+    fill = fill_for(routed_for(first, key_of(first)), kept, NOW)
+    assert fill.answer.metadata == {} and fill.answer.context == "" and fill.answer.cache == ""
+
+
 def test_entries_expire_and_are_never_kept_when_not_asked_or_failed():
     cache = ResponseCache({}, catalog)
     r = ask()
