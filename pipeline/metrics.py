@@ -74,6 +74,8 @@ TTFT_SECONDS = _histogram("llmpipe_ttft_seconds", "Time to the first token of st
                           "requests, from their creation", ["model"], SECONDS)
 RETRIES = _counter("llmpipe_retries", "Provider calls re-tried on the same deployment",
                    ["deployment"])
+HEDGES = _counter("llmpipe_hedges", "Hedged calls started, by the deployment that was slow",
+                  ["deployment"])
 FAILOVERS = _counter("llmpipe_failovers", "Requests that moved to another deployment, by the "
                      "one that answered", ["deployment"])
 COST = _counter("llmpipe_cost_usd", "Money billed, USD (for rates; the ledger is exact)",

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping
 
 from pipeline import errors
+from pipeline.metrics import HEDGES
 from pipeline.catalog import Catalog
 from pipeline.clock import Clock, MonotonicClock, now_ms
 from pipeline.providers.deployments import Deployments
@@ -241,6 +242,7 @@ class Dispatcher:
             max_tokens=min(routed.max_tokens, self.catalog.models[nxt.model].max_output_tokens))
         log.info("hedge_started request_id=%s deployment=%s hedge=%s", routed.request.request_id,
                  routed.route.deployment, hedge_id)
+        HEDGES.labels(routed.route.deployment).inc()
         second = asyncio.create_task(self._attempts(hedged, self.guards.get(hedge_id),
                                                     self.adapters[hedge_id]))
         calls = {primary: routed, second: hedged}

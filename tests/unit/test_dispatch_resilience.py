@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pipeline import errors
+from pipeline.metrics import REGISTRY
 from pipeline.catalog import load_catalog
 from pipeline.config import ConfigError
 from pipeline.providers.deployments import Deployments, load_deployments
@@ -754,6 +755,7 @@ async def test_a_slow_interactive_call_is_hedged_first_answer_wins_both_are_bill
     gpt, gpt4o = FakeAdapter(time, script=[hang]), FakeAdapter(time)
     d = make(time, deps, {GPT41: gpt, GPT4O: gpt4o, MINI: FakeAdapter(time)})
     req = interactive(routed(time, deps, estimated=1000))
+    hedges = REGISTRY.get_sample_value("llmpipe_hedges_total", {"deployment": GPT41}) or 0
     task = asyncio.create_task(d.handle(req))
     await settle()
     assert len(gpt.calls) == 1 and gpt4o.calls == []          # hedge not yet due
@@ -767,6 +769,8 @@ async def test_a_slow_interactive_call_is_hedged_first_answer_wins_both_are_bill
     assert resp.status == "ok" and resp.model == "gpt-4o" and resp.cost_nanos == won + lost
     assert resp.tried == [GPT41, GPT4O] and usage.cost_nanos == won + lost
     assert (usage.route_rule, usage.fallbacks, usage.attempts) == ("hedge", 0, 2)
+    assert REGISTRY.get_sample_value("llmpipe_hedges_total",
+                                     {"deployment": GPT41}) == hedges + 1   # for /metrics
 
 
 async def test_no_hedge_when_the_answer_comes_in_time_or_the_request_is_not_latency_critical():
