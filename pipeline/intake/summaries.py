@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -32,11 +31,13 @@ from typing import Callable
 from pipeline.catalog import CHAT, Catalog
 from pipeline.clock import now_ms
 from pipeline.context import summary_prompt
-from pipeline.events.models import (OK, ChatMessage, GenerationParams, Request, RouteDecision,
+from pipeline.events.models import (ChatMessage, GenerationParams, Request, RouteDecision,
                                     RoutedRequest, TenantPolicy, Usage)
+from pipeline.outputs.outcomes import answered
 from pipeline.providers.base import Adapter
 from pipeline.providers.deployments import Deployment, Deployments
 from pipeline.routing.tokens import estimate_messages_tokens
+from pipeline.settings import Topics
 
 log = logging.getLogger("llmpipe.context")
 
@@ -106,11 +107,12 @@ class Summariser:
                        params=GenerationParams(max_tokens=MAX_SUMMARY_TOKENS, temperature=0.0))
         started = self.clock()
         routed = RoutedRequest(call, RouteDecision(deployment.id, model, deployment.provider,
-                                                   SUMMARY_RULE, region=deployment.region),
+                                                   SUMMARY_RULE, region=deployment.region,
+                                                   task_class="summary"),
                                max_tokens=MAX_SUMMARY_TOKENS, reply_topic="",
-                               received_at_ms=started, routed_at_ms=started)
+                               received_at_ms=started, routed_at_ms=started,
+                               baseline_model=(policy.baseline_model or "") if policy else "")
         self.calls += 1
-        t0 = time.monotonic()
         try:
             done = await asyncio.wait_for(self.adapter_for(deployment).complete(routed),
                                           self.timeout_s)
@@ -125,22 +127,9 @@ class Summariser:
         self.memo[memo_key] = done.content
         while len(self.memo) > self.memo_size:
             self.memo.popitem(last=False)
-        at = self.clock()
-        baseline = (policy.baseline_model if policy and policy.baseline_model
-                    else self.catalog.baseline_model)
-        usage = Usage(
-            request_id=call.request_id, tenant=request.tenant, created_at_ms=started,
-            completed_at_ms=at, status=OK, team=request.team or "",
-            end_user=request.end_user or "", routed_at_ms=started, requested_model=model,
-            routed_model=model, served_model=model, provider=deployment.provider,
-            deployment=deployment.id, region=deployment.region, route_rule=SUMMARY_RULE,
-            task_class="summary", attempts=1, prompt_tokens=done.prompt_tokens,
-            completion_tokens=done.completion_tokens, cached_tokens=done.cached_tokens,
-            cost_nanos=self.catalog.cost_nanos(model, done.prompt_tokens,
-                                               done.completion_tokens, done.cached_tokens),
-            baseline_cost_nanos=self.catalog.cost_nanos(baseline, done.prompt_tokens,
-                                                        done.completion_tokens,
-                                                        done.cached_tokens),
-            price_version=self.catalog.price_version,
-            provider_ms=int((time.monotonic() - t0) * 1000), for_request_id=request.request_id)
+        # priced and stamped as any answered request is (outcomes.answered): its own row
+        _, billed, *_ = answered(routed, done, catalog=self.catalog, at=self.clock(),
+                                 attempts=1, provider_ms=done.provider_ms,
+                                 routed_model=model, topics=Topics())
+        usage = billed.event.replace(for_request_id=request.request_id)
         return Summary(done.content, usage)
