@@ -20,6 +20,7 @@ from pipeline.dev.stack import DevStack, StackError
 from pipeline.events.models import Alert, DeadLetter, Response, TenantPolicy
 from pipeline.events.codec import Codec
 from pipeline.tenancy.directory import put_policy
+from pipeline.tenancy.policy_file import describe_policy
 
 CODEC = Codec()
 DEMO_KEY_TENANT = "demo"     # the tenant the printed gateway key belongs to
@@ -32,20 +33,7 @@ def say(text: str = "") -> None:
 async def publish_policies(stack: DevStack) -> None:
     for policy in demo_policies():
         await put_policy(stack.bootstrap, stack.topics.tenants, CODEC, policy)
-        say(f"  tenant policy      {policy.tenant}: {describe(policy)}")
-
-
-def describe(p: TenantPolicy) -> str:
-    parts = [f"{b.period} soft ${b.soft_usd} hard ${b.hard_usd}" for b in p.budgets]
-    if p.canary:
-        parts.append(f"canary {p.canary.percent}% -> {p.canary.model}")
-    if p.default_quality is not None:
-        parts.append(f"default quality {p.default_quality}")
-    if p.allowed_models:
-        parts.append("allowed " + ", ".join(p.allowed_models))
-    if p.denied_models:
-        parts.append("denied " + ", ".join(p.denied_models))
-    return "; ".join(parts)
+        say(f"  tenant policy      {policy.tenant}: {describe_policy(policy)}")
 
 
 

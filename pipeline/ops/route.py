@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from pipeline.tenancy.policy_file import describe_policy
+
 
 def command(args: argparse.Namespace) -> int:
     """Explain the routing decision for a prompt, offline (no broker, no provider call)."""
@@ -35,7 +37,7 @@ def command(args: argparse.Namespace) -> int:
     route = router.route(req, tokens, rules)
     d = route.decision
     if tenant is not None:
-        print(f"tenant:     {tenant.tenant} ({_policy_summary(tenant)})")
+        print(f"tenant:     {tenant.tenant} ({describe_policy(tenant) or 'no constraints'})")
     score = f"{d.complexity:.2f}" if d.complexity is not None else "-"
     print(f"class:      {d.task_class or '-'} (complexity {score})")
     print(f"model:      {d.model} via {d.deployment} ({d.provider}, {d.region})")
@@ -65,14 +67,6 @@ def _route_tenant(args: argparse.Namespace, catalog):
         raise SystemExit(f"no policy for tenant {args.tenant!r} on {settings.topics.tenants} "
                          f"(tenants: {', '.join(sorted(policies)) or 'none'})")
     return policies[args.tenant]
-
-
-def _policy_summary(p) -> str:
-    parts = [f"allowed {', '.join(p.allowed_models)}" if p.allowed_models else "",
-             f"denied {', '.join(p.denied_models)}" if p.denied_models else "",
-             f"default quality {p.default_quality}" if p.default_quality is not None else "",
-             "truncation allowed" if p.truncation_allowed else ""]
-    return "; ".join(x for x in parts if x) or "no routing constraints"
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -347,6 +347,23 @@ def usd_str(amount: Decimal) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
+def describe_policy(p: TenantPolicy) -> str:
+    """The policy's constraints in one line ("" when it has none): budgets, canary, default
+    quality, allowed and denied models, truncation."""
+    parts = [f"{b.period} soft ${b.soft_usd} hard ${b.hard_usd}" for b in p.budgets]
+    if p.canary:
+        parts.append(f"canary {p.canary.percent}% -> {p.canary.model}")
+    if p.default_quality is not None:
+        parts.append(f"default quality {p.default_quality}")
+    if p.allowed_models:
+        parts.append("allowed " + ", ".join(p.allowed_models))
+    if p.denied_models:
+        parts.append("denied " + ", ".join(p.denied_models))
+    if p.truncation_allowed:
+        parts.append("truncation allowed")
+    return "; ".join(parts)
+
+
 def policy_to_mapping(policy: TenantPolicy) -> dict[str, Any]:
     """The policy as a plain mapping (money as strings), in field order; it round-trips
     through ``policy_from_mapping`` and dumps as YAML or JSON unchanged."""
