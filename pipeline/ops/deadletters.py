@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from pipeline.analytics.report import parse_moment
 from pipeline.events.codec import Codec, DecodeError
 from pipeline.events.models import DeadLetter
 from pipeline.kafka import clients
@@ -68,15 +69,11 @@ async def replay(bootstrap: str, letters: list[DeadLetter]) -> int:
 
 
 def _ms(text: str | None) -> int | None:
-    if not text:
-        return None
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise SystemExit(f"not an ISO time: {text!r} (e.g. 2026-12-07T10:00:00Z)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return int(moment.timestamp() * 1000)
+        moment = parse_moment(text or None)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    return None if moment is None else int(moment.timestamp() * 1000)
 
 
 def command(args: argparse.Namespace) -> int:
