@@ -12,9 +12,9 @@ without live calls.
 
 Guard state (breakers, buckets, health windows) is in this worker's memory. llm.batches is
 keyed by deployment id, so the worker owning a deployment's partition is its only writer.
-After a rebalance, guards of deployments whose partitions left this worker are dropped: a
-deployment starts fresh (breaker closed, buckets full, no health samples) on whichever
-worker receives its partition, and again here should it come back."""
+After a rebalance, guards of deployments whose partitions left this worker are dropped;
+whichever worker receives a partition continues its deployments' breakers and buckets from
+the ``guards`` table (pipeline/agents/guard_state.py)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import faust.web
 
 from pipeline.agents.cancels import read_cancels
 from pipeline.agents.flow import process
+from pipeline.agents.guard_state import register_guard_state
 from pipeline.outputs import Emitter
 from pipeline.dispatch.hops import FinishedHops
 from pipeline.clock import now_ms
@@ -109,8 +110,9 @@ async def dispatch_batch(dispatcher: Dispatcher, batch: Batch, origin: Origin, c
 def register_dispatch(app: faust.App, runtime: Runtime, source: faust.TopicT,
                       emitter: Emitter, *, offload: Offload | None = None,
                       partitions: int | None = None) -> Dispatcher:
-    """``partitions``: llm.batches' partition count, for the finished-hops table (None: no
-    table, every re-read Batch is dispatched again)."""
+    """``partitions``: llm.batches' partition count, for the finished-hops and guards
+    tables (None: no tables — every re-read Batch is dispatched again, and a deployment
+    whose partition moves starts with fresh guards)."""
     s = runtime.settings
     keys = runtime.load_keys()          # fail fast at start-up on a missing or bad key
     calls = runtime.deployments.calls
@@ -172,6 +174,8 @@ def register_dispatch(app: faust.App, runtime: Runtime, source: faust.TopicT,
         gone = dispatcher.retain(keep)
         if gone:
             log.info("guards_dropped_after_rebalance deployments=%s", ",".join(sorted(gone)))
+    if partitions:
+        register_guard_state(app, dispatcher, partition_of, partitions, ALERT_TICK_S)
 
     def guard_state():
         """Breakers and buckets of the deployments this worker dispatches to, at scrape."""

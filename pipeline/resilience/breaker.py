@@ -130,6 +130,22 @@ class CircuitBreaker:
         if self.state is BreakerState.HALF_OPEN:
             self._end_probe()
 
+    def export(self) -> dict:
+        """State another worker takes over with :meth:`restore` (JSON-ready)."""
+        state = self.state
+        return {"state": state.value, "failures": self._failures,
+                "open_for_s": self._clock.now() - self._opened_at
+                if state is BreakerState.OPEN else 0.0}
+
+    def restore(self, state: dict, elapsed_s: float) -> None:
+        """Continue from a state exported ``elapsed_s`` seconds ago, without a transition
+        (the exporting worker reported it). A half-open breaker's probes in flight stay
+        with that worker; this one may send its own."""
+        self._state = BreakerState(state["state"])
+        self._failures = int(state["failures"])
+        self._probes_in_flight = self._probe_successes = 0
+        self._opened_at = self._clock.now() - float(state["open_for_s"]) - max(0.0, elapsed_s)
+
     def drain_transitions(self) -> list[Transition]:
         drained, self._transitions = self._transitions, []
         return drained

@@ -71,6 +71,11 @@ class TokenBucket:
         self._refill()
         self._level -= n
 
+    def restore(self, level: float, elapsed_s: float) -> None:
+        """Take over a level another process exported ``elapsed_s`` ago (refilled since)."""
+        self._level = min(self.burst, level + max(0.0, elapsed_s) * self.rate_per_s)
+        self._at = self._clock.now()
+
     def _refill(self) -> None:
         now = self._clock.now()
         if now > self._at:
@@ -107,6 +112,21 @@ class _SlidingWindowCount:
 
     def add(self) -> None:
         self._times.append(self._expire())
+
+    def ages(self) -> list[list[int]]:
+        """The events in the window as ``[whole seconds ago, count]``: ages round down, so
+        an event restored from them stays in the window at least as long as it would have."""
+        now, by_age = self._expire(), {}
+        for t in self._times:
+            age = int(now - t)
+            by_age[age] = by_age.get(age, 0) + 1
+        return [[age, n] for age, n in sorted(by_age.items(), reverse=True)]
+
+    def restore(self, ages: list[list[int]], elapsed_s: float) -> None:
+        now = self._clock.now()
+        self._times = deque(now - age - max(0.0, elapsed_s)
+                            for age, n in sorted(ages, reverse=True) for _ in range(n))
+        self._expire()
 
     def wait_time(self) -> float:
         now = self._expire()
@@ -203,6 +223,18 @@ class DeploymentLimiter:
             return math.inf
         return max(self._minute.wait_time(), self.requests.wait_time(1),
                    self.tokens.wait_time(tokens))
+
+    def export(self) -> dict:
+        """The levels another worker takes over with :meth:`restore` (JSON-ready)."""
+        return {"requests": self.requests.available, "tokens": self.tokens.available,
+                "minute": self._minute.ages()}
+
+    def restore(self, state: dict, elapsed_s: float) -> None:
+        """Continue from levels exported ``elapsed_s`` seconds ago. Calls in flight stay
+        with the process that made them (this one starts with none)."""
+        self.requests.restore(float(state["requests"]), elapsed_s)
+        self.tokens.restore(float(state["tokens"]), elapsed_s)
+        self._minute.restore(state["minute"], elapsed_s)
 
     def _settle(self, estimated: int, actual: int | None) -> None:
         self._in_flight -= 1

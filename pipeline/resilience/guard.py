@@ -4,9 +4,10 @@ before every provider call and tells the outcome of after it.
 
 Where this state lives: in memory, in the dispatch worker that owns the deployment's
 ``llm.routed`` partition (the topic is keyed by deployment id), so one process is the only
-writer and the limits hold however many workers run. Nothing is persisted: a worker that
-starts, or that is handed a deployment's partition by a rebalance, starts that deployment
-fresh (breaker CLOSED, buckets full, empty health window)."""
+writer and the limits hold however many workers run. :meth:`DeploymentGuard.export` and
+:meth:`DeploymentGuard.restore` carry the breaker and the limiter's levels to the worker a
+rebalance hands the partition to (pipeline/agents/guard_state.py); the health window and
+the calls in flight start fresh there."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
 from pipeline import errors
-from pipeline.clock import Clock
+from pipeline.clock import Clock, now_ms
 from pipeline.events.models import Alert
 from pipeline.resilience.breaker import BreakerState, CircuitBreaker, Transition
 from pipeline.resilience.bucket import Admission, DeploymentLimiter
@@ -82,6 +83,7 @@ class Permit:
         self.admission = admission
         self.started_at = guard.clock.now()
         self.ended = False
+        guard.changes += 1
 
     def latency_ms(self) -> float:
         return max(0.0, (self.guard.clock.now() - self.started_at) * 1000)
@@ -115,6 +117,7 @@ class Permit:
 
     def _release(self, tokens_used: int | None) -> None:
         self.admission.release(tokens_used)
+        self.guard.changes += 1
         self.guard._slot_freed()
 
 
@@ -132,6 +135,19 @@ class DeploymentGuard:
                                    clock=clock, max_samples=h.max_samples)
         self.last_failure = ""
         self._slot_waiters: deque[asyncio.Future] = deque()
+        self.changes = 0        # calls admitted + ended: unchanged means nothing to export
+
+    def export(self, wall_ms: int) -> dict[str, Any]:
+        """Breaker and limiter state as of ``wall_ms`` (epoch ms), JSON-ready."""
+        return {"at_ms": wall_ms, "breaker": self.breaker.export(),
+                "limits": self.limiter.export()}
+
+    def restore(self, state: dict[str, Any], wall_ms: int) -> None:
+        """Continue from what another worker exported; the time since is refill and
+        cool-down. Wall clocks of workers are assumed in step (NTP)."""
+        elapsed_s = max(0.0, (wall_ms - int(state["at_ms"])) / 1000)
+        self.breaker.restore(state["breaker"], elapsed_s)
+        self.limiter.restore(state["limits"], elapsed_s)
 
     def admits_calls(self) -> bool:
         return self.breaker.can_admit()
@@ -233,19 +249,27 @@ class DeploymentGuard:
 
 
 class Guards:
-    """The guards of the deployments this worker dispatches to, created on first use."""
+    """The guards of the deployments this worker dispatches to, created on first use —
+    from the state ``carried(deployment)`` returns, when it returns one."""
 
     def __init__(self, settings_for: Callable[[str], GuardSettings], clock: Clock):
         self._settings_for = settings_for
         self.clock = clock
         self._guards: dict[str, DeploymentGuard] = {}
+        self.carried: Callable[[str], dict[str, Any] | None] = lambda deployment: None
 
     def get(self, deployment: str) -> DeploymentGuard:
         guard = self._guards.get(deployment)
         if guard is None:
             guard = self._guards[deployment] = DeploymentGuard(
                 deployment, self._settings_for(deployment), self.clock)
+            state = self.carried(deployment)
+            if state is not None:
+                guard.restore(state, now_ms())
         return guard
+
+    def items(self) -> list[tuple[str, DeploymentGuard]]:
+        return list(self._guards.items())
 
     def peek(self, deployment: str) -> DeploymentGuard | None:
         """The guard if this worker has one (it has dispatched there), else None."""

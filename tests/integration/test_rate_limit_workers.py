@@ -1,4 +1,5 @@
-"""Two workers running together hold one deployment's RPM limit, measured at the provider
+"""Two workers running together hold one deployment's RPM limit, and so does a rebalance
+that hands the deployment from one worker to another under load, measured at the provider
 simulator (the times it received each call).
 
 What the limiter promises (pipeline/resilience/bucket.py): a token bucket refilled at
@@ -20,6 +21,7 @@ the limit was binding (requests moved on) and nearly used (>= 80% of the envelop
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 
@@ -46,14 +48,38 @@ async def offer(stack: DevStack, n: int, per_s: float) -> list:
         return await asyncio.gather(*(one(i) for i in range(n)))
 
 
-def test_two_workers_hold_one_deployments_rpm(broker, tmp_path_factory):
+def assert_within_envelope(times: list[int], rpm: int = RPM, burst: int = BURST) -> None:
+    """No interval between two simulator call times holds more calls than the limiter's
+    envelope (plus the slack)."""
+    worst, at = 0.0, None
+    for i in range(len(times)):
+        for j in range(i, len(times)):
+            over = (j - i + 1) - (burst + (times[j] - times[i]) / 1000 * rpm / 60 + SLACK_CALLS)
+            if over > worst:
+                worst, at = over, (i, j)
+    assert worst <= 0, (f"calls {at} over the envelope by {worst:.1f}; "
+                        f"times (ms from the first) {[t - times[0] for t in times]}")
+
+
+def limited_stack(broker, tmp_path_factory, name: str, rpm: int = RPM,
+                  burst: int = BURST) -> DevStack:
+    """A stack of its own whose DEPLOYMENT has that rpm and burst."""
     uid = uuid.uuid4().hex[:8]
-    root = tmp_path_factory.mktemp("rpm")
+    root = tmp_path_factory.mktemp(name)
     config = write_config_dir(root / "config", deployments={DEPLOYMENT: {"resilience": {
-        "limits": {"rpm": RPM, "request_burst": BURST, "max_wait_s": 2}}}})
-    stack = DevStack(root / "stack", topic_prefix=f"rpm{uid}.", app_id=f"llmpipe-rpm-{uid}",
-                     simulator_args=["--latency-scale", "0.05", "--no-base-errors", "--seed", "17"],
-                     config_dir=config).start(broker=broker)
+        "limits": {"rpm": rpm, "request_burst": burst, "max_wait_s": 2}}}})
+    return DevStack(root / "stack", topic_prefix=f"{name}{uid}.", app_id=f"llmpipe-{name}-{uid}",
+                    simulator_args=["--latency-scale", "0.05", "--no-base-errors", "--seed", "17"],
+                    config_dir=config).start(broker=broker)
+
+
+def calls_to_deployment(stack: DevStack) -> list[int]:
+    stats = stack.simulator_stats()["models"][MODEL]
+    return sorted(t for key in stats["keys"].values() for t in key["call_times_ms"])
+
+
+def test_two_workers_hold_one_deployments_rpm(broker, tmp_path_factory):
+    stack = limited_stack(broker, tmp_path_factory, "rpm")
     try:
         workers = [stack.start_worker("worker-1", agents=("intake", "dispatch")),
                    stack.start_worker("worker-2", agents=("intake", "dispatch"))]
@@ -67,19 +93,12 @@ def test_two_workers_hold_one_deployments_rpm(broker, tmp_path_factory):
 
         assert all(r is not None and r.status == "ok" for r in responses), \
             [r for r in responses if r is None or r.status != "ok"][:3]
-        stats = stack.simulator_stats()["models"][MODEL]
-        times = sorted(t for key in stats["keys"].values() for t in key["call_times_ms"])
+        times = calls_to_deployment(stack)
         served_here = sum(1 for r in responses if r.deployment == DEPLOYMENT)
         moved = [r for r in responses if r.deployment != DEPLOYMENT]
         assert len(times) == served_here          # no base errors: one call per request served
 
-        # the envelope, over every interval between two calls
-        worst = 0.0
-        for i in range(len(times)):
-            for j in range(i, len(times)):
-                allowed = BURST + (times[j] - times[i]) / 1000 * RPM / 60 + SLACK_CALLS
-                worst = max(worst, (j - i + 1) - allowed)
-        assert worst <= 0, f"{j - i + 1} calls over the envelope by {worst:.1f}; times {times}"
+        assert_within_envelope(times)
         # the limit was binding (else the test proves nothing) and nearly used
         span_s = (times[-1] - times[0]) / 1000
         assert moved, "no request exceeded the limit: offer more"
@@ -93,5 +112,50 @@ def test_two_workers_hold_one_deployments_rpm(broker, tmp_path_factory):
         print(f"{len(responses)} requests in {wall:.1f}s; {len(times)} calls to {MODEL} over "
               f"{span_s:.1f}s (envelope {BURST + span_s * RPM / 60:.1f}); {len(moved)} moved on; "
               f"guard on {owners[0]}")
+    finally:
+        stack.stop()
+
+
+def test_rebalance_under_load_keeps_the_deployments_rpm(broker, tmp_path_factory):
+    """One worker under load; a second joins, then the one that owns the deployment's
+    partition leaves — so the partition changes hands once or twice while requests keep
+    coming. The envelope holds at the simulator across the handovers: the new owner takes
+    the bucket and the minute's calls over from the guards table instead of starting full.
+    A slower refill than the other test's (0.5/s, burst 6) keeps the few seconds a
+    rebalance takes from refilling the bucket anyway: a fresh bucket on the new owner
+    breaks the envelope by ~3 calls per handover (checked by turning the restore off)."""
+    rpm, burst = 30, 6
+    stack = limited_stack(broker, tmp_path_factory, "rpmmove", rpm, burst)
+    try:
+        first = stack.start_worker("worker-1", agents=("intake", "dispatch"))
+        stack.reset_simulator()
+        traffic = threading.Thread(target=lambda: results.extend(
+            asyncio.run(offer(stack, int(OFFERED_PER_S * 34), OFFERED_PER_S))))
+        results: list = []
+        traffic.start()
+        time.sleep(7)
+        second = stack.start_worker("worker-2", agents=("intake", "dispatch"))
+        time.sleep(5)
+        owner = next((w for w in (second, first)
+                      if DEPLOYMENT in w.dispatch_health()["deployments"]), None)
+        assert owner is not None, "no worker dispatches to the deployment"
+        stack.stop_worker(owner)
+        traffic.join(timeout=120)
+        assert not traffic.is_alive()
+
+        assert all(r is not None and r.status == "ok" for r in results), \
+            [r for r in results if r is None or r.status != "ok"][:3]
+        times = calls_to_deployment(stack)
+        assert len(times) == sum(1 for r in results if r.deployment == DEPLOYMENT)
+        assert_within_envelope(times, rpm, burst)
+        assert any(r.deployment != DEPLOYMENT for r in results), "the limit never bound"
+        # the deployment's guard was handed over at least once, and taken over from the table
+        restored = [line for w in (first, second) for line in w.log_path.read_text().splitlines()
+                    if "guard_restored" in line and f"deployment={DEPLOYMENT}" in line]
+        assert restored, f"no worker restored {DEPLOYMENT}'s guard; logs in {stack.data_dir}"
+        span_s = (times[-1] - times[0]) / 1000
+        print(f"{len(results)} requests; {len(times)} calls to {MODEL} over {span_s:.1f}s "
+              f"(envelope {burst + span_s * rpm / 60:.1f}); {owner.name} left; "
+              f"restored: {restored}")
     finally:
         stack.stop()
