@@ -55,6 +55,11 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "llmpipe_consumer_lag": ("Records not yet committed by this worker, by topic and "
                              "partition", ("topic", "partition")),
     "llmpipe_ledger_pending_rows": ("Rows read but not yet in ClickHouse, by sink", ("sink",)),
+    "llmpipe_budget_spent_usd": ("Spend in the current budget period: settled (billed) or "
+                                 "reserved (in flight), for the tenant (team *) and each team "
+                                 "with a budget", ("tenant", "team", "period", "state")),
+    "llmpipe_budget_limit_usd": ("A budget's soft or hard limit for the current period",
+                                 ("tenant", "team", "period", "level")),
 }
 LABELS.update({name: frozenset(labels) for name, (_, labels) in GAUGES.items()})
 

@@ -17,7 +17,9 @@ from pipeline.events.codec import DecodeError
 from pipeline.events.models import Usage
 from pipeline.outputs import Origin, Out
 from pipeline.runtime import Runtime
-from pipeline.tenancy.budgets import SEP
+from pipeline.catalog import NANOS_PER_USD
+from pipeline.metrics import gauge, register_collector
+from pipeline.tenancy.budgets import ALL_TEAMS, SEP, Spend, period_start
 from pipeline.tenancy.directory import TenantDirectory
 from pipeline.tenancy.state import TenantState, load_tenancy
 
@@ -62,7 +64,36 @@ class Tenancy:
             self._started = False
 
 
+def budget_state(tenancy: Tenancy, at_ms: int):
+    """Spend of the current periods held by this worker (its tenants' partitions) and the
+    limits of the budgets that apply, as gauges. Teams are labels only when a budget names
+    them, so callers cannot grow the series with team names of their own."""
+    spent = gauge("llmpipe_budget_spent_usd")
+    limits = gauge("llmpipe_budget_limit_usd")
+    policies: dict[str, list] = {}
+    for key, raw in list(tenancy.state.spend.rows.items()):
+        tenant, team, period, start = key.split(SEP)
+        if tenant not in policies:
+            policy = tenancy.directory.get(tenant)
+            policies[tenant] = list(policy.budgets) if policy else []
+        budgets = [b for b in policies[tenant]
+                   if b.period == period and (b.team or ALL_TEAMS) == team]
+        if start != period_start(period, at_ms) or not (team == ALL_TEAMS or budgets):
+            continue
+        labels = [tenant, team, period]
+        spend = Spend(**raw)
+        spent.add_metric(labels + ["settled"], spend.settled_nanos / NANOS_PER_USD)
+        spent.add_metric(labels + ["reserved"], spend.reserved_nanos / NANOS_PER_USD)
+        for b in budgets:
+            for level, limit in (("soft", b.soft_usd), ("hard", b.hard_usd)):
+                if limit is not None:
+                    limits.add_metric(labels + [level], float(limit))
+    yield from (spent, limits)
+
+
 def register_views(app: faust.App, tenancy: Tenancy) -> None:
+    register_collector(lambda: budget_state(tenancy, now_ms()))
+
     @app.page("/llmpipe/tenancy/spend/")
     async def spend(web, request):
         """GET ?tenant=T[&detail=1] -> the tenant's spend rows held by this worker (its

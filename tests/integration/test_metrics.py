@@ -1,17 +1,20 @@
 """Prometheus metrics on the embedded stack (issue 20): after a few requests through the
 gateway, the worker's GET /metrics has live values for requests by tenant and outcome,
-latency histograms, cache lookups, breakers and buckets, micro-batches, consumer lag and
-the ledger's inserts; the gateway's GET /metrics counts its HTTP requests. Every sample
+latency histograms, cache lookups, breakers and buckets, micro-batches, consumer lag, the
+ledger's inserts and budget consumption; the gateway's GET /metrics counts its HTTP requests. Every sample
 parses, and no label carries a request id."""
 
 from __future__ import annotations
+
+import time
+from decimal import Decimal
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.dev.gateway import issue_key, start_gateway
-from pipeline.events.models import TenantPolicy
+from pipeline.events.models import Budget, TenantPolicy
 from tests.integration.conftest import worker_stack
 
 pytestmark = pytest.mark.integration
@@ -20,7 +23,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def stack(broker, tmp_path_factory):
     with worker_stack(broker, tmp_path_factory, "metrics", seed=20) as stack:
-        key = issue_key(stack, "metco", TenantPolicy("metco", cache_kinds=["exact"]))
+        key = issue_key(stack, "metco", TenantPolicy("metco", cache_kinds=["exact"], budgets=[
+            Budget("month", soft_usd=Decimal("5"), hard_usd=Decimal("10"))]))
         gateway = start_gateway(stack, "metrics-1")
         yield stack, gateway, key
 
@@ -71,6 +75,16 @@ def test_the_worker_and_the_gateway_serve_live_metrics(stack):
                  sink="usage") >= 1
     assert {s.labels["sink"] for s in m["llmpipe_ledger_pending_rows"]} == {
         "usage", "alerts", "dead_letters"}
+    # budget consumption: settled by the settle agent from the same usage, soon after
+    deadline = time.monotonic() + 20
+    while not total(m["llmpipe_budget_spent_usd"], "llmpipe_budget_spent_usd", tenant="metco",
+                    team="*", period="month", state="settled") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        m = scrape(f"{worker.url}/metrics")
+    assert total(m["llmpipe_budget_spent_usd"], "llmpipe_budget_spent_usd", tenant="metco",
+                 team="*", period="month", state="settled") > 0
+    assert total(m["llmpipe_budget_limit_usd"], "llmpipe_budget_limit_usd", tenant="metco",
+                 period="month", level="hard") == 10
     every_label = {v for samples in m.values() for s in samples for v in s.labels.values()}
     assert not every_label & set(ids)                                      # bounded labels
 
