@@ -71,8 +71,12 @@ def metrics_summary(worker, gateway) -> str:
         text = httpx.get(url, timeout=10).text
         for family in text_string_to_metric_families(text):
             for s in family.samples:
+                if s.name == "llmpipe_budget_spent_usd" and s.labels["team"] != "*" \
+                        or s.labels.get("period", "month") != "month":
+                    continue                # the tenants' monthly spend only, summed
                 if s.name.endswith(("_total", "_count")) or family.type == "gauge":
                     key = s.name + ("{outcome=%s}" % s.labels["outcome"] if "outcome" in s.labels
+                                    else "{state=%s}" % s.labels["state"] if "state" in s.labels
                                     else "")
                     totals[key] = totals.get(key, 0.0) + s.value
         return totals
@@ -89,7 +93,9 @@ def metrics_summary(worker, gateway) -> str:
             f"{w.get('llmpipe_cache_lookups_total', 0):.0f}; batches "
             f"{w.get('llmpipe_batches_total', 0):.0f}; consumer lag "
             f"{w.get('llmpipe_consumer_lag', 0):.0f}; gateway HTTP requests "
-            f"{g.get('llmpipe_gateway_requests_total', 0):.0f}")
+            f"{g.get('llmpipe_gateway_requests_total', 0):.0f}; tenants' spend this month "
+            f"${w.get('llmpipe_budget_spent_usd{state=settled}', 0):.4f} settled, "
+            f"${w.get('llmpipe_budget_spent_usd{state=reserved}', 0):.4f} in flight")
 
 
 def read_alerts(stack: DevStack) -> Counter:

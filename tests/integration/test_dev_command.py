@@ -35,6 +35,9 @@ def test_dev_runs_demo_prints_report_and_ctrl_c_stops_every_child(tmp_path):
         assert re.search(r"base_url=\"http://127.0.0.1:\d+/v1\", api_key=\"sk-llmp-", text), text
         assert "Model mix" in text and "Cost (USD)" in text and "p99" in text
         assert re.search(r"first token\s+1\s", text), text     # the streamed gateway call
+        assert re.search(r"metrics \(Prometheus\): http://127.0.0.1:\d+/metrics", text), text
+        spend = re.search(r"tenants' spend this month \$(\d+\.\d{4}) settled", text)
+        assert spend and float(spend.group(1)) > 0, text
         assert "garbage bytes                        -> dead letter (undecodable)" in text, text
         assert text.count("-> invalid_request: ") == 3 and "MISSING" not in text, text
         children = [int(p) for p in re.findall(r"pid (\d+)", text)]
