@@ -31,9 +31,10 @@ There is no async chDB client: run calls in a thread (``asyncio.to_thread``). Al
 calls in this process go through one lock, since they all reach the same engine.
 
 Chaos switch (operators and tests): with ``LLMPIPE_CLICKHOUSE_FAULT_FILE=/some/path`` in the
-environment, every INSERT fails while that file exists, with the error an unreachable
-server gives (``Connection refused``, raised through the driver's own exception path), and
-works again once it is removed. Reads are left alone so the catch-up can be watched. For an
+environment, every INSERT and every new connection fails while that file exists, with the
+error an unreachable server gives (``Connection refused``; an insert's through the driver's
+own exception path), and works again once it is removed. Reads on a connected client are
+left alone so the catch-up can be watched. For an
 ``http://`` DSN an outage can also be real (stop the server); for embedded chDB this is the
 only way to take the store "down" without killing the process that owns it.
 """
@@ -65,7 +66,8 @@ _MEMORY_NAMES = ("memory", _MEMORY)
 _SECRET_PARAMS = ("password", "pass", "pwd", "access_token", "token", "secret")
 _CODE_RE = re.compile(r"Code: (\d+)\.")
 
-#: While the file this variable names exists, every insert fails as if the server were down.
+#: While the file this variable names exists, every connect and insert fails as if the server
+#: were down.
 FAULT_FILE_ENV = "LLMPIPE_CLICKHOUSE_FAULT_FILE"
 
 # chDB path -> number of open ClickHouse wrappers on it (guarded by CHDB_LOCK).
@@ -249,6 +251,10 @@ def connect(dsn: str, *, database: str | None = None,
     ``database`` overrides the DSN's database. Raises :class:`ClickHouseError` for an
     unsupported scheme, a second chDB path while one is open, or a failed connection.
     """
+    fault_file = os.environ.get(FAULT_FILE_ENV)
+    if fault_file and os.path.exists(fault_file):      # the chaos switch: a server that is down
+        raise ClickHouseError(f"cannot connect to {redact_dsn(dsn)}: Connection refused "
+                              f"(fault injected: {fault_file} exists)")
     try:
         scheme = urlsplit(dsn).scheme.lower()
     except ValueError:

@@ -865,6 +865,16 @@ def test_fault_file_fails_inserts_like_an_unreachable_server(
         assert raw_count(client) == 1
 
 
+def test_fault_file_refuses_new_connections_until_removed(chdb_database: str,
+                                                          fault_file: Path) -> None:
+    fault_file.touch()
+    with pytest.raises(ClickHouseError, match="Connection refused"):
+        connect(chdb_database)
+    fault_file.unlink()
+    with connect(chdb_database) as client:
+        assert client.query("SELECT 1").result_rows == [(1,)]
+
+
 def test_insert_retry_backs_off_exponentially_up_to_a_cap_and_resets() -> None:
     clock = FakeClock(100.0)
     retry = InsertRetry(RetryPolicy(base_s=0.5, cap_s=3.0, jitter=0.0), clock=clock)
