@@ -37,6 +37,7 @@ from pipeline.settings import Topics
 log = logging.getLogger("llmpipe.batcher")
 
 FLUSH_TICK_S = 0.05        # longest the flusher sleeps when no window is due sooner
+IDLE_TICK_S = 1.0          # ... and when no window is open (issue 17: 20 wake-ups/s idle)
 WAIT_SAMPLES = 4096        # per priority, for the stats view's percentiles
 PUBLISHES_IN_FLIGHT = 64   # batches being published at once; more waits (back-pressure)
 BATCH_ROOM = 64 * 1024     # bytes of a Batch record besides its requests' (ids, times, re-encoding)
@@ -140,10 +141,11 @@ class BatcherStage:
         return await self.publish(self.windows.flush_all())
 
     def next_due_in_s(self) -> float:
-        """How long the flush timer may sleep: until the next window is due, at most a tick."""
+        """How long the flush timer may sleep: until the next window is due, at most a tick
+        (with no window open, until one opens: ``opened`` wakes it; IDLE_TICK_S at most)."""
         due = self.windows.next_due_ms()
         if due is None:
-            return FLUSH_TICK_S
+            return IDLE_TICK_S if not self.windows.open_windows() else FLUSH_TICK_S
         return min(FLUSH_TICK_S, max(0.0, (due - self.clock()) / 1000))
 
     async def publish(self, flushes: list[Flush]) -> int:
