@@ -84,6 +84,8 @@ class Settings:
     replication_factor: int = 1
     log_level: str = "info"
     fetch_max_wait_ms: int = 20
+    idle_fetch_wait_ms: int = 200             # the worker's fetch wait once idle (faust_tuning)
+    idle_fetch_after_s: float = 2.0           # ... after this long without a record
     tenants_ready_timeout_s: float = 10.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES   # largest record the broker takes
     publish_stall_s: float = 60.0            # a publish failing this long is rescued or alerted
@@ -115,6 +117,8 @@ class Settings:
             replication_factor=int(_env("LLMPIPE_REPLICATION_FACTOR", str(cls.replication_factor))),
             log_level=_env("LLMPIPE_LOG_LEVEL", cls.log_level),
             fetch_max_wait_ms=int(_env("LLMPIPE_FETCH_MAX_WAIT_MS", str(cls.fetch_max_wait_ms))),
+            idle_fetch_wait_ms=int(_env("LLMPIPE_IDLE_FETCH_WAIT_MS", str(cls.idle_fetch_wait_ms))),
+            idle_fetch_after_s=float(_env("LLMPIPE_IDLE_FETCH_AFTER_S", str(cls.idle_fetch_after_s))),
             tenants_ready_timeout_s=float(_env("LLMPIPE_TENANTS_READY_TIMEOUT_S",
                                                str(cls.tenants_ready_timeout_s))),
             max_message_bytes=int(_env("LLMPIPE_MAX_MESSAGE_BYTES", str(cls.max_message_bytes))),
@@ -147,6 +151,8 @@ class Settings:
             "LLMPIPE_REPLICATION_FACTOR": str(self.replication_factor),
             "LLMPIPE_LOG_LEVEL": self.log_level,
             "LLMPIPE_FETCH_MAX_WAIT_MS": str(self.fetch_max_wait_ms),
+            "LLMPIPE_IDLE_FETCH_WAIT_MS": str(self.idle_fetch_wait_ms),
+            "LLMPIPE_IDLE_FETCH_AFTER_S": str(self.idle_fetch_after_s),
             "LLMPIPE_TENANTS_READY_TIMEOUT_S": str(self.tenants_ready_timeout_s),
             "LLMPIPE_MAX_MESSAGE_BYTES": str(self.max_message_bytes),
             "LLMPIPE_PUBLISH_STALL_S": str(self.publish_stall_s),

@@ -18,7 +18,7 @@ from pipeline.batching.config import load_batching
 from pipeline.agents.ledger import register_ledger
 from pipeline.agents.monitor import register_monitor
 from pipeline.batchapi.poller import register_batch_api
-from pipeline.kafka.faust_tuning import set_fetch_max_wait_ms
+from pipeline.kafka.faust_tuning import set_fetch_waits
 from pipeline.kafka.topics import faust_partitions, load_topic_specs, prefixed
 from pipeline.runtime import Runtime
 
@@ -27,7 +27,7 @@ log = logging.getLogger("llmpipe.app")
 
 def create_app(runtime: Runtime) -> faust.App:
     s = runtime.settings
-    set_fetch_max_wait_ms(s.fetch_max_wait_ms)
+    set_fetch_waits(s.fetch_max_wait_ms, s.idle_fetch_wait_ms, s.idle_fetch_after_s)
     session = s.session_timeout_s
     app = faust.App(
         s.app_id,

@@ -18,7 +18,7 @@ from pipeline.kafka import clients
 
 log = logging.getLogger("llmpipe.dispatch")
 
-FETCH_MAX_WAIT_MS = 200      # a cancel is not latency-critical: poll gently
+FETCH_MAX_WAIT_MS = 500      # a cancel is not latency-critical: poll gently (idle CPU)
 
 
 async def read_cancels(bootstrap: str, topic: str, codec: Codec, dispatcher: Dispatcher) -> None:

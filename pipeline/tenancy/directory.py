@@ -47,7 +47,7 @@ class TenantDirectory:
     def __init__(self, bootstrap: str, topic: str, codec: Codec, *,
                  on_change: OnChange | None = None, retry_s: float = 1.0,
                  max_retry_s: float = 30.0, metadata_refresh_s: float = 30.0,
-                 fetch_max_wait_ms: int = 200):
+                 fetch_max_wait_ms: int = 500):
         self.bootstrap, self.topic, self.codec = bootstrap, topic, codec
         self.on_change = on_change
         self.retry_s, self.max_retry_s = retry_s, max_retry_s
