@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import aiohttp
 import httpx
@@ -60,6 +61,21 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return httpx.Response(resp.status, headers=resp.raw_headers, content=body,
                               request=request)
 
+    async def post_json(self, url: str, body: bytes, headers: dict[str, str],
+                        connect_s: float | None, read_s: float | None
+                        ) -> tuple[int, Any, bytes, str]:
+        """A plain JSON POST straight on aiohttp, without building httpx's request and
+        response objects (~7% of a worker's CPU per call, issue 17). Returns
+        status, raw headers, the body as received and its Content-Encoding ("" if none).
+        Failures are raised as the same httpx errors (``httpx_errors``)."""
+        with httpx_errors_lazy("POST", url):
+            resp = await self._open().request(
+                "POST", url, headers=headers, data=body, allow_redirects=False, compress=False,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s))
+            async with resp:
+                data = await resp.read()
+        return resp.status, resp.raw_headers, data, resp.headers.get("Content-Encoding", "")
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -94,3 +110,13 @@ def httpx_errors(request: httpx.Request) -> Iterator[None]:
         raise httpx.ConnectError(str(exc), request=request) from exc
     except aiohttp.ClientError as exc:      # disconnects, bad payloads, protocol errors
         raise httpx.ReadError(f"{type(exc).__name__}: {exc}", request=request) from exc
+
+
+@contextlib.contextmanager
+def httpx_errors_lazy(method: str, url: str) -> Iterator[None]:
+    """``httpx_errors``, the httpx request built only when there is an error to report."""
+    try:
+        yield
+    except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        with httpx_errors(httpx.Request(method, url)):
+            raise exc
