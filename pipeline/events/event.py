@@ -73,10 +73,7 @@ _CONVERTERS: dict[Any, Any] = {}
 
 
 def _from_plain(tp: Any, value: Any) -> Any:
-    conv = _CONVERTERS.get(tp)
-    if conv is None:
-        conv = _CONVERTERS[tp] = _compile_from(tp)
-    return conv(value)
+    return _converter(tp)(value)
 
 
 def _identity(value: Any) -> Any:
