@@ -44,14 +44,18 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         return self._session
 
+    def _request(self, method: str, url: str, headers: Any, data: bytes | None,
+                 connect_s: float | None, read_s: float | None):
+        return self._open().request(
+            method, url, headers=headers, data=data, allow_redirects=False, compress=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s))
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout = request.extensions.get("timeout", {})
         with httpx_errors(request):
-            resp = await self._open().request(
-                request.method, str(request.url), headers=request.headers.multi_items(),
-                data=request.content or None, allow_redirects=False, compress=False,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout.get("connect"),
-                                              sock_read=timeout.get("read")))
+            resp = await self._request(request.method, str(request.url),
+                                       request.headers.multi_items(), request.content or None,
+                                       timeout.get("connect"), timeout.get("read"))
             # Still encoded (auto_decompress off): httpx decodes by Content-Encoding.
             if request.extensions.get(STREAM_BODY):
                 return httpx.Response(resp.status, headers=resp.raw_headers,
@@ -69,9 +73,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         status, raw headers, the body as received and its Content-Encoding ("" if none).
         Failures are raised as the same httpx errors (``httpx_errors``)."""
         with httpx_errors_lazy("POST", url):
-            resp = await self._open().request(
-                "POST", url, headers=headers, data=body, allow_redirects=False, compress=False,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s))
+            resp = await self._request("POST", url, headers, body, connect_s, read_s)
             async with resp:
                 data = await resp.read()
         return resp.status, resp.raw_headers, data, resp.headers.get("Content-Encoding", "")
