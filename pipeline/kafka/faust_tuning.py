@@ -38,7 +38,9 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 _original = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
 _seek_to_committed = AIOKafkaConsumer.seek_to_committed
 _original_proc_fetch_request = Fetcher._proc_fetch_request
-_fetch_max_wait_ms = 1500
+_fetch_max_wait_ms = 1500     # set_fetch_waits: the short wait, the idle one, after how long
+_idle_fetch_wait_ms = 0
+_idle_after_s = 2.0
 log = logging.getLogger("llmpipe.worker")
 
 
@@ -62,10 +64,6 @@ def _create_worker_consumer(self, transport):
                                                            _idle_after_s)
         consumer.start = start_adaptive
     return consumer
-
-
-_idle_fetch_wait_ms = 0
-_idle_after_s = 2.0
 
 
 class AdaptiveWait:
