@@ -72,7 +72,10 @@ def budget_state(tenancy: Tenancy, at_ms: int):
     limits = gauge("llmpipe_budget_limit_usd")
     policies: dict[str, list] = {}
     for key, raw in list(tenancy.state.spend.rows.items()):
-        tenant, team, period, start = key.split(SEP)
+        parts = key.split(SEP)
+        if len(parts) != 4:             # not a spend row's key: nothing to show, scrape on
+            continue
+        tenant, team, period, start = parts
         if tenant not in policies:
             policy = tenancy.directory.get(tenant)
             policies[tenant] = list(policy.budgets) if policy else []

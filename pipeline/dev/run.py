@@ -71,9 +71,9 @@ def metrics_summary(worker, gateway) -> str:
         text = httpx.get(url, timeout=10).text
         for family in text_string_to_metric_families(text):
             for s in family.samples:
-                if s.name == "llmpipe_budget_spent_usd" and s.labels["team"] != "*" \
-                        or s.labels.get("period", "month") != "month":
-                    continue                # the tenants' monthly spend only, summed
+                if (s.labels.get("period", "month") != "month"
+                        or s.labels.get("team") not in (None, "*")):
+                    continue                # budgets: the tenants' monthly spend only, summed
                 if s.name.endswith(("_total", "_count")) or family.type == "gauge":
                     key = s.name + ("{outcome=%s}" % s.labels["outcome"] if "outcome" in s.labels
                                     else "{state=%s}" % s.labels["state"] if "state" in s.labels
