@@ -19,7 +19,7 @@ from pipeline.outputs import Origin, Out
 from pipeline.runtime import Runtime
 from pipeline.catalog import NANOS_PER_USD
 from pipeline.metrics import gauge, register_collector
-from pipeline.tenancy.budgets import ALL_TEAMS, SEP, Spend, period_start
+from pipeline.tenancy.budgets import ALL_TEAMS, SEP, Spend, period_start, split_spend_key
 from pipeline.tenancy.directory import TenantDirectory
 from pipeline.tenancy.state import TenantState, load_tenancy
 
@@ -72,8 +72,8 @@ def budget_state(tenancy: Tenancy, at_ms: int):
     limits = gauge("llmpipe_budget_limit_usd")
     policies: dict[str, list] = {}
     for key, raw in list(tenancy.state.spend.rows.items()):
-        parts = key.split(SEP)
-        if len(parts) != 4:             # not a spend row's key: nothing to show, scrape on
+        parts = split_spend_key(key)
+        if parts is None:               # not a spend row's key: nothing to show, scrape on
             continue
         tenant, team, period, start = parts
         if tenant not in policies:
@@ -105,8 +105,8 @@ def register_views(app: faust.App, tenancy: Tenancy) -> None:
         tenant = request.query.get("tenant", "")
         rows = []
         for key, raw in list(tenancy.state.spend.rows.items()):
-            parts = key.split(SEP)
-            if parts[0] == tenant:
+            parts = split_spend_key(key)
+            if parts is not None and parts[0] == tenant:
                 rows.append({"team": parts[1], "period": parts[2], "start": parts[3], **raw})
         body = {"tenant": tenant, "rows": rows, "policy": bool(tenancy.directory.get(tenant))}
         if request.query.get("detail"):

@@ -40,6 +40,12 @@ def spend_key(tenant: str, team: str, period: str, at_ms: int) -> str:
     return SEP.join((tenant, team, period, period_start(period, at_ms)))
 
 
+def split_spend_key(key: str) -> tuple[str, str, str, str] | None:
+    """(tenant, team, period, period start) of a ``spend_key``; None for any other key."""
+    parts = key.split(SEP)
+    return (parts[0], parts[1], parts[2], parts[3]) if len(parts) == 4 else None
+
+
 def spend_keys(tenant: str, team: str | None, at_ms: int) -> list[str]:
     """Every spend row a request of ``tenant``/``team`` at ``at_ms`` counts towards."""
     teams = [ALL_TEAMS] + ([team] if team else [])

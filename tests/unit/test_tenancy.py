@@ -423,3 +423,10 @@ def test_a_crash_at_any_point_of_the_changelog_then_replay_keeps_spend_exact(cos
             again.settle(r, cost)
         spend = again.spend()
         assert (spend.settled_nanos, spend.reserved_nanos) == (sum(costs), 0), cut
+
+
+def test_a_spend_key_splits_back_into_its_parts_and_other_keys_do_not():
+    from pipeline.tenancy.budgets import spend_key, split_spend_key
+    key = spend_key("acme", "search", "week", 1_765_000_000_000)
+    assert split_spend_key(key) == ("acme", "search", "week", "2025-12-01")
+    assert split_spend_key("acme") is None
