@@ -78,6 +78,7 @@ class Settings:
     dispatch_concurrency: int = 256
     dispatch_hop_window_s: int = 3600        # how long a finished hop is remembered (re-reads)
     intake_concurrency: int = 64
+    intake_dispatch_max: int = 32            # provider calls intake may hold at once (0: none)
     ledger_flush_rows: int = 500
     ledger_flush_s: float = 0.5
     ledger_retry_cap_s: float = 30.0          # longest wait between insert retries (outage)
@@ -111,6 +112,7 @@ class Settings:
             dispatch_hop_window_s=int(_env("LLMPIPE_DISPATCH_HOP_WINDOW_S",
                                            str(cls.dispatch_hop_window_s))),
             intake_concurrency=int(_env("LLMPIPE_INTAKE_CONCURRENCY", str(cls.intake_concurrency))),
+            intake_dispatch_max=int(_env("LLMPIPE_INTAKE_DISPATCH_MAX", str(cls.intake_dispatch_max))),
             ledger_flush_rows=int(_env("LLMPIPE_LEDGER_FLUSH_ROWS", str(cls.ledger_flush_rows))),
             ledger_flush_s=float(_env("LLMPIPE_LEDGER_FLUSH_S", str(cls.ledger_flush_s))),
             ledger_retry_cap_s=float(_env("LLMPIPE_LEDGER_RETRY_CAP_S", str(cls.ledger_retry_cap_s))),
@@ -145,6 +147,7 @@ class Settings:
             "LLMPIPE_DISPATCH_CONCURRENCY": str(self.dispatch_concurrency),
             "LLMPIPE_DISPATCH_HOP_WINDOW_S": str(self.dispatch_hop_window_s),
             "LLMPIPE_INTAKE_CONCURRENCY": str(self.intake_concurrency),
+            "LLMPIPE_INTAKE_DISPATCH_MAX": str(self.intake_dispatch_max),
             "LLMPIPE_LEDGER_FLUSH_ROWS": str(self.ledger_flush_rows),
             "LLMPIPE_LEDGER_FLUSH_S": str(self.ledger_flush_s),
             "LLMPIPE_LEDGER_RETRY_CAP_S": str(self.ledger_retry_cap_s),

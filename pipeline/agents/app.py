@@ -12,6 +12,7 @@ from pipeline.agents.batcher import register_batcher
 from pipeline.agents.dispatch import register_dispatch
 from pipeline.outputs import Emitter
 from pipeline.agents.cache import CacheTable, register_cache_fill
+from pipeline.agents.inline import InlineDispatch
 from pipeline.agents.intake import register_intake
 from pipeline.agents.tenancy import Tenancy, register_settle, register_views
 from pipeline.batching.config import load_batching
@@ -65,13 +66,17 @@ def create_app(runtime: Runtime) -> faust.App:
     emitter = Emitter(send, runtime.codec, s.topics, max_message_bytes=s.max_message_bytes,
                       stall_s=s.publish_stall_s)
     windows = load_batching()        # intake (windowless priorities) and the batcher share it
+    # Windowless requests dispatched by intake itself; needs both agents in this worker.
+    inline = InlineDispatch(app, s.topics.batches, partitions.get(s.topics.batches),
+                            windows.in_intake, s.intake_dispatch_max) \
+        if {"intake", "dispatch"} <= set(s.agents) else None
     if "intake" in s.agents:
         # Reserve (intake) and settle (usage) meet on the tenant's partition: same worker.
         tenancy = Tenancy(app, runtime, partitions[s.topics.requests])
         # The response cache lives there too: looked up by intake, filled by cachefill.
         cache = CacheTable(app, runtime, partitions[s.topics.requests])
         register_intake(app, runtime, tenancy, topic(s.topics.requests), emitter,
-                        partitions.get(s.topics.requests), windows, cache.cache)
+                        partitions.get(s.topics.requests), windows, cache.cache, inline)
         register_settle(app, runtime, tenancy, topic(s.topics.usage), emitter)
         register_cache_fill(app, runtime, tenancy, cache, topic(s.topics.cache_fills), emitter)
         register_views(app, tenancy)
@@ -84,7 +89,7 @@ def create_app(runtime: Runtime) -> faust.App:
         # partitions matching this worker's llm.batches partitions.
         offload = register_batch_api(app, runtime, emitter, s.topics.batches)
         register_dispatch(app, runtime, topic(s.topics.batches), emitter, offload=offload,
-                          partitions=partitions.get(s.topics.batches))
+                          partitions=partitions.get(s.topics.batches), inline=inline)
     if "ledger" in s.agents:
         register_ledger(app, runtime, topic(s.topics.usage), emitter)
     if "monitor" in s.agents:

@@ -28,7 +28,8 @@ import faust.web
 
 from pipeline.agents.cancels import read_cancels
 from pipeline.agents.flow import process
-from pipeline.agents.guard_state import register_guard_state
+from pipeline.agents.guard_state import PinnedTable, register_guard_state
+from pipeline.agents.inline import InlineDispatch
 from pipeline.outputs import Emitter
 from pipeline.dispatch.hops import FinishedHops
 from pipeline.clock import now_ms
@@ -109,10 +110,12 @@ async def dispatch_batch(dispatcher: Dispatcher, batch: Batch, origin: Origin, c
 
 def register_dispatch(app: faust.App, runtime: Runtime, source: faust.TopicT,
                       emitter: Emitter, *, offload: Offload | None = None,
-                      partitions: int | None = None) -> Dispatcher:
+                      partitions: int | None = None,
+                      inline: InlineDispatch | None = None) -> Dispatcher:
     """``partitions``: llm.batches' partition count, for the finished-hops and guards
     tables (None: no tables — every re-read Batch is dispatched again, and a deployment
-    whose partition moves starts with fresh guards)."""
+    whose partition moves starts with fresh guards). ``inline``: intake's way to dispatch
+    a windowless Batch itself, given this dispatcher here."""
     s = runtime.settings
     keys = runtime.load_keys()          # fail fast at start-up on a missing or bad key
     calls = runtime.deployments.calls
@@ -126,11 +129,12 @@ def register_dispatch(app: faust.App, runtime: Runtime, source: faust.TopicT,
 
     hops = None
     if partitions:
-        hops = FinishedHops(app.Table("dispatched", partitions=partitions,
-                                      help="hops whose outputs are on the broker",
-                                      schema=faust.Schema(key_serializer="json",
-                                                          value_serializer="json")),
-                            window_ms=s.dispatch_hop_window_s * 1000)
+        table = app.tables.add(PinnedTable(
+            app, name="dispatched", partitions=partitions, beacon=app.tables.beacon,
+            help="hops whose outputs are on the broker",
+            schema=faust.Schema(key_serializer="json", value_serializer="json")))
+        table.pins = {}
+        hops = FinishedHops(table, window_ms=s.dispatch_hop_window_s * 1000, pins=table.pins)
     # Items of each Batch being dispatched, by (partition, offset), recorded once published.
     in_flight: dict[tuple[int, int], list[RoutedRequest]] = {}
 
@@ -148,6 +152,19 @@ def register_dispatch(app: faust.App, runtime: Runtime, source: faust.TopicT,
         items = in_flight.pop((origin.partition, origin.offset), None)
         if hops is not None and items:
             hops.record(items, origin.partition, now_ms())
+
+    async def dispatch_here(batch: Batch, partition: int, origin: Origin) -> list[Out]:
+        """A windowless Batch of ``partition`` that intake dispatches (agents/inline.py)."""
+        partition_of[batch.deployment] = partition
+        return await dispatch_batch(dispatcher, batch, origin, runtime.codec,
+                                    s.topics.dead_letter, None, hops)
+
+    def finished_here(batch: Batch, partition: int) -> None:
+        if hops is not None:
+            hops.record(batch.items, partition, now_ms())
+
+    if inline is not None:
+        inline.dispatch, inline.finished = dispatch_here, finished_here
 
     @app.agent(source, name="dispatch")
     async def dispatch_agent(stream):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import faust
 
 from pipeline.agents.flow import process
+from pipeline.agents.inline import InlineDispatch
 from pipeline.outputs import Emitter
 from pipeline.agents.tenancy import Tenancy
 from pipeline.batching.config import BatchingConfig
@@ -38,10 +39,12 @@ def make_summariser(runtime: Runtime) -> Summariser:
 
 def register_intake(app: faust.App, runtime: Runtime, tenancy: Tenancy, source: faust.TopicT,
                     emitter: Emitter, partitions: int | None, windows: BatchingConfig,
-                    cache: ResponseCache | None = None) -> None:
+                    cache: ResponseCache | None = None,
+                    inline: InlineDispatch | None = None) -> None:
     """``partitions``: llm.requests' partition count (a record must sit on its tenant's).
     ``windows``: the micro-batch windows (windowless priorities skip the batcher).
-    ``cache``: the response cache on the same tenant partitions."""
+    ``cache``: the response cache on the same tenant partitions. ``inline``: dispatch of
+    windowless requests right here when this worker owns their deployment."""
     s = runtime.settings
     intake = Intake(runtime.codec, runtime.catalog, runtime.router(), runtime.policy, s.topics,
                     policies=tenancy.directory.get, state=tenancy.state, bounds=runtime.bounds,
@@ -49,10 +52,12 @@ def register_intake(app: faust.App, runtime: Runtime, tenancy: Tenancy, source: 
                     summariser=make_summariser(runtime))
 
     async def step(value: bytes | None, origin: Origin):
-        return intake.handle(value, origin, await intake.prepare(value))
+        outs = intake.handle(value, origin, await intake.prepare(value))
+        return await inline.run(outs, origin) if inline is not None else outs
 
     @app.agent(source, name="intake")
     async def intake_agent(stream):
         await tenancy.ready()
         await process(stream, step, emitter, agent="intake",
-                      dead_letter_topic=s.topics.dead_letter, concurrency=s.intake_concurrency)
+                      dead_letter_topic=s.topics.dead_letter, concurrency=s.intake_concurrency,
+                      after=inline.published if inline is not None else None)

@@ -12,12 +12,16 @@ PRIORITIES = ("interactive", "standard", "batch")
 DEFAULT_PRIORITY = "standard"
 # A window holds its requests un-acknowledged on llm.routed: keep every wait bounded.
 MAX_WAIT_MS_LIMIT = 300_000
-_FIELDS = ("max_batch_size", "max_batch_tokens", "max_wait_ms", "close_when_quiet")
+_FIELDS = ("max_batch_size", "max_batch_tokens", "max_wait_ms", "close_when_quiet",
+           "dispatch_in_intake")
 
 
 @dataclass(frozen=True)
 class BatchingConfig:
     priorities: dict[str, WindowLimits]
+    #: windowless priorities whose requests intake dispatches itself when it can
+    #: (pipeline/agents/inline.py); the rest take the llm.batches hop
+    in_intake: frozenset[str] = frozenset()
 
     def priority_of(self, priority: str) -> str:
         """The window a request's priority hint maps to (unknown hints: standard)."""
@@ -37,7 +41,7 @@ def load_batching(path: Path | None = None) -> BatchingConfig:
     for name in section.data:
         if name not in PRIORITIES:
             raise ConfigError(path, f"priorities.{name}", f"one of {list(PRIORITIES)}")
-    priorities = {}
+    priorities, in_intake = {}, set()
     for name in PRIORITIES:
         s = section.section(name)
         extra = set(s.data) - set(_FIELDS)
@@ -50,4 +54,10 @@ def load_batching(path: Path | None = None) -> BatchingConfig:
                                         max_batch_tokens=s.int("max_batch_tokens", minimum=1),
                                         max_wait_ms=wait,
                                         close_when_quiet=s.bool("close_when_quiet", False))
-    return BatchingConfig(priorities)
+        if s.bool("dispatch_in_intake", False):
+            if wait != 0:
+                raise ConfigError(path, s.where("dispatch_in_intake"),
+                                  "true only with max_wait_ms: 0 (a windowed request waits "
+                                  "in the batcher)", True)
+            in_intake.add(name)
+    return BatchingConfig(priorities, frozenset(in_intake))

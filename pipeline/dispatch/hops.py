@@ -9,9 +9,10 @@ deployment are new hops and are never mistaken for a finished one.
 The record lives in a Faust table on the llm.batches partitions (the deployment's
 partition, so the worker that dispatches a deployment holds its record), written only
 after the hop's outputs are on the broker: a crash before that re-does the hop (billed
-once, as before), never loses it. Rows carry their partition so a sweep only deletes rows
-of the partition being processed (a table change is logged to the current event's
-partition)."""
+once, as before), never loses it. Each write and delete is logged to the deployment's
+partition through ``pins`` (the table is a PinnedTable), also when intake dispatched the
+hop while processing a llm.requests record (pipeline/agents/inline.py). Rows carry their
+partition so a sweep deletes only rows of the partition it was asked for."""
 
 from __future__ import annotations
 
@@ -31,11 +32,13 @@ def hop_key(routed: RoutedRequest) -> str:
 
 
 class FinishedHops:
-    """``table`` maps hop key -> {"p": partition, "at": epoch ms}; a dict in unit tests."""
+    """``table`` maps hop key -> {"p": partition, "at": epoch ms}; a dict in unit tests.
+    ``pins``: the table's key -> changelog partition map, set around each write."""
 
     def __init__(self, table: MutableMapping[str, Any], window_ms: int,
-                 sweep_every_ms: int = 60_000):
+                 sweep_every_ms: int = 60_000, pins: dict[str, int] | None = None):
         self.table, self.window_ms, self.sweep_every_ms = table, window_ms, sweep_every_ms
+        self.pins = pins if pins is not None else {}
         self._last_sweep: dict[int, int] = {}
 
     def finished(self, routed: RoutedRequest) -> bool:
@@ -43,7 +46,10 @@ class FinishedHops:
 
     def record(self, items: list[RoutedRequest], partition: int, now_ms: int) -> None:
         for routed in items:
-            self.table[hop_key(routed)] = {"p": partition, "at": now_ms}
+            key = hop_key(routed)
+            self.pins[key] = partition
+            self.table[key] = {"p": partition, "at": now_ms}
+            del self.pins[key]
         self.sweep(partition, now_ms)
 
     def sweep(self, partition: int, now_ms: int) -> int:
@@ -54,5 +60,7 @@ class FinishedHops:
         old = [key for key, row in list(self.table.items())
                if row.get("p") == partition and now_ms - row.get("at", 0) > self.window_ms]
         for key in old:
+            self.pins[key] = partition
             del self.table[key]
+            del self.pins[key]
         return len(old)

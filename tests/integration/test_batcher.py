@@ -1,7 +1,6 @@
 """The micro-batcher on the embedded stack: standard traffic is batched, interactive traffic
-(no window) skips the batcher as Batches of one and waits for nothing, every request gets
-exactly one response and one usage
-row, poison on llm.routed is dead-lettered, and windows are flushed (not lost, not left to
+(no window) is dispatched in intake and never reaches the batcher or llm.batches, every
+request gets exactly one response and one usage row, poison on llm.routed is dead-lettered, and windows are flushed (not lost, not left to
 age) when a rebalance or a shutdown takes their partition away.
 
 Timing tolerance: added waits are read from the Batch events (flushed_at_ms - opened_at_ms,
@@ -9,11 +8,9 @@ the longest any request of the batch waited in its window). A loaded worker clos
 window late by its event-loop lag, whatever the window; the batcher measures that lag (how
 late its flush timer wakes against the time it meant to wake, `loop_lag_ms` on
 /llmpipe/batcher/stats/). So: P99 of the waits <= window + the worker's P99 loop lag +
-SLACK_MS (50 ms), and P50 <= window + its P50 loop lag + MEDIAN_SLACK_MS (20 ms). On this
-2-core machine shared by several test processes (load average 6-13) interactive waits had
-P50 10-16 ms and P99 36-242 ms, with loop lag P99 up to ~110 ms; unloaded they are a few
-ms. Interactive requests sent through the standard window (100 ms) fail the P50 check; a
-timer that means to wake too late (a wrong due time) fails the P99 one"""
+SLACK_MS (50 ms). On this 2-core machine shared by several test processes (load average
+6-13) loop lag P99 reached ~110 ms. A timer that means to wake too late (a wrong due time)
+fails the check."""
 
 from __future__ import annotations
 
@@ -37,7 +34,6 @@ pytestmark = pytest.mark.integration
 TIMEOUT = 60
 SLACK_MS = 50
 INTERACTIVE, INTERACTIVE_GAP_S = 60, 0.04
-MEDIAN_SLACK_MS = 20
 MODEL = "deepseek-chat"          # one deployment (deepseek-v3.2): one window per priority
 LONG_BATCH_WAIT_MS = 60_000      # batch-priority windows here only close by size or flush
 
@@ -79,7 +75,7 @@ async def test_standard_is_batched_interactive_skips_the_window_one_response_eac
     interactive = [make_request("acme", f"quick answer {i}", model=MODEL, max_tokens=16,
                                 hints=RoutingHints(priority="interactive")) for i in range(INTERACTIVE)]
     async with GatewayClient(stack.bootstrap, stack.topics) as gw:
-        async def paced():      # one every 40 ms: mostly alone in their 5 ms windows
+        async def paced():      # one every 40 ms, beside the standard burst
             futures = []
             for r in interactive:
                 futures.append(asyncio.ensure_future(gw.request(r, timeout=TIMEOUT)))
@@ -94,21 +90,18 @@ async def test_standard_is_batched_interactive_skips_the_window_one_response_eac
     assert sorted(r.request_id for r in responses) == sorted(ids) and duplicates == 0
 
     seen = batches_by_request(stack)
-    assert {rid: len(seen.get(rid, [])) for rid in ids} == {rid: 1 for rid in ids}
+    # interactive has no window and is dispatched in intake (pipeline/agents/inline.py):
+    # it never reaches llm.batches; standard is batched, each request in one Batch
+    assert {rid: len(seen.get(rid, [])) for rid in ids} == {
+        **{r.request_id: 1 for r in standard}, **{r.request_id: 0 for r in interactive}}
     std = {b.batch_id: b for r in standard for b in seen[r.request_id]}.values()
-    inter = {b.batch_id: b for r in interactive for b in seen[r.request_id]}.values()
-    assert {b.priority for b in std} == {"standard"} and {b.priority for b in inter} == {"interactive"}
+    assert {b.priority for b in std} == {"standard"}
     sizes = sorted(len(b.items) for b in std)
     assert max(sizes) > 1 and len(std) < len(standard), sizes
     assert all(len(b.items) <= 8 for b in std)
 
-    inter_waits = sorted(b.flushed_at_ms - b.opened_at_ms for b in inter)
     std_waits = sorted(b.flushed_at_ms - b.opened_at_ms for b in std)
-    routed_to_flush = sorted(b.flushed_at_ms - i.routed_at_ms for b in inter for i in b.items)
     print(f"standard batch sizes {sizes}; fill {sorted(b.fill_reason for b in std)}\n"
-          f"interactive window wait p50/p99/max {percentile(inter_waits, .5):.0f}/"
-          f"{percentile(inter_waits, .99):.0f}/{inter_waits[-1]} ms; "
-          f"routed->flushed p99 {percentile(routed_to_flush, .99):.0f} ms; "
           f"standard window wait p99 {percentile(std_waits, .99):.0f} ms")
     worker = stack.workers[0]
     body = worker.batcher_stats()
@@ -118,17 +111,12 @@ async def test_standard_is_batched_interactive_skips_the_window_one_response_eac
     lag, median_lag = loop_lag["p99"], loop_lag["p50"]
     print(f"worker loop lag p50/p99/max {median_lag:.0f}/{lag:.0f}/{loop_lag['max']} ms "
           f"({'measured' if body['loop_lag_ms'] else 'no timer-closed window'})")
-    assert percentile(inter_waits, .5) <= 5 + median_lag + MEDIAN_SLACK_MS, (inter_waits, median_lag)
-    assert percentile(inter_waits, .99) <= 5 + lag + SLACK_MS, (inter_waits, loop_lag)
     assert percentile(std_waits, .99) <= 100 + lag + SLACK_MS, (std_waits, loop_lag)
 
     assert worker.wait_for_usage(ids) == {rid: 1 for rid in ids}
     view = body["priorities"]
     assert view["standard"]["mean_batch_size"] > 1
-    # interactive has no window: intake published each request as a Batch of one straight
-    # to llm.batches, so none passed the batcher and none waited
-    assert "interactive" not in view, view.get("interactive")
-    assert all(len(b.items) == 1 and b.flushed_at_ms == b.opened_at_ms for b in inter)
+    assert "interactive" not in view, view.get("interactive")    # none passed the batcher
 
 
 async def test_poison_on_routed_is_dead_lettered_and_the_batcher_keeps_going(stack):

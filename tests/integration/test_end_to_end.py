@@ -16,10 +16,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from pipeline.catalog import load_catalog, nanos_to_usd
+from pipeline.agents.inline import batches_partition
 from pipeline.client import GatewayClient, make_request
 from pipeline.events.codec import Codec
-from pipeline.events.models import Chunk, DeadLetter, Response
+from pipeline.events.models import Chunk, DeadLetter, Response, RoutingHints
 from pipeline.kafka.clients import read_to_end
+from pipeline.kafka.topics import faust_partitions, load_topic_specs
 
 catalog = load_catalog()
 codec = Codec()
@@ -58,6 +60,39 @@ async def test_three_tenants_each_request_one_response_one_exact_usage_row(pipel
     (path,) = stack.trail([ids[0]]).values()
     hops = [step.split("[", 1)[0].removeprefix(stack.topics.prefix) for step in path]
     assert hops == ["llm.requests", "llm.routed", "llm.batches", "llm.responses", "llm.usage"], path
+
+
+async def test_interactive_is_dispatched_in_intake_one_response_one_usage_no_batches_hop(
+        pipeline_stack):
+    """An interactive request skips llm.batches too: intake dispatches it in the same step
+    (pipeline/agents/inline.py). A standard one to the same deployment still takes the
+    Batch hop, on the partition intake computed for the deployment (its ownership test)."""
+    stack = pipeline_stack
+    interactive = [make_request(tenant, f"Quick: what is {i} + {i}?", model="deepseek-chat",
+                                max_tokens=16, hints=RoutingHints(priority="interactive"))
+                   for i, tenant in enumerate(["acme", "globex"] * 5)]
+    standard = make_request("acme", "Summarise: the parcel is late.", model="deepseek-chat",
+                            max_tokens=16)
+    async with GatewayClient(stack.bootstrap, stack.topics) as gw:
+        responses = await asyncio.gather(*(gw.request(r, timeout=TIMEOUT)
+                                           for r in interactive + [standard]))
+        duplicates = gw.duplicates_dropped
+    assert all(r.status == "ok" and r.content for r in responses), [r.error for r in responses]
+    assert [r.tenant for r in responses] == [r.tenant for r in interactive + [standard]]
+    assert duplicates == 0
+    ids = [r.request_id for r in interactive + [standard]]
+    assert stack.workers[0].wait_for_usage(ids) == {rid: 1 for rid in ids}
+
+    trails = stack.trail(ids)
+    for r in interactive:
+        hops = [step.split("[", 1)[0].removeprefix(stack.topics.prefix)
+                for step in trails[r.request_id]]
+        assert hops == ["llm.requests", "llm.responses", "llm.usage"], trails[r.request_id]
+    (batch,) = [step for step in trails[standard.request_id] if "llm.batches[" in step]
+    partition = int(batch.split("[", 1)[1].split("]", 1)[0])
+    deployment = batch.split()[3]             # "<topic>[p]@o batch <id> <deployment> ..."
+    count = faust_partitions(load_topic_specs())["llm.batches"]
+    assert partition == batches_partition(deployment, count), batch
 
 
 async def test_bad_inputs_end_in_dead_letters_or_error_responses_and_good_ones_complete(pipeline_stack):
