@@ -39,8 +39,10 @@ from pipeline.providers.transport import AiohttpTransport
 #   llm.responses → client
 # (pipeline/agents/intake.py, batcher.py, dispatch.py). llm.usage is published beside the
 # response, off the caller's path. That is a standard request's path; interactive has no
-# window and skips llm.routed (pipeline/batching/alone.py): `--hops 3` is its floor.
+# window and skips llm.routed (pipeline/batching/alone.py), and intake dispatches it
+# itself (pipeline/agents/inline.py): client → llm.requests → intake → llm.responses.
 PIPELINE_HOPS = ("llm.requests", "llm.routed", "llm.batches", "llm.responses")
+INTERACTIVE_HOPS = ("llm.requests", "llm.responses")
 ECHO_TOPIC_PREFIX = "bench.echo."
 # As GatewayClient: the caller's producer lingers 1 ms, its response reader waits up to
 # 20 ms per fetch (pipeline/client.py).
@@ -151,11 +153,10 @@ class BrokerEcho:
     first topic; an echo task per further topic consumes each record and produces it, as
     it is, to the next; the caller consumes the last topic. Correlated by record key."""
 
-    name = "bare broker"
-
     def __init__(self, bootstrap: str, topics: list[TopicSpec], payload: bytes,
                  fetch_max_wait_ms: int, timeout_s: float):
         """``fetch_max_wait_ms``: the echo consumers' fetch wait (the worker's setting)."""
+        self.name = f"broker {len(topics)} hop{'s' if len(topics) != 1 else ''}"
         self.bootstrap, self.topics, self.payload = bootstrap, topics, payload
         self.fetch_max_wait_ms, self.timeout_s = fetch_max_wait_ms, timeout_s
         self._keys = itertools.count()

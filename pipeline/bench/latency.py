@@ -4,7 +4,8 @@ no injected errors) beside their floors, in one run on the same simulator
 and broker (issue 17). At each concurrency, one phase each of:
 
 - direct: the same requests POSTed straight to the simulator (pipeline/bench/floors.py);
-- bare broker: their Avro bytes echoed through as many Kafka hops as the pipeline takes;
+- bare broker: their Avro bytes echoed through as many Kafka hops as the pipeline takes
+  (2 for interactive, 4 for standard: one phase per hop count);
 - interactive, standard: through the pipeline at that priority (the standard one waits
   its micro-batch window).
 
@@ -24,8 +25,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from pipeline.bench.cpu import CpuClock, Usage
-from pipeline.bench.floors import (PIPELINE_HOPS, BrokerEcho, CallFailed, Direct, Target,
-                                   bench_request, direct_to, echo_topics)
+from pipeline.bench.floors import (INTERACTIVE_HOPS, PIPELINE_HOPS, BrokerEcho, CallFailed,
+                                   Direct, Target, bench_request, direct_to, echo_topics)
 from pipeline.client import GatewayClient
 from pipeline.dev.stack import DevStack, Worker
 from pipeline.events.codec import Codec
@@ -244,8 +245,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated concurrencies, one table each (default 1,50,200)")
     p.add_argument("--only", type=csv(str, PHASES), default=list(PHASES),
                    help=f"phases to run, from {','.join(PHASES)} (default: all, in that order)")
-    p.add_argument("--hops", type=positive_int, default=len(PIPELINE_HOPS),
-                   help=f"bare-broker hops (default {len(PIPELINE_HOPS)}, the pipeline's: "
+    p.add_argument("--hops", type=csv(positive_int),
+                   default=[len(INTERACTIVE_HOPS), len(PIPELINE_HOPS)],
+                   help=f"bare-broker hop counts, one phase each (default "
+                        f"{len(INTERACTIVE_HOPS)},{len(PIPELINE_HOPS)}: interactive's "
+                        f"{' -> '.join(INTERACTIVE_HOPS)} and standard's "
                         f"{' -> '.join(PIPELINE_HOPS)})")
     p.add_argument("--provider-latency-ms", type=int, default=50,
                    help="the simulator's fixed latency per call (default 50)")
@@ -309,19 +313,20 @@ async def bench(stack: DevStack, fronts: list[Worker], ledger: Worker,
                     if s.name == stack.topics.requests)
     print(preamble(args, direct, deployment, len(payload), template.partitions, idle))
 
-    def target(name: str) -> Target:
+    def targets(name: str) -> list[Target]:
         if name == "direct":
-            return direct
+            return [direct]
         if name == "broker":
-            return BrokerEcho(stack.bootstrap, echo_topics(template, args.hops), payload,
-                              stack.settings().fetch_max_wait_ms, CALL_TIMEOUT_S)
-        return Pipeline(stack, ledger, name, CALL_TIMEOUT_S)
+            return [BrokerEcho(stack.bootstrap, echo_topics(template, hops), payload,
+                               stack.settings().fetch_max_wait_ms, CALL_TIMEOUT_S)
+                    for hops in args.hops]
+        return [Pipeline(stack, ledger, name, CALL_TIMEOUT_S)]
 
     pipeline_failed = 0
     for concurrency in args.concurrency:
         n = requests_at(concurrency, args.requests)
-        phases = [await run_phase(target(name), n, concurrency, args.warmup, clock)
-                  for name in PHASES if name in args.only]
+        phases = [await run_phase(target, n, concurrency, args.warmup, clock)
+                  for name in PHASES if name in args.only for target in targets(name)]
         pipeline_failed += sum(sum(p.failures.values()) for p in phases if p.name in PRIORITIES)
         print(f"\n{format_table(concurrency, n, phases)}", flush=True)
     print(f"\n{LEGEND}")
@@ -350,16 +355,17 @@ def pipeline_processes(args: argparse.Namespace) -> str:
 def preamble(args: argparse.Namespace, direct: Direct, deployment: str, payload_bytes: int,
              partitions: int, idle: Usage) -> str:
     """What each phase is, and the idle worker's CPU, above the tables."""
-    echoes = args.hops - 1
-    path = (f" as a standard request's: {' -> '.join(PIPELINE_HOPS)} (interactive skips "
-            f"llm.routed: 3)" if args.hops == len(PIPELINE_HOPS) else "")
+    paths = {len(INTERACTIVE_HOPS): f"interactive's {' -> '.join(INTERACTIVE_HOPS)}",
+             len(PIPELINE_HOPS): f"standard's {' -> '.join(PIPELINE_HOPS)}"}
+    broker = "; ".join(f"{hops} hops" + (f" as {paths[hops]}" if hops in paths else "")
+                       for hops in args.hops)
     return "\n".join([
         f"simulator: fixed {args.provider_latency_ms} ms, no injected errors; "
         f"{args.warmup} warm-up requests before each phase",
         f"direct: POST {direct.url} model {direct.provider_model} (the worker's deployment "
         f"{deployment}), {direct.body_bytes()}-byte body",
-        f"bare broker: {args.hops} hops{path}; {echoes} echo task{'s' if echoes != 1 else ''} "
-        f"in this process, {payload_bytes}-byte Avro request, {partitions} partitions per topic",
+        f"bare broker: {broker}; an echo task per hop after the first, in this process, "
+        f"{payload_bytes}-byte Avro request, {partitions} partitions per topic",
         f"pipeline: {pipeline_processes(args)}, priority "
         f"{' and '.join(p for p in PRIORITIES if p in args.only) or '(none run)'}",
         f"idle, % of a core over {idle.elapsed_s:.0f}s: " + ", ".join(

@@ -88,3 +88,15 @@ def test_table_puts_added_latency_against_direct_and_lists_failures():
     assert standard[5:7] == ["100.0/100.0", "150.0/199.0"]
     assert standard[7:] == ["2.00", "-", "1.00", "0.00", "49.50", "50%"]   # no ledger process here
     assert lines[4] == "  standard: 2 failed (timeout x2)"
+
+
+def test_bare_broker_phases_default_to_interactives_and_standards_hop_counts():
+    from pipeline.bench.floors import INTERACTIVE_HOPS, BrokerEcho
+    from pipeline.bench.latency import add_arguments
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args([]).hops == [len(INTERACTIVE_HOPS), len(PIPELINE_HOPS)] == [2, 4]
+    assert parser.parse_args(["--hops", "3"]).hops == [3]
+    template = next(s for s in load_topic_specs() if s.name == "llm.requests")
+    echo = BrokerEcho("127.0.0.1:1", echo_topics(template, 2), b"", 20, 1.0)
+    assert echo.name == "broker 2 hops"
