@@ -65,7 +65,9 @@ def test_the_worker_and_the_gateway_serve_live_metrics(stack):
     assert total(m["llmpipe_provider_duration_seconds"],
                  "llmpipe_provider_duration_seconds_count", model="gpt-4o-mini") >= 1
     assert total(m["llmpipe_cache_lookups"], "llmpipe_cache_lookups_total") >= 3
-    assert total(m["llmpipe_batches"], "llmpipe_batches_total") >= 1
+    # the gateway's requests are interactive: dispatched in intake, no Batch published
+    assert total(m["llmpipe_intake_dispatches"], "llmpipe_intake_dispatches_total",
+                 priority="interactive", where="intake") >= 1
     assert any(s.labels["deployment"].startswith("openai") for s in m["llmpipe_breaker_open"])
     assert all(s.value == 0 for s in m["llmpipe_breaker_open"])           # all closed
     assert {s.labels["bucket"] for s in m["llmpipe_bucket_available"]} == {"requests", "tokens"}
