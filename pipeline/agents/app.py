@@ -19,7 +19,7 @@ from pipeline.batching.config import load_batching
 from pipeline.agents.ledger import register_ledger
 from pipeline.agents.monitor import register_monitor
 from pipeline.batchapi.poller import register_batch_api
-from pipeline.kafka.faust_tuning import set_fetch_waits
+from pipeline.kafka.faust_tuning import fetching, set_fetch_waits
 from pipeline.kafka.topics import faust_partitions, load_topic_specs, prefixed
 from pipeline.runtime import Runtime
 
@@ -99,7 +99,8 @@ def create_app(runtime: Runtime) -> faust.App:
     async def health(web, request):
         assigned = len(app.consumer.assignment()) if app.consumer else 0
         return web.json({"ok": True, "app_id": s.app_id, "agents": list(s.agents),
-                         "assigned_partitions": assigned})
+                         "assigned_partitions": assigned,
+                         "fetching_partitions": fetching(app.consumer)})
 
     @app.page("/metrics")
     async def prometheus(web, request):

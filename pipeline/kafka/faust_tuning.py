@@ -24,20 +24,37 @@ such a partition could go unanswered (found by looping tests/integration/test_ba
 rebalance test: 2 lost in 32 runs). Here a partition with no committed offset is sought to
 its beginning — what ``auto_offset_reset="earliest"`` would have read; a record read twice
 this way is handled like any re-delivery (at-least-once, idempotent consumers). Table
-changelogs are left to Faust's recovery, which keeps its own offsets."""
+changelogs are left to Faust's recovery, which keeps its own offsets.
+
+**Pause that reaches the fetcher.** Faust pauses a partition only in its own bookkeeping
+(``Consumer.pause_partitions``): aiokafka keeps fetching it, and Faust drops what comes
+back. So every worker fetched back, decoded and dropped every table-changelog record it
+had just written (a request writes nine), and the broker served them; and stream
+partitions paused during a rebalance were still fetched, their records dropped while the
+fetch position moved past them (what the seek above repairs). Here Faust's pause and resume
+are also applied to the aiokafka consumer, in its own thread's loop and in call order, so
+a paused partition is not fetched at all; records aiokafka already holds for it are
+discarded without moving its position (aiokafka's ``check_assignment``), so nothing is
+skipped."""
 
 from __future__ import annotations
 
 import logging
 import time
 
+from collections.abc import Iterable
+
 from aiokafka.consumer.consumer import AIOKafkaConsumer
 from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.structs import TopicPartition
+from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 _original = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
 _seek_to_committed = AIOKafkaConsumer.seek_to_committed
 _original_proc_fetch_request = Fetcher._proc_fetch_request
+_faust_pause = FaustConsumer.pause_partitions
+_faust_resume = FaustConsumer.resume_partitions
 _fetch_max_wait_ms = 1500     # set_fetch_waits: the short wait, the idle one, after how long
 _idle_fetch_wait_ms = 0
 _idle_after_s = 2.0
@@ -104,6 +121,50 @@ async def seek_to_committed(self: AIOKafkaConsumer, *partitions):
     return committed
 
 
+def _in_fetcher(consumer: FaustConsumer, method: str, tps: list) -> None:
+    """Apply aiokafka's ``pause`` or ``resume`` to ``tps`` in the consumer thread's loop
+    (aiokafka's pause makes a future of that loop), after whatever was queued before it;
+    partitions no longer assigned by then are left out."""
+    thread = getattr(consumer, "_thread", None)
+    client = getattr(thread, "_consumer", None)
+    loop = getattr(thread, "thread_loop", None)
+    if client is None or loop is None or loop.is_closed() or not tps:
+        return
+    wanted = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+
+    def apply() -> None:
+        assigned = client.assignment()
+        mine = [tp for tp in wanted if tp in assigned]
+        if mine:
+            getattr(client, method)(*mine)
+    loop.call_soon_threadsafe(apply)
+
+
+def pause_partitions(self: FaustConsumer, tps: Iterable) -> None:
+    tps = list(tps)
+    _faust_pause(self, tps)
+    _in_fetcher(self, "pause", tps)
+
+
+def resume_partitions(self: FaustConsumer, tps: Iterable) -> None:
+    tps = list(tps)
+    _faust_resume(self, tps)
+    _in_fetcher(self, "resume", tps)
+
+
+def fetching(consumer: FaustConsumer | None) -> dict[str, int] | None:
+    """Assigned partitions aiokafka fetches now (not paused), table changelogs apart, for
+    the health view; None without a threaded aiokafka consumer."""
+    client = getattr(getattr(consumer, "_thread", None), "_consumer", None)
+    if client is None:
+        return None
+    live = client.assignment() - client.paused()
+    changelogs = sum(tp.topic.endswith("-changelog") for tp in live)
+    return {"streams": len(live) - changelogs, "changelogs": changelogs}
+
+
 faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
+FaustConsumer.pause_partitions = pause_partitions
+FaustConsumer.resume_partitions = resume_partitions
 AIOKafkaConsumer.seek_to_committed = seek_to_committed
 Fetcher._proc_fetch_request = _proc_fetch_request

@@ -95,6 +95,16 @@ async def test_interactive_is_dispatched_in_intake_one_response_one_usage_no_bat
     assert partition == batches_partition(deployment, count), batch
 
 
+def test_a_ready_worker_fetches_its_streams_not_the_changelogs_it_writes(pipeline_stack):
+    """Faust's pause reaches aiokafka (pipeline/kafka/faust_tuning.py): once recovered, a
+    lone worker (no standby replicas to keep) fetches none of its table changelogs, which
+    it used to fetch back and drop, record by record."""
+    body = pipeline_stack.workers[0].health()
+    fetching = body["fetching_partitions"]
+    assert fetching["changelogs"] == 0, body
+    assert 0 < fetching["streams"] < body["assigned_partitions"], body
+
+
 async def test_bad_inputs_end_in_dead_letters_or_error_responses_and_good_ones_complete(pipeline_stack):
     stack = pipeline_stack
     topics = stack.topics
