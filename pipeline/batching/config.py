@@ -13,13 +13,15 @@ DEFAULT_PRIORITY = "standard"
 # A window holds its requests un-acknowledged on llm.routed: keep every wait bounded.
 MAX_WAIT_MS_LIMIT = 300_000
 _FIELDS = ("max_batch_size", "max_batch_tokens", "max_wait_ms", "close_when_quiet",
-           "dispatch_in_intake")
+           "skip_when_quiet", "dispatch_in_intake")
 
 
 @dataclass(frozen=True)
 class BatchingConfig:
     priorities: dict[str, WindowLimits]
-    #: windowless priorities whose requests intake dispatches itself when it can
+    #: priorities whose requests skip a window that would not fill (batching/alone.py)
+    skip_quiet: frozenset[str] = frozenset()
+    #: priorities whose Batches of one intake dispatches itself when it can
     #: (pipeline/agents/inline.py); the rest take the llm.batches hop
     in_intake: frozenset[str] = frozenset()
 
@@ -41,7 +43,7 @@ def load_batching(path: Path | None = None) -> BatchingConfig:
     for name in section.data:
         if name not in PRIORITIES:
             raise ConfigError(path, f"priorities.{name}", f"one of {list(PRIORITIES)}")
-    priorities, in_intake = {}, set()
+    priorities, skip_quiet, in_intake = {}, set(), set()
     for name in PRIORITIES:
         s = section.section(name)
         extra = set(s.data) - set(_FIELDS)
@@ -54,10 +56,12 @@ def load_batching(path: Path | None = None) -> BatchingConfig:
                                         max_batch_tokens=s.int("max_batch_tokens", minimum=1),
                                         max_wait_ms=wait,
                                         close_when_quiet=s.bool("close_when_quiet", False))
+        if s.bool("skip_when_quiet", False):
+            skip_quiet.add(name)
         if s.bool("dispatch_in_intake", False):
-            if wait != 0:
+            if wait != 0 and name not in skip_quiet:
                 raise ConfigError(path, s.where("dispatch_in_intake"),
-                                  "true only with max_wait_ms: 0 (a windowed request waits "
-                                  "in the batcher)", True)
+                                  "true only with max_wait_ms: 0 or skip_when_quiet: true (a "
+                                  "windowed request waits in the batcher)", True)
             in_intake.add(name)
-    return BatchingConfig(priorities, frozenset(in_intake))
+    return BatchingConfig(priorities, frozenset(skip_quiet), frozenset(in_intake))

@@ -14,7 +14,8 @@ from typing import Callable
 
 from pipeline import errors
 import pipeline.intake.validation as validation
-from pipeline.batching.alone import batch_of_one, windowless
+from pipeline.batching.alone import QuietDeployments, batch_of_one
+from pipeline.batching.window import FILL_AGE, FILL_QUIET
 from pipeline.batching.config import BatchingConfig
 from pipeline.catalog import Catalog
 from pipeline.clock import now_ms
@@ -59,6 +60,7 @@ class Intake:
         self.bounds, self.partitions, self.windows = bounds, partitions, windows
         self.state = state if state is not None else TenantState({})
         self.cache, self.summariser = cache, summariser
+        self.quiet = QuietDeployments()
 
     async def prepare(self, value: bytes | None) -> Prepared:
         """Before :meth:`handle`, the calls its record may need (they cannot run inside
@@ -185,11 +187,20 @@ class Intake:
                 Out(self.topics.usage, request.tenant, usage, partition=origin.partition)]
 
     def _onward(self, routed: RoutedRequest) -> Out:
-        priority = windowless(self.windows, routed) if self.windows is not None else None
-        if priority is None:
-            return Out(self.topics.routed, routed.route.deployment, routed)
-        return Out(self.topics.batches, routed.route.deployment,
-                   batch_of_one(routed, priority, self.clock()))
+        """To the batcher (llm.routed), or as a Batch of one to llm.batches when the
+        priority has no window or the window would not fill (batching/alone.py)."""
+        if self.windows is not None:
+            priority = self.windows.priority_of(routed.request.hints.priority)
+            wait, now = self.windows.limits(priority).max_wait_ms, self.clock()
+            deployment = routed.route.deployment
+            if wait == 0:
+                return Out(self.topics.batches, deployment,
+                           batch_of_one(routed, priority, now, FILL_AGE))
+            if priority in self.windows.skip_quiet and self.quiet.alone(deployment, priority,
+                                                                         now, wait):
+                return Out(self.topics.batches, deployment,
+                           batch_of_one(routed, priority, now, FILL_QUIET))
+        return Out(self.topics.routed, routed.route.deployment, routed)
 
     # --- admission: tenant policy, budgets, routing -----------------------------------
 

@@ -91,17 +91,22 @@ async def test_standard_is_batched_interactive_skips_the_window_one_response_eac
 
     seen = batches_by_request(stack)
     # interactive has no window and is dispatched in intake (pipeline/agents/inline.py):
-    # it never reaches llm.batches; standard is batched, each request in one Batch
-    assert {rid: len(seen.get(rid, [])) for rid in ids} == {
-        **{r.request_id: 1 for r in standard}, **{r.request_id: 0 for r in interactive}}
-    std = {b.batch_id: b for r in standard for b in seen[r.request_id]}.values()
+    # it never reaches llm.batches; standard is batched, each request in one Batch, but
+    # for the burst's first few, which find the deployment quiet and skip the window
+    # (pipeline/batching/alone.py: dispatched in intake as well)
+    assert {r.request_id: len(seen.get(r.request_id, [])) for r in interactive} == {
+        r.request_id: 0 for r in interactive}
+    counts = [len(seen.get(r.request_id, [])) for r in standard]
+    assert set(counts) <= {0, 1} and counts.count(0) <= 4, counts
+    std = {b.batch_id: b for r in standard for b in seen.get(r.request_id, [])}.values()
     assert {b.priority for b in std} == {"standard"}
     sizes = sorted(len(b.items) for b in std)
     assert max(sizes) > 1 and len(std) < len(standard), sizes
     assert all(len(b.items) <= 8 for b in std)
 
     std_waits = sorted(b.flushed_at_ms - b.opened_at_ms for b in std)
-    print(f"standard batch sizes {sizes}; fill {sorted(b.fill_reason for b in std)}\n"
+    print(f"standard batch sizes {sizes}; fill {sorted(b.fill_reason for b in std)}; "
+          f"alone (quiet) {counts.count(0)}\n"
           f"standard window wait p99 {percentile(std_waits, .99):.0f} ms")
     worker = stack.workers[0]
     body = worker.batcher_stats()

@@ -67,16 +67,18 @@ async def inline_for(out: Out, owned: bool, max_in_flight: int = 4,
     return inline, calls, app
 
 
-def test_shipped_config_dispatches_interactive_in_intake_only():
-    assert load_batching().in_intake == frozenset({"interactive"})
+def test_shipped_config_dispatches_interactive_and_quiet_standard_in_intake():
+    config = load_batching()
+    assert config.in_intake == frozenset({"interactive", "standard"})
+    assert config.skip_quiet == frozenset({"standard"})      # batch windows exist to grow
 
 
-def test_dispatch_in_intake_on_a_windowed_priority_is_refused_by_name(tmp_path):
+def test_dispatch_in_intake_on_a_window_that_is_never_skipped_is_refused_by_name(tmp_path):
     from tests.unit.test_batching import SHIPPED
     path = tmp_path / "batching.yaml"
-    path.write_text(SHIPPED.replace("    close_when_quiet: true\n",
-                                    "    close_when_quiet: true\n    dispatch_in_intake: true\n"))
-    with pytest.raises(ConfigError, match="priorities.standard.dispatch_in_intake"):
+    path.write_text(SHIPPED.replace("    max_wait_ms: 5000",
+                                    "    max_wait_ms: 5000\n    dispatch_in_intake: true"))
+    with pytest.raises(ConfigError, match="priorities.batch.dispatch_in_intake"):
         load_batching(path)
 
 
@@ -101,9 +103,9 @@ async def test_another_workers_deployment_or_a_windowed_priority_takes_the_hop()
     assert await inline.run([out], ORIGIN) == [out] and calls.calls == []
     inline, calls, _ = await inline_for(out, owned=True, priorities=frozenset())
     assert await inline.run([out], ORIGIN) == [out] and calls.calls == []
-    standard = onward(priority="standard")      # a RoutedRequest for the batcher
+    windowed = onward(priority="batch")         # a RoutedRequest for the batcher
     inline, calls, _ = await inline_for(out, owned=True)
-    assert await inline.run([standard], ORIGIN) == [standard] and calls.calls == []
+    assert await inline.run([windowed], ORIGIN) == [windowed] and calls.calls == []
 
 
 async def test_a_revoke_stops_dispatch_in_intake_until_the_partition_is_assigned_again():
@@ -172,3 +174,45 @@ def test_finished_hops_pin_each_write_and_delete_to_the_deployments_partition():
     assert hops.finished(out.event.items[0]) and pins == {}
     hops.sweep(4, now_ms=100)
     assert table.log == [("set", 4), ("del", 4)] and pins == {} and table == {}
+
+
+# --- a window that would not fill is skipped (pipeline/batching/alone.py) ----------------
+
+def test_a_deployment_is_quiet_until_its_arrivals_come_closer_than_half_the_window():
+    from pipeline.batching.alone import QuietDeployments
+    quiet = QuietDeployments()
+    assert quiet.alone("dep", "standard", 0, 100)             # the first: nothing to wait for
+    assert quiet.alone("dep", "standard", 60, 100)            # gap 60: < 2 more in 100 ms
+    closer = [quiet.alone("dep", "standard", 60 + 10 * i, 100) for i in range(1, 30)]
+    assert not closer[-1]                                      # 10 ms apart: a window fills
+    assert quiet.alone("other", "standard", 400, 100)          # per deployment
+    assert quiet.alone("dep", "batch", 400, 100)               # and per priority
+
+
+def test_intake_sends_a_lone_standard_request_as_a_quiet_batch_of_one_and_dense_ones_to_the_batcher():
+    from pipeline.events.models import Batch, RoutedRequest
+    clock = [10_000]
+    step = Intake(Codec(), catalog, Router(catalog, deployments, policy, random.Random(1)),
+                  policy, topics, clock=lambda: clock[0], windows=load_batching())
+    (alone,) = step.handle(body(model="deepseek-chat"), ORIGIN)
+    assert alone.topic == topics.batches and isinstance(alone.event, Batch)
+    assert alone.event.fill_reason == "quiet" and alone.event.priority == "standard"
+    assert alone.key == alone.event.deployment
+    outs = []
+    for i in range(20):                                        # 5 ms apart
+        clock[0] += 5
+        outs += step.handle(body(model="deepseek-chat"), Origin(topics.requests, 0, 10 + i,
+                                                                 b"acme", clock[0]))
+    assert isinstance(outs[-1].event, RoutedRequest) and outs[-1].topic == topics.routed
+    batch = step.handle(body(model="deepseek-chat", hints={"priority": "batch"}),
+                        Origin(topics.requests, 0, 99, b"acme", clock[0]))
+    assert batch[0].topic == topics.routed                     # batch never skips its window
+
+
+def test_after_an_idle_spell_a_burst_fills_windows_from_its_fourth_request():
+    from pipeline.batching.alone import QuietDeployments
+    quiet = QuietDeployments()
+    quiet.alone("dep", "standard", 0, 100)
+    quiet.alone("dep", "standard", 200, 100)
+    burst = [quiet.alone("dep", "standard", 600_000 + i, 100) for i in range(10)]
+    assert burst == [True] * 3 + [False] * 7

@@ -64,7 +64,7 @@ def test_a_windowless_priority_goes_straight_to_batches_as_a_batch_of_one():
     # keyed like the RoutedRequest it replaces: same partition in the `deployment` group
     assert fast.key == batch.deployment == batch.items[0].route.deployment
     assert batch.opened_at_ms == batch.flushed_at_ms == 2_000 and batch.fill_reason == "age"
-    (slow,) = step.handle(body(), ORIGIN)                 # standard has a window
+    (slow,) = step.handle(body(hints={"priority": "batch"}), ORIGIN)     # batch has a window
     assert slow.topic == topics.routed and isinstance(slow.event, RoutedRequest)
     (old,) = intake().handle(body(hints={"priority": "interactive"}), ORIGIN)
     assert old.topic == topics.routed                      # no windows given: as before
