@@ -66,7 +66,7 @@ def create_app(runtime: Runtime) -> faust.App:
     emitter = Emitter(send, runtime.codec, s.topics, max_message_bytes=s.max_message_bytes,
                       stall_s=s.publish_stall_s)
     windows = load_batching()        # intake (windowless priorities) and the batcher share it
-    # Windowless requests dispatched by intake itself; needs both agents in this worker.
+    # Batches of one dispatched by intake itself; needs both agents in this worker.
     inline = InlineDispatch(app, s.topics.batches, partitions.get(s.topics.batches),
                             windows.in_intake, s.intake_dispatch_max) \
         if {"intake", "dispatch"} <= set(s.agents) else None

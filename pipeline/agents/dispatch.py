@@ -115,7 +115,7 @@ def register_dispatch(app: faust.App, runtime: Runtime, source: faust.TopicT,
     """``partitions``: llm.batches' partition count, for the finished-hops and guards
     tables (None: no tables — every re-read Batch is dispatched again, and a deployment
     whose partition moves starts with fresh guards). ``inline``: intake's way to dispatch
-    a windowless Batch itself, given this dispatcher here."""
+    a Batch of one itself, given this dispatcher here."""
     s = runtime.settings
     keys = runtime.load_keys()          # fail fast at start-up on a missing or bad key
     calls = runtime.deployments.calls
@@ -154,7 +154,7 @@ def register_dispatch(app: faust.App, runtime: Runtime, source: faust.TopicT,
             hops.record(items, origin.partition, now_ms())
 
     async def dispatch_here(batch: Batch, partition: int, origin: Origin) -> list[Out]:
-        """A windowless Batch of ``partition`` that intake dispatches (agents/inline.py)."""
+        """A Batch of one of ``partition`` that intake dispatches (agents/inline.py)."""
         partition_of[batch.deployment] = partition
         return await dispatch_batch(dispatcher, batch, origin, runtime.codec,
                                     s.topics.dead_letter, None, hops)

@@ -1,5 +1,6 @@
-"""Dispatch in intake: a windowless request (a Batch of one bound for llm.batches) is
-dispatched by intake itself when this worker owns the deployment's llm.batches partition —
+"""Dispatch in intake: a Batch of one bound for llm.batches (a priority without a window,
+or a request that found its deployment quiet: pipeline/batching/alone.py) is dispatched
+by intake itself when this worker owns the deployment's llm.batches partition —
 the very worker whose dispatch agent would read that Batch. One Kafka hop fewer (~15 ms at
 concurrency 1 on the embedded broker, a record out and in fewer), with the same owner per
 deployment, so the deployment's guards (breaker, limits, their carried state) are the ones

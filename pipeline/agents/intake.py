@@ -1,6 +1,6 @@
-"""Faust wiring of the intake step (llm.requests -> llm.routed | llm.batches for windowless
-priorities | responses | dead letters),
-with the tenant's policy and its state (admissions, budgets, canary) on the same partition."""
+"""Faust wiring of the intake step (llm.requests -> llm.routed | a Batch of one on
+llm.batches, or dispatched right here | responses | dead letters), with the tenant's policy
+and its state (admissions, budgets, canary) on the same partition."""
 
 from __future__ import annotations
 
@@ -42,9 +42,10 @@ def register_intake(app: faust.App, runtime: Runtime, tenancy: Tenancy, source: 
                     cache: ResponseCache | None = None,
                     inline: InlineDispatch | None = None) -> None:
     """``partitions``: llm.requests' partition count (a record must sit on its tenant's).
-    ``windows``: the micro-batch windows (windowless priorities skip the batcher).
+    ``windows``: the micro-batch windows (windowless priorities, and requests whose
+    deployment is quiet, skip the batcher).
     ``cache``: the response cache on the same tenant partitions. ``inline``: dispatch of
-    windowless requests right here when this worker owns their deployment."""
+    Batches of one right here when this worker owns their deployment."""
     s = runtime.settings
     intake = Intake(runtime.codec, runtime.catalog, runtime.router(), runtime.policy, s.topics,
                     policies=tenancy.directory.get, state=tenancy.state, bounds=runtime.bounds,
