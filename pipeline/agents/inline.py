@@ -23,7 +23,6 @@ be dispatched here is ``dispatch_in_intake`` in pipeline/config/batching.yaml.""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 
 import faust
@@ -33,7 +32,6 @@ from pipeline.events.models import Batch
 from pipeline.metrics import INTAKE_DISPATCHES
 from pipeline.outputs import Origin, Out
 
-log = logging.getLogger("llmpipe.inline")
 _PARTITIONER = DefaultPartitioner()
 
 #: (batch, its llm.batches partition, the request's origin) -> the batch's outputs
