@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import uuid
 
-from pipeline.batching.window import FILL_AGE, GAP_WEIGHT
+from pipeline.batching.window import FILL_AGE, gap_average
 from pipeline.events.models import Batch, RoutedRequest
 
 
@@ -48,7 +48,6 @@ class QuietDeployments:
             return True
         # a gap longer than the window says no more than "quiet"; uncapped, one idle minute
         # would make the next burst's first ~16 requests travel alone, not ~3
-        gap = min(max(0, now_ms - last[0]), max_wait_ms)
-        avg = gap if last[1] is None else (1 - GAP_WEIGHT) * last[1] + GAP_WEIGHT * gap
+        avg = gap_average(last[1], min(max(0, now_ms - last[0]), max_wait_ms))
         self._arrivals[key] = (now_ms, avg)
         return 2 * avg >= max_wait_ms

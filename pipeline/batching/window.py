@@ -28,6 +28,11 @@ FILL_REASONS = (FILL_SIZE, FILL_TOKENS, FILL_AGE, FILL_SHUTDOWN, FILL_BYTES, FIL
 GAP_WEIGHT = 0.25          # weight of the newest inter-arrival gap in a key's moving average
 
 
+def gap_average(average: float | None, gap: int) -> float:
+    """A key's moving average of the gaps between its arrivals, with one more gap."""
+    return gap if average is None else (1 - GAP_WEIGHT) * average + GAP_WEIGHT * gap
+
+
 @dataclass(frozen=True)
 class WindowLimits:
     max_batch_size: int        # requests
@@ -151,9 +156,7 @@ class Windows(Generic[T]):
         if last is None:
             self._arrivals[key] = (now, None)
             return
-        gap = max(0, now - last[0])
-        avg = gap if last[1] is None else (1 - GAP_WEIGHT) * last[1] + GAP_WEIGHT * gap
-        self._arrivals[key] = (now, avg)
+        self._arrivals[key] = (now, gap_average(last[1], max(0, now - last[0])))
 
     def _closes_at_ms(self, key: WindowKey, w: _Open[T]) -> int:
         """When the window closes unless a request fills it first. Without an arrival
