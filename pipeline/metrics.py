@@ -87,10 +87,11 @@ COST = _counter("llmpipe_cost_usd", "Money billed, USD (for rates; the ledger is
                 ["tenant"])
 BATCHES = _counter("llmpipe_batches", "Micro-batches closed, by priority and why",
                    ["priority", "reason"])
-INTAKE_DISPATCHES = _counter("llmpipe_intake_dispatches", "Windowless requests of a priority "
-                             "that may be dispatched in intake, by where they were: intake, or "
-                             "hop (llm.batches: another worker owns the deployment, or intake "
-                             "held its most calls)", ["priority", "where"])
+INTAKE_DISPATCHES = _counter("llmpipe_intake_dispatches", "Batches of one (no window, or a "
+                             "quiet one skipped) of a priority that may be dispatched in "
+                             "intake, by where they were: intake, or hop (llm.batches: another "
+                             "worker owns the deployment, or intake held its most calls)",
+                             ["priority", "where"])
 BATCH_SIZE = _histogram("llmpipe_batch_size", "Requests per micro-batch", ["priority"], SIZES)
 CACHE_LOOKUPS = _counter("llmpipe_cache_lookups", "Response-cache lookups: result hit or miss, "
                          "kind of a hit (exact, semantic)", ["kind", "result"])

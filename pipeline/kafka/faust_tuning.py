@@ -7,7 +7,7 @@ full wait) then add ~0.75 s per hop on average. This sets the wait from settings
 (LLMPIPE_FETCH_MAX_WAIT_MS): aiokafka reads the attribute for every fetch it builds.
 
 **Idle back-off.** On such a broker the wait is also the idle cost: one fetch of every
-assigned partition (table changelogs included) per wait, decoded in Python — ~5-6% of a
+partition the worker reads per wait, decoded in Python — ~5-6% of a
 core at 20 ms, and ~20% of the broker's. After LLMPIPE_IDLE_FETCH_AFTER_S without a record
 the wait becomes LLMPIPE_IDLE_FETCH_WAIT_MS (200 ms), and the first fetch that brings one
 restores the short wait. The price: the first record after an idle spell waits up to the
