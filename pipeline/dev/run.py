@@ -57,8 +57,8 @@ def batching_summary(worker) -> str:
                      f"added wait p50 {_ms(wait.get('p50'))}, p99 {_ms(wait.get('p99'))}")
     for priority, limits in sorted(stats.get("limits", {}).items()):
         if limits.get("max_wait_ms") == 0:
-            lines.append(f"  {priority:<12} no window: intake sends each request straight to "
-                         f"dispatch (a Batch of one on llm.batches)")
+            lines.append(f"  {priority:<12} no window: intake dispatches each request itself "
+                         f"(or, for another worker's deployment, sends a Batch of one)")
     return "\n".join(lines) + "\n"
 
 
@@ -75,9 +75,9 @@ def metrics_summary(worker, gateway) -> str:
                         or s.labels.get("team") not in (None, "*")):
                     continue                # budgets: the tenants' monthly spend only, summed
                 if s.name.endswith(("_total", "_count")) or family.type == "gauge":
-                    key = s.name + ("{outcome=%s}" % s.labels["outcome"] if "outcome" in s.labels
-                                    else "{state=%s}" % s.labels["state"] if "state" in s.labels
-                                    else "")
+                    label = next((k for k in ("outcome", "state", "where") if k in s.labels),
+                                 None)
+                    key = s.name + ("{%s=%s}" % (label, s.labels[label]) if label else "")
                     totals[key] = totals.get(key, 0.0) + s.value
         return totals
     try:
@@ -91,7 +91,10 @@ def metrics_summary(worker, gateway) -> str:
             f"{gateway.base_url.removesuffix('/v1')}/metrics\n"
             f"  requests by outcome: {outcomes or '-'}; cache lookups "
             f"{w.get('llmpipe_cache_lookups_total', 0):.0f}; batches "
-            f"{w.get('llmpipe_batches_total', 0):.0f}; consumer lag "
+            f"{w.get('llmpipe_batches_total', 0):.0f}; dispatched in intake "
+            f"{w.get('llmpipe_intake_dispatches_total{where=intake}', 0):.0f} (over the "
+            f"llm.batches hop {w.get('llmpipe_intake_dispatches_total{where=hop}', 0):.0f}); "
+            f"consumer lag "
             f"{w.get('llmpipe_consumer_lag', 0):.0f}; gateway HTTP requests "
             f"{g.get('llmpipe_gateway_requests_total', 0):.0f}; tenants' spend this month "
             f"${w.get('llmpipe_budget_spent_usd{state=settled}', 0):.4f} settled, "

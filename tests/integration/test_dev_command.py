@@ -36,6 +36,8 @@ def test_dev_runs_demo_prints_report_and_ctrl_c_stops_every_child(tmp_path):
         assert "Model mix" in text and "Cost (USD)" in text and "p99" in text
         assert re.search(r"first token\s+1\s", text), text     # the streamed gateway call
         assert re.search(r"metrics \(Prometheus\): http://127.0.0.1:\d+/metrics", text), text
+        in_intake = re.search(r"dispatched in intake (\d+) \(over the llm.batches hop \d+\)", text)
+        assert in_intake and int(in_intake.group(1)) > 0, text    # the gateway's interactive calls
         spend = re.search(r"tenants' spend this month \$(\d+\.\d{4}) settled", text)
         assert spend and float(spend.group(1)) > 0, text
         assert "garbage bytes                        -> dead letter (undecodable)" in text, text
