@@ -6,6 +6,7 @@ judge canaries. Runs in every worker that runs intake: reserve and settle must m
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 import logging
 
 import faust
@@ -19,7 +20,7 @@ from pipeline.outputs import Origin, Out
 from pipeline.runtime import Runtime
 from pipeline.catalog import NANOS_PER_USD
 from pipeline.metrics import gauge, register_collector
-from pipeline.tenancy.budgets import ALL_TEAMS, SEP, Spend, period_start, split_spend_key
+from pipeline.tenancy.budgets import ALL_TEAMS, SEP, period_start
 from pipeline.tenancy.directory import TenantDirectory
 from pipeline.tenancy.state import TenantState, load_tenancy
 
@@ -71,11 +72,7 @@ def budget_state(tenancy: Tenancy, at_ms: int):
     spent = gauge("llmpipe_budget_spent_usd")
     limits = gauge("llmpipe_budget_limit_usd")
     policies: dict[str, list] = {}
-    for key, raw in list(tenancy.state.spend.rows.items()):
-        parts = split_spend_key(key)
-        if parts is None:               # not a spend row's key: nothing to show, scrape on
-            continue
-        tenant, team, period, start = parts
+    for tenant, team, period, start, spend in tenancy.state.spend.periods():
         if tenant not in policies:
             policy = tenancy.directory.get(tenant)
             policies[tenant] = list(policy.budgets) if policy else []
@@ -84,7 +81,6 @@ def budget_state(tenancy: Tenancy, at_ms: int):
         if start != period_start(period, at_ms) or not (team == ALL_TEAMS or budgets):
             continue
         labels = [tenant, team, period]
-        spend = Spend(**raw)
         spent.add_metric(labels + ["settled"], spend.settled_nanos / NANOS_PER_USD)
         spent.add_metric(labels + ["reserved"], spend.reserved_nanos / NANOS_PER_USD)
         for b in budgets:
@@ -104,10 +100,9 @@ def register_views(app: faust.App, tenancy: Tenancy) -> None:
         each admission (request id -> state, reservation, billed cost)."""
         tenant = request.query.get("tenant", "")
         rows = []
-        for key, raw in list(tenancy.state.spend.rows.items()):
-            parts = split_spend_key(key)
-            if parts is not None and parts[0] == tenant:
-                rows.append({"team": parts[1], "period": parts[2], "start": parts[3], **raw})
+        for owner, team, period, start, spent in tenancy.state.spend.periods():
+            if owner == tenant:
+                rows.append({"team": team, "period": period, "start": start, **asdict(spent)})
         body = {"tenant": tenant, "rows": rows, "policy": bool(tenancy.directory.get(tenant))}
         if request.query.get("detail"):
             body["admissions"] = {key.split(SEP, 1)[1]: raw

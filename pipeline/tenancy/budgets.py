@@ -37,7 +37,11 @@ def period_start(period: str, at_ms: int) -> str:
 
 
 def spend_key(tenant: str, team: str, period: str, at_ms: int) -> str:
-    return SEP.join((tenant, team, period, period_start(period, at_ms)))
+    return spend_key_at(tenant, team, period, period_start(period, at_ms))
+
+
+def spend_key_at(tenant: str, team: str, period: str, start: str) -> str:
+    return SEP.join((tenant, team, period, start))
 
 
 def split_spend_key(key: str) -> tuple[str, str, str, str] | None:
@@ -95,16 +99,53 @@ def usd_text(nanos: int) -> str:
     return str((Decimal(nanos) / NANOS_PER_USD).quantize(Decimal("0.000001")))
 
 
+def sheet_key(tenant: str, team: str) -> str:
+    return SEP.join((tenant, team))
+
+
+def _bucket(spend: Spend, start: str) -> dict:
+    return {"start": start, **asdict(spend)}
+
+
+def _spend(bucket: dict) -> Spend:
+    return Spend(**{k: v for k, v in bucket.items() if k != "start"})
+
+
 class SpendBook:
+    """Spend rows. Each (tenant, team) has ONE *sheet* holding its current day, week and
+    month, so a change is one table write (one changelog record), not three; a period that
+    closes is written once as a row of its own under its ``spend_key``, which keeps the
+    history (and is the shape rows had before sheets, so those still read). Each period
+    in a sheet keeps the last change it applied (``seq``), as a row did."""
+
     def __init__(self, rows: MutableMapping[str, dict]):
         self.rows = rows
 
     def get(self, key: str) -> Spend:
+        tenant, team, period, start = key.split(SEP)
+        bucket = (self.rows.get(sheet_key(tenant, team)) or {}).get("buckets", {}).get(period)
+        if bucket is not None and bucket["start"] == start:
+            return _spend(bucket)
         raw = self.rows.get(key)
         return Spend(**raw) if raw else Spend()
 
     def put(self, key: str, spend: Spend) -> None:
-        self.rows[key] = asdict(spend)
+        self._write({key: spend})
+
+    def periods(self):
+        """(tenant, team, period, start, Spend) of every period held: the sheets' current
+        ones and the closed ones' rows."""
+        current = set()
+        for key, raw in list(self.rows.items()):
+            if "buckets" in raw:
+                tenant, team = key.split(SEP)
+                for period, bucket in raw["buckets"].items():
+                    current.add((tenant, team, period, bucket["start"]))
+                    yield tenant, team, period, bucket["start"], _spend(bucket)
+        for key, raw in list(self.rows.items()):
+            parts = split_spend_key(key)
+            if parts is not None and parts not in current:
+                yield (*parts, Spend(**raw))
 
     def crossings(self, tenant: str, team: str | None, budgets: list[Budget], at_ms: int,
                   estimate_nanos: int) -> list[Crossing]:
@@ -135,9 +176,10 @@ class SpendBook:
 
     def apply(self, keys: list[str], reserved_delta: int, settled_delta: int, seq: int,
               partition: int) -> None:
-        """Apply one change (a reservation, a settlement, a release) to every row in
-        ``keys``, once: a row that already carries ``seq`` or later is left alone, so a
+        """Apply one change (a reservation, a settlement, a release) to every period in
+        ``keys``, once: a period that already carries ``seq`` or later is left alone, so a
         change replayed after a crash is not counted twice (see TenantState)."""
+        changed = {}
         for key in keys:
             spend = self.get(key)
             if spend.seq >= seq:
@@ -145,16 +187,49 @@ class SpendBook:
             spend.reserved_nanos += reserved_delta
             spend.settled_nanos += settled_delta
             spend.seq, spend.partition = seq, partition
-            self.put(key, spend)
+            changed[key] = spend
+        self._write(changed)
+
+    def _write(self, changed: dict[str, Spend]) -> None:
+        """Write periods back: a sheet's current ones in one write per sheet; a newer
+        period closes the one it replaces (written to its own row first, so a crash between
+        the two writes leaves it in both, never in neither); an older one (a request
+        admitted before midnight, settled after) goes to its closed row."""
+        sheets: dict[str, dict] = {}
+        for key, spend in changed.items():
+            tenant, team, period, start = key.split(SEP)
+            name = sheet_key(tenant, team)
+            if name not in sheets:
+                sheets[name] = self.rows.get(name) or {"buckets": {}}
+                sheets[name] = {**sheets[name], "buckets": dict(sheets[name]["buckets"])}
+            buckets = sheets[name]["buckets"]
+            held = buckets.get(period)
+            if held is not None and held["start"] > start:
+                self.rows[key] = asdict(spend)
+                continue
+            if held is not None and held["start"] < start:
+                self.rows[spend_key_at(tenant, team, period, held["start"])] = asdict(_spend(held))
+            buckets[period] = _bucket(spend, start)
+        for name, sheet in sheets.items():
+            periods = sheet["buckets"].values()
+            if not periods:
+                continue
+            sheet["seq"] = max(b["seq"] for b in periods)
+            sheet["partition"] = max(b["partition"] for b in periods)
+            self.rows[name] = sheet
 
     def expired(self, partition: int, now_ms: int, keep_days: int) -> list[str]:
-        """Rows of ``partition`` whose period started more than ``keep_days`` ago."""
+        """Rows of ``partition`` whose period (a sheet: its newest one) started more than
+        ``keep_days`` ago."""
         horizon = datetime.fromtimestamp(now_ms / 1000, tz=timezone.utc).date() - timedelta(days=keep_days)
         old = []
         for key, raw in list(self.rows.items()):
             if raw.get("partition") != partition:
                 continue
-            start = key.rsplit(SEP, 1)[-1]
-            if datetime.fromisoformat(start).date() < horizon:
+            if "buckets" in raw:
+                start = max((b["start"] for b in raw["buckets"].values()), default="")
+            else:
+                start = key.rsplit(SEP, 1)[-1]
+            if start and datetime.fromisoformat(start).date() < horizon:
                 old.append(key)
         return old

@@ -430,3 +430,72 @@ def test_a_spend_key_splits_back_into_its_parts_and_other_keys_do_not():
     key = spend_key("acme", "search", "week", 1_765_000_000_000)
     assert split_spend_key(key) == ("acme", "search", "week", "2025-12-01")
     assert split_spend_key("acme") is None
+
+
+# --- spend sheets: one write per change, closed periods kept as rows -------------------------
+
+DAY_MS = 86_400_000
+
+
+def test_a_change_is_one_table_write_per_team_scope_not_one_per_period():
+    log = WriteLog()
+    w = World(TenantPolicy("acme"))
+    w.state = w.intake.state = TenantState(log)
+    routed = routed_of(w.send(team="search"))
+    written = [key for key, _ in log.log]
+    # the admission, then one sheet for the whole tenant and one for the team
+    assert len(written) == 3 and written[0].startswith("a"), written
+    before = len(log.log)
+    w.settle(routed, 1_000)
+    assert len(log.log) - before == 3
+    for period in ("day", "week", "month"):
+        assert w.spend(period).settled_nanos == 1_000
+        assert w.spend(period, team="search").settled_nanos == 1_000
+
+
+def test_a_period_that_closes_keeps_its_spend_in_a_row_of_its_own():
+    w = World(TenantPolicy("acme"))
+    late = routed_of(w.send())                       # admitted on day D ...
+    w.settle(routed_of(w.send()), 300)
+    day_d = w.spend("day")
+    w.now += DAY_MS                                  # ... D+1 opens with another request
+    w.settle(routed_of(w.send()), 50)
+    w.settle(late, 700)                              # ... and the first settles on D+1
+    assert w.spend("day").settled_nanos == 50 and w.spend("day").reserved_nanos == 0
+    w.now -= DAY_MS
+    assert (w.spend("day").settled_nanos, w.spend("day").reserved_nanos) == (1_000, 0)
+    assert day_d.settled_nanos == 300
+    w.now += DAY_MS
+    if period_start("month", w.now) == period_start("month", w.now - DAY_MS):
+        assert w.spend("month").settled_nanos == 1_050
+    periods = {(period, start): spend.settled_nanos
+               for tenant, team, period, start, spend in w.state.spend.periods()}
+    assert periods[("day", period_start("day", NOW))] == 1_000
+    assert periods[("day", period_start("day", w.now))] == 50
+
+
+def test_spend_rows_written_before_sheets_still_count():
+    from dataclasses import asdict
+    from pipeline.tenancy.budgets import SEP, Spend
+    w = World(TenantPolicy("acme"))
+    old = spend_key("acme", ALL_TEAMS, "month", NOW)
+    w.state.rows["s" + SEP + old] = asdict(Spend(settled_nanos=5_000, partition=0, seq=0))
+    assert w.spend().settled_nanos == 5_000
+    w.settle(routed_of(w.send()), 1_000)
+    assert w.spend().settled_nanos == 6_000
+    months = [s.settled_nanos for *_, period, _, s in w.state.spend.periods() if period == "month"]
+    assert months == [6_000]                         # the old row is not shown twice
+
+
+def test_old_sheets_and_rows_are_swept_by_their_newest_period():
+    w = World(TenantPolicy("acme"), config=TenancyConfig(keep_spend_days=32))
+    w.settle(routed_of(w.send()), 100)
+    w.now += 20 * DAY_MS
+    w.settle(routed_of(w.send()), 100)               # closes the first day and week
+    assert w.state.spend.expired(0, w.now, 32) == []
+    w.now += 20 * DAY_MS                             # the first day is 40 days old
+    expired = w.state.spend.expired(0, w.now, 32)
+    assert spend_key("acme", ALL_TEAMS, "day", NOW) in expired
+    assert all(len(key.split(chr(31))) == 4 for key in expired)      # the sheet stays
+    w.now += 20 * DAY_MS
+    assert "acme" + chr(31) + ALL_TEAMS in w.state.spend.expired(0, w.now, 32)
