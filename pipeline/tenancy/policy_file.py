@@ -350,7 +350,10 @@ def usd_str(amount: Decimal) -> str:
 def describe_policy(p: TenantPolicy) -> str:
     """The policy's constraints in one line ("" when it has none): budgets, canary, default
     quality, allowed and denied models, truncation."""
-    parts = [f"{b.period} soft ${b.soft_usd} hard ${b.hard_usd}" for b in p.budgets]
+    parts = [" ".join([b.period] + [f"{level} ${usd_str(limit)}" for level, limit in
+                                    (("soft", b.soft_usd), ("hard", b.hard_usd)) if limit is not None]
+                      + ([f"team {b.team}"] if b.team else []))
+             for b in p.budgets]
     if p.canary:
         parts.append(f"canary {p.canary.percent}% -> {p.canary.model}")
     if p.default_quality is not None:

@@ -206,3 +206,10 @@ def test_the_context_policy_is_read_as_a_mapping_or_its_short_form_and_checked()
         parse_policy_text("tenant: acme\ncontext:\n  window_turns: -1\n", catalog)
     with pytest.raises(PolicyError, match="summarise"):
         parse_policy_text("tenant: acme\ncontext:\n  summarise: true\n", catalog)
+
+
+def test_describe_policy_names_only_the_limits_a_budget_has():
+    from pipeline.tenancy.policy_file import describe_policy
+    policy = TenantPolicy("acme", budgets=[Budget("month", None, Decimal("80.000000000"), None),
+                                           Budget("day", "search", None, Decimal("2.50"))])
+    assert describe_policy(policy) == "month soft $80; day hard $2.5 team search"
