@@ -100,19 +100,19 @@ class ReadOffsets(defaultdict):
 
 class Books:
     """Per consumer: the lowest offset delivered per partition since it was assigned, the
-    holes seen by the commit rule (partition -> (offset, first seen)), and the holes
-    already read again once."""
+    holes seen by the commit rule (partition -> (offset, first seen)), and the holes read
+    again ((partition, offset) -> when)."""
 
     def __init__(self) -> None:
         self.lowest: dict[Any, int] = {}
         self.holes: dict[Any, tuple[int, float]] = {}
-        self.reread: set[tuple[Any, int]] = set()
+        self.reread: dict[tuple[Any, int], float] = {}
 
     def forget(self, tps) -> None:
         for tp in tps:
             self.lowest.pop(tp, None)
             self.holes.pop(tp, None)
-        self.reread = {(tp, offset) for tp, offset in self.reread if tp not in tps}
+        self.reread = {key: at for key, at in self.reread.items() if key[0] not in tps}
 
 
 def books(consumer: Any) -> Books:
@@ -200,21 +200,27 @@ async def reread_holes(consumer: FaustConsumer) -> None:
         if tp not in assigned:
             del holes[tp]
         elif now - since >= HOLE_GRACE_S:
-            del holes[tp]
             next_done = min(consumer._acked.get(tp) or [offset])
-            if (tp, offset) in known.reread:
-                # Read again once and still missing (deleted by retention?): commits of
-                # this partition stay below it; a restart reads from there.
-                log.error("lost_record_not_back topic=%s partition=%d offset=%d next_done=%d: "
-                          "not committing past it", tp.topic, tp.partition, offset, next_done)
+            reread_at = known.reread.get((tp, offset))
+            if reread_at is not None:
+                # Read again already: its processing may still be under way. Past the
+                # re-read timeout it is not coming (deleted by retention?): say so once;
+                # commits of the partition stay below it, a restart reads from there.
+                if now - reread_at >= REREAD_TIMEOUT_S:
+                    del holes[tp]
+                    log.error("lost_record_not_back topic=%s partition=%d offset=%d "
+                              "next_done=%d: not committing past it", tp.topic, tp.partition,
+                              offset, next_done)
                 continue
-            known.reread.add((tp, offset))
+            del holes[tp]
+            if not seek_in_thread(consumer, tp, offset):
+                continue
+            known.reread[(tp, offset)] = now
+            read_offsets(consumer).hold(tp, offset)
             log.warning("reread_lost_record topic=%s partition=%d offset=%d next_done=%d: a "
                         "delivery Faust dropped around a rebalance; reading the partition "
                         "again from it (records after it come again as repeats)",
                         tp.topic, tp.partition, offset, next_done)
-            seek_in_thread(consumer, tp, offset)
-            read_offsets(consumer).hold(tp, offset)
 
 
 async def on_partitions_revoked(self: FaustConsumer, revoked: Any) -> None:
@@ -225,19 +231,21 @@ async def on_partitions_revoked(self: FaustConsumer, revoked: Any) -> None:
     await _on_partitions_revoked(self, revoked)
 
 
-def seek_in_thread(consumer: Any, partition: Any, offset: int) -> None:
-    """aiokafka's seek, run in the consumer thread's loop (it touches that loop's futures)."""
+def seek_in_thread(consumer: Any, partition: Any, offset: int) -> bool:
+    """aiokafka's seek, run in the consumer thread's loop (it touches that loop's futures);
+    False when there is no such consumer (yet, or any more)."""
     thread = getattr(consumer, "_thread", None)
     client = getattr(thread, "_consumer", None)
     loop = getattr(thread, "thread_loop", None)
     if client is None or loop is None or loop.is_closed():
-        return
+        return False
     tp = TopicPartition(partition.topic, partition.partition)
 
     def apply() -> None:
         if tp in client.assignment():
             client.seek(tp, offset)
     loop.call_soon_threadsafe(apply)
+    return True
 
 
 FaustConsumer._new_offset = new_offset

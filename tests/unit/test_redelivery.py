@@ -112,7 +112,7 @@ def test_delivery_passes_over_stale_records_and_notes_the_lowest_offset():
 def test_a_lasting_hole_is_read_again_once(monkeypatch, caplog):
     c = consumer(committed=4, acked=[5, 6])
     sought = []
-    monkeypatch.setattr(redelivery, "seek_in_thread", lambda cons, tp, offset: sought.append((tp, offset)))
+    monkeypatch.setattr(redelivery, "seek_in_thread", lambda cons, tp, offset: sought.append((tp, offset)) or True)
     new_offset(c, USAGE)
     asyncio.run(redelivery.reread_holes(c))
     assert sought == []                          # within the grace: maybe an ack on its way
@@ -122,8 +122,10 @@ def test_a_lasting_hole_is_read_again_once(monkeypatch, caplog):
     assert sought == [(USAGE, 4)]
     assert read_offsets(c).sought[USAGE][0] == 4
     assert "reread_lost_record" in caplog.text and "offset=4" in caplog.text
-    new_offset(c, USAGE)
-    books(c).holes[USAGE] = (4, 0.0)
+    books(c).holes[USAGE] = (4, 0.0)             # still there: maybe being processed
+    asyncio.run(redelivery.reread_holes(c))
+    assert sought == [(USAGE, 4)] and "lost_record_not_back" not in caplog.text
+    books(c).reread[(USAGE, 4)] -= redelivery.REREAD_TIMEOUT_S    # ... and long after
     with caplog.at_level(logging.ERROR, "llmpipe.worker"):
         asyncio.run(redelivery.reread_holes(c))
     assert sought == [(USAGE, 4)]                # not sought again: logged instead
@@ -132,7 +134,7 @@ def test_a_lasting_hole_is_read_again_once(monkeypatch, caplog):
 
 def test_no_reread_while_rebalancing_or_for_partitions_gone(monkeypatch):
     sought = []
-    monkeypatch.setattr(redelivery, "seek_in_thread", lambda cons, tp, offset: sought.append(offset))
+    monkeypatch.setattr(redelivery, "seek_in_thread", lambda cons, tp, offset: sought.append(offset) or True)
     c = consumer(committed=4, acked=[5])
     books(c).holes[USAGE] = (4, 0.0)
     c.app.rebalancing = True
