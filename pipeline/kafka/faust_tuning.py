@@ -127,19 +127,16 @@ def _in_fetcher(consumer: FaustConsumer, method: str, tps: list) -> None:
     """Apply aiokafka's ``pause`` or ``resume`` to ``tps`` in the consumer thread's loop
     (aiokafka's pause makes a future of that loop), after whatever was queued before it;
     partitions no longer assigned by then are left out."""
-    thread = getattr(consumer, "_thread", None)
-    client = getattr(thread, "_consumer", None)
-    loop = getattr(thread, "thread_loop", None)
-    if client is None or loop is None or loop.is_closed() or not tps:
+    if not tps:
         return
     wanted = [TopicPartition(tp.topic, tp.partition) for tp in tps]
 
-    def apply() -> None:
+    def apply(client: AIOKafkaConsumer) -> None:
         assigned = client.assignment()
         mine = [tp for tp in wanted if tp in assigned]
         if mine:
             getattr(client, method)(*mine)
-    loop.call_soon_threadsafe(apply)
+    redelivery.in_consumer_thread(consumer, apply)
 
 
 def pause_partitions(self: FaustConsumer, tps: Iterable) -> None:

@@ -231,22 +231,27 @@ async def on_partitions_revoked(self: FaustConsumer, revoked: Any) -> None:
     await _on_partitions_revoked(self, revoked)
 
 
-def seek_in_thread(consumer: Any, partition: Any, offset: int) -> bool:
-    """aiokafka's seek, run in the consumer thread's loop (it touches that loop's futures);
-    False when there is no such consumer (yet, or any more)."""
+def in_consumer_thread(consumer: Any, apply: Callable[[Any], None]) -> bool:
+    """Run ``apply(aiokafka consumer)`` in the consumer thread's loop, after whatever was
+    queued there before (aiokafka's pause and seek touch that loop's futures); False when
+    there is no such consumer (yet, or any more)."""
     thread = getattr(consumer, "_thread", None)
     client = getattr(thread, "_consumer", None)
     loop = getattr(thread, "thread_loop", None)
     if client is None or loop is None or loop.is_closed():
         return False
-    tp = TopicPartition(partition.topic, partition.partition)
-
-    def apply() -> None:
-        if tp in client.assignment():
-            client.seek(tp, offset)
-    loop.call_soon_threadsafe(apply)
+    loop.call_soon_threadsafe(apply, client)
     return True
 
+
+def seek_in_thread(consumer: Any, partition: Any, offset: int) -> bool:
+    """aiokafka's seek of ``partition`` to ``offset``, if it is still assigned then."""
+    tp = TopicPartition(partition.topic, partition.partition)
+
+    def apply(client: Any) -> None:
+        if tp in client.assignment():
+            client.seek(tp, offset)
+    return in_consumer_thread(consumer, apply)
 
 FaustConsumer._new_offset = new_offset
 FaustConsumer._add_gap = add_gap
