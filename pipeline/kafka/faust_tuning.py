@@ -50,7 +50,7 @@ from aiokafka.structs import TopicPartition
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from pipeline.kafka import redelivery  # noqa: F401  (applies its corrections on import)
+from pipeline.kafka import redelivery  # its corrections apply on import
 
 _original = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
 _seek_to_committed = AIOKafkaConsumer.seek_to_committed
