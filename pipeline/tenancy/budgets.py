@@ -135,16 +135,17 @@ class SpendBook:
     def periods(self):
         """(tenant, team, period, start, Spend) of every period held: the sheets' current
         ones and the closed ones' rows."""
-        current = set()
-        for key, raw in list(self.rows.items()):
+        current, closed = set(), []
+        for key, raw in list(self.rows.items()):      # one pass: the table holds admissions too
             if "buckets" in raw:
                 tenant, team = key.split(SEP)
                 for period, bucket in raw["buckets"].items():
                     current.add((tenant, team, period, bucket["start"]))
                     yield tenant, team, period, bucket["start"], _spend(bucket)
-        for key, raw in list(self.rows.items()):
-            parts = split_spend_key(key)
-            if parts is not None and parts not in current:
+            elif (parts := split_spend_key(key)) is not None:
+                closed.append((parts, raw))
+        for parts, raw in closed:
+            if parts not in current:
                 yield (*parts, Spend(**raw))
 
     def crossings(self, tenant: str, team: str | None, budgets: list[Budget], at_ms: int,
