@@ -486,8 +486,9 @@ class RecordingClient:
                settings: dict[str, Any] | None = None) -> int:
         token = (settings or {}).get("insert_deduplication_token", "")
         self.tokens.append(token)
-        partition = int(token.split(":")[2])
-        if partition in self.fail_before_insert:
+        spans = token.split(":", 2)[2].rsplit(":", 1)[0]          # "0:1-3,1:2-2"
+        partitions = {int(span.split(":")[0]) for span in spans.split(",")}
+        if partitions & self.fail_before_insert:
             raise ClickHouseError("insert into usage failed: Code: 210. connection refused", 210)
         written = self.inner.insert(table, rows, column_names, settings)
         if self.fail_after_insert:
@@ -528,15 +529,26 @@ async def test_writer_is_due_on_age_of_the_oldest_row(ledger: ClickHouse) -> Non
 
 
 @pytest.mark.asyncio
-async def test_writer_batches_per_partition_with_offset_tokens(ledger: ClickHouse) -> None:
+async def test_writer_sends_every_partition_in_one_insert_with_offset_tokens(
+        ledger: ClickHouse) -> None:
+    """An INSERT costs about the same for 20 rows as for 1,000, so the partitions' batches
+    go together (up to max_rows rows), the token naming each partition's offsets."""
     client = RecordingClient(ledger)
     writer = LedgerWriter(client, max_rows=10, clock=FakeClock())  # type: ignore[arg-type]
     for offset, (partition, rid) in enumerate([(1, "p1-a"), (0, "p0-a"), (1, "p1-b"), (0, "p0-b")]):
         writer.add(make_usage(rid), partition, 100 + offset)
     assert await writer.flush() == [(0, 103), (1, 102)]
-    assert [t.rsplit(":", 1)[0] for t in client.tokens] == ["usage:llm.usage:0:101-103",
-                                                             "usage:llm.usage:1:100-102"]
-    assert raw_count(ledger) == 4
+    assert [t.rsplit(":", 1)[0] for t in client.tokens] == [
+        "usage:llm.usage:0:101-103,1:100-102"]
+    assert raw_count(ledger) == 4 and writer.inserts == 1
+    # Past max_rows, the next partitions go in the next INSERT.
+    for partition in range(3):
+        for offset in range(4):
+            writer.add(make_usage(f"q{partition}-{offset}"), partition, 200 + offset)
+    assert await writer.flush() == [(0, 203), (1, 203), (2, 203)]
+    assert [t.rsplit(":", 1)[0] for t in client.tokens[1:]] == [
+        "usage:llm.usage:0:200-203,1:200-203", "usage:llm.usage:2:200-203"]
+    assert raw_count(ledger) == 16 and writer.inserts == 3
 
 
 @pytest.mark.asyncio
@@ -600,19 +612,26 @@ async def test_a_redelivery_in_new_batches_reaches_neither_usage_nor_the_rollups
 
 
 @pytest.mark.asyncio
-async def test_a_failing_partition_does_not_hold_back_the_others(ledger: ClickHouse) -> None:
+async def test_a_failed_insert_of_several_partitions_is_resent_as_it_was(
+        ledger: ClickHouse) -> None:
+    """A failed INSERT keeps every partition's rows in it, commits none of them, and goes
+    first and unchanged in the next flush (same rows, same token), even when rows of other
+    partitions arrived meanwhile: if it had in fact landed, ClickHouse drops the retry."""
     client = RecordingClient(ledger)
-    client.fail_before_insert = {0}
-    writer = LedgerWriter(client, max_rows=10, clock=FakeClock())  # type: ignore[arg-type]
+    client.fail_after_insert = 1           # landed, but we were told it failed
+    writer = LedgerWriter(client, max_rows=10, clock=FakeClock(),  # type: ignore[arg-type]
+                          sink=dataclasses.replace(USAGE_SINK, unstored=None))
     writer.add(make_usage("p0"), 0, 7)
     writer.add(make_usage("p1"), 1, 9)
     with pytest.raises(LedgerFlushError) as caught:
         await writer.flush()
-    assert caught.value.committed == [(1, 9)] and caught.value.failed == [0]
-    assert writer.pending == 1 and count_usage(ledger, ["p0", "p1"]) == {"p0": 0, "p1": 1}
-    client.fail_before_insert = set()
-    assert await writer.flush() == [(0, 7)]
-    assert count_usage(ledger, ["p0", "p1"]) == {"p0": 1, "p1": 1}
+    assert caught.value.committed == [] and caught.value.failed == [0, 1]
+    assert writer.pending == 2
+    writer.add(make_usage("p2"), 2, 4)     # would have joined the group, had it been new
+    assert await writer.flush() == [(0, 7), (1, 9), (2, 4)]
+    assert client.tokens[1] == client.tokens[0] and client.tokens[2].split(":")[2] == "2"
+    assert raw_count(ledger) == 3
+    assert count_usage(ledger, ["p0", "p1", "p2"]) == {"p0": 1, "p1": 1, "p2": 1}
 
 
 @pytest.mark.asyncio
@@ -738,24 +757,30 @@ def test_report_refuses_naive_datetimes(ledger: ClickHouse) -> None:
 @pytest.mark.asyncio
 async def test_ripe_only_flush_sends_full_batches_when_traffic_is_spread_over_partitions(
         ledger: ClickHouse) -> None:
-    """The agent flushes ripe_only: a partition's rows go once it has max_rows or its oldest
-    row is max_age_s old, so six busy partitions do not cut every INSERT into sixths."""
+    """The agent flushes ripe_only: nothing goes until the open rows of all partitions
+    together reach max_rows or the oldest is max_age_s old; then every partition's rows go,
+    in as few INSERTs as max_rows allows, so six busy partitions do not cut every INSERT
+    into sixths."""
     client = RecordingClient(ledger)
     clock = FakeClock(1000.0)
-    writer = LedgerWriter(client, max_rows=4, max_age_s=5.0, max_buffer=40,  # type: ignore[arg-type]
+    writer = LedgerWriter(client, max_rows=8, max_age_s=5.0, max_buffer=40,  # type: ignore[arg-type]
                           clock=clock)
-    for offset in range(3):
+    for offset in range(2):
         for partition in (0, 1, 2):
             writer.add(make_usage(f"p{partition}-{offset}"), partition, offset)
-    writer.add(make_usage("p0-3"), 0, 3)
-    assert writer.due()                                   # partition 0 has 4 rows
-    assert await writer.flush(ripe_only=True) == [(0, 3)]
-    assert [t.rsplit(":", 1)[0] for t in client.tokens] == ["usage:llm.usage:0:0-3"]
-    assert writer.pending == 6 and not writer.due()       # 1 and 2: three rows each, young
+    assert not writer.due()                               # 6 rows, young
+    assert await writer.flush(ripe_only=True) == [] and client.tokens == []
     clock.now += 5.0
     assert writer.due()                                   # ... until the oldest is 5 s old
-    assert await writer.flush(ripe_only=True) == [(1, 2), (2, 2)]
-    assert writer.pending == 0 and raw_count(ledger) == 10
+    assert await writer.flush(ripe_only=True) == [(0, 1), (1, 1), (2, 1)]
+    assert [t.rsplit(":", 1)[0] for t in client.tokens] == ["usage:llm.usage:0:0-1,1:0-1,2:0-1"]
+    for partition in (0, 1):
+        for offset in range(2, 6):
+            writer.add(make_usage(f"p{partition}-{offset}"), partition, offset)
+    assert writer.due()                                   # 8 rows: max_rows
+    assert await writer.flush(ripe_only=True) == [(0, 5), (1, 5)]
+    assert client.tokens[-1].rsplit(":", 1)[0] == "usage:llm.usage:0:2-5,1:2-5"
+    assert writer.pending == 0 and raw_count(ledger) == 14
     # Half the buffer in use with nothing ripe (many quiet partitions): everything goes.
     for partition in range(20):
         writer.add(make_usage(f"q{partition}"), partition, 100)

@@ -80,6 +80,21 @@ async def test_a_refused_row_is_set_aside_and_its_neighbours_stored(ledger):
     assert count(ledger) == 14 and writer.pending == 0 and writer.take_refused() == []
 
 
+async def test_a_refused_row_in_an_insert_of_several_partitions_holds_back_none_of_them(ledger):
+    """Every partition's rows go in one INSERT; when ClickHouse refuses it for a row, each
+    partition's batch is tried alone and the guilty one split: the others land whole."""
+    client = Poisoned(ledger, {"bad-1-2"})
+    writer = LedgerWriter(client, max_rows=64, clock=FakeClock())  # type: ignore[arg-type]
+    for partition in range(3):
+        for offset in range(4):
+            rid = f"bad-{partition}-{offset}" if (partition, offset) == (1, 2) else f"ok-{partition}-{offset}"
+            writer.add(make_usage(rid), partition, offset)
+    assert await writer.flush() == [(0, 3), (1, 3), (2, 3)]
+    assert [(r.partition, r.offset) for r in writer.take_refused()] == [(1, 2)]
+    assert count(ledger) == 11 and writer.pending == 0
+    assert client.inserts[:4] == [12, 4, 4, 4]     # the group, then each partition alone
+
+
 async def test_a_hundred_and_fifty_months_in_one_batch_are_all_stored(ledger):
     """Dead letters are partitioned by month of ``at``: a block of 150 months is refused
     whole by ClickHouse ("too many partitions"); split, every row lands. (Months ahead:

@@ -14,7 +14,7 @@ from pipeline.events.codec import Codec
 from pipeline.events.models import (BatchJob, ChatMessage, Request, Response, RouteDecision,
                                     RoutedRequest, Usage)
 from pipeline.analytics.rows import USAGE_COLUMNS, USAGE_SINK
-from pipeline.analytics.writer import _Batch
+from pipeline.analytics.writer import _Batch, _Group
 
 codec = Codec()
 RID = str(uuid.uuid4())
@@ -51,7 +51,7 @@ def test_the_ledger_keeps_both_tenants_rows_of_one_id_in_a_batch():
         batch.offsets.append(offset)
         batch.identities.append(USAGE_SINK.identity(usage))
     cost = USAGE_COLUMNS.index("cost_usd")
-    kept = [(row[1], row[cost]) for row in batch.first_rows()]
+    kept = [(row[1], row[cost]) for row in _Group([batch]).first_rows()]
     assert kept == [("tenant-b", 0), ("tenant-a", 1)]        # USD; tenant-b's second left out
 
 
