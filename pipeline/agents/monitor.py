@@ -24,6 +24,7 @@ from pipeline.alerts.webhook import WebhookSink, load_webhook_config, redact_url
 from pipeline.clock import now_ms
 from pipeline.events.codec import Codec, DecodeError
 from pipeline.events.models import Alert, Usage
+from pipeline.kafka.write_behind import WriteBehind
 from pipeline.monitor.evaluate import Decision, Monitor
 from pipeline.monitor.rules import load_rules
 from pipeline.outputs import Origin, Out, dead_letter
@@ -46,10 +47,15 @@ def register_monitor(app: faust.App, runtime: Runtime, usage_topic: faust.TopicT
         if not rules:
             continue
         n = partitions[topic_name]
+        # Window rows are rewritten for every event (one per rule) and each keeps the
+        # offset it counted last, so their changelog is coalesced (pipeline/kafka/write_behind.py);
+        # alert states keep Faust's write-through (they de-duplicate published alerts).
+        windows = app.Table(f"monitor_{source}_windows", partitions=n, schema=schema,
+                            help=f"alert-rule window sums of {topic_name}")
+        WriteBehind(windows)
         monitors[source] = Monitor(
             rules,
-            app.Table(f"monitor_{source}_windows", partitions=n, schema=schema,
-                      help=f"alert-rule window sums of {topic_name}"),
+            windows,
             app.Table(f"monitor_{source}_states", partitions=n, schema=schema,
                       help=f"alert states (firing/pending) of rules over {topic_name}"))
     log.info("monitor_rules file=%s usage_rules=%d alert_rules=%d timer_s=%s", ruleset.path,

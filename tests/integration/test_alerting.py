@@ -20,6 +20,7 @@ from pipeline.dev.stack import DevStack, write_config_dir
 
 WINDOW_S = 10                    # the rule's tumbling window ("1h" in production)
 THRESHOLD = Decimal("0.0008")    # USD: a few gpt-4.1 answers
+DAILY = Decimal("0.0015")        # the second rule: crossed across a worker restart
 TOKEN = f"XXsecret{uuid.uuid4().hex}"
 
 RULES = f"""\
@@ -34,6 +35,12 @@ rules:
     threshold: {THRESHOLD}
     severity: warning
     labels: {{runbook: "https://runbooks.example/spend"}}
+  - name: tenant_daily_spend_test
+    metric: spend
+    scope: tenant
+    window: day
+    threshold: {DAILY}
+    severity: warning
 """
 
 
@@ -215,3 +222,38 @@ def test_an_alert_posted_before_a_restart_is_not_posted_again(stack, receiver):
     time.sleep(1.0)
     assert [p["alert_id"] for p in receiver.for_tenant(tenant)] == [first.alert_id,
                                                                      marker.alert_id]
+
+
+def test_spend_counted_before_a_restart_still_counts_after_it(stack, receiver):
+    """The monitor's window rows reach their changelog coalesced, at Faust's commits
+    (pipeline/kafka/write_behind.py). Spend counted before a worker restart must be in the
+    window after it: the daily alert fires once, its value exactly everything spent."""
+    tenant = f"carry-{uuid.uuid4().hex[:6]}"
+    rule = ("tenant_daily_spend_test",)
+    since = int(time.time() * 1000) // 86_400_000 * 86_400_000
+
+    async def spend(until: Decimal, spent: int) -> int:
+        async with GatewayClient(stack.bootstrap, stack.topics) as gw:
+            n = 0
+            while spent <= until * 10**9:
+                r = await gw.request(make_request(tenant, f"name two rivers #{spent}-{n}",
+                                                  model="gpt-4.1", max_tokens=64), timeout=30)
+                assert r.status == "ok", r
+                spent, n = spent + r.cost_nanos, n + 1
+            return spent
+
+    before = asyncio.run(spend(DAILY / 2, 0))
+    assert Decimal(before) / 10**9 < DAILY, "one answer crossed the threshold: raise it"
+    agents = stack.workers[0].agents
+    stack.stop_worker(stack.workers[0])
+    stack.start_worker(agents=agents)
+    spent = asyncio.run(spend(DAILY, before))
+
+    def fired():
+        return [a for a in stack.alerts(since, rules=rule) if a.tenant == tenant]
+
+    (alert,) = wait_for("the daily alert", fired, timeout=30)
+    assert alert.state == "firing"
+    assert Decimal(alert.value) == Decimal(spent) / 10**9      # the spend before the restart too
+    time.sleep(1.0)
+    assert len(fired()) == 1

@@ -1,0 +1,91 @@
+"""Changelog writes of a Faust table, coalesced per key and sent before every commit — the
+record cache Kafka Streams puts in front of its state stores.
+
+Faust sends one changelog record for every ``table[key] = value``. A table whose rows are
+counters written for every event (the monitor's window sums: one row per alert rule per
+Usage) sends the same keys over and over: most of what the worker produces. Wrapped in
+``WriteBehind``, the table keeps its rows in memory exactly as before (reads see every
+write at once), but the changelog gets only the latest value of each key, sent when Faust
+commits offsets (every ``broker_commit_interval``, at a rebalance, at shutdown) or when
+``max_pending`` keys wait.
+
+Why nothing is lost: Faust's commit waits for the producer to flush before it commits
+(``Consumer._commit_offsets``), and these writes are handed to the producer at the start of
+every commit, so an offset is never committed before the writes of the events up to it are
+on the broker. A crash loses only writes of events whose offsets were not committed, and
+those events are read again.
+
+Only for tables whose rows stand on their own after a crash: a row must say by itself
+which events it has counted (the monitor's rows keep the last offset they counted), since
+a crash may keep one row's latest value and lose another's. Tables whose rows must agree
+with each other in the order they were written (the tenancy table's admissions and spend:
+pipeline/tenancy/state.py) keep Faust's write-through.
+"""
+
+from __future__ import annotations
+
+import weakref
+from types import SimpleNamespace
+from typing import Any
+
+from faust.transport.consumer import Consumer as FaustConsumer
+
+_commit_tps = FaustConsumer._commit_tps
+_tables: "weakref.WeakSet[WriteBehind]" = weakref.WeakSet()
+
+
+class WriteBehind:
+    """Wraps ``table`` (a Faust table) in place; returns nothing else to use."""
+
+    def __init__(self, table: Any, max_pending: int = 10_000):
+        self.table, self.max_pending = table, max_pending
+        self._send = table.send_changelog          # Faust's own, bound
+        self._pending: dict[tuple[int | None, Any], tuple[Any, Any, Any]] = {}
+        self.writes = 0                             # table writes seen
+        self.sent = 0                               # changelog records sent for them
+        table.send_changelog = self._buffer
+        _tables.add(self)
+
+        async def revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+            # Faust has committed what it could; what was written since (by events read
+            # again by the partition's next owner) must be on the broker before that owner
+            # reads the changelog, never after.
+            if self.flush():
+                await table.app.producer.flush()
+        self._revoked = revoked
+        table.app.on_partitions_revoked.connect(revoked)
+
+    def _buffer(self, partition: int | None, key: Any, value: Any,
+                key_serializer: Any = None, value_serializer: Any = None) -> Any:
+        at = (partition, key)
+        self._pending.pop(at, None)                 # sent in the order of the last writes
+        self._pending[at] = (value, key_serializer, value_serializer)
+        self.writes += 1
+        if len(self._pending) >= self.max_pending:
+            self.flush()
+        # Faust reads only the partition back (Table.on_key_set, for key expiry).
+        return SimpleNamespace(message=SimpleNamespace(partition=partition))
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def flush(self) -> int:
+        """Hand every waiting write to Faust's producer; returns how many."""
+        pending, self._pending = self._pending, {}
+        for (partition, key), (value, key_serializer, value_serializer) in pending.items():
+            self._send(partition, key, value, key_serializer, value_serializer)
+        self.sent += len(pending)
+        return len(pending)
+
+
+def flush_all() -> int:
+    return sum(buffered.flush() for buffered in list(_tables))
+
+
+async def commit_tps(self: FaustConsumer, *args: Any, **kwargs: Any) -> bool:
+    flush_all()              # before Faust's commit flushes the producer and commits
+    return await _commit_tps(self, *args, **kwargs)
+
+
+FaustConsumer._commit_tps = commit_tps
