@@ -12,6 +12,7 @@ import logging
 import faust
 
 from pipeline.agents.flow import process
+from pipeline.kafka.write_behind import WriteBehind
 from pipeline.outputs import Emitter
 from pipeline.clock import now_ms
 from pipeline.events.codec import DecodeError
@@ -34,10 +35,13 @@ class Tenancy:
     def __init__(self, app: faust.App, runtime: Runtime, partitions: int):
         s = runtime.settings
 
-        # One table: its changelog keeps admissions and spend rows of a partition in the
-        # order they were written, which TenantState relies on after a crash.
+        # One table, so admissions and spend rows of a partition share one changelog
+        # partition. Its writes are coalesced (a request's admission and its tenant's sheet
+        # are rewritten at admit and at settle): what a crash may leave of them, and why
+        # TenantState stays exact with it, is in pipeline/kafka/write_behind.py and state.py.
         self.table = app.Table("tenancy", partitions=partitions, help="tenant state",
                                schema=faust.Schema(key_serializer="json", value_serializer="json"))
+        WriteBehind(self.table)
         self.state = TenantState(self.table, load_tenancy())
 
         @app.on_partitions_assigned.connect

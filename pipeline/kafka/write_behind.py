@@ -15,15 +15,21 @@ every commit, so an offset is never committed before the writes of the events up
 on the broker. A crash loses only writes of events whose offsets were not committed, and
 those events are read again.
 
-Only for tables whose rows stand on their own after a crash: a row must say by itself
-which events it has counted (the monitor's rows keep the last offset they counted), since
-a crash may keep one row's latest value and lose another's. Tables whose rows must agree
-with each other in the order they were written (the tenancy table's admissions and spend:
-pipeline/tenancy/state.py) keep Faust's write-through.
+What a crash leaves is no longer a prefix of the writes: each row's value from the last
+flush that reached the broker, and of the flush under way a prefix in the order of the
+rows' last writes. A flush never runs between two writes with no await between them (at a
+commit or a revocation it runs in another task; a full buffer flushes at the event loop's
+next turn), so writes made together reach the changelog in the order they were made
+unless a later write moves one of them. A table may use this when its rows stand that:
+- the monitor's window rows each say which events they counted (the last offset);
+- the tenancy table (pipeline/tenancy/state.py) writes an admission before its spend rows
+  and keeps every change of the request in the admission, so whichever rows survive,
+  reconciling re-applies what the spend rows miss.
 """
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from types import SimpleNamespace
 from typing import Any
@@ -41,6 +47,7 @@ class WriteBehind:
         self.table, self.max_pending = table, max_pending
         self._send = table.send_changelog          # Faust's own, bound
         self._pending: dict[tuple[int | None, Any], tuple[Any, Any, Any]] = {}
+        self._flush_soon = False
         self.writes = 0                             # table writes seen
         self.sent = 0                               # changelog records sent for them
         table.send_changelog = self._buffer
@@ -61,8 +68,12 @@ class WriteBehind:
         self._pending.pop(at, None)                 # sent in the order of the last writes
         self._pending[at] = (value, key_serializer, value_serializer)
         self.writes += 1
-        if len(self._pending) >= self.max_pending:
-            self.flush()
+        if len(self._pending) >= self.max_pending and not self._flush_soon:
+            self._flush_soon = True
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:        # no loop (a test): at once
+                self.flush()
         # Faust reads only the partition back (Table.on_key_set, for key expiry).
         return SimpleNamespace(message=SimpleNamespace(partition=partition))
 
@@ -72,7 +83,7 @@ class WriteBehind:
 
     def flush(self) -> int:
         """Hand every waiting write to Faust's producer; returns how many."""
-        pending, self._pending = self._pending, {}
+        pending, self._pending, self._flush_soon = self._pending, {}, False
         for (partition, key), (value, key_serializer, value_serializer) in pending.items():
             self._send(partition, key, value, key_serializer, value_serializer)
         self.sent += len(pending)

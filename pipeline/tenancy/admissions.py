@@ -27,10 +27,16 @@ class Admission:
     status: str = ""              # the terminal Usage status once settled
     cost_nanos: int = 0           # what that Usage billed
     change: list[int] = field(default_factory=list)   # last spend change: [seq, reserved, settled]
+    earlier: list[list[int]] = field(default_factory=list)   # the changes before it (at most 2)
 
     @property
     def in_flight(self) -> bool:
         return self.state == ADMITTED
+
+    @property
+    def changes(self) -> list[list[int]]:
+        """Every spend change of this request, oldest first."""
+        return [*self.earlier, self.change] if self.change else []
 
 
 class AdmissionLog:

@@ -195,7 +195,10 @@ class SpendBook:
         """Write periods back: a sheet's current ones in one write per sheet; a newer
         period closes the one it replaces (written to its own row first, so a crash between
         the two writes leaves it in both, never in neither); an older one (a request
-        admitted before midnight, settled after) goes to its closed row."""
+        admitted before midnight, settled after) goes to its closed row. Every sheet a
+        change touches is written last, even when only closed rows changed: the
+        write-behind sends rows in the order of their last writes, and this keeps a closed
+        row ahead of the sheet that no longer holds its period (TenantState)."""
         sheets: dict[str, dict] = {}
         for key, spend in changed.items():
             tenant, team, period, start = key.split(SEP)

@@ -83,11 +83,21 @@ class Prefixed(MutableMapping):
 
 class TenantState:
     """All rows live in ONE mapping (one Faust table, so one changelog partition per tenant
-    partition, written in order). Every spend change gets a per-partition sequence number
-    and is written first into the request's admission, then into the spend rows, each of
-    which remembers the last sequence it applied. A crash keeps a prefix of those writes;
-    on first use of a partition, changes present in an admission but missing from a spend
-    row are re-applied — so a reservation or settlement is counted exactly once."""
+    partition). Every spend change gets a per-partition sequence number and is written
+    first into the request's admission (which keeps all of the request's changes), then
+    into the spend rows, each of which remembers the last sequence it applied. On first use
+    of a partition, changes present in an admission but missing from a spend row are
+    re-applied — so a reservation or settlement is counted exactly once.
+
+    What a crash may leave, and why that is enough: the changelog holds, for every row, a
+    value it had, such that whenever a spend row's value is there, so is every admission
+    written before that value was (Faust's write-through keeps a prefix of the writes; the
+    write-behind, pipeline/kafka/write_behind.py, sends each row's latest value in the
+    order of the rows' last writes, and an admission is always written before its spend
+    rows, and a closed period's row before the sheet that drops it: SpendBook._write). An
+    admission may then be there without its spend rows having any of its changes, which is
+    why it keeps them all. The write-behind flushes only between steps, never between the
+    writes of one change (they have no await between them)."""
 
     def __init__(self, rows: MutableMapping[str, dict], config: TenancyConfig = TenancyConfig()):
         self.rows = rows
@@ -117,22 +127,24 @@ class TenantState:
     def reconcile(self, partition: int) -> int:
         """Re-apply changes of ``partition`` that reached an admission but not every spend
         row; returns the highest sequence number in use."""
-        pending, top = [], 0
+        pending: list[tuple[list[int], list[str]]] = []
+        top = 0
         for key in list(self.admissions.rows):
             a = Admission(**self.admissions.rows[key])
             if a.partition == partition and a.change:
-                pending.append(a)
+                pending += [(change, a.spend_keys) for change in a.changes]
                 top = max(top, a.change[0])
         for raw in self.spend.rows.values():
             if raw.get("partition") == partition:
                 top = max(top, raw.get("seq", 0))
-        for a in sorted(pending, key=lambda a: a.change[0]):
-            seq, reserved, settled = a.change
-            self.spend.apply(a.spend_keys, reserved, settled, seq, partition)
+        for (seq, reserved, settled), keys in sorted(pending, key=lambda p: p[0][0]):
+            self.spend.apply(keys, reserved, settled, seq, partition)
         return top
 
     def _change(self, tenant: str, request_id: str, a: Admission, reserved: int, settled: int,
                 partition: int) -> None:
+        if a.change:
+            a.earlier = [*a.earlier, a.change]
         a.change = [self._next_seq(partition), reserved, settled]
         self.admissions.put(tenant, request_id, a)               # first: the intent
         self.spend.apply(a.spend_keys, reserved, settled, a.change[0], partition)
