@@ -8,6 +8,7 @@ the rest), and catches up when the inserts land again."""
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
 import json
 import time
 import logging
@@ -371,13 +372,11 @@ USAGE_VIEW_COLUMNS = ("request_id", "tenant", "status", "error_code", "served_mo
 def usage_rows(client, ids: tuple[str, ...]) -> list[dict]:
     """The rows of ``ids`` as JSON-ready dicts: ints stay ints, NULL (``ttft_ms`` of a
     non-streamed request) stays None, anything else (decimals, strings) becomes text."""
-    if not ids:
-        return []
-    result = client.query(f"SELECT {', '.join(USAGE_VIEW_COLUMNS)} FROM usage FINAL "
-                          "WHERE request_id IN %(ids)s", {"ids": ids})
     return [{k: (v if v is None or isinstance(v, int) else str(v))
              for k, v in zip(USAGE_VIEW_COLUMNS, row)}
-            for row in result.result_rows]
+            for chunk in devreport.in_chunks(ids)
+            for row in client.query(f"SELECT {', '.join(USAGE_VIEW_COLUMNS)} FROM usage FINAL "
+                                    "WHERE request_id IN %(ids)s", {"ids": chunk}).result_rows]
 
 
 #: Tables and columns the table-count view may group by (never free SQL from a request).
@@ -393,9 +392,9 @@ def count_by(client, table: str, column: str, values: tuple[str, ...]) -> dict[s
     if table not in COUNTABLE or column not in COUNTABLE[table]:
         raise ValueError(f"cannot count {table}.{column}")
     counts = dict.fromkeys(values, 0)
-    if values:
+    for chunk in devreport.in_chunks(list(counts)):
         result = client.query(f"SELECT {column}, count() FROM {table} FINAL "
-                              f"WHERE {column} IN %(values)s GROUP BY {column}", {"values": values})
+                              f"WHERE {column} IN %(values)s GROUP BY {column}", {"values": chunk})
         counts.update({str(v): int(n) for v, n in result.result_rows})
     return counts
 
@@ -404,12 +403,13 @@ def usage_totals(client, ids: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """For the requests ``ids``: {"final": ..., "raw": ...}, each {"rows", "distinct",
     "cost_usd"} (cost as exact decimal text), read with and without FINAL."""
     out: dict[str, dict[str, Any]] = {}
+    unique = sorted(set(ids))              # chunks then share no id: distinct counts add up
     for name, final in (("final", "FINAL"), ("raw", "")):
-        rows, distinct, cost = 0, 0, "0"
-        if ids:
+        rows, distinct, cost = 0, 0, Decimal(0)
+        for chunk in devreport.in_chunks(unique):
             result = client.query(f"SELECT count(), uniqExact(request_id), sum(cost_usd) FROM usage "
-                                  f"{final} WHERE request_id IN %(ids)s", {"ids": ids})
-            rows, distinct, total = result.result_rows[0]
-            cost = str(total)
-        out[name] = {"rows": int(rows), "distinct": int(distinct), "cost_usd": cost}
+                                  f"{final} WHERE request_id IN %(ids)s", {"ids": chunk})
+            n, d, total = result.result_rows[0]
+            rows, distinct, cost = rows + int(n), distinct + int(d), cost + Decimal(total)
+        out[name] = {"rows": rows, "distinct": distinct, "cost_usd": str(cost)}
     return out

@@ -15,7 +15,7 @@ import math
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from pipeline.analytics.clickhouse import ClickHouse
 from pipeline.analytics.rows import USAGE_TABLE
@@ -194,16 +194,26 @@ def dev_report(client: ClickHouse, *, since: datetime | None = None,
     )
 
 
+#: Ids per ``IN (...)`` list: the values are written into the SQL text, and ClickHouse
+#: refuses a query over ``max_query_size`` (256 KiB by default): ~6,500 request ids.
+IN_CHUNK = 2_000
+
+
+def in_chunks(values: Sequence[str]) -> Iterator[tuple[str, ...]]:
+    """``values`` in tuples of at most :data:`IN_CHUNK`, for one query each."""
+    for start in range(0, len(values), IN_CHUNK):
+        yield tuple(values[start:start + IN_CHUNK])
+
+
 def count_usage(client: ClickHouse, request_ids: Iterable[str]) -> dict[str, int]:
     """Usage rows per request id after FINAL (0 for ids with none): exactly-once checks."""
     ids = sorted(set(request_ids))
-    if not ids:
-        return {}
-    rows = client.query(f"SELECT request_id, count() FROM {USAGE_TABLE} FINAL "
-                        "WHERE request_id IN %(ids)s GROUP BY request_id",
-                        {"ids": tuple(ids)}).result_rows
     counts = dict.fromkeys(ids, 0)
-    counts.update({str(rid): int(n) for rid, n in rows})
+    for chunk in in_chunks(ids):
+        rows = client.query(f"SELECT request_id, count() FROM {USAGE_TABLE} FINAL "
+                            "WHERE request_id IN %(ids)s GROUP BY request_id",
+                            {"ids": chunk}).result_rows
+        counts.update({str(rid): int(n) for rid, n in rows})
     return counts
 
 

@@ -19,6 +19,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from dataclasses import fields
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -1026,3 +1027,21 @@ async def test_sink_keeps_reading_while_an_insert_runs(ledger: ClickHouse) -> No
     assert acks == [(0, offset) for offset in range(14)]
     assert [t.split(":")[3] for t in client.tokens] == ["0-3", "4-7", "8-11", "12-13"]
     assert count_usage(ledger, [f"s{i}" for i in range(14)]) == {f"s{i}": 1 for i in range(14)}
+
+
+def test_the_ledger_views_take_more_ids_than_one_query_can_hold(ledger: ClickHouse) -> None:
+    """An IN list is written into the SQL text and ClickHouse refuses a query over
+    max_query_size (256 KiB): ~6,500 request ids. The views query in chunks."""
+    from pipeline.agents.ledger import count_by, usage_rows, usage_totals
+    stored = [f"kept-{i}" for i in range(3)]
+    insert_usage(ledger, [make_usage(rid, created_at_ms=RECENT_MS - 1000,
+                                     completed_at_ms=RECENT_MS) for rid in stored], None)
+    ids = [f"{uuid.uuid4()}-{'x' * 20}" for _ in range(8_000)] + stored
+    assert len(", ".join(f"'{i}'" for i in ids)) > 256 * 1024
+    counts = count_usage(ledger, ids)
+    assert len(counts) == len(ids) and sum(counts.values()) == 3
+    assert sum(count_by(ledger, "usage", "request_id", tuple(ids)).values()) == 3
+    assert sorted(r["request_id"] for r in usage_rows(ledger, tuple(ids))) == stored
+    totals = usage_totals(ledger, tuple(ids))
+    assert totals["final"]["rows"] == totals["final"]["distinct"] == 3
+    assert Decimal(totals["final"]["cost_usd"]) == Decimal("0.0018")
