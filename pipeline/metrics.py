@@ -55,6 +55,9 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "llmpipe_consumer_lag": ("Records not yet committed by this worker, by topic and "
                              "partition", ("topic", "partition")),
     "llmpipe_ledger_pending_rows": ("Rows read but not yet in ClickHouse, by sink", ("sink",)),
+    "llmpipe_table_writes": ("Since start, writes to a table whose changelog is coalesced "
+                             "(kind written) and the changelog records sent for them (kind "
+                             "sent)", ("table", "kind")),
     "llmpipe_budget_spent_usd": ("Spend in the current budget period: settled (billed) or "
                                  "reserved (in flight), for the tenant (team *) and each team "
                                  "with a budget", ("tenant", "team", "period", "state")),

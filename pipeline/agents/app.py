@@ -19,6 +19,7 @@ from pipeline.batching.config import load_batching
 from pipeline.agents.ledger import register_ledger
 from pipeline.agents.monitor import register_monitor
 from pipeline.batchapi.poller import register_batch_api
+from pipeline.kafka import write_behind
 from pipeline.kafka.faust_tuning import fetching, set_fetch_waits
 from pipeline.kafka.topics import faust_partitions, load_topic_specs, prefixed
 from pipeline.runtime import Runtime
@@ -119,6 +120,14 @@ def create_app(runtime: Runtime) -> faust.App:
             family.add_metric([tp.topic, str(tp.partition)], max(0, end - committed))
         yield family
     metrics.register_collector(consumer_lag)
+
+    def table_writes():
+        family = metrics.gauge("llmpipe_table_writes")
+        for table, (written, sent) in sorted(write_behind.totals().items()):
+            family.add_metric([table, "written"], written)
+            family.add_metric([table, "sent"], sent)
+        yield family
+    metrics.register_collector(table_writes)
 
     log.info("app_created app_id=%s agents=%s bootstrap=%s", s.app_id, ",".join(s.agents),
              s.kafka_bootstrap)

@@ -75,8 +75,8 @@ def metrics_summary(worker, gateway) -> str:
                         or s.labels.get("team") not in (None, "*")):
                     continue                # budgets: the tenants' monthly spend only, summed
                 if s.name.endswith(("_total", "_count")) or family.type == "gauge":
-                    label = next((k for k in ("outcome", "state", "where") if k in s.labels),
-                                 None)
+                    label = next((k for k in ("outcome", "state", "where", "kind")
+                                  if k in s.labels), None)
                     key = s.name + ("{%s=%s}" % (label, s.labels[label]) if label else "")
                     totals[key] = totals.get(key, 0.0) + s.value
         return totals
@@ -95,7 +95,10 @@ def metrics_summary(worker, gateway) -> str:
             f"{w.get('llmpipe_intake_dispatches_total{where=intake}', 0):.0f} (over the "
             f"llm.batches hop {w.get('llmpipe_intake_dispatches_total{where=hop}', 0):.0f}); "
             f"consumer lag "
-            f"{w.get('llmpipe_consumer_lag', 0):.0f}; gateway HTTP requests "
+            f"{w.get('llmpipe_consumer_lag', 0):.0f}; table writes "
+            f"{w.get('llmpipe_table_writes{kind=written}', 0):.0f} sent as "
+            f"{w.get('llmpipe_table_writes{kind=sent}', 0):.0f} changelog records "
+            f"(coalesced); gateway HTTP requests "
             f"{g.get('llmpipe_gateway_requests_total', 0):.0f}; tenants' spend this month "
             f"${w.get('llmpipe_budget_spent_usd{state=settled}', 0):.4f} settled, "
             f"${w.get('llmpipe_budget_spent_usd{state=reserved}', 0):.4f} in flight")

@@ -90,6 +90,15 @@ class WriteBehind:
         return len(pending)
 
 
+def totals() -> dict[str, tuple[int, int]]:
+    """Per table name: (writes, changelog records sent) since start."""
+    out: dict[str, tuple[int, int]] = {}
+    for buffered in list(_tables):
+        writes, sent = out.get(buffered.table.name, (0, 0))
+        out[buffered.table.name] = (writes + buffered.writes, sent + buffered.sent)
+    return out
+
+
 def flush_all() -> int:
     return sum(buffered.flush() for buffered in list(_tables))
 

@@ -87,6 +87,15 @@ def test_the_worker_and_the_gateway_serve_live_metrics(stack):
                  team="*", period="month", state="settled") > 0
     assert total(m["llmpipe_budget_limit_usd"], "llmpipe_budget_limit_usd", tenant="metco",
                  period="month", level="hard") == 10
+    # the tenancy table's coalesced changelog: what was written, and sent at the next commit
+    def writes() -> dict:
+        return {(s.labels["table"], s.labels["kind"]): s.value for s in m["llmpipe_table_writes"]}
+    deadline = time.monotonic() + 10
+    while not writes().get(("tenancy", "sent")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        m = scrape(f"{worker.url}/metrics")
+    assert writes()[("tenancy", "written")] >= 4       # an admission and a sheet, twice
+    assert 0 < writes()[("tenancy", "sent")] <= writes()[("tenancy", "written")]
     every_label = {v for samples in m.values() for s in samples for v in s.labels.values()}
     assert not every_label & set(ids)                                      # bounded labels
 
