@@ -184,6 +184,8 @@ def register_dispatch(app: faust.App, runtime: Runtime, source: faust.TopicT,
 
     @app.on_partitions_assigned.connect
     async def forget_moved_deployments(sender, assigned, **kwargs) -> None:
+        if hops is not None:
+            hops.forget_partitions()
         owned = {tp.partition for tp in assigned if tp.topic == source_name}
         keep = {dep for dep, p in partition_of.items() if p in owned}
         for dep in set(partition_of) - keep:

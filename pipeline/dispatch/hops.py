@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any
 
+from pipeline.aging import Aging
 from pipeline.events.ids import request_key
 from pipeline.events.models import RoutedRequest
 
@@ -40,6 +41,11 @@ class FinishedHops:
         self.table, self.window_ms, self.sweep_every_ms = table, window_ms, sweep_every_ms
         self.pins = pins if pins is not None else {}
         self._last_sweep: dict[int, int] = {}
+        self._aging = Aging()                   # hops by partition, oldest first
+
+    def forget_partitions(self) -> None:
+        """After a rebalance: partitions are indexed afresh from the table."""
+        self._aging.forget()
 
     def finished(self, routed: RoutedRequest) -> bool:
         return hop_key(routed) in self.table
@@ -50,6 +56,7 @@ class FinishedHops:
             self.pins[key] = partition
             self.table[key] = {"p": partition, "at": now_ms}
             del self.pins[key]
+            self._aging.add(partition, now_ms, key)
         self.sweep(partition, now_ms)
 
     def sweep(self, partition: int, now_ms: int) -> int:
@@ -57,8 +64,14 @@ class FinishedHops:
         if now_ms - self._last_sweep.get(partition, 0) < self.sweep_every_ms:
             return 0
         self._last_sweep[partition] = now_ms
-        old = [key for key, row in list(self.table.items())
-               if row.get("p") == partition and now_ms - row.get("at", 0) > self.window_ms]
+        if not self._aging.indexed(partition):   # once per assignment: read its rows
+            self._aging.known(partition, [(row.get("at", 0), key) for key, row
+                                          in list(self.table.items()) if row.get("p") == partition])
+        old = []
+        for _, key in self._aging.due(partition, now_ms - self.window_ms):
+            row = self.table.get(key)
+            if row is not None and row.get("p") == partition and now_ms - row.get("at", 0) > self.window_ms:
+                old.append(key)
         for key in old:
             self.pins[key] = partition
             del self.table[key]

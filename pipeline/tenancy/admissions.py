@@ -58,20 +58,3 @@ class AdmissionLog:
         if (seen.partition, seen.offset) == (partition, offset):
             return REDELIVERY, seen
         return DUPLICATE, seen
-
-    def expired(self, partition: int, now_ms: int, window_ms: int, reservation_timeout_ms: int
-                ) -> tuple[list[str], list[tuple[str, Admission]]]:
-        """Keys of ``partition`` past the idempotency window (finished requests), and
-        admissions whose reservation outlived the timeout without a Usage (to release)."""
-        forget, stale = [], []
-        for key, raw in list(self.rows.items()):
-            if raw.get("partition") != partition:
-                continue
-            a = Admission(**raw)
-            age = now_ms - a.first_seen_ms
-            if a.in_flight:
-                if age > reservation_timeout_ms:
-                    stale.append((key, a))
-            elif age > window_ms:
-                forget.append(key)
-        return forget, stale

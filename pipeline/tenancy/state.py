@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterator, MutableMapping
 
+from pipeline.aging import Aging
 from pipeline.config import Section, config_path, load_yaml
+from pipeline.events.ids import request_key
 from pipeline.events.models import Alert, TenantPolicy, Usage, OK
 from pipeline.tenancy.admissions import (ADMITTED, EXPIRED, REFUSED, SETTLED, Admission,
                                          AdmissionLog)
@@ -20,6 +22,7 @@ from pipeline.tenancy.budgets import SEP, Crossing, SpendBook, spend_keys, usd_t
 from pipeline.tenancy.canary import CANARY, CanaryBook, arm_label
 
 ALERT_NAMESPACE = uuid.UUID("6f1d3c52-8e0a-4d7a-9a55-2f3f4b1c0a11")
+SPEND_SWEEP_MS = 3_600_000
 
 
 @dataclass(frozen=True)
@@ -107,12 +110,15 @@ class TenantState:
         self.config = config
         self._seq: dict[int, int] = {}
         self._last_sweep: dict[int, int] = {}
+        self._last_spend_sweep: dict[int, int] = {}
+        self._aging = Aging()                  # admissions by partition, oldest first
 
     # --- ordered spend changes -------------------------------------------------------
 
     def forget_partitions(self) -> None:
         """After a rebalance: another worker may have changed a partition meanwhile."""
         self._seq.clear()
+        self._aging.forget()
 
     def prepare(self, partition: int) -> None:
         """Call before reading or changing ``partition``'s rows: reconciles it once."""
@@ -128,12 +134,17 @@ class TenantState:
         """Re-apply changes of ``partition`` that reached an admission but not every spend
         row; returns the highest sequence number in use."""
         pending: list[tuple[list[int], list[str]]] = []
+        ages: list[tuple[int, str]] = []
         top = 0
         for key in list(self.admissions.rows):
             a = Admission(**self.admissions.rows[key])
-            if a.partition == partition and a.change:
+            if a.partition != partition:
+                continue
+            ages.append((a.first_seen_ms, key))
+            if a.change:
                 pending += [(change, a.spend_keys) for change in a.changes]
                 top = max(top, a.change[0])
+        self._aging.known(partition, ages)
         for raw in self.spend.rows.values():
             if raw.get("partition") == partition:
                 top = max(top, raw.get("seq", 0))
@@ -156,9 +167,12 @@ class TenantState:
         a = Admission(partition, offset, at_ms, ADMITTED, reserved_nanos,
                       spend_keys(tenant, team, at_ms))
         self._change(tenant, request_id, a, reserved_nanos, 0, partition)
+        self._aging.add(partition, at_ms, request_key(tenant, request_id))
 
     def refuse(self, tenant: str, request_id: str, partition: int, offset: int, at_ms: int) -> None:
+        self.prepare(partition)
         self.admissions.put(tenant, request_id, Admission(partition, offset, at_ms, REFUSED))
+        self._aging.add(partition, at_ms, request_key(tenant, request_id))
 
     def sweep(self, partition: int, now_ms: int) -> int:
         """Forget admissions past the idempotency window, release reservations whose Usage
@@ -167,9 +181,23 @@ class TenantState:
         if now_ms - self._last_sweep.get(partition, 0) < self.config.sweep_interval_s * 1000:
             return 0
         self._last_sweep[partition] = now_ms
+        self.prepare(partition)                 # indexes the partition's admissions by age
         c = self.config
-        forget, stale = self.admissions.expired(partition, now_ms, c.idempotency_window_s * 1000,
-                                                c.reservation_timeout_s * 1000)
+        window, timeout = c.idempotency_window_s * 1000, c.reservation_timeout_s * 1000
+        forget, stale, keep = [], [], []
+        for at, key in self._aging.due(partition, now_ms - min(window, timeout)):
+            raw = self.admissions.rows.get(key)
+            if raw is None or raw.get("partition") != partition:
+                continue                         # forgotten already, or not this partition's
+            a = Admission(**raw)
+            age = now_ms - a.first_seen_ms
+            if a.in_flight and age > timeout:
+                stale.append((key, a))
+            elif not a.in_flight and age > window:
+                forget.append(key)
+                continue
+            keep.append((at, key))               # expired now: forgotten once past the window
+        self._aging.keep(partition, keep)
         for key in forget:
             del self.admissions.rows[key]
         for key, a in stale:
@@ -177,9 +205,13 @@ class TenantState:
             released = a.reserved_nanos
             a.state, a.reserved_nanos = EXPIRED, 0
             self._change(tenant, request_id, a, -released, 0, partition)
-        old = self.spend.expired(partition, now_ms, c.keep_spend_days)
-        for key in old:
-            del self.spend.rows[key]
+        old: list[str] = []
+        if now_ms - self._last_spend_sweep.get(partition, 0) >= SPEND_SWEEP_MS:
+            # Spend rows live ``keep_spend_days`` (days): read them all once an hour.
+            self._last_spend_sweep[partition] = now_ms
+            old = self.spend.expired(partition, now_ms, c.keep_spend_days)
+            for key in old:
+                del self.spend.rows[key]
         return len(forget) + len(stale) + len(old)
 
     # --- usage side ------------------------------------------------------------------
@@ -196,6 +228,7 @@ class TenantState:
         if a is None:                                   # never reserved here (or forgotten)
             a = Admission(partition, -1, now_ms, SETTLED, 0,
                           spend_keys(usage.tenant, usage.team or None, usage.created_at_ms))
+            self._aging.add(partition, now_ms, request_key(usage.tenant, usage.request_id))
         released = a.reserved_nanos if a.state == ADMITTED else 0
         a.state, a.reserved_nanos, a.settled_at_ms = SETTLED, 0, now_ms
         a.status, a.cost_nanos = usage.status, usage.cost_nanos

@@ -530,6 +530,18 @@ def test_finished_hops_are_forgotten_after_the_window_only_on_their_partition():
     assert hops.sweep(1, now_ms=10_001) == 1 and table == {}
 
 
+def test_a_hop_recorded_again_is_kept_for_a_window_from_its_last_record():
+    from pipeline.dispatch.hops import FinishedHops
+    table: dict = {}
+    hops = FinishedHops(table, window_ms=10_000, sweep_every_ms=0)
+    a, b = routed_request(), routed_request()
+    hops.record([a, b], partition=0, now_ms=0)
+    hops.record([a], partition=0, now_ms=5_000)     # a's hop re-read and finished again
+    assert hops.sweep(0, now_ms=10_001) == 1 and hops.finished(a) and not hops.finished(b)
+    hops.forget_partitions()                        # a rebalance: indexed from the table
+    assert hops.sweep(0, now_ms=15_001) == 1 and table == {}
+
+
 # --- the benchmark's simulation ----------------------------------------------------------------
 
 def test_bench_batches_more_as_traffic_grows_and_never_changes_live_cost():
