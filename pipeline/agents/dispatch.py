@@ -108,6 +108,12 @@ async def dispatch_batch(dispatcher: Dispatcher, batch: Batch, origin: Origin, c
     return outs
 
 
+def _forget_after_recovery(hops: FinishedHops):
+    async def recovered() -> None:
+        hops.forget_partitions()       # the changelog was read back: index it afresh
+    return recovered
+
+
 def register_dispatch(app: faust.App, runtime: Runtime, source: faust.TopicT,
                       emitter: Emitter, *, offload: Offload | None = None,
                       partitions: int | None = None,
@@ -135,6 +141,7 @@ def register_dispatch(app: faust.App, runtime: Runtime, source: faust.TopicT,
             schema=faust.Schema(key_serializer="json", value_serializer="json")))
         table.pins = {}
         hops = FinishedHops(table, window_ms=s.dispatch_hop_window_s * 1000, pins=table.pins)
+        table.on_recover(_forget_after_recovery(hops))
     # Items of each Batch being dispatched, by (partition, offset), recorded once published.
     in_flight: dict[tuple[int, int], list[RoutedRequest]] = {}
 

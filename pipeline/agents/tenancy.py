@@ -48,6 +48,12 @@ class Tenancy:
         async def on_assigned(sender, assigned, **kwargs) -> None:
             self.state.forget_partitions()
 
+        @self.table.on_recover
+        async def on_recovered() -> None:
+            # The changelog has been read back: what was indexed meanwhile (a gauge scrape
+            # during recovery) may miss rows; index again from the rows as they are now.
+            self.state.forget_partitions()
+
         self.directory = TenantDirectory(s.kafka_bootstrap, s.topics.tenants, runtime.codec)
         self.ready_timeout_s = s.tenants_ready_timeout_s
         self._started = False

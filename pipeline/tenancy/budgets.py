@@ -120,6 +120,30 @@ class SpendBook:
 
     def __init__(self, rows: MutableMapping[str, dict]):
         self.rows = rows
+        # Keys of the spend rows (sheets and closed periods): ``rows`` is a view of a table
+        # that holds every admission too (~10^6 rows for an hour at a few hundred requests
+        # a second), and the budget gauges read every period at each scrape. Read in full
+        # once, then kept up to date; None again after a rebalance.
+        self._keys: set[str] | None = None
+
+    def _known(self) -> set[str]:
+        if self._keys is None:
+            self._keys = set(self.rows)
+        return self._keys
+
+    def forget(self) -> None:
+        """After a rebalance: rows of other partitions came or went with the changelog."""
+        self._keys = None
+
+    def _set(self, key: str, raw: dict) -> None:
+        self.rows[key] = raw
+        if self._keys is not None:
+            self._keys.add(key)
+
+    def drop(self, key: str) -> None:
+        del self.rows[key]
+        if self._keys is not None:
+            self._keys.discard(key)
 
     def get(self, key: str) -> Spend:
         tenant, team, period, start = key.split(SEP)
@@ -136,7 +160,10 @@ class SpendBook:
         """(tenant, team, period, start, Spend) of every period held: the sheets' current
         ones and the closed ones' rows."""
         current, closed = set(), []
-        for key, raw in list(self.rows.items()):      # one pass: the table holds admissions too
+        for key in list(self._known()):
+            raw = self.rows.get(key)
+            if raw is None:
+                continue
             if "buckets" in raw:
                 tenant, team = key.split(SEP)
                 for period, bucket in raw["buckets"].items():
@@ -209,10 +236,10 @@ class SpendBook:
             buckets = sheets[name]["buckets"]
             held = buckets.get(period)
             if held is not None and held["start"] > start:
-                self.rows[key] = asdict(spend)
+                self._set(key, asdict(spend))
                 continue
             if held is not None and held["start"] < start:
-                self.rows[spend_key_at(tenant, team, period, held["start"])] = asdict(_spend(held))
+                self._set(spend_key_at(tenant, team, period, held["start"]), asdict(_spend(held)))
             buckets[period] = _bucket(spend, start)
         for name, sheet in sheets.items():
             periods = sheet["buckets"].values()
@@ -220,15 +247,16 @@ class SpendBook:
                 continue
             sheet["seq"] = max(b["seq"] for b in periods)
             sheet["partition"] = max(b["partition"] for b in periods)
-            self.rows[name] = sheet
+            self._set(name, sheet)
 
     def expired(self, partition: int, now_ms: int, keep_days: int) -> list[str]:
         """Rows of ``partition`` whose period (a sheet: its newest one) started more than
         ``keep_days`` ago."""
         horizon = datetime.fromtimestamp(now_ms / 1000, tz=timezone.utc).date() - timedelta(days=keep_days)
         old = []
-        for key, raw in list(self.rows.items()):
-            if raw.get("partition") != partition:
+        for key in list(self._known()):
+            raw = self.rows.get(key)
+            if raw is None or raw.get("partition") != partition:
                 continue
             if "buckets" in raw:
                 start = max((b["start"] for b in raw["buckets"].values()), default="")

@@ -119,6 +119,7 @@ class TenantState:
         """After a rebalance: another worker may have changed a partition meanwhile."""
         self._seq.clear()
         self._aging.forget()
+        self.spend.forget()
 
     def prepare(self, partition: int) -> None:
         """Call before reading or changing ``partition``'s rows: reconciles it once."""
@@ -211,7 +212,7 @@ class TenantState:
             self._last_spend_sweep[partition] = now_ms
             old = self.spend.expired(partition, now_ms, c.keep_spend_days)
             for key in old:
-                del self.spend.rows[key]
+                self.spend.drop(key)
         return len(forget) + len(stale) + len(old)
 
     # --- usage side ------------------------------------------------------------------

@@ -291,6 +291,21 @@ def test_a_sweep_reads_the_old_admissions_only_not_the_whole_window():
     assert not held("r66") and held("r67")
 
 
+def test_the_budget_gauges_read_the_spend_rows_only_not_every_admission():
+    rows = CountingRows()
+    w = World(TenantPolicy("acme"))
+    w.state = w.intake.state = TenantState(rows)
+    for _ in range(300):
+        w.settle(routed_of(w.send()), 10)
+    assert sum(1 for _ in w.state.spend.periods()) == 3     # the first read: every row
+    rows.reads = 0
+    periods = {(p, s.settled_nanos) for *_, p, _, s in w.state.spend.periods()}
+    assert periods == {("day", 3_000), ("week", 3_000), ("month", 3_000)}
+    assert rows.reads <= 3, rows.reads                     # one sheet, not 300 admissions
+    w.settle(routed_of(w.send(team="search")), 5)          # a new sheet is known at once
+    assert {(t, p) for _, t, p, *_ in w.state.spend.periods()} >= {("search", "day")}
+
+
 def test_an_admission_in_flight_is_released_at_the_timeout_then_forgotten_after_the_window():
     w = World(TenantPolicy("acme"), config=TenancyConfig(idempotency_window_s=300,
                                                         reservation_timeout_s=120, sweep_interval_s=1))
