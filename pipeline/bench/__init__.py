@@ -20,6 +20,7 @@ BENCHES = {
     "ingest": "ledger ingest rows/s per insert batch size (chDB, and through Kafka)",
     "reports": "every report query on N generated usage rows, raw vs rollup",
     "monitor": "the cost monitor's rule evaluation: events/s",
+    "sweeps": "tenancy housekeeping (sweeps, budget gauges) over a full idempotency window",
     "faults": "provider faults while requests flow: success, latency, breakers",
     "savings": "the documented traffic mix routed vs all on the baseline model",
     "classifier": "the rule classifier on the labelled prompt set",
