@@ -84,10 +84,16 @@ class WriteBehind:
     def flush(self) -> int:
         """Hand every waiting write to Faust's producer; returns how many."""
         pending, self._pending, self._flush_soon = self._pending, {}, False
-        for (partition, key), (value, key_serializer, value_serializer) in pending.items():
-            self._send(partition, key, value, key_serializer, value_serializer)
-        self.sent += len(pending)
-        return len(pending)
+        sent = 0
+        try:
+            for (partition, key), (value, key_serializer, value_serializer) in pending.items():
+                self._send(partition, key, value, key_serializer, value_serializer)
+                sent += 1
+        finally:
+            if sent < len(pending):     # the producer refused one: keep it and the rest
+                self._pending = dict(list(pending.items())[sent:])
+            self.sent += sent
+        return sent
 
 
 def totals() -> dict[str, tuple[int, int]]:

@@ -84,3 +84,26 @@ def test_a_revocation_sends_what_waits_and_waits_for_the_producer():
     assert table.sent == [(2, "k", "v", None)] and table.flushes == 1
     asyncio.run(table.app.on_partitions_revoked.send(object(), set()))
     assert table.flushes == 1                       # nothing waited: no producer flush
+
+
+def test_a_write_the_producer_refuses_stays_with_those_after_it():
+    table = Table()
+    buffered = WriteBehind(table)
+    for key in "abc":
+        table.send_changelog(0, key, key.upper())
+    calls = []
+
+    def refuse_b(partition, key, value, key_serializer=None, value_serializer=None):
+        calls.append(key)
+        if key == "b":
+            raise RuntimeError("producer not running")
+        table.sent.append((partition, key, value, value_serializer))
+    original, buffered._send = buffered._send, refuse_b
+    try:
+        buffered.flush()
+    except RuntimeError:
+        pass
+    assert table.sent == [(0, "a", "A", None)] and buffered.pending == 2
+    buffered._send = original
+    assert buffered.flush() == 2
+    assert table.sent[1:] == [(0, "b", "B", None), (0, "c", "C", None)]
