@@ -9,11 +9,12 @@ write at once), but the changelog gets only the latest value of each key, sent w
 commits offsets (every ``broker_commit_interval``, at a rebalance, at shutdown) or when
 ``max_pending`` keys wait.
 
-Why nothing is lost: Faust's commit waits for the producer to flush before it commits
-(``Consumer._commit_offsets``), and these writes are handed to the producer at the start of
-every commit, so an offset is never committed before the writes of the events up to it are
-on the broker. A crash loses only writes of events whose offsets were not committed, and
-those events are read again.
+Why nothing is lost: at the start of every commit these writes are handed to the producer
+and the commit waits until the broker has acknowledged each of them (Faust's own flush
+before a commit gives up after 0.1 s without progress, so it is not relied on); if one is
+refused, that commit is skipped and the write queued again. So an offset is never
+committed before the writes of the events up to it are on the broker. A crash loses only
+writes of events whose offsets were not committed, and those events are read again.
 
 What a crash leaves is no longer a prefix of the writes: each row's value from the last
 flush that reached the broker, and of the flush under way a prefix in the order of the
@@ -30,12 +31,17 @@ unless a later write moves one of them. A table may use this when its rows stand
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from types import SimpleNamespace
 from typing import Any
 
 from faust.transport.consumer import Consumer as FaustConsumer
 
+log = logging.getLogger("llmpipe.write_behind")
+#: How long a commit waits for the broker to acknowledge the writes (the producer's own
+#: request timeout is at most 30 s); past it the commit is skipped and they go again.
+ACK_TIMEOUT_S = 60.0
 _commit_tps = FaustConsumer._commit_tps
 _tables: "weakref.WeakSet[WriteBehind]" = weakref.WeakSet()
 
@@ -47,6 +53,8 @@ class WriteBehind:
         self.table, self.max_pending = table, max_pending
         self._send = table.send_changelog          # Faust's own, bound
         self._pending: dict[tuple[int | None, Any], tuple[Any, Any, Any]] = {}
+        # handed to the producer, not yet acknowledged: (future, key, entry)
+        self._unacked: list[tuple[Any, tuple[int | None, Any], tuple[Any, Any, Any]]] = []
         self._flush_soon = False
         self.writes = 0                             # table writes seen
         self.sent = 0                               # changelog records sent for them
@@ -57,8 +65,12 @@ class WriteBehind:
             # Faust has committed what it could; what was written since (by events read
             # again by the partition's next owner) must be on the broker before that owner
             # reads the changelog, never after.
-            if self.flush():
-                await table.app.producer.flush()
+            self.flush()
+            try:
+                await self.acked()
+            except Exception as exc:
+                log.error("changelog_write_failed table=%s at=revocation error=%r",
+                          table.name, exc)
         self._revoked = revoked
         table.app.on_partitions_revoked.connect(revoked)
 
@@ -86,14 +98,34 @@ class WriteBehind:
         pending, self._pending, self._flush_soon = self._pending, {}, False
         sent = 0
         try:
-            for (partition, key), (value, key_serializer, value_serializer) in pending.items():
-                self._send(partition, key, value, key_serializer, value_serializer)
+            for at, entry in pending.items():
+                value, key_serializer, value_serializer = entry
+                fut = self._send(at[0], at[1], value, key_serializer, value_serializer)
+                self._unacked.append((fut, at, entry))
                 sent += 1
         finally:
             if sent < len(pending):     # the producer refused one: keep it and the rest
                 self._pending = dict(list(pending.items())[sent:])
             self.sent += sent
         return sent
+
+
+    async def acked(self) -> None:
+        """Wait until the broker has acknowledged every write ``flush`` handed over. Writes
+        it refused go back ahead of newer ones (unless written again since) and the first
+        error is raised."""
+        unacked, self._unacked = self._unacked, []
+        if not unacked:
+            return
+        _, late = await asyncio.wait([fut for fut, _, _ in unacked], timeout=ACK_TIMEOUT_S)
+        failed = [(at, entry, TimeoutError(f"no acknowledgement in {ACK_TIMEOUT_S} s")
+                   if fut in late else fut.exception())
+                  for fut, at, entry in unacked if fut in late or fut.exception() is not None]
+        if failed:
+            self._pending = {**{at: entry for at, entry, _ in failed if at not in self._pending},
+                             **self._pending}
+            self.sent -= len(failed)
+            raise failed[0][2]
 
 
 def totals() -> dict[str, tuple[int, int]]:
@@ -110,7 +142,14 @@ def flush_all() -> int:
 
 
 async def commit_tps(self: FaustConsumer, *args: Any, **kwargs: Any) -> bool:
-    flush_all()              # before Faust's commit flushes the producer and commits
+    flush_all()
+    for buffered in list(_tables):
+        try:
+            await buffered.acked()
+        except Exception as exc:     # not committed now; the writes go again at the next
+            log.warning("changelog_write_failed table=%s error=%r: offsets not committed "
+                        "until it is written", buffered.table.name, exc)
+            return False
     return await _commit_tps(self, *args, **kwargs)
 
 

@@ -1,13 +1,14 @@
 """A table wrapped in WriteBehind sends each key's latest value once per flush, in the order
-of the last writes, and every Faust commit flushes first (so an offset is never committed
-ahead of its events' table writes). The restart test with a real worker:
-tests/integration/test_alerting.py."""
+of the last writes, and every Faust commit flushes and waits for the broker's
+acknowledgements first (so an offset is never committed ahead of its events' table
+writes). The restart test with a real worker: tests/integration/test_alerting.py."""
 
 from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
 
+import pytest
 from faust.transport.consumer import Consumer as FaustConsumer
 from mode.signals import Signal
 
@@ -15,20 +16,36 @@ from pipeline.kafka import write_behind
 from pipeline.kafka.write_behind import WriteBehind
 
 
-class Table:
-    """What WriteBehind touches of a Faust table: send_changelog and app."""
+@pytest.fixture(autouse=True)
+def only_this_tests_tables():
+    """Commits go through every WriteBehind of the process: keep other tests' out."""
+    write_behind._tables.clear()
+    yield
+    write_behind._tables.clear()
 
-    def __init__(self):
+
+class Table:
+    """What WriteBehind touches of a Faust table: send_changelog (returning the message's
+    future, acknowledged at once unless ``hold``), name and app."""
+
+    name = "t"
+
+    def __init__(self, hold: bool = False):
         self.sent: list[tuple] = []
-        self.flushes = 0
-        producer = SimpleNamespace(flush=self._producer_flush)
-        self.app = SimpleNamespace(on_partitions_revoked=Signal(), producer=producer)
+        self.futures: list[asyncio.Future] = []
+        self.hold = hold
+        self.app = SimpleNamespace(on_partitions_revoked=Signal())
 
     def send_changelog(self, partition, key, value, key_serializer=None, value_serializer=None):
         self.sent.append((partition, key, value, value_serializer))
-
-    async def _producer_flush(self):
-        self.flushes += 1
+        try:
+            fut = asyncio.get_running_loop().create_future()
+        except RuntimeError:                 # no loop: nothing will wait for it
+            return None
+        if not self.hold:
+            fut.set_result(None)
+        self.futures.append(fut)
+        return fut
 
 
 def test_writes_to_one_key_go_out_once_with_the_latest_value():
@@ -57,33 +74,79 @@ def test_max_pending_keys_flush_at_once():
     assert table.sent == [(0, "a", 2, None), (0, "b", 1, None)]
 
 
-def test_every_commit_flushes_first():
+def with_original(fake):
+    """Run a coroutine with Faust's own _commit_tps replaced by ``fake``."""
+    async def run(coro):
+        saved, write_behind._commit_tps = write_behind._commit_tps, fake
+        try:
+            return await coro
+        finally:
+            write_behind._commit_tps = saved
+    return run
+
+
+def test_every_commit_waits_for_the_writes_to_be_acknowledged_first():
     assert FaustConsumer._commit_tps is write_behind.commit_tps
-    table = Table()
+    table = Table(hold=True)
     WriteBehind(table)
-    table.send_changelog(1, "k", "v")
-    seen = []
+    committed = []
 
     async def original(consumer, tps, start_new_transaction):
-        seen.append(list(table.sent))
+        committed.append(list(table.sent))
         return True
 
-    saved, write_behind._commit_tps = write_behind._commit_tps, original
-    try:
-        assert asyncio.run(write_behind.commit_tps(object(), [], start_new_transaction=True))
-    finally:
-        write_behind._commit_tps = saved
-    assert seen == [[(1, "k", "v", None)]]
+    async def scenario():
+        table.send_changelog(1, "k", "v")
+        commit = asyncio.ensure_future(
+            write_behind.commit_tps(object(), [], start_new_transaction=True))
+        await asyncio.sleep(0.05)
+        assert table.sent == [(1, "k", "v", None)] and committed == []   # sent, not acked
+        table.futures[0].set_result(None)
+        return await commit
+
+    assert asyncio.run(with_original(original)(scenario()))
+    assert committed == [[(1, "k", "v", None)]]
 
 
-def test_a_revocation_sends_what_waits_and_waits_for_the_producer():
+def test_a_write_the_broker_refuses_skips_the_commit_and_goes_again():
+    table = Table(hold=True)
+    buffered = WriteBehind(table)
+    committed = []
+
+    async def original(consumer, tps, start_new_transaction):
+        committed.append(True)
+        return True
+
+    async def scenario():
+        table.send_changelog(1, "a", "A1")
+        table.send_changelog(1, "b", "B1")
+        commit = asyncio.ensure_future(
+            write_behind.commit_tps(object(), [], start_new_transaction=True))
+        await asyncio.sleep(0.05)
+        table.futures[0].set_exception(RuntimeError("NotLeaderForPartition"))
+        table.futures[1].set_result(None)
+        table.send_changelog(1, "c", "C1")                    # written meanwhile
+        assert await commit is False and committed == []
+        assert buffered.pending == 2                          # a again, before c
+        table.hold = False
+        assert await write_behind.commit_tps(object(), [], start_new_transaction=True)
+        return table.sent
+
+    sent = asyncio.run(with_original(original)(scenario()))
+    assert sent[2:] == [(1, "a", "A1", None), (1, "c", "C1", None)] and committed == [True]
+
+
+def test_a_revocation_sends_what_waits_and_waits_for_its_acknowledgement():
     table = Table()
     WriteBehind(table)
-    table.send_changelog(2, "k", "v")
-    asyncio.run(table.app.on_partitions_revoked.send(object(), set()))
-    assert table.sent == [(2, "k", "v", None)] and table.flushes == 1
-    asyncio.run(table.app.on_partitions_revoked.send(object(), set()))
-    assert table.flushes == 1                       # nothing waited: no producer flush
+
+    async def scenario():
+        table.send_changelog(2, "k", "v")
+        await table.app.on_partitions_revoked.send(object(), set())
+        return table.futures
+
+    futures = asyncio.run(scenario())
+    assert table.sent == [(2, "k", "v", None)] and len(futures) == 1 and futures[0].done()
 
 
 def test_a_write_the_producer_refuses_stays_with_those_after_it():
@@ -91,10 +154,8 @@ def test_a_write_the_producer_refuses_stays_with_those_after_it():
     buffered = WriteBehind(table)
     for key in "abc":
         table.send_changelog(0, key, key.upper())
-    calls = []
 
     def refuse_b(partition, key, value, key_serializer=None, value_serializer=None):
-        calls.append(key)
         if key == "b":
             raise RuntimeError("producer not running")
         table.sent.append((partition, key, value, value_serializer))
