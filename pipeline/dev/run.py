@@ -75,8 +75,8 @@ def metrics_summary(worker, gateway) -> str:
                         or s.labels.get("team") not in (None, "*")):
                     continue                # budgets: the tenants' monthly spend only, summed
                 if s.name.endswith(("_total", "_count")) or family.type == "gauge":
-                    label = next((k for k in ("outcome", "state", "where", "kind")
-                                  if k in s.labels), None)
+                    label = next((k for k in ("outcome", "state", "where") if k in s.labels),
+                                 "kind" if s.name == "llmpipe_table_writes" else None)
                     key = s.name + ("{%s=%s}" % (label, s.labels[label]) if label else "")
                     totals[key] = totals.get(key, 0.0) + s.value
         return totals

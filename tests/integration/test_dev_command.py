@@ -40,6 +40,10 @@ def test_dev_runs_demo_prints_report_and_ctrl_c_stops_every_child(tmp_path):
         assert in_intake and int(in_intake.group(1)) > 0, text    # the gateway's interactive calls
         spend = re.search(r"tenants' spend this month \$(\d+\.\d{4}) settled", text)
         assert spend and float(spend.group(1)) > 0, text
+        lookups = re.search(r"cache lookups (\d+);", text)
+        assert lookups and int(lookups.group(1)) > 0, text          # the repeat was a hit
+        writes = re.search(r"table writes (\d+) sent as (\d+) changelog records", text)
+        assert writes and 0 < int(writes.group(2)) <= int(writes.group(1)), text
         assert "garbage bytes                        -> dead letter (undecodable)" in text, text
         assert text.count("-> invalid_request: ") == 3 and "MISSING" not in text, text
         children = [int(p) for p in re.findall(r"pid (\d+)", text)]
