@@ -9,12 +9,16 @@ write at once), but the changelog gets only the latest value of each key, sent w
 commits offsets (every ``broker_commit_interval``, at a rebalance, at shutdown) or when
 ``max_pending`` keys wait.
 
-Why nothing is lost: at the start of every commit these writes are handed to the producer
-and the commit waits until the broker has acknowledged each of them (Faust's own flush
-before a commit gives up after 0.1 s without progress, so it is not relied on); if one is
-refused, that commit is skipped and the write queued again. So an offset is never
-committed before the writes of the events up to it are on the broker. A crash loses only
-writes of events whose offsets were not committed, and those events are read again.
+Why nothing is lost: at the start of every commit these writes are handed to the producer,
+right before Faust counts the offsets to commit (``_commit_tps``, no await between the
+two), so every event those offsets cover made its writes before the flush. Before it
+commits them (``_commit_offsets``) the commit waits until the broker has acknowledged each
+write (Faust's own flush before a commit gives up after 0.1 s without progress, so it is
+not relied on); if one is refused, that commit is skipped and the write queued again. So
+an offset is never committed before the writes of the events up to it are on the broker.
+A crash loses only writes of events whose offsets were not committed, and those events
+are read again. (The wait must not come between the flush and the counting: events
+acknowledged meanwhile would be counted with writes still queued.)
 
 What a crash leaves is no longer a prefix of the writes: each row's value from the last
 flush that reached the broker, and of the flush under way a prefix in the order of the
@@ -43,6 +47,7 @@ log = logging.getLogger("llmpipe.write_behind")
 #: request timeout is at most 30 s); past it the commit is skipped and they go again.
 ACK_TIMEOUT_S = 60.0
 _commit_tps = FaustConsumer._commit_tps
+_commit_offsets = FaustConsumer._commit_offsets
 _tables: "weakref.WeakSet[WriteBehind]" = weakref.WeakSet()
 
 
@@ -109,7 +114,6 @@ class WriteBehind:
             self.sent += sent
         return sent
 
-
     async def acked(self) -> None:
         """Wait until the broker has acknowledged every write ``flush`` handed over. Writes
         it refused go back ahead of newer ones (unless written again since) and the first
@@ -142,7 +146,11 @@ def flush_all() -> int:
 
 
 async def commit_tps(self: FaustConsumer, *args: Any, **kwargs: Any) -> bool:
-    flush_all()
+    flush_all()              # Faust counts the offsets to commit right after, no await between
+    return await _commit_tps(self, *args, **kwargs)
+
+
+async def commit_offsets(self: FaustConsumer, *args: Any, **kwargs: Any) -> bool:
     for buffered in list(_tables):
         try:
             await buffered.acked()
@@ -150,7 +158,8 @@ async def commit_tps(self: FaustConsumer, *args: Any, **kwargs: Any) -> bool:
             log.warning("changelog_write_failed table=%s error=%r: offsets not committed "
                         "until it is written", buffered.table.name, exc)
             return False
-    return await _commit_tps(self, *args, **kwargs)
+    return await _commit_offsets(self, *args, **kwargs)
 
 
 FaustConsumer._commit_tps = commit_tps
+FaustConsumer._commit_offsets = commit_offsets

@@ -74,38 +74,59 @@ def test_max_pending_keys_flush_at_once():
     assert table.sent == [(0, "a", 2, None), (0, "b", 1, None)]
 
 
-def with_original(fake):
-    """Run a coroutine with Faust's own _commit_tps replaced by ``fake``."""
+def replacing(name: str, fake):
+    """Run a coroutine with Faust's own ``name`` (as write_behind saved it) replaced."""
     async def run(coro):
-        saved, write_behind._commit_tps = write_behind._commit_tps, fake
+        saved = getattr(write_behind, name)
+        setattr(write_behind, name, fake)
         try:
             return await coro
         finally:
-            write_behind._commit_tps = saved
+            setattr(write_behind, name, saved)
     return run
 
 
-def test_every_commit_waits_for_the_writes_to_be_acknowledged_first():
+def test_a_commit_sends_the_writes_before_faust_counts_its_offsets():
+    """No await between the flush and Faust's counting of the offsets to commit: an event
+    acknowledged after the flush cannot be counted with its writes still queued."""
     assert FaustConsumer._commit_tps is write_behind.commit_tps
     table = Table(hold=True)
     WriteBehind(table)
-    committed = []
+    counted = []
 
     async def original(consumer, tps, start_new_transaction):
-        committed.append(list(table.sent))
+        counted.append(list(table.sent))     # Faust's _filter_committable_offsets runs here
         return True
 
     async def scenario():
         table.send_changelog(1, "k", "v")
-        commit = asyncio.ensure_future(
-            write_behind.commit_tps(object(), [], start_new_transaction=True))
+        return await write_behind.commit_tps(object(), [], start_new_transaction=True)
+
+    assert asyncio.run(replacing("_commit_tps", original)(scenario()))
+    assert counted == [[(1, "k", "v", None)]]
+
+
+def test_the_offsets_are_committed_only_once_the_writes_are_acknowledged():
+    assert FaustConsumer._commit_offsets is write_behind.commit_offsets
+    table = Table(hold=True)
+    buffered = WriteBehind(table)
+    committed = []
+
+    async def original(consumer, offsets, start_new_transaction=True):
+        committed.append(offsets)
+        return True
+
+    async def scenario():
+        table.send_changelog(1, "k", "v")
+        buffered.flush()
+        commit = asyncio.ensure_future(write_behind.commit_offsets(object(), {"tp": 5}))
         await asyncio.sleep(0.05)
-        assert table.sent == [(1, "k", "v", None)] and committed == []   # sent, not acked
+        assert committed == []                                   # sent, not acknowledged
         table.futures[0].set_result(None)
         return await commit
 
-    assert asyncio.run(with_original(original)(scenario()))
-    assert committed == [[(1, "k", "v", None)]]
+    assert asyncio.run(replacing("_commit_offsets", original)(scenario()))
+    assert committed == [{"tp": 5}]
 
 
 def test_a_write_the_broker_refuses_skips_the_commit_and_goes_again():
@@ -113,15 +134,15 @@ def test_a_write_the_broker_refuses_skips_the_commit_and_goes_again():
     buffered = WriteBehind(table)
     committed = []
 
-    async def original(consumer, tps, start_new_transaction):
-        committed.append(True)
+    async def original(consumer, offsets, start_new_transaction=True):
+        committed.append(offsets)
         return True
 
     async def scenario():
         table.send_changelog(1, "a", "A1")
         table.send_changelog(1, "b", "B1")
-        commit = asyncio.ensure_future(
-            write_behind.commit_tps(object(), [], start_new_transaction=True))
+        buffered.flush()
+        commit = asyncio.ensure_future(write_behind.commit_offsets(object(), {"tp": 5}))
         await asyncio.sleep(0.05)
         table.futures[0].set_exception(RuntimeError("NotLeaderForPartition"))
         table.futures[1].set_result(None)
@@ -129,11 +150,12 @@ def test_a_write_the_broker_refuses_skips_the_commit_and_goes_again():
         assert await commit is False and committed == []
         assert buffered.pending == 2                          # a again, before c
         table.hold = False
-        assert await write_behind.commit_tps(object(), [], start_new_transaction=True)
+        buffered.flush()
+        assert await write_behind.commit_offsets(object(), {"tp": 6})
         return table.sent
 
-    sent = asyncio.run(with_original(original)(scenario()))
-    assert sent[2:] == [(1, "a", "A1", None), (1, "c", "C1", None)] and committed == [True]
+    sent = asyncio.run(replacing("_commit_offsets", original)(scenario()))
+    assert sent[2:] == [(1, "a", "A1", None), (1, "c", "C1", None)] and committed == [{"tp": 6}]
 
 
 def test_a_revocation_sends_what_waits_and_waits_for_its_acknowledgement():
