@@ -6,8 +6,8 @@ them all to find the old ones took ~1.9 s of CPU per partition per sweep here â€
 loop blocked for as long, and a third of a core at a sweep every 30 s per partition. An
 ``Aging`` keeps, per partition, (time, key) in the order rows were added; a sweep looks at
 the old end only. Rows read back from a changelog are indexed once, by the caller's full
-scan after the partition is assigned (``known``); until then ``due`` says the partition is
-not indexed."""
+scan after the partition is assigned (``known``); until then ``indexed`` is False, ``add``
+ignores the partition and ``due`` finds nothing in it."""
 
 from __future__ import annotations
 

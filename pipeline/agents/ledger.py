@@ -374,7 +374,7 @@ def usage_rows(client, ids: tuple[str, ...]) -> list[dict]:
     non-streamed request) stays None, anything else (decimals, strings) becomes text."""
     return [{k: (v if v is None or isinstance(v, int) else str(v))
              for k, v in zip(USAGE_VIEW_COLUMNS, row)}
-            for chunk in devreport.in_chunks(ids)
+            for chunk in devreport.in_chunks(sorted(set(ids)))      # an id in one chunk only
             for row in client.query(f"SELECT {', '.join(USAGE_VIEW_COLUMNS)} FROM usage FINAL "
                                     "WHERE request_id IN %(ids)s", {"ids": chunk}).result_rows]
 

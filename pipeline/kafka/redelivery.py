@@ -253,6 +253,7 @@ def seek_in_thread(consumer: Any, partition: Any, offset: int) -> bool:
             client.seek(tp, offset)
     return in_consumer_thread(consumer, apply)
 
+
 FaustConsumer._new_offset = new_offset
 FaustConsumer._add_gap = add_gap
 FaustConsumer.commit = commit

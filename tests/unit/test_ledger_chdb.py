@@ -1042,6 +1042,8 @@ def test_the_ledger_views_take_more_ids_than_one_query_can_hold(ledger: ClickHou
     assert len(counts) == len(ids) and sum(counts.values()) == 3
     assert sum(count_by(ledger, "usage", "request_id", tuple(ids)).values()) == 3
     assert sorted(r["request_id"] for r in usage_rows(ledger, tuple(ids))) == stored
+    again = tuple(ids[-1:] + ids[:2_500] + ids[-3:])       # a stored id in two chunks
+    assert sorted(r["request_id"] for r in usage_rows(ledger, again)) == stored
     totals = usage_totals(ledger, tuple(ids))
     assert totals["final"]["rows"] == totals["final"]["distinct"] == 3
     assert Decimal(totals["final"]["cost_usd"]) == Decimal("0.0018")
