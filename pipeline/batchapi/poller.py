@@ -142,7 +142,7 @@ class JobLog:
     record per job is its state."""
 
     def __init__(self, bootstrap: str, topic: str, codec: Codec):
-        self.topic, self.codec = topic, codec
+        self.bootstrap, self.topic, self.codec = bootstrap, topic, codec
         self.consumer = clients.consumer(bootstrap)
         self.partitions: set[int] = set()
         self.ends: dict[TopicPartition, int] = {}     # offsets to reach before caught up
@@ -159,7 +159,7 @@ class JobLog:
         self.ends = {}
         if tps:
             await self.consumer.seek_to_beginning(*tps)
-            self.ends = await self.consumer.end_offsets(tps)
+            self.ends = await clients.end_offsets(self.bootstrap, tps)
         await self._check_caught_up()
 
     async def _check_caught_up(self) -> None:

@@ -26,6 +26,13 @@ its beginning — what ``auto_offset_reset="earliest"`` would have read; a recor
 this way is handled like any re-delivery (at-least-once, idempotent consumers). Table
 changelogs are left to Faust's recovery, which keeps its own offsets.
 
+**Recovery to the real end of a changelog.** Faust's table recovery reads each changelog
+partition up to its end offset (``_highwaters``). The embedded broker names one past the
+first record of the partition's last batch, so the rest of that batch was never applied: at
+a restart a table lost the last rows flushed together (found by a flaky alerting test,
+pipeline/kafka/clients.py ``end_offsets``). The end offsets here are read to the last
+record.
+
 **Pause that reaches the fetcher.** Faust pauses a partition only in its own bookkeeping
 (``Consumer.pause_partitions``): aiokafka keeps fetching it, and Faust drops what comes
 back. So every worker fetched back, decoded and dropped every table-changelog record it
@@ -50,11 +57,12 @@ from aiokafka.structs import TopicPartition
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from pipeline.kafka import redelivery  # its corrections apply on import
+from pipeline.kafka import clients, redelivery  # redelivery's corrections apply on import
 
 _original = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
 _seek_to_committed = AIOKafkaConsumer.seek_to_committed
 _original_proc_fetch_request = Fetcher._proc_fetch_request
+_highwaters = faust_aiokafka.Consumer.highwaters
 _faust_pause = FaustConsumer.pause_partitions
 _faust_resume = FaustConsumer.resume_partitions
 _fetch_max_wait_ms = 1500     # set_fetch_waits: the short wait, the idle one, after how long
@@ -110,6 +118,16 @@ async def _proc_fetch_request(self, assignment, node_id, request):
     return got
 
 
+async def _real_highwaters(self, *partitions):
+    """End offsets for Faust's table recovery, read to the last record (clients.end_offsets),
+    in the app's loop (a consumer made in the consumer thread's loop cancelled the recovery)."""
+    ends = await _highwaters(self, *partitions)
+    if self.in_transaction:
+        return ends
+    bootstrap = [f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker]
+    return await clients.end_offsets(bootstrap, list(partitions), reported=dict(ends))
+
+
 async def seek_to_committed(self: AIOKafkaConsumer, *partitions):
     committed = await _seek_to_committed(self, *partitions)
     # only the pipeline's own topics: table changelogs are positioned by Faust's recovery,
@@ -163,6 +181,7 @@ def fetching(consumer: FaustConsumer | None) -> dict[str, int] | None:
 
 
 faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
+faust_aiokafka.Consumer.highwaters = _real_highwaters
 FaustConsumer.pause_partitions = pause_partitions
 FaustConsumer.resume_partitions = resume_partitions
 AIOKafkaConsumer.seek_to_committed = seek_to_committed

@@ -135,9 +135,9 @@ class TenantDirectory:
         while True:
             tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
             if self._targets is None:
-                # before assign(): a broker that answers one request per connection at a
-                # time (Tansu) would queue this behind a long-polling fetch
-                ends = await consumer.end_offsets(tps)
+                # its own consumer, before assign(): a broker that answers one request per
+                # connection at a time (Tansu) would queue this behind a long-polling fetch
+                ends = await clients.end_offsets(self.bootstrap, tps)
                 self._targets = {tp.partition: offset for tp, offset in ends.items()}
             consumer.assign(tps)
             for tp in tps:
