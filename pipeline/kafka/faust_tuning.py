@@ -27,7 +27,7 @@ this way is handled like any re-delivery (at-least-once, idempotent consumers). 
 changelogs are left to Faust's recovery, which keeps its own offsets.
 
 **Recovery to the real end of a changelog.** Faust's table recovery reads each changelog
-partition up to its end offset (``_highwaters``). The embedded broker names one past the
+partition up to its end offset (the consumer's ``highwaters``). The embedded broker names one past the
 first record of the partition's last batch, so the rest of that batch was never applied: at
 a restart a table lost the last rows flushed together (found by a flaky alerting test,
 pipeline/kafka/clients.py ``end_offsets``). The end offsets here are read to the last
@@ -119,8 +119,7 @@ async def _proc_fetch_request(self, assignment, node_id, request):
 
 
 async def _real_highwaters(self, *partitions):
-    """End offsets for Faust's table recovery, read to the last record (clients.end_offsets),
-    in the app's loop (a consumer made in the consumer thread's loop cancelled the recovery)."""
+    """End offsets for Faust's table recovery, read to the last record (clients.end_offsets)."""
     ends = await _highwaters(self, *partitions)
     if self.in_transaction:
         return ends
