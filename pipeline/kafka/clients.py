@@ -84,9 +84,6 @@ async def end_offsets(bootstrap: str, tps: list[TopicPartition], *,
                     if records:
                         ends[tp] = max(ends[tp], records[-1].offset + 1)
                         todo.discard(tp)
-                for tp in list(todo):       # past the answer with no record: a control batch
-                    if await probe.position(tp) >= ends[tp]:
-                        todo.discard(tp)
         return {plain.get(tp, tp): end for tp, end in ends.items()}
     finally:
         # aiokafka's stop awaits a task of the consumer's that, cancelled before it ever
