@@ -106,15 +106,20 @@ def test_a_commit_sends_the_writes_before_faust_counts_its_offsets():
     assert counted == [[(1, "k", "v", None)]]
 
 
+def recording(committed: list):
+    """Faust's ``_commit_offsets`` as a stand-in that records what it was asked to commit."""
+    async def original(consumer, offsets, start_new_transaction=True):
+        committed.append(offsets)
+        return True
+    return original
+
+
 def test_the_offsets_are_committed_only_once_the_writes_are_acknowledged():
     assert FaustConsumer._commit_offsets is write_behind.commit_offsets
     table = Table(hold=True)
     buffered = WriteBehind(table)
     committed = []
-
-    async def original(consumer, offsets, start_new_transaction=True):
-        committed.append(offsets)
-        return True
+    original = recording(committed)
 
     async def scenario():
         table.send_changelog(1, "k", "v")
@@ -133,10 +138,7 @@ def test_a_write_the_broker_refuses_skips_the_commit_and_goes_again():
     table = Table(hold=True)
     buffered = WriteBehind(table)
     committed = []
-
-    async def original(consumer, offsets, start_new_transaction=True):
-        committed.append(offsets)
-        return True
+    original = recording(committed)
 
     async def scenario():
         table.send_changelog(1, "a", "A1")
