@@ -65,6 +65,13 @@ class CacheTable:
         async def on_assigned(sender, assigned, **kwargs) -> None:
             self.cache.forget_counts()
 
+        @self.table.on_recover
+        async def on_recovered() -> None:
+            # The changelog has been read back (rows of new partitions came in, rows of
+            # revoked ones went, neither through the cache): an index built meanwhile, from
+            # a lookup in flight during the recovery, misses them. Build it again.
+            self.cache.forget_counts()
+
 
 def register_cache_fill(app: faust.App, runtime: Runtime, tenancy: Tenancy, cache: CacheTable,
                         source: faust.TopicT, emitter: Emitter) -> None:

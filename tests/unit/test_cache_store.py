@@ -8,8 +8,10 @@ import asyncio
 import random
 import uuid
 
+import faust
 import pytest
 
+from pipeline.agents.cache import CacheTable
 from pipeline.cache.store import (CLEAR, PUT, CacheConfig, ResponseCache, fill_for, key_of,
                                   scope_of)
 from pipeline.catalog import load_catalog
@@ -23,7 +25,8 @@ from pipeline.providers.deployments import load_deployments
 from pipeline.routing.policy import Router, load_routing
 from pipeline.events.codec import Codec
 from pipeline.intake.validation import tenant_partition
-from pipeline.settings import Topics
+from pipeline.runtime import build_runtime
+from pipeline.settings import Settings, Topics
 
 catalog = load_catalog()
 NOW = 1_763_900_000_000
@@ -288,3 +291,24 @@ def test_eviction_keeps_the_newest_without_scanning_the_rows_again():
     again.apply(fill_for(routed_for(extra, key_of(extra)), answer_for(extra), NOW + 9), 3)
     assert again.lookup(firsts[2], key_of(firsts[2]), NOW + 10) is None
     assert again.entries("acme") == 3
+
+
+async def test_rows_a_table_recovery_brings_back_are_found_by_similarity():
+    """A lookup in flight while the table's changelog is read back builds the index from
+    the rows read so far; the rows recovered after it (written to the store, not through
+    the cache) reach the index once the recovery completes."""
+    app = faust.App(f"cache-table-{uuid.uuid4().hex[:6]}", autodiscover=False)
+    table = CacheTable(app, build_runtime(Settings.from_env()), partitions=6)
+    writer = ResponseCache({}, catalog)
+    first = ask("How do I reset my password?")
+    writer.apply(fill_for(routed_for(first, key_of(first)).replace(
+        cache_scope=scope_of(first)), answer_for(first), NOW), 10)
+    both = TenantPolicy("acme", cache_kinds=["exact", "semantic"])
+    again = ask("how do I reset my password")
+    assert table.cache.lookup(again, key_of(again), NOW + 1, both) is None   # building
+    await table.cache.index_ready()                # built while nothing was read back yet
+    table.table.data.update(writer.rows)           # the recovery writes the store itself
+    await table.table.call_recover_callbacks()
+    assert table.cache.lookup(again, key_of(again), NOW + 1, both) is None   # built again
+    await table.cache.index_ready()
+    assert table.cache.lookup(again, key_of(again), NOW + 1, both)[1] == "semantic"
