@@ -125,7 +125,7 @@ class Intake:
             validation.check_reply_topics(request, self.topics, policy)
             context = context_policy(request, policy)
         except Rejected as exc:
-            return self._refused(request, fmt, exc, received, origin)
+            return self._refused(request, fmt, exc, received, origin, lookup_cost)
         self.state.prepare(origin.partition)
         kind, seen = self.state.admissions.classify(request.tenant, request.request_id,
                                                     origin.partition, origin.offset)
@@ -165,7 +165,7 @@ class Intake:
             self.state.refuse(request.tenant, request.request_id, origin.partition, origin.offset,
                               received)
             alerts = exc.alerts if isinstance(exc, _BudgetRefusal) else []
-            return alerts + self._refused(request, fmt, exc, received, origin)
+            return alerts + self._refused(request, fmt, exc, received, origin, lookup_cost)
         finally:
             self.state.sweep(origin.partition, received)
         return outs + [self._onward(routed)]
@@ -264,9 +264,11 @@ class Intake:
 
     # --- refusals ------------------------------------------------------------------
 
-    def _refused(self, r: Request, fmt: str, exc: Rejected, received: int, origin: Origin) -> list[Out]:
+    def _refused(self, r: Request, fmt: str, exc: Rejected, received: int, origin: Origin,
+                 lookup_cost: int = 0) -> list[Out]:
         """One error Response (on the request's reply topic only if that is acceptable) and
-        one Usage row, built from what of the request can be echoed safely."""
+        one Usage row, built from what of the request can be echoed safely; the row bills
+        ``lookup_cost`` (an embedding prepare paid before the refusal)."""
         r = scrub(r)
         b = self.bounds
         created = next((t for t in (r.created_at_ms, origin.timestamp_ms)
@@ -287,7 +289,7 @@ class Intake:
             created_at_ms=created, metadata=metadata)
         return outcomes.refused(echo, exc.code, exc.message, at=self.clock(), received=received,
                                 fmt=fmt, topics=self.topics, reply_topic=reply,
-                                usage_partition=origin.partition)
+                                usage_partition=origin.partition, lookup_cost=lookup_cost)
 
     def _rejected_bytes(self, value: bytes | None, origin: Origin, code: str, reason: str,
                         at: int) -> list[Out]:

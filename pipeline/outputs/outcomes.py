@@ -32,20 +32,22 @@ def created_at(request: Request, received_at_ms: int) -> int:
 
 def refused(r: Request, code: str, message: str, *, at: int, received: int, fmt: str = AVRO,
             topics: Topics, reply_topic: str | None = None,
-            usage_partition: int | None = None) -> list[Out]:
+            usage_partition: int | None = None, lookup_cost: int = 0) -> list[Out]:
     """A request intake will not route: its error Response and a Usage row (errors are
     counted). ``reply_topic``: where the caller listens (the default responses topic when
-    the request's own is not acceptable)."""
+    the request's own is not acceptable). ``lookup_cost``: what was paid for it before it
+    was refused (a provider embedding for its cache lookup): billed, as on a hit."""
     created = created_at(r, received)
     response = Response(
         request_id=r.request_id, tenant=r.tenant, status=ERROR, completed_at_ms=at,
         error=ErrorInfo(code, message, retryable=False), latency_ms=max(0, at - created),
-        metadata=r.metadata)
+        cost_nanos=lookup_cost, metadata=r.metadata)
     usage = Usage(
         request_id=r.request_id, tenant=r.tenant, created_at_ms=created, completed_at_ms=at,
         status=ERROR, error_code=code, team=r.team or "", end_user=r.end_user or "",
         requested_model=r.model or "", queue_ms=max(0, received - created),
-        pipeline_ms=max(0, at - received))
+        pipeline_ms=max(0, at - received), cost_nanos=lookup_cost,
+        cache_cost_nanos=lookup_cost)
     return [Out(reply_topic or topics.responses, r.request_id, response, fmt),
             Out(topics.usage, r.tenant, usage, partition=usage_partition)]
 

@@ -51,9 +51,9 @@ def intake_over(rows: dict, embedder: ProviderEmbedder) -> Intake:
                   bounds=load_bounds(), partitions=6, cache=cache)
 
 
-async def send(intake: Intake, text: str) -> tuple[list, int]:
+async def send(intake: Intake, text: str, **kw) -> tuple[list, int]:
     request = Request(str(uuid.uuid4()), TENANT, [ChatMessage("user", text)], created_at_ms=NOW,
-                      model="gpt-4o-mini")
+                      model="gpt-4o-mini", **kw)
     value = Codec().encode(request, topics.requests)
     prepared = await intake.prepare(value)
     origin = Origin(topics.requests, tenant_partition(TENANT, 6), 1, TENANT.encode(), NOW)
@@ -129,4 +129,17 @@ async def test_a_failed_embedding_leaves_the_exact_cache_and_holds_nothing_up():
     assert outs[0].event.cache == "exact" and outs[1].event.cost_nanos == 0
     outs, _ = await send(intake, "WHERE IS MY PARCEL?")
     assert not isinstance(outs[0].event, Response)                     # routed: a miss
+    await embedder.adapter.aclose()
+
+
+async def test_a_request_refused_after_its_embedding_was_paid_is_billed_for_it(simulator):
+    """The reply topic is judged in handle, after prepare paid for the lookup's embedding:
+    the refusal's one Usage row carries that cost, so the ledger and the budget see it."""
+    embedder = embedder_at(simulator.base_url)
+    intake = intake_over({}, embedder)
+    outs, paid = await send(intake, "Where is my parcel?", reply_topic="someone.elses")
+    response, usage = (o.event for o in outs)
+    assert paid > 0 and embedder.calls == 1
+    assert response.status == usage.status == "error" and "reply_topic" in response.error.message
+    assert response.cost_nanos == usage.cost_nanos == usage.cache_cost_nanos == paid
     await embedder.adapter.aclose()
