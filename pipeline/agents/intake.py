@@ -53,7 +53,7 @@ def register_intake(app: faust.App, runtime: Runtime, tenancy: Tenancy, source: 
                     summariser=make_summariser(runtime))
 
     async def step(value: bytes | None, origin: Origin):
-        outs = intake.handle(value, origin, await intake.prepare(value))
+        outs = intake.handle(value, origin, await intake.prepare(value, origin))
         return await inline.run(outs, origin) if inline is not None else outs
 
     @app.agent(source, name="intake")

@@ -62,11 +62,13 @@ class Intake:
         self.cache, self.summariser = cache, summariser
         self.quiet = QuietDeployments()
 
-    async def prepare(self, value: bytes | None) -> Prepared:
+    async def prepare(self, value: bytes | None, origin: Origin | None = None) -> Prepared:
         """Before :meth:`handle`, the calls its record may need (they cannot run inside
         handle): with a provider's embedder, the embedding of the last turn for the
         semantic lookup; with a context policy that summarises, the summary of the turns
-        the window drops. What they made and cost, for ``handle`` to bill."""
+        the window drops. What they made and cost, for ``handle`` to bill. ``origin``: the
+        record's place, to pay nothing for a duplicate copy (handle answers it) and no
+        embedding for a redelivery (handle skips its lookup)."""
         remote = self.cache is not None and self.cache.remote
         if not remote and self.summariser is None:
             return NOTHING_PREPARED
@@ -83,6 +85,12 @@ class Intake:
             validation.check_request(request, self.clock(), self.bounds)
         except Rejected:
             return Prepared(request=request)   # handle refuses it; nothing paid for it
+        if origin is not None:
+            kind, _ = self.state.admissions.classify(request.tenant, request.request_id,
+                                                     origin.partition, origin.offset)
+            if kind == DUPLICATE:
+                return Prepared(request=request)
+            remote = remote and kind != REDELIVERY
         cost = await self.cache.prepare(request, policy) if remote and self.cache else 0
         summary = None
         if summarise and self.summariser is not None and not self._hits(request, policy):

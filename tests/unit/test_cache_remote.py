@@ -143,3 +143,34 @@ async def test_a_request_refused_after_its_embedding_was_paid_is_billed_for_it(s
     assert response.status == usage.status == "error" and "reply_topic" in response.error.message
     assert response.cost_nanos == usage.cost_nanos == usage.cache_cost_nanos == paid
     await embedder.adapter.aclose()
+
+
+async def test_a_duplicate_copy_pays_for_no_embedding(simulator):
+    """A copy of an admitted request id at another offset is answered as a duplicate and
+    billed nothing, so nothing is paid for it either; a redelivery (the same record again)
+    skips its lookup, so it pays for no embedding. (The memo by text would hide both when
+    the text is the one just paid for: here the copy's text differs, and the memo is lost
+    as in a restart before the redelivery.)"""
+    embedder = embedder_at(simulator.base_url)
+    intake = intake_over({}, embedder)
+    request = Request(str(uuid.uuid4()), TENANT, [ChatMessage("user", "Where is my parcel?")],
+                      created_at_ms=NOW, model="gpt-4o-mini")
+    value = Codec().encode(request, topics.requests)
+    at = lambda offset: Origin(topics.requests, tenant_partition(TENANT, 6), offset,  # noqa: E731
+                               TENANT.encode(), NOW)
+    prepared = await intake.prepare(value, at(1))
+    routed = routed_of(intake.handle(value, at(1), prepared))
+    assert prepared.lookup_cost > 0 and embedder.calls == 1 and routed.cache_cost_nanos > 0
+
+    other = Codec().encode(request.replace(messages=[ChatMessage("user", "Who are you?")]),
+                           topics.requests)
+    copy = await intake.prepare(other, at(2))
+    (out,) = intake.handle(other, at(2), copy)
+    assert copy.lookup_cost == 0 and embedder.calls == 1
+    assert out.event.status == "error" and "already accepted" in out.event.error.message
+
+    embedder.memo.clear()
+    again = await intake.prepare(value, at(1))
+    assert again.lookup_cost == 0 and embedder.calls == 1
+    assert routed_of(intake.handle(value, at(1), again)).cache_cost_nanos == 0
+    await embedder.adapter.aclose()
