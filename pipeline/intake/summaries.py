@@ -15,9 +15,17 @@ cheapest capable chat model writes.
 - **Cached** by tenant and conversation prefix (``prefix_key`` of the dropped messages) in
   a bounded memo of the intake worker, so a conversation's history is summarised once per
   worker; a restart or a rebalance may pay for one summary again.
-- **Failed** (no capable model, an error, the timeout): the request keeps its whole
-  history — the window is not applied — so nothing the caller sent is lost. The decision
-  says so."""
+- **Guarded.** Each deployment called for summaries has a guard of its own in this
+  worker (breaker, limits and health from its ``resilience:`` settings, as dispatch's):
+  a deployment whose breaker is open, or whose limits are full, is passed over at once
+  for the next cheapest capable model, and a failed call moves on to it too, up to
+  ``MAX_CALLS`` calls within ``TIMEOUT_S``. So a provider that is down costs a few
+  summaries their timeout, then none: it does not hold every summarising request (and
+  the intake slot it sits in) for the whole timeout. These guards are not dispatch's:
+  summary calls do not draw on the rate limits dispatch keeps for the same deployment.
+- **Failed** (no capable model, every candidate refused or failed, the timeout): the
+  request keeps its whole history — the window is not applied — so nothing the caller
+  sent is lost. The decision says so."""
 
 from __future__ import annotations
 
@@ -28,21 +36,24 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
+from pipeline import errors
 from pipeline.catalog import CHAT, Catalog
-from pipeline.clock import now_ms
+from pipeline.clock import MonotonicClock, now_ms
 from pipeline.context import summary_prompt
 from pipeline.events.models import (ChatMessage, GenerationParams, Request, RouteDecision,
                                     RoutedRequest, TenantPolicy, Usage)
 from pipeline.outputs.outcomes import answered
-from pipeline.providers.base import Adapter
+from pipeline.providers.base import Adapter, Completion
 from pipeline.providers.deployments import Deployment, Deployments
+from pipeline.resilience.guard import DeploymentGuard, Refusal
 from pipeline.routing.tokens import estimate_messages_tokens
 from pipeline.settings import Topics
 
 log = logging.getLogger("llmpipe.context")
 
 MEMO_SIZE = 10_000
-TIMEOUT_S = 20.0
+TIMEOUT_S = 20.0            # for the whole summary, every call it makes included
+MAX_CALLS = 2               # calls made for one summary (refusals by a guard cost none)
 MAX_SUMMARY_TOKENS = 400
 SUMMARY_RULE = "context-summary"
 
@@ -72,19 +83,30 @@ class Summariser:
         self.catalog, self.deployments, self.adapter_for = catalog, deployments, adapter_for
         self.memo: OrderedDict[tuple[str, str], str] = OrderedDict()
         self.memo_size, self.timeout_s, self.clock = memo_size, timeout_s, clock
+        self.guards: dict[str, DeploymentGuard] = {}
         self.calls = self.failures = 0
 
-    def model_for(self, prompt_tokens: int, policy: TenantPolicy | None) -> str | None:
-        """The cheapest chat model that may and can summarise ``prompt_tokens`` of history."""
+    def models_for(self, prompt_tokens: int, policy: TenantPolicy | None) -> list[str]:
+        """The chat models that may and can summarise ``prompt_tokens`` of history,
+        cheapest first."""
         allowed = set(policy.allowed_models) if policy and policy.allowed_models else None
         denied = set(policy.denied_models) if policy else set()
         fits = [m for m in self.catalog.models.values()
                 if m.kind == CHAT and self.deployments.for_model(m.name)
                 and (allowed is None or m.name in allowed) and m.name not in denied
                 and m.context_window >= prompt_tokens + MAX_SUMMARY_TOKENS]
-        if not fits:
-            return None
-        return min(fits, key=lambda m: (m.input_per_mtok + m.output_per_mtok, m.name)).name
+        fits.sort(key=lambda m: (m.input_per_mtok + m.output_per_mtok, m.name))
+        return [m.name for m in fits]
+
+    def model_for(self, prompt_tokens: int, policy: TenantPolicy | None) -> str | None:
+        """The cheapest of :meth:`models_for` (None: none)."""
+        return next(iter(self.models_for(prompt_tokens, policy)), None)
+
+    def guard(self, deployment: Deployment) -> DeploymentGuard:
+        if deployment.id not in self.guards:
+            self.guards[deployment.id] = DeploymentGuard(deployment.id, deployment.guard,
+                                                         MonotonicClock())
+        return self.guards[deployment.id]
 
     async def summary(self, request: Request, dropped: list[ChatMessage], key: str,
                       policy: TenantPolicy | None) -> Summary | None:
@@ -95,35 +117,59 @@ class Summariser:
             self.memo.move_to_end(memo_key)
             return Summary(text)
         prompt = summary_prompt(dropped)
-        model = self.model_for(estimate_messages_tokens(prompt), policy)
-        if model is None:
-            log.warning("context_summary_failed request_id=%s tenant=%s error=no capable model",
-                        request.request_id, request.tenant)
-            self.failures += 1
-            return None
-        deployment = self.deployments.for_model(model)[0]
+        prompt_tokens = estimate_messages_tokens(prompt)
+        models = self.models_for(prompt_tokens, policy)
+        why = "no capable model"
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        calls = 0
+        for model in models:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if calls >= MAX_CALLS or remaining <= 0:
+                break
+            deployment = self.deployments.for_model(model)[0]
+            permit = await self.guard(deployment).acquire(prompt_tokens + MAX_SUMMARY_TOKENS,
+                                                          0.0, asyncio.sleep)
+            if isinstance(permit, Refusal):
+                why = f"{model}: {permit.message}"
+                continue
+            calls += 1
+            routed = self._routed(request, prompt, model, deployment, policy)
+            self.calls += 1
+            try:
+                done = await asyncio.wait_for(self.adapter_for(deployment).complete(routed),
+                                              remaining)
+            except asyncio.CancelledError:
+                permit.abandoned()
+                raise
+            except Exception as exc:    # any failure: the next model, or the history kept
+                permit.failed(exc.code if isinstance(exc, errors.GatewayError) else errors.TIMEOUT
+                              if isinstance(exc, asyncio.TimeoutError) else errors.PROVIDER_ERROR)
+                why = f"{model}: {type(exc).__name__}: {exc}"
+                continue
+            permit.succeeded(done.prompt_tokens + done.completion_tokens)
+            if done.content.strip():
+                return self._kept(request, memo_key, routed, model, done)
+            why = f"{model}: an empty summary"
+        self.failures += 1
+        log.warning("context_summary_failed request_id=%s tenant=%s error=%s",
+                    request.request_id, request.tenant, why[:200])
+        return None
+
+    def _routed(self, request: Request, prompt: list[ChatMessage], model: str,
+                deployment: Deployment, policy: TenantPolicy | None) -> RoutedRequest:
         call = Request(summary_id(request.request_id), request.tenant, prompt, team=request.team,
                        end_user=request.end_user, model=model,
                        params=GenerationParams(max_tokens=MAX_SUMMARY_TOKENS, temperature=0.0))
         started = self.clock()
-        routed = RoutedRequest(call, RouteDecision(deployment.id, model, deployment.provider,
-                                                   SUMMARY_RULE, region=deployment.region,
-                                                   task_class="summary"),
-                               max_tokens=MAX_SUMMARY_TOKENS, reply_topic="",
-                               received_at_ms=started, routed_at_ms=started,
-                               baseline_model=(policy.baseline_model or "") if policy else "")
-        self.calls += 1
-        try:
-            done = await asyncio.wait_for(self.adapter_for(deployment).complete(routed),
-                                          self.timeout_s)
-            if not done.content.strip():
-                raise ValueError("an empty summary")
-        except Exception as exc:               # any failure: the history is kept whole
-            self.failures += 1
-            log.warning("context_summary_failed request_id=%s tenant=%s model=%s error=%s",
-                        request.request_id, request.tenant, model,
-                        f"{type(exc).__name__}: {exc}"[:200])
-            return None
+        return RoutedRequest(call, RouteDecision(deployment.id, model, deployment.provider,
+                                                 SUMMARY_RULE, region=deployment.region,
+                                                 task_class="summary"),
+                             max_tokens=MAX_SUMMARY_TOKENS, reply_topic="",
+                             received_at_ms=started, routed_at_ms=started,
+                             baseline_model=(policy.baseline_model or "") if policy else "")
+
+    def _kept(self, request: Request, memo_key: tuple[str, str], routed: RoutedRequest,
+              model: str, done: Completion) -> Summary:
         self.memo[memo_key] = done.content
         while len(self.memo) > self.memo_size:
             self.memo.popitem(last=False)

@@ -172,6 +172,32 @@ async def test_without_a_summary_the_history_is_kept_whole():
     assert all(facts_present(routed.request.messages, CHAT_ZH.facts))
 
 
+async def test_a_failing_summary_model_is_passed_over_once_its_breaker_opens(simulator):
+    """The cheapest model's deployment refuses connections: each summary fails over to the
+    next cheapest and is made there; once its breaker opens, summaries stop calling it."""
+    down = f"http://127.0.0.1:{free_port()}/v1"                        # nothing listens
+    cheapest, second = Summariser(catalog, deployments, lambda d: None).models_for(100, None)[:2]
+    called: list[str] = []
+    adapters: dict = {}
+
+    def adapter_for(deployment):
+        called.append(deployment.model)
+        if deployment.id not in adapters:
+            url = down if deployment.model == cheapest else simulator.base_url
+            adapters[deployment.id] = make_adapter(
+                dataclasses.replace(deployment, base_url=url), Secret(KEY), LIMITS)
+        return adapters[deployment.id]
+    summariser = Summariser(catalog, deployments, adapter_for, clock=lambda: NOW)
+    threshold = deployments.for_model(cheapest)[0].guard.breaker.failure_threshold
+    r = request("chat", CHAT_ZH.messages)
+    for i in range(threshold + 2):
+        made = await summariser.summary(r, CHAT_ZH.messages[:6], f"conversation {i}", None)
+        assert made is not None and made.usage.served_model == second
+    assert called == [cheapest, second] * threshold + [second, second]
+    assert summariser.guard(deployments.for_model(cheapest)[0]).breaker.state.value == "open"
+    assert summariser.failures == 0
+
+
 def test_the_cheapest_capable_model_summarises_within_the_tenants_models():
     summariser = Summariser(catalog, deployments, lambda d: None)
     cheapest = summariser.model_for(1000, None)
