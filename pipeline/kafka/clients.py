@@ -22,7 +22,7 @@ def producer(bootstrap: str, **settings: Any) -> AIOKafkaProducer:
                                "enable_idempotence": False, "linger_ms": 5, **settings})
 
 
-def consumer(bootstrap: str, *topics: str, **settings: Any) -> AIOKafkaConsumer:
+def consumer(bootstrap: str | list[str], *topics: str, **settings: Any) -> AIOKafkaConsumer:
     """A group-less consumer that commits nothing; ``settings`` override the defaults."""
     return AIOKafkaConsumer(*topics, **{"bootstrap_servers": bootstrap, "group_id": None,
                                         "enable_auto_commit": False,
@@ -51,7 +51,7 @@ async def caught_up(client: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -
 END_PROBE_TIMEOUT_S = 5.0
 
 
-async def end_offsets(bootstrap: str, tps: list[TopicPartition], *,
+async def end_offsets(bootstrap: str | list[str], tps: list[TopicPartition], *,
                       reported: dict[TopicPartition, int] | None = None,
                       timeout: float = END_PROBE_TIMEOUT_S) -> dict[TopicPartition, int]:
     """One past the last record of each partition.

@@ -27,11 +27,11 @@ this way is handled like any re-delivery (at-least-once, idempotent consumers). 
 changelogs are left to Faust's recovery, which keeps its own offsets.
 
 **Recovery to the real end of a changelog.** Faust's table recovery reads each changelog
-partition up to its end offset (the consumer's ``highwaters``). The embedded broker names one past the
-first record of the partition's last batch, so the rest of that batch was never applied: at
-a restart a table lost the last rows flushed together (found by a flaky alerting test,
-pipeline/kafka/clients.py ``end_offsets``). The end offsets here are read to the last
-record.
+partition up to its end offset (the consumer's ``highwaters``). The embedded broker names
+one past the first record of the partition's last batch, so the rest of that batch was
+never applied: at a restart a table lost the last rows flushed together (found by a flaky
+alerting test, pipeline/kafka/clients.py ``end_offsets``). The end offsets here are read
+to the last record.
 
 **Pause that reaches the fetcher.** Faust pauses a partition only in its own bookkeeping
 (``Consumer.pause_partitions``): aiokafka keeps fetching it, and Faust drops what comes
