@@ -15,7 +15,7 @@ import logging
 import uuid
 from datetime import datetime, timezone
 from collections import defaultdict, deque
-from typing import Any, AsyncIterable, Awaitable, Callable, Generic
+from typing import Any, AsyncIterable, Awaitable, Callable, Generic, Iterable
 
 import faust
 import faust.web
@@ -146,10 +146,6 @@ class SinkConsumer(Generic[E]):
                 await self._sleep(min(max(self.retry.wait_s(), 0.05), 1.0))
         log.info("ledger_backpressure_released sink=%s pending=%d", self.name, self.writer.pending)
 
-    async def tick(self) -> None:
-        if self.writer.due():
-            await self.flush(ripe_only=True)
-
     async def flush(self, *, ripe_only: bool = False) -> bool:
         """Insert what is pending (only full or old batches with ``ripe_only``, see
         :meth:`LedgerWriter.flush`) unless backing off; ack what landed. True if all landed."""
@@ -206,6 +202,16 @@ class SinkConsumer(Generic[E]):
                 "in_flight": self._acker.in_flight(), "rejected": self.rejected,
                 "failures": self.retry.failures, "total_failures": self.retry.total_failures,
                 "backpressure_waits": self.backpressure_waits}
+
+
+async def flush_due(sinks: Iterable[SinkConsumer], *, everything: bool = False) -> None:
+    """Flush the sinks holding ripe rows (a retry due counts), or with ``everything`` all
+    of them whole. A tick with nothing due makes no task: an idle worker runs this 4 times
+    a second."""
+    work = [sink.flush(ripe_only=not everything) for sink in sinks
+            if everything or sink.writer.due()]
+    if work:
+        await asyncio.gather(*work)
 
 
 def register_ledger(app: faust.App, runtime: Runtime, source: faust.TopicT, emitter: Emitter) -> None:
@@ -295,7 +301,7 @@ def register_ledger(app: faust.App, runtime: Runtime, source: faust.TopicT, emit
             paused = False
             try:
                 paused = flow_paused(app)
-                await asyncio.gather(*(sink.flush() if paused else sink.tick() for sink in sinks))
+                await flush_due(sinks, everything=paused)
             except asyncio.CancelledError:
                 raise
             except Exception:          # never let the flusher die: rows would wait forever

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import pytest
 
@@ -1027,6 +1027,45 @@ async def test_sink_keeps_reading_while_an_insert_runs(ledger: ClickHouse) -> No
     assert acks == [(0, offset) for offset in range(14)]
     assert [t.split(":")[3] for t in client.tokens] == ["0-3", "4-7", "8-11", "12-13"]
     assert count_usage(ledger, [f"s{i}" for i in range(14)]) == {f"s{i}": 1 for i in range(14)}
+
+
+@pytest.mark.asyncio
+async def test_a_flush_tick_inserts_only_ripe_rows_and_a_pause_all_of_them(ledger: ClickHouse) -> None:
+    """The flusher's tick touches only sinks with ripe rows; once the flow pauses
+    (rebalance, shutdown) it inserts every pending row, so Faust gets its acks."""
+    from pipeline.agents.ledger import flush_due
+    clock, acks = FakeClock(), []
+
+    async def never(event: Any, code: str, reason: str) -> None:
+        raise AssertionError(f"rejected: {code} {reason}")
+
+    def sink_of(name: str) -> tuple[RecordingClient, SinkConsumer]:
+        client = RecordingClient(ledger)
+        writer = LedgerWriter(client, max_rows=100, max_age_s=1.0, max_buffer=1000,  # type: ignore[arg-type]
+                              clock=clock)
+        return client, SinkConsumer(name, writer, _decode, InsertRetry(), never)
+
+    (old_client, old), (young_client, young), (empty_client, empty) = map(
+        sink_of, ("old", "young", "empty"))
+    await old.handle(FakeEvent(0, 0, make_usage("tick-old"), acks))
+    clock.now += 2.0
+    await young.handle(FakeEvent(1, 0, make_usage("tick-young"), acks))
+    flushes: list[str] = []
+    for sink in (old, young, empty):
+        sink.flush = _counted(sink.flush, sink.name, flushes)  # type: ignore[method-assign]
+    await flush_due([old, young, empty])
+    assert flushes == ["old"]                  # an idle tick makes no flush (and no task)
+    assert (len(old_client.tokens), young_client.tokens, acks) == (1, [], [(0, 0)])
+    await flush_due([old, young, empty], everything=True)
+    assert acks == [(0, 0), (1, 0)] and empty_client.tokens == []
+    assert count_usage(ledger, ["tick-old", "tick-young"]) == {"tick-old": 1, "tick-young": 1}
+
+
+def _counted(flush: Callable[..., Awaitable[bool]], name: str, calls: list[str]):
+    async def counted(**kwargs: Any) -> bool:
+        calls.append(name)
+        return await flush(**kwargs)
+    return counted
 
 
 def test_the_ledger_views_take_more_ids_than_one_query_can_hold(ledger: ClickHouse) -> None:
