@@ -702,3 +702,23 @@ def test_old_sheets_and_rows_are_swept_by_their_newest_period():
     assert all(len(key.split(chr(31))) == 4 for key in expired)      # the sheet stays
     w.now += 20 * DAY_MS
     assert "acme" + chr(31) + ALL_TEAMS in w.state.spend.expired(0, w.now, 32)
+
+
+def test_a_table_row_is_the_dataclass_with_nothing_shared():
+    """``row()`` replaces ``dataclasses.asdict`` on the request path: same dict, every list
+    a copy (a later change to the object must never reach the stored row unwritten)."""
+    from dataclasses import asdict
+    from pipeline.tenancy.admissions import Admission
+    from pipeline.tenancy.budgets import Spend
+    admission = Admission(3, 41, 1_700_000_000_000, reserved_nanos=900, spend_keys=["a", "b"],
+                          settled_at_ms=5, status="ok", cost_nanos=7, change=[2, -900, 850],
+                          earlier=[[1, 900, 0]])
+    row = admission.row()
+    assert row == asdict(admission) and Admission(**row) == admission
+    admission.spend_keys.append("c")
+    admission.change.append(1)
+    admission.earlier[0].append(1)
+    assert (row["spend_keys"], row["change"], row["earlier"]) == (["a", "b"], [2, -900, 850],
+                                                                   [[1, 900, 0]])
+    spend = Spend(settled_nanos=5, reserved_nanos=6, partition=2, seq=9, soft_alerted=True)
+    assert spend.row() == asdict(spend)
