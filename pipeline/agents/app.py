@@ -20,6 +20,7 @@ from pipeline.agents.ledger import register_ledger
 from pipeline.agents.monitor import register_monitor
 from pipeline.batchapi.poller import register_batch_api
 from pipeline.kafka import write_behind
+from pipeline.kafka.redelivery import stream_iterator_problem
 from pipeline.kafka.faust_tuning import fetching, set_fetch_waits
 from pipeline.kafka.topics import faust_partitions, load_topic_specs, prefixed
 from pipeline.runtime import Runtime
@@ -29,6 +30,9 @@ log = logging.getLogger("llmpipe.app")
 
 def create_app(runtime: Runtime) -> faust.App:
     s = runtime.settings
+    problem = stream_iterator_problem()
+    if problem:
+        log.warning("faust_stream_iterator %s", problem)
     set_fetch_waits(s.fetch_max_wait_ms, s.idle_fetch_wait_ms, s.idle_fetch_after_s)
     session = s.session_timeout_s
     app = faust.App(

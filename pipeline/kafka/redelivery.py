@@ -38,6 +38,15 @@ topics are read by plain consumers), so:
    hold set then would wait for a record already delivered. Records fetched before that
    seek and delivered after it are left to rules 1 and 2: a full-suite run with such a
    hold lost requests in both rebalance tests.)
+
+**A skipped event is never acked, with Faust's compiled stream iterator** (the one
+faust-streaming's wheels ship, used unless ``NO_CYTHON`` is set): it drops a skipped
+message without touching it, so the offset stays a hole until the copy read again is done
+(rules 1 and 2). Faust's pure-Python iterator (``Stream._py_aiter``) acks what it skips
+instead; after a revocation has cleared the acked offsets, that ack can book the committed
+offset while its re-read copy is still being processed, and a crash then would lose the
+record for that agent. :func:`stream_iterator_problem` names that case; the worker logs it
+at start.
 """
 
 from __future__ import annotations
@@ -260,3 +269,15 @@ FaustConsumer.commit = commit
 FaustConsumer.perform_seek = perform_seek
 FaustConsumer._drain_messages = drain_messages
 FaustConsumer.on_partitions_revoked = on_partitions_revoked
+
+
+def stream_iterator_problem() -> str | None:
+    """Why Faust's stream iterator here can lose a record around a rebalance, or None (the
+    compiled iterator, which never acks a skipped event)."""
+    import faust.streams
+    if faust.streams._CStreamIterator is not None:
+        return None
+    return ("Faust's compiled stream iterator is not available (NO_CYTHON set, or "
+            "faust-streaming installed without its extension): its pure-Python iterator "
+            "acks an event it skips during a rebalance, so a crash right after one can "
+            "lose a record; unset NO_CYTHON or install faust-streaming's binary wheel")
