@@ -100,3 +100,19 @@ def test_bare_broker_phases_default_to_interactives_and_standards_hop_counts():
     template = next(s for s in load_topic_specs() if s.name == "llm.requests")
     echo = BrokerEcho("127.0.0.1:1", echo_topics(template, 2), b"", 20, 1.0)
     assert echo.name == "broker 2 hops"
+
+
+def test_the_bench_raises_every_deployments_call_limits(tmp_path):
+    """The pipeline phases measure the pipeline: no deployment (not even one with limits of
+    its own) keeps the configured rate limiter, which a c=200 phase would run into."""
+    from pipeline.bench.latency import BENCH_LIMITS, bench_config
+    from pipeline.catalog import load_catalog
+    from pipeline.providers.deployments import load_deployments
+    config = bench_config(tmp_path / "config")
+    configured = load_deployments(load_catalog())
+    raised = load_deployments(load_catalog(config / "catalog.yaml"), config / "deployments.yaml")
+    assert list(raised.by_id) == list(configured.by_id)
+    for d in raised.by_id.values():
+        limits = d.guard.limits
+        assert (limits.rpm, limits.tpm, limits.max_concurrency) == (
+            BENCH_LIMITS["rpm"], BENCH_LIMITS["tpm"], BENCH_LIMITS["max_concurrency"]), d.id
