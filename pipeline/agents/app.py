@@ -20,8 +20,8 @@ from pipeline.agents.ledger import register_ledger
 from pipeline.agents.monitor import register_monitor
 from pipeline.batchapi.poller import register_batch_api
 from pipeline.kafka import write_behind
-from pipeline.kafka.redelivery import stream_iterator_problem
 from pipeline.kafka.faust_tuning import fetching, set_fetch_waits
+from pipeline.kafka.redelivery import stream_iterator_problem
 from pipeline.kafka.topics import faust_partitions, load_topic_specs, prefixed
 from pipeline.runtime import Runtime
 
