@@ -32,12 +32,12 @@ from pipeline.events.models import (
     TenantPolicy,
     Usage,
 )
-from pipeline.events.text import invalid_name, invalid_text, scrub, strings_of
+from pipeline.events.text import invalid_name, invalid_text, invalid_text_in, scrub
 
 __all__ = [
     "ERROR", "EVENT_TYPES", "OK", "PRIORITIES", "ROLES", "SEP",
     "Alert", "AttemptRecord", "Batch", "BatchJob", "Budget", "Cancel", "CanaryRule", "ChatMessage",
     "Chunk", "Codec", "DeadLetter", "DecodeError", "ErrorInfo", "Event", "GenerationParams",
     "Request", "Response", "RouteDecision", "RoutedRequest", "RoutingHints", "TenantPolicy", "Usage",
-    "invalid_name", "invalid_text", "is_json", "request_key", "scrub", "strings_of",
+    "invalid_name", "invalid_text", "invalid_text_in", "is_json", "request_key", "scrub",
 ]

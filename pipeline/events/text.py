@@ -64,20 +64,53 @@ def scrub(value: T) -> T:
     return value
 
 
-def strings_of(value: Any, path: str = "") -> list[tuple[str, str]]:
-    """Every string inside ``value`` with its path (``messages[0].content``), dict keys
-    included, for validation messages that name the field."""
-    found: list[tuple[str, str]] = []
+def invalid_text_in(value: Any) -> str | None:
+    """Where and why the first string inside ``value`` (an event, or anything made of
+    dataclasses, lists, dicts and strings; dict keys included) is not valid Unicode, e.g.
+    ``messages[0].content is not valid Unicode (...)``; None if every string is valid. The
+    path is built only for the string found: this runs on every request."""
+    found = _first_invalid(value)
+    if found is None:
+        return None
+    path, why = found
+    return f"{''.join(reversed(path)).lstrip('.')} {why}".lstrip()
+
+
+def _first_invalid(value: Any) -> tuple[list[str], str] | None:
+    """The path (innermost segment first) and reason of the first invalid string."""
     if isinstance(value, str):
-        found.append((path, value))
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for f in dataclasses.fields(value):
-            found += strings_of(getattr(value, f.name), f"{path}.{f.name}" if path else f.name)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            found += strings_of(v, f"{path}[{i}]")
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            found += strings_of(k, f"{path} key {k!r}")
-            found += strings_of(v, f"{path}[{k!r}]")
-    return found
+        why = invalid_text(value)
+        return ([], why) if why else None
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _first_invalid(item)
+            if found is not None:
+                found[0].append(f"[{i}]")
+                return found
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _first_invalid(key)
+            if found is not None:
+                return [f" key {key!r}"], found[1]
+            found = _first_invalid(item)
+            if found is not None:
+                found[0].append(f"[{key!r}]")
+                return found
+        return None
+    names = _FIELDS.get(type(value))
+    if names is None:                          # () for a type that holds no strings
+        holds = dataclasses.is_dataclass(value) and not isinstance(value, type)
+        names = _FIELDS[type(value)] = tuple(
+            f.name for f in dataclasses.fields(value)) if holds else ()
+    for name in names:
+        found = _first_invalid(getattr(value, name))
+        if found is not None:
+            found[0].append(f".{name}")
+            return found
+    return None
+
+
+#: Field names per type met, () for any but a dataclass (``dataclasses.fields`` and
+#: ``is_dataclass`` are slow on the hot path).
+_FIELDS: dict[type, tuple[str, ...]] = {}

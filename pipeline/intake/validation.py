@@ -11,7 +11,7 @@ from pipeline.kafka.topics import invalid_topic_name
 from pipeline.errors import Rejected
 from pipeline.events.ids import SEP
 from pipeline.events.models import PRIORITIES, ROLES, Request, TenantPolicy
-from pipeline.events.text import invalid_name, invalid_text, strings_of
+from pipeline.events.text import invalid_name, invalid_text_in
 from pipeline.intake.bounds import RequestBounds
 from pipeline.intake.features import check_chat, check_embedding, has_content
 from pipeline.settings import Topics
@@ -60,10 +60,9 @@ def check_record(size: int, key: bytes | None, partition: int, tenant: str, part
 
 def check_request(r: Request, received_ms: int, bounds: RequestBounds) -> None:
     """Every field of the request; raises Rejected naming the first that is wrong."""
-    for path, text in strings_of(r):
-        why = invalid_text(text)
-        if why:
-            raise Rejected(f"{path} {why}")
+    why = invalid_text_in(r)
+    if why:
+        raise Rejected(why)
     _name("tenant", r.tenant, bounds)
     for name, value in (("tenant", r.tenant), ("team", r.team)):
         if value == RESERVED:

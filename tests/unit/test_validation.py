@@ -67,6 +67,9 @@ def refusal(outs) -> tuple[str, Response, Usage]:
 @pytest.mark.parametrize("fields, fragment", [
     ({"messages": [{"role": "user", "content": "hi \ud800"}]}, "messages[0].content is not valid Unicode"),
     ({"metadata": {"k": "v \udfff"}}, "metadata['k'] is not valid Unicode"),
+    ({"metadata": {"k\udc00": "v"}}, "metadata key 'k\\udc00' is not valid Unicode"),
+    ({"messages": [{"role": "user", "content": "ok"}, {"role": "user", "content": "x \ud800"}]},
+     "messages[1].content is not valid Unicode (lone surrogate U+D800 at index 2)"),
     ({"team": "a\x07b"}, "team holds a control character"),
     ({"team": "*"}, "team '*' is reserved"),
     ({"end_user": "u" * 129}, "end_user is 129 characters long"),
