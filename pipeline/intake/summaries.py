@@ -45,7 +45,7 @@ from pipeline.events.models import (ChatMessage, GenerationParams, Request, Rout
 from pipeline.outputs.outcomes import answered
 from pipeline.providers.base import Adapter, Completion
 from pipeline.providers.deployments import Deployment, Deployments
-from pipeline.resilience.guard import DeploymentGuard, Refusal
+from pipeline.resilience.guard import Guards, Refusal
 from pipeline.routing.tokens import estimate_messages_tokens
 from pipeline.settings import Topics
 
@@ -83,7 +83,8 @@ class Summariser:
         self.catalog, self.deployments, self.adapter_for = catalog, deployments, adapter_for
         self.memo: OrderedDict[tuple[str, str], str] = OrderedDict()
         self.memo_size, self.timeout_s, self.clock = memo_size, timeout_s, clock
-        self.guards: dict[str, DeploymentGuard] = {}
+        self.guards = Guards(lambda deployment: deployments.by_id[deployment].guard,
+                             MonotonicClock())
         self.calls = self.failures = 0
 
     def models_for(self, prompt_tokens: int, policy: TenantPolicy | None) -> list[str]:
@@ -101,12 +102,6 @@ class Summariser:
     def model_for(self, prompt_tokens: int, policy: TenantPolicy | None) -> str | None:
         """The cheapest of :meth:`models_for` (None: none)."""
         return next(iter(self.models_for(prompt_tokens, policy)), None)
-
-    def guard(self, deployment: Deployment) -> DeploymentGuard:
-        if deployment.id not in self.guards:
-            self.guards[deployment.id] = DeploymentGuard(deployment.id, deployment.guard,
-                                                         MonotonicClock())
-        return self.guards[deployment.id]
 
     async def summary(self, request: Request, dropped: list[ChatMessage], key: str,
                       policy: TenantPolicy | None) -> Summary | None:
@@ -127,8 +122,8 @@ class Summariser:
             if calls >= MAX_CALLS or remaining <= 0:
                 break
             deployment = self.deployments.for_model(model)[0]
-            permit = await self.guard(deployment).acquire(prompt_tokens + MAX_SUMMARY_TOKENS,
-                                                          0.0, asyncio.sleep)
+            guard = self.guards.get(deployment.id)
+            permit = await guard.acquire(prompt_tokens + MAX_SUMMARY_TOKENS, 0.0, asyncio.sleep)
             if isinstance(permit, Refusal):
                 why = f"{model}: {permit.message}"
                 continue
@@ -142,8 +137,7 @@ class Summariser:
                 permit.abandoned()
                 raise
             except Exception as exc:    # any failure: the next model, or the history kept
-                permit.failed(exc.code if isinstance(exc, errors.GatewayError) else errors.TIMEOUT
-                              if isinstance(exc, asyncio.TimeoutError) else errors.PROVIDER_ERROR)
+                permit.failed(_failure_code(exc))
                 why = f"{model}: {type(exc).__name__}: {exc}"
                 continue
             permit.succeeded(done.prompt_tokens + done.completion_tokens)
@@ -179,3 +173,10 @@ class Summariser:
                                  routed_model=model, topics=Topics())
         usage = billed.event.replace(for_request_id=request.request_id)
         return Summary(done.content, usage)
+
+
+def _failure_code(exc: Exception) -> str:
+    """What a failed summary call counts as for its deployment's breaker."""
+    if isinstance(exc, errors.GatewayError):
+        return exc.code
+    return errors.TIMEOUT if isinstance(exc, asyncio.TimeoutError) else errors.PROVIDER_ERROR

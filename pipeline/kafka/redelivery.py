@@ -58,6 +58,7 @@ from collections import defaultdict
 from typing import Any, Callable
 
 from aiokafka.structs import TopicPartition
+import faust.streams
 from faust.transport.consumer import Consumer as FaustConsumer
 
 log = logging.getLogger("llmpipe.worker")
@@ -274,7 +275,6 @@ FaustConsumer.on_partitions_revoked = on_partitions_revoked
 def stream_iterator_problem() -> str | None:
     """Why Faust's stream iterator here can lose a record around a rebalance, or None (the
     compiled iterator, which never acks a skipped event)."""
-    import faust.streams
     if faust.streams._CStreamIterator is not None:
         return None
     return ("Faust's compiled stream iterator is not available (NO_CYTHON set, or "

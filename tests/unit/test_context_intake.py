@@ -194,7 +194,7 @@ async def test_a_failing_summary_model_is_passed_over_once_its_breaker_opens(sim
         made = await summariser.summary(r, CHAT_ZH.messages[:6], f"conversation {i}", None)
         assert made is not None and made.usage.served_model == second
     assert called == [cheapest, second] * threshold + [second, second]
-    assert summariser.guard(deployments.for_model(cheapest)[0]).breaker.state.value == "open"
+    assert summariser.guards.get(deployments.for_model(cheapest)[0].id).breaker.state.value == "open"
     assert summariser.failures == 0
 
 
