@@ -67,8 +67,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     runtime = build_runtime(settings)
     app = create_app(runtime)
     from pipeline.agents.shutdown import GracefulWorker
+    from pipeline.heap import settle_heap
     worker = GracefulWorker(app, settings.shutdown_grace_s, loglevel=settings.log_level,
                             quiet=True)
+    settle_heap(settings.gc_young)
     worker.execute_from_commandline()
     return 0
 

@@ -92,6 +92,7 @@ class Settings:
     publish_stall_s: float = 60.0            # a publish failing this long is rescued or alerted
     shutdown_grace_s: float = 10.0           # SIGTERM: in-flight work may finish within this
     startup_timeout_s: float = 300.0         # wait this long for the broker and ClickHouse (0: ever)
+    gc_young: int = 20_000                   # young-generation GC threshold (pipeline/heap.py; 0: Python's)
     seed: int | None = None
 
     @classmethod
@@ -127,6 +128,7 @@ class Settings:
             publish_stall_s=float(_env("LLMPIPE_PUBLISH_STALL_S", str(cls.publish_stall_s))),
             shutdown_grace_s=float(_env("LLMPIPE_SHUTDOWN_GRACE_S", str(cls.shutdown_grace_s))),
             startup_timeout_s=float(_env("LLMPIPE_STARTUP_TIMEOUT_S", str(cls.startup_timeout_s))),
+            gc_young=int(_env("LLMPIPE_GC_YOUNG", str(cls.gc_young))),
             seed=int(os.environ["LLMPIPE_SEED"]) if os.environ.get("LLMPIPE_SEED") else None,
         )
 
@@ -161,6 +163,7 @@ class Settings:
             "LLMPIPE_PUBLISH_STALL_S": str(self.publish_stall_s),
             "LLMPIPE_SHUTDOWN_GRACE_S": str(self.shutdown_grace_s),
             "LLMPIPE_STARTUP_TIMEOUT_S": str(self.startup_timeout_s),
+            "LLMPIPE_GC_YOUNG": str(self.gc_young),
         }
         if self.schema_registry_url:
             env["LLMPIPE_SCHEMA_REGISTRY_URL"] = self.schema_registry_url

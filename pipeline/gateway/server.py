@@ -16,6 +16,7 @@ import uvicorn
 from pipeline.gateway.app import Gateway
 from pipeline.gateway.keys import KeyRing
 from pipeline.gateway.replies import Replies, create_reply_topics
+from pipeline.heap import settle_heap
 from pipeline.kafka.topics import load_topic_specs, prefixed
 from pipeline.runtime import build_runtime
 from pipeline.settings import Settings
@@ -48,6 +49,7 @@ async def serve(settings: Settings, instance: str, host: str, port: int) -> None
     ``gateway listening on http://HOST:PORT`` once it answers (port 0: a free one)."""
     specs = {s.name: s for s in prefixed(load_topic_specs(), settings.topics.prefix)}
     gateway = build_gateway(settings, instance)
+    settle_heap(settings.gc_young)
     await create_reply_topics(settings.kafka_bootstrap, gateway.reply_topics,
                               specs[settings.topics.chunks])
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
