@@ -85,6 +85,7 @@ class Settings:
     replication_factor: int = 1
     log_level: str = "info"
     fetch_max_wait_ms: int = 20
+    fetch_min_bytes: int = 1                  # a fetch answers once it has this much (or at the wait)
     idle_fetch_wait_ms: int = 200             # the worker's fetch wait once idle (faust_tuning)
     idle_fetch_after_s: float = 2.0           # ... after this long without a record
     tenants_ready_timeout_s: float = 10.0
@@ -120,6 +121,7 @@ class Settings:
             replication_factor=int(_env("LLMPIPE_REPLICATION_FACTOR", str(cls.replication_factor))),
             log_level=_env("LLMPIPE_LOG_LEVEL", cls.log_level),
             fetch_max_wait_ms=int(_env("LLMPIPE_FETCH_MAX_WAIT_MS", str(cls.fetch_max_wait_ms))),
+            fetch_min_bytes=int(_env("LLMPIPE_FETCH_MIN_BYTES", str(cls.fetch_min_bytes))),
             idle_fetch_wait_ms=int(_env("LLMPIPE_IDLE_FETCH_WAIT_MS", str(cls.idle_fetch_wait_ms))),
             idle_fetch_after_s=float(_env("LLMPIPE_IDLE_FETCH_AFTER_S", str(cls.idle_fetch_after_s))),
             tenants_ready_timeout_s=float(_env("LLMPIPE_TENANTS_READY_TIMEOUT_S",
@@ -156,6 +158,7 @@ class Settings:
             "LLMPIPE_REPLICATION_FACTOR": str(self.replication_factor),
             "LLMPIPE_LOG_LEVEL": self.log_level,
             "LLMPIPE_FETCH_MAX_WAIT_MS": str(self.fetch_max_wait_ms),
+            "LLMPIPE_FETCH_MIN_BYTES": str(self.fetch_min_bytes),
             "LLMPIPE_IDLE_FETCH_WAIT_MS": str(self.idle_fetch_wait_ms),
             "LLMPIPE_IDLE_FETCH_AFTER_S": str(self.idle_fetch_after_s),
             "LLMPIPE_TENANTS_READY_TIMEOUT_S": str(self.tenants_ready_timeout_s),

@@ -33,7 +33,8 @@ def create_app(runtime: Runtime) -> faust.App:
     problem = stream_iterator_problem()
     if problem:
         log.warning("faust_stream_iterator %s", problem)
-    set_fetch_waits(s.fetch_max_wait_ms, s.idle_fetch_wait_ms, s.idle_fetch_after_s)
+    set_fetch_waits(s.fetch_max_wait_ms, s.idle_fetch_wait_ms, s.idle_fetch_after_s,
+                    s.fetch_min_bytes)
     session = s.session_timeout_s
     app = faust.App(
         s.app_id,

@@ -36,6 +36,10 @@ E = TypeVar("E", bound=Event)
 PROVIDER_URL_VARS = ("LLMPIPE_OPENAI_BASE_URL", "LLMPIPE_ANTHROPIC_BASE_URL",
                      "LLMPIPE_GEMINI_BASE_URL", "LLMPIPE_DEEPSEEK_BASE_URL")
 PROVIDER_KEY_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "DEEPSEEK_API_KEY")
+#: A ledger worker is on no request's path: its fetches wait for 64 KiB or 250 ms, so it
+#: reads a few large fetches a second instead of one per record or two (docs/ARCHITECTURE.md,
+#: "Processes and scaling out"). deploy/ sets the same for its ledger workers.
+LEDGER_FETCH = {"fetch_max_wait_ms": 250, "fetch_min_bytes": 64 * 1024}
 
 
 class StackError(RuntimeError):
@@ -388,9 +392,11 @@ class DevStack:
         """The request path and the ledger in two processes, as production runs them: a
         front worker (intake, batcher, dispatch) and a ledger worker (ledger, monitor) in
         its own consumer group, so chDB inserts never share the request path's CPU or GIL.
-        ``overrides``: settings for both. Returns (front, ledger)."""
+        ``overrides``: settings for both (over the ledger's :data:`LEDGER_FETCH`).
+        Returns (front, ledger)."""
         ledger = self.start_worker("ledger", agents=("ledger", "monitor"),
-                                   **{"app_id": f"{self.app_id}-ledger", **overrides})
+                                   **{"app_id": f"{self.app_id}-ledger", **LEDGER_FETCH,
+                                      **overrides})
         return self.start_worker("worker-1", agents=("intake", "dispatch"), **overrides), ledger
 
     def ledger_worker(self) -> Worker:

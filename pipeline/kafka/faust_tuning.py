@@ -75,21 +75,26 @@ _faust_resume = FaustConsumer.resume_partitions
 _fetch_max_wait_ms = 1500     # set_fetch_waits: the short wait, the idle one, after how long
 _idle_fetch_wait_ms = 0
 _idle_after_s = 2.0
+_fetch_min_bytes = 1          # set_fetch_waits: what a fetch waits for, up to the wait
 _CHECKS_PER_YIELD = 64        # verify_all_partitions_active: partitions checked per yield
 log = logging.getLogger("llmpipe.worker")
 
 
-def set_fetch_waits(active_ms: int, idle_ms: int, idle_after_s: float) -> None:
+def set_fetch_waits(active_ms: int, idle_ms: int, idle_after_s: float,
+                    min_bytes: int = 1) -> None:
     """The fetch wait while records arrive, the one after ``idle_after_s`` without any
-    (``idle_ms`` <= ``active_ms``: no back-off)."""
-    global _fetch_max_wait_ms, _idle_fetch_wait_ms, _idle_after_s
+    (``idle_ms`` <= ``active_ms``: no back-off), and the bytes a fetch waits for within
+    its wait (1: answer with the first record)."""
+    global _fetch_max_wait_ms, _idle_fetch_wait_ms, _idle_after_s, _fetch_min_bytes
     _fetch_max_wait_ms, _idle_fetch_wait_ms, _idle_after_s = active_ms, idle_ms, idle_after_s
+    _fetch_min_bytes = min_bytes
 
 
 def _create_worker_consumer(self, transport):
     consumer = _original(self, transport)
     active = _fetch_max_wait_ms
     consumer._fetch_max_wait_ms = active
+    consumer._fetch_min_bytes = _fetch_min_bytes
     if _idle_fetch_wait_ms > active:
         start = consumer.start
 

@@ -25,3 +25,18 @@ def test_the_wait_grows_after_a_quiet_spell_and_shrinks_with_the_first_records(m
     now[0] += 1.0
     wait.after_fetch(fetcher, False)
     assert fetcher._fetch_max_wait_ms == 20
+
+
+def test_the_worker_consumer_gets_the_configured_wait_and_min_bytes(monkeypatch):
+    """set_fetch_waits reaches the aiokafka consumer Faust builds (a ledger worker's
+    fetches wait for 64 KiB or 250 ms: pipeline/dev/stack.py LEDGER_FETCH)."""
+    built = SimpleNamespace(_fetch_max_wait_ms=1500, _fetch_min_bytes=1)
+    monkeypatch.setattr(faust_tuning, "_original", lambda thread, transport: built)
+    for name in ("_fetch_max_wait_ms", "_idle_fetch_wait_ms", "_idle_after_s", "_fetch_min_bytes"):
+        monkeypatch.setattr(faust_tuning, name, getattr(faust_tuning, name))   # restored after
+    faust_tuning.set_fetch_waits(250, 0, 2.0, min_bytes=65536)
+    consumer = faust_tuning._create_worker_consumer(None, None)
+    assert (consumer._fetch_max_wait_ms, consumer._fetch_min_bytes) == (250, 65536)
+    faust_tuning.set_fetch_waits(20, 0, 2.0)
+    consumer = faust_tuning._create_worker_consumer(None, None)
+    assert (consumer._fetch_max_wait_ms, consumer._fetch_min_bytes) == (20, 1)
