@@ -6,6 +6,12 @@ do not wake a waiting fetch when data arrives (the embedded Tansu broker holds i
 full wait) then add ~0.75 s per hop on average. This sets the wait from settings instead
 (LLMPIPE_FETCH_MAX_WAIT_MS): aiokafka reads the attribute for every fetch it builds.
 
+**Fetch minimum.** LLMPIPE_FETCH_MIN_BYTES (default 1: answer with the first record)
+reaches the consumer the same way. A worker on no request's path (the ledger) asks for 64
+KiB within a 250 ms wait, so it reads a few large fetches a second instead of a fetch, and
+a hop through Faust's consumer thread, for every record or two (pipeline/dev/stack.py
+``LEDGER_FETCH``).
+
 **Idle back-off.** On such a broker the wait is also the idle cost: one fetch of every
 partition the worker reads per wait, decoded in Python — ~5-6% of a
 core at 20 ms, and ~20% of the broker's. After LLMPIPE_IDLE_FETCH_AFTER_S without a record
