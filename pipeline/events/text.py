@@ -45,6 +45,21 @@ def invalid_name(name: str, max_length: int) -> str | None:
     return None
 
 
+#: Field names per type met, () for any but a dataclass (``dataclasses.fields`` and
+#: ``is_dataclass`` are slow on the hot path).
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(value: Any) -> tuple[str, ...]:
+    """The field names of a dataclass instance, () for anything else (cached per type)."""
+    names = _FIELDS.get(type(value))
+    if names is None:
+        holds = dataclasses.is_dataclass(value) and not isinstance(value, type)
+        names = _FIELDS[type(value)] = tuple(
+            f.name for f in dataclasses.fields(value)) if holds else ()
+    return names
+
+
 def scrub_text(text: str) -> str:
     return _SURROGATE.sub(REPLACEMENT, text)
 
@@ -54,13 +69,14 @@ def scrub(value: T) -> T:
     strings) with every lone surrogate replaced by U+FFFD."""
     if isinstance(value, str):
         return scrub_text(value)  # type: ignore[return-value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.replace(value, **{f.name: scrub(getattr(value, f.name))  # type: ignore[arg-type]
-                                             for f in dataclasses.fields(value)})
     if isinstance(value, list):
         return [scrub(v) for v in value]  # type: ignore[return-value]
     if isinstance(value, dict):
         return {scrub(k): scrub(v) for k, v in value.items()}  # type: ignore[return-value]
+    names = _field_names(value)
+    if names:
+        return dataclasses.replace(value, **{name: scrub(getattr(value, name))  # type: ignore[type-var]
+                                             for name in names})
     return value
 
 
@@ -98,19 +114,9 @@ def _first_invalid(value: Any) -> tuple[list[str], str] | None:
                 found[0].append(f"[{key!r}]")
                 return found
         return None
-    names = _FIELDS.get(type(value))
-    if names is None:                          # () for a type that holds no strings
-        holds = dataclasses.is_dataclass(value) and not isinstance(value, type)
-        names = _FIELDS[type(value)] = tuple(
-            f.name for f in dataclasses.fields(value)) if holds else ()
-    for name in names:
+    for name in _field_names(value):
         found = _first_invalid(getattr(value, name))
         if found is not None:
             found[0].append(f".{name}")
             return found
     return None
-
-
-#: Field names per type met, () for any but a dataclass (``dataclasses.fields`` and
-#: ``is_dataclass`` are slow on the hot path).
-_FIELDS: dict[type, tuple[str, ...]] = {}
