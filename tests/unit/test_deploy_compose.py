@@ -103,3 +103,12 @@ def test_mounted_files_exist_and_prometheus_scrapes_the_services() -> None:
     gateway = services["gateway"]["command"]
     expected.add(f"gateway:{gateway[gateway.index('--port') + 1]}")
     assert targets == expected
+
+
+def test_the_ledger_fetches_as_the_split_stack_does() -> None:
+    from pipeline.dev.stack import LEDGER_FETCH
+    services = llmpipe_services()
+    ledger = services["ledger"]["environment"]
+    assert int(ledger["LLMPIPE_FETCH_MIN_BYTES"]) == LEDGER_FETCH["fetch_min_bytes"]
+    assert int(ledger["LLMPIPE_FETCH_MAX_WAIT_MS"]) == LEDGER_FETCH["fetch_max_wait_ms"]
+    assert "LLMPIPE_FETCH_MIN_BYTES" not in services["worker"]["environment"]

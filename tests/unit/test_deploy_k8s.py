@@ -274,3 +274,18 @@ def test_kafka_cluster_matches_what_the_topics_and_config_expect() -> None:
         assert topic["metadata"]["labels"]["strimzi.io/cluster"] == name
         assert topic["spec"]["replicas"] <= pool["spec"]["replicas"]
     assert kafka["spec"]["kafka"]["config"]["auto.create.topics.enable"] is False
+
+
+def test_the_ledger_fetches_as_the_split_stack_does() -> None:
+    """deploy/'s ledger and DevStack.start_split's (LEDGER_FETCH) wait alike; front
+    workers keep the 1-byte minimum of the request path."""
+    from pipeline.dev.stack import LEDGER_FETCH
+    for name, c in llmpipe_containers().items():
+        if c["command"][:2] != ["llmpipe", "worker"]:
+            continue
+        found = env(c)
+        if "ledger" in found["LLMPIPE_AGENTS"]["value"]:
+            assert int(found["LLMPIPE_FETCH_MIN_BYTES"]["value"]) == LEDGER_FETCH["fetch_min_bytes"]
+            assert int(found["LLMPIPE_FETCH_MAX_WAIT_MS"]["value"]) == LEDGER_FETCH["fetch_max_wait_ms"]
+        else:
+            assert "LLMPIPE_FETCH_MIN_BYTES" not in found, name
